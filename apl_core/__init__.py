@@ -1,0 +1,1 @@
+"""APL: Absolute Position Localization pretraining of vision transformers, for teaching and reproduction."""

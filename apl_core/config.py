@@ -1,0 +1,304 @@
+"""One dataclass per phase, validated at construction.
+
+Defaults are the original's settings (the paper profile: STL-10, 96 x 96, G = 7, K = 1).
+`PROFILES` holds the overrides of the smaller profiles that the notebooks and tests use.
+Configs round-trip through plain dicts (`to_dict` / `from_dict`), which is how papermill
+parameters, checkpoints and metrics files carry them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+DATASETS = ("stl10", "synthetic", "folder")
+ENCODERS = ("flatten", "cnn", "resnet18")
+OPTIMIZERS = ("adam", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+FINETUNE_MODELS = ("apl", "s-cnn", "s-resnet")
+
+
+def token_dim(image_size: int, grid: int, crop: int, encoder: str = "flatten") -> int:
+    """Token dimension D of each encoder (SPEC: flatten 3 (P-K)^2, CNN 128, ResNet-18 512)."""
+    if encoder == "cnn":
+        return 128
+    if encoder == "resnet18":
+        return 512
+    return 3 * (image_size // grid - crop) ** 2
+
+
+def _fail(name: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{name}={value!r} is invalid: {allowed}")
+
+
+@dataclass
+class _Common:
+    """Fields shared by both phases: data, optimisation and where/how to run."""
+
+    # data
+    dataset: str = "stl10"
+    data_dir: str = "data"
+    image_size: int = 96
+    # optimisation
+    epochs: int = 300
+    batch_size: int = 1024
+    lr: float = 1.15e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    warmup_frac: float = 0.05
+    warmup_start: float = 0.5  # warm-up starts at this fraction of lr
+    final_lr_frac: float = 0.1  # cosine annealing ends at this fraction of lr
+    schedule_per_step: bool = False  # the original steps the schedule once per epoch
+    grad_clip: float = 0.0  # max gradient norm; 0 disables clipping
+    precision: str = "auto"  # auto: bf16 autocast where the device has fast bf16, else fp32
+    compile: bool = False
+    # run
+    seed: int = 0
+    device: str = "auto"
+    runs_dir: str = "runs"
+    run_name: str = ""  # empty: derived from the settings
+    quiet: bool = False
+
+    phase: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.dataset not in DATASETS:
+            _fail("dataset", self.dataset, f"choose one of {DATASETS}")
+        for name in ("image_size", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                _fail(name, value, "must be a positive integer")
+        if not self.lr > 0:
+            _fail("lr", self.lr, "the learning rate must be > 0")
+        if self.weight_decay < 0:
+            _fail("weight_decay", self.weight_decay, "must be >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            _fail("optimizer", self.optimizer, f"choose one of {OPTIMIZERS}")
+        if not 0 <= self.warmup_frac < 1:
+            _fail("warmup_frac", self.warmup_frac, "must be in [0, 1)")
+        if not 0 < self.warmup_start <= 1:
+            _fail("warmup_start", self.warmup_start, "must be in (0, 1]")
+        if not 0 <= self.final_lr_frac <= 1:
+            _fail("final_lr_frac", self.final_lr_frac, "must be in [0, 1]")
+        if self.grad_clip < 0:
+            _fail("grad_clip", self.grad_clip, "must be >= 0 (0 disables clipping)")
+        if self.precision not in PRECISIONS:
+            _fail("precision", self.precision, f"choose one of {PRECISIONS}")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            _fail("device", self.device, "use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]):
+        """Build from plain data; unknown keys are an error that lists the known ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} option(s) {unknown}; known options: {sorted(known)}"
+            )
+        typed = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                typed[f.name] = _coerce(f.name, values[f.name], f.type)
+        return cls(**typed)
+
+    def replace(self, **changes):
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Accept the obvious conversions (int for float, tuple for list); refuse the rest."""
+    expected = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation)
+    if expected is None:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(
+            f"{name}={value!r} is invalid: expected {annotation}, got {type(value).__name__}"
+        )
+    return value
+
+
+@dataclass
+class PretrainConfig(_Common):
+    """APL-G,K pretraining (SPEC: 'Pretraining recipe')."""
+
+    # puzzle
+    grid: int = 7
+    crop: int = 1
+    # model
+    encoder: str = "flatten"
+    blocks: int = 4
+    heads: int = 16
+    hidden_mult: int = 3
+    dropout: float = 0.15
+    patch_dropout: float = 0.1
+    mlp_head: bool = False
+    # data
+    num_images: int = 0  # 0: the whole unlabeled split; the original's SAMPLE mode is 8192
+    holdout_images: int = 1000  # held out from training to measure position accuracy
+    crop_scale: float = 0.6  # RandomResizedCrop scale (crop_scale, 1.0)
+    knn_every: int = 0  # epochs between kNN probes of the features (0: never)
+
+    phase: ClassVar[str] = "pretrain"
+
+    def _validate(self) -> None:
+        super()._validate()
+        n = self.image_size
+        if not isinstance(self.grid, int) or not 1 <= self.grid <= n:
+            _fail("grid", self.grid, f"G must satisfy 1 <= G <= image_size ({n})")
+        patch = n // self.grid
+        if not isinstance(self.crop, int) or not 0 <= self.crop < patch:
+            _fail(
+                "crop", self.crop,
+                f"K must satisfy 0 <= K < image_size // grid = {n} // {self.grid} = {patch}",
+            )
+        if self.encoder not in ENCODERS:
+            _fail("encoder", self.encoder, f"choose one of {ENCODERS}")
+        for name in ("blocks", "heads", "hidden_mult"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                _fail(name, value, "must be a positive integer")
+        d = self.token_dim
+        if d % self.heads:
+            divisors = [h for h in range(1, min(d, 64) + 1) if d % h == 0]
+            _fail(
+                "heads", self.heads,
+                f"must divide the token dimension D = {d}; head counts that would: {divisors}",
+            )
+        if not 0 <= self.dropout < 1:
+            _fail("dropout", self.dropout, "must be in [0, 1)")
+        if not 0 <= self.patch_dropout < 1:
+            _fail("patch_dropout", self.patch_dropout, "PatchDropout p must be in [0, 1)")
+        if self.num_images < 0:
+            _fail("num_images", self.num_images, "must be >= 0 (0: the whole split)")
+        if self.holdout_images < 0:
+            _fail("holdout_images", self.holdout_images, "must be >= 0")
+        if not 0 < self.crop_scale <= 1:
+            _fail("crop_scale", self.crop_scale, "must be in (0, 1]")
+        if self.knn_every < 0:
+            _fail("knn_every", self.knn_every, "must be >= 0 (0: never)")
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2
+
+    @property
+    def token_dim(self) -> int:
+        return token_dim(self.image_size, self.grid, self.crop, self.encoder)
+
+
+@dataclass
+class FinetuneConfig(_Common):
+    """Fine-tuning, linear probing and the from-scratch baselines (SPEC: 'Fine-tuning recipe')."""
+
+    model: str = "apl"  # apl | s-cnn | s-resnet
+    pretrained: str = ""  # checkpoint path or run name; empty with model='apl' means BENCHMARK
+    # with no checkpoint, the APL architecture is built from these (ignored when pretrained)
+    architecture: dict = field(default_factory=dict)
+    head_only: bool = False
+    mlp_head: bool = False
+    freeze_encoder: bool = False
+    dropout: float = 0.1
+    patch_dropout: float = 0.1
+    npc: int = 500  # labelled images per class; 500 is STL-10's whole train split
+    val_per_class: int = 0  # held out from the labelled split for model selection
+    test_per_class: int = 0  # 0: every test image
+    label_seed: int = 42
+    eval_every: int = 2
+    select_best: bool = False  # keep the weights with the best validation accuracy
+    crop_scale: float = 0.8
+    num_classes: int = 10
+    # SPEC fine-tuning recipe
+    epochs: int = 30
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_frac: float = 0.1
+
+    phase: ClassVar[str] = "finetune"
+
+    def _validate(self) -> None:
+        super()._validate()
+        if self.model not in FINETUNE_MODELS:
+            _fail("model", self.model, f"choose one of {FINETUNE_MODELS}")
+        if self.model != "apl" and (self.pretrained or self.head_only or self.freeze_encoder):
+            _fail(
+                "model", self.model,
+                "the CNN baselines train from scratch: pretrained, head_only and "
+                "freeze_encoder apply to model='apl' only",
+            )
+        if not 0 <= self.dropout < 1:
+            _fail("dropout", self.dropout, "must be in [0, 1)")
+        if not 0 <= self.patch_dropout < 1:
+            _fail("patch_dropout", self.patch_dropout, "PatchDropout p must be in [0, 1)")
+        for name in ("npc", "eval_every", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                _fail(name, value, "must be a positive integer")
+        for name in ("val_per_class", "test_per_class"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "must be >= 0")
+        if not 0 < self.crop_scale <= 1:
+            _fail("crop_scale", self.crop_scale, "must be in (0, 1]")
+        if self.architecture:
+            arch = {k: v for k, v in self.architecture.items() if k in ARCHITECTURE_FIELDS}
+            if set(arch) != set(self.architecture):
+                extra = sorted(set(self.architecture) - set(ARCHITECTURE_FIELDS))
+                _fail("architecture", self.architecture, f"unknown keys {extra}; "
+                      f"known: {list(ARCHITECTURE_FIELDS)}")
+            PretrainConfig(image_size=self.image_size, **arch)
+
+    @property
+    def benchmark(self) -> bool:
+        """The original's BENCHMARK: the APL architecture trained from random initialisation."""
+        return self.model == "apl" and not self.pretrained
+
+
+# The fields of PretrainConfig that fix the architecture a checkpoint holds.
+ARCHITECTURE_FIELDS = (
+    "grid", "crop", "encoder", "blocks", "heads", "hidden_mult", "mlp_head",
+)
+
+# Overrides per profile. paper = the defaults (SPEC). quick = the embedded dataset on a
+# 2-core CPU within minutes; smoke = seconds, for tests. 48 x 48 images with G = 4,
+# K = 1 give 11 x 11 cropped patches, D = 363 = 3 x 11^2, so 3 or 11 heads.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"pretrain": {}, "finetune": {}},
+    "quick": {
+        "pretrain": dict(
+            dataset="synthetic", image_size=48, grid=4, crop=1, heads=3, blocks=4,
+            hidden_mult=3, num_images=12000, holdout_images=1000, epochs=12, batch_size=128,
+            lr=1e-3, device="auto",
+        ),
+        "finetune": dict(
+            dataset="synthetic", image_size=48, epochs=12, batch_size=128, lr=5e-4,
+            eval_every=3, test_per_class=200,
+        ),
+    },
+    "smoke": {
+        "pretrain": dict(
+            dataset="synthetic", image_size=32, grid=4, crop=1, heads=3, blocks=2,
+            hidden_mult=2, num_images=1024, holdout_images=256, epochs=3, batch_size=64,
+            lr=2e-3, quiet=True,
+        ),
+        "finetune": dict(
+            dataset="synthetic", image_size=32, epochs=2, batch_size=64, lr=1e-3,
+            eval_every=1, npc=10, test_per_class=20, quiet=True,
+        ),
+    },
+}
+
+
+def profile_config(profile: str, phase: str, **overrides):
+    """The config of `phase` ('pretrain' or 'finetune') in `profile`, with overrides."""
+    if profile not in PROFILES:
+        _fail("profile", profile, f"choose one of {tuple(PROFILES)}")
+    cls = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}[phase]
+    return cls.from_dict({**PROFILES[profile][phase], **overrides})

@@ -1,0 +1,234 @@
+"""The APL transformer: patch encoder -> PatchDropout -> post-LayerNorm blocks, with no
+positional information anywhere, so the model only sees the set of tokens and is
+permutation-equivariant. Two heads sit on top of it: `PositionHead` (pretraining, one
+linear layer shared by all tokens) and `ClassHead` (fine-tuning, global average pooling).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+
+from .config import FinetuneConfig, PretrainConfig, token_dim
+from .puzzle import extract_patches
+
+
+class FlattenEncoder(nn.Module):
+    """The original's MECHANICAL encoder (the advised one): the token is the flattened patch."""
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        return patches.flatten(2)
+
+
+class CNNEncoder(nn.Module):
+    """Small per-patch CNN: conv3x3 3->64, ReLU, Dropout2d, conv3x3 64->128, ReLU, spatial mean."""
+
+    def __init__(self, crop: int, dropout: float = 0.0):
+        super().__init__()
+        padding = 1 if crop > 0 else 0  # as the original
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=padding), nn.ReLU(), nn.Dropout2d(dropout),
+            nn.Conv2d(64, 128, 3, padding=padding), nn.ReLU(),
+        )
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        b, t = patches.shape[:2]
+        return self.net(patches.flatten(0, 1)).mean(dim=(2, 3)).reshape(b, t, -1)
+
+
+class ResNetEncoder(nn.Module):
+    """A ResNet-18 trunk from scratch applied to every patch (D = 512)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = resnet18(weights=None)
+        self.net.fc = nn.Identity()
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        b, t = patches.shape[:2]
+        return self.net(patches.flatten(0, 1)).reshape(b, t, -1)
+
+
+def build_encoder(kind: str, crop: int) -> nn.Module:
+    if kind == "flatten":
+        return FlattenEncoder()
+    if kind == "cnn":
+        return CNNEncoder(crop)
+    if kind == "resnet18":
+        return ResNetEncoder()
+    raise ValueError(f"encoder={kind!r} is invalid: choose flatten, cnn or resnet18")
+
+
+class PatchDropout(nn.Module):
+    """Zero each token of each image independently with probability p (training only).
+
+    Dropped tokens stay in the sequence; the returned keep mask (B, T) tells the loss which
+    tokens to score. No rescaling: a dropped token is an empty patch, not a noisy one.
+    """
+
+    def __init__(self, p: float = 0.1):
+        super().__init__()
+        self.p = p
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, t = tokens.shape[:2]
+        if not self.training or self.p == 0:
+            return tokens, torch.ones(b, t, dtype=torch.bool, device=tokens.device)
+        keep = torch.rand(b, t, device=tokens.device) >= self.p
+        return tokens * keep.unsqueeze(-1).to(tokens.dtype), keep
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: fused q/k/v projection without bias, output projection
+    with bias, standard 1/sqrt(D/H) scaling (the original scales by 1/sqrt(D): a documented
+    deliberate difference)."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"heads={heads} must divide the token dimension {dim}")
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if return_attention:
+            # scaled_dot_product_attention hides the weights; compute them only when asked.
+            weights = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+            out = weights @ v
+        else:
+            weights = None
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = self.proj(out.transpose(1, 2).reshape(b, t, d))
+        return out, weights
+
+
+class Block(nn.Module):
+    """Post-LayerNorm transformer block, as the original:
+    x = LN1(x + Attn(x)); x = Dropout(x); x = LN2(x + FF(x)); x = Dropout(x)."""
+
+    def __init__(self, dim: int, heads: int, hidden_mult: int, dropout: float):
+        super().__init__()
+        self.attn = SelfAttention(dim, heads)
+        self.norm1 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(
+            nn.Linear(dim, hidden_mult * dim), nn.ReLU(), nn.Linear(hidden_mult * dim, dim)
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, return_attention: bool = False):
+        attended, weights = self.attn(x, return_attention)
+        x = self.dropout(self.norm1(x + attended))
+        x = self.dropout(self.norm2(x + self.ff(x)))
+        return x, weights
+
+
+class APLTransformer(nn.Module):
+    """Images -> contextualised token features (B, T, D). No positional information."""
+
+    def __init__(self, image_size: int = 96, grid: int = 7, crop: int = 1,
+                 encoder: str = "flatten", blocks: int = 4, heads: int = 16,
+                 hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1):
+        super().__init__()
+        self.image_size, self.grid, self.crop = image_size, grid, crop
+        self.encoder = build_encoder(encoder, crop)
+        self.dim = token_dim(image_size, grid, crop, encoder)
+        self.patch_dropout = PatchDropout(patch_dropout)
+        self.blocks = nn.ModuleList(
+            Block(self.dim, heads, hidden_mult, dropout) for _ in range(blocks)
+        )
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid**2
+
+    def patches(self, images: torch.Tensor) -> torch.Tensor:
+        return extract_patches(images, self.grid, self.crop)
+
+    def contextualize(self, patches: torch.Tensor, return_attention: bool = False):
+        """Cropped patches (B, T, 3, s, s), in any order -> (features (B, T, D), keep mask
+        (B, T), attention weights: one (B, H, T, T) per block when asked, else [])."""
+        x, keep = self.patch_dropout(self.encoder(patches))
+        attention = []
+        for block in self.blocks:
+            x, weights = block(x, return_attention)
+            if return_attention:
+                attention.append(weights)
+        return x, keep, attention
+
+    def forward(self, images: torch.Tensor):
+        return self.contextualize(self.patches(images))
+
+    def set_dropout(self, p: float) -> None:
+        """Override the blocks' dropout (the fine-tuning recipe uses its own)."""
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+
+
+def mlp(dim: int, out: int, dropout: float = 0.1) -> nn.Sequential:
+    """The original's NN_HEAD / MLP_HEAD: D -> 3D, ReLU, Dropout, -> out."""
+    return nn.Sequential(nn.Linear(dim, 3 * dim), nn.ReLU(), nn.Dropout(dropout),
+                         nn.Linear(3 * dim, out))
+
+
+class APLPretrainModel(nn.Module):
+    """Transformer + a position classifier shared by all tokens ("patch-wise linear")."""
+
+    def __init__(self, transformer: APLTransformer, mlp_head: bool = False):
+        super().__init__()
+        self.transformer = transformer
+        t, d = transformer.num_tokens, transformer.dim
+        self.position_head = mlp(d, t) if mlp_head else nn.Linear(d, t)
+
+    def position_logits(self, patches: torch.Tensor, return_attention: bool = False):
+        """Patches (B, T, 3, s, s) -> (position logits (B, T, T), keep mask, attention)."""
+        features, keep, attention = self.transformer.contextualize(patches, return_attention)
+        return self.position_head(features), keep, attention
+
+    def forward(self, images: torch.Tensor):
+        """Images -> (position logits (B, T, T), keep mask (B, T))."""
+        logits, keep, _ = self.position_logits(self.transformer.patches(images))
+        return logits, keep
+
+
+class APLClassifier(nn.Module):
+    """Transformer + global average pooling over tokens + a class head."""
+
+    def __init__(self, transformer: APLTransformer, num_classes: int = 10,
+                 mlp_head: bool = False):
+        super().__init__()
+        self.transformer = transformer
+        d = transformer.dim
+        self.class_head = mlp(d, num_classes) if mlp_head else nn.Linear(d, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features, _, _ = self.transformer(images)
+        return self.class_head(features.mean(dim=1))
+
+
+def architecture_kwargs(config: PretrainConfig) -> dict:
+    return dict(
+        image_size=config.image_size, grid=config.grid, crop=config.crop,
+        encoder=config.encoder, blocks=config.blocks, heads=config.heads,
+        hidden_mult=config.hidden_mult, dropout=config.dropout,
+        patch_dropout=config.patch_dropout,
+    )
+
+
+def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:
+    return APLPretrainModel(APLTransformer(**architecture_kwargs(config)), config.mlp_head)
+
+
+def build_classifier(config: FinetuneConfig, architecture: PretrainConfig) -> APLClassifier:
+    """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
+    with the fine-tuning dropout and PatchDropout."""
+    transformer = APLTransformer(**{
+        **architecture_kwargs(architecture),
+        "dropout": config.dropout, "patch_dropout": config.patch_dropout,
+    })
+    return APLClassifier(transformer, config.num_classes, config.mlp_head)

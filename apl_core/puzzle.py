@@ -1,0 +1,97 @@
+"""The APL puzzle: cut an image into a G x G grid, center-crop every patch by K pixels,
+flatten the patches into tokens in row-major order. Token t sits at row t // G, column t % G,
+and its pretraining target is t itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def crop_offset(crop: int) -> int:
+    """Top/left pixels removed by the center crop, as torchvision's CenterCrop does it:
+    int(round(K / 2)) with Python's round-half-to-even (K = 1 -> 0, K = 3 -> 2)."""
+    return int(round(crop / 2))
+
+
+def extract_patches(images: torch.Tensor, grid: int, crop: int) -> torch.Tensor:
+    """(B, C, N, N) images -> (B, G*G, C, P-K, P-K) cropped patches, row-major.
+
+    P = N // G; when G does not divide N, the last N - G*P rows and columns are dropped.
+    """
+    b, c, h, w = images.shape
+    if h != w:
+        raise ValueError(f"images must be square, got {h} x {w}")
+    patch = h // grid
+    if not 0 <= crop < patch:
+        raise ValueError(f"crop K={crop} must satisfy 0 <= K < N // G = {patch}")
+    top = crop_offset(crop)
+    size = patch - crop
+    x = images[:, :, : grid * patch, : grid * patch]
+    x = x.reshape(b, c, grid, patch, grid, patch).permute(0, 2, 4, 1, 3, 5)
+    x = x[..., top : top + size, top : top + size]
+    return x.reshape(b, grid * grid, c, size, size)
+
+
+def patchify(images: torch.Tensor, grid: int, crop: int) -> torch.Tensor:
+    """(B, 3, N, N) -> tokens (B, T, D), T = G^2, D = 3 (N // G - K)^2, each token flattened
+    in (channel, row, column) order."""
+    return extract_patches(images, grid, crop).flatten(2)
+
+
+def unpatchify(tokens: torch.Tensor, grid: int, channels: int = 3, gap: int = 2,
+               fill: float = 1.0) -> torch.Tensor:
+    """Tokens (B, T, D) back to a G x G mosaic (B, C, H, W) with `gap` pixels of `fill`
+    between the patches, for display. Token t goes to cell (t // G, t % G)."""
+    b, t, d = tokens.shape
+    if t != grid * grid:
+        raise ValueError(f"{t} tokens do not form a {grid} x {grid} grid")
+    size = int(round((d / channels) ** 0.5))
+    if channels * size * size != d:
+        raise ValueError(f"token dimension {d} is not {channels} x s x s")
+    side = grid * size + (grid - 1) * gap
+    mosaic = tokens.new_full((b, channels, side, side), fill)
+    patches = tokens.reshape(b, t, channels, size, size)
+    for index in range(t):
+        row, col = divmod(index, grid)
+        y, x = row * (size + gap), col * (size + gap)
+        mosaic[:, :, y : y + size, x : x + size] = patches[:, index]
+    return mosaic
+
+
+@dataclass(frozen=True)
+class PuzzleStats:
+    """The figures the original prints for each configuration."""
+
+    image_size: int
+    grid: int
+    crop: int
+    tokens: int
+    patch_size: int
+    cropped_size: int
+    token_dim: int
+    information_loss: float  # of one patch: 1 - (P-K)^2 / P^2
+    pixels_kept: float  # of the whole image: T (P-K)^2 / N^2
+
+    def as_row(self) -> dict:
+        return dict(self.__dict__)
+
+
+def puzzle_stats(image_size: int, grid: int, crop: int) -> PuzzleStats:
+    patch = image_size // grid
+    if not 1 <= grid <= image_size or not 0 <= crop < patch:
+        raise ValueError(f"(N={image_size}, G={grid}, K={crop}) is not a valid puzzle: "
+                         f"need 1 <= G <= N and 0 <= K < N // G")
+    cropped = patch - crop
+    return PuzzleStats(
+        image_size=image_size, grid=grid, crop=crop, tokens=grid * grid, patch_size=patch,
+        cropped_size=cropped, token_dim=3 * cropped**2,
+        information_loss=1 - cropped**2 / patch**2,
+        pixels_kept=grid * grid * cropped**2 / image_size**2,
+    )
+
+
+def position_targets(batch: int, tokens: int, device=None) -> torch.Tensor:
+    """(B, T) targets: token t's position is t."""
+    return torch.arange(tokens, device=device).expand(batch, tokens)
