@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from apl_core.config import FinetuneConfig, PretrainConfig
+from apl_core.model import (APLTransformer, PatchDropout, build_classifier,
+                            build_pretrain_model)
+from apl_core.puzzle import position_targets
+
+SMALL = dict(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2)
+
+
+@pytest.mark.parametrize("encoder", ["flatten", "cnn", "resnet18"])
+def test_permuting_tokens_permutes_position_logits(encoder):
+    """No positional leak: the model is equivariant to the order of its tokens."""
+    torch.manual_seed(0)
+    heads = 3 if encoder == "flatten" else 4
+    model = build_pretrain_model(PretrainConfig(**{**SMALL, "heads": heads}, encoder=encoder)).eval()
+    patches = model.transformer.patches(torch.randn(2, 3, 32, 32))
+    permutation = torch.randperm(16)
+    with torch.no_grad():
+        logits, _, _ = model.position_logits(patches)
+        shuffled, _, _ = model.position_logits(patches[:, permutation])
+    torch.testing.assert_close(shuffled, logits[:, permutation], atol=1e-4, rtol=1e-4)
+
+
+def test_output_shapes():
+    config = PretrainConfig(**SMALL)
+    model = build_pretrain_model(config)
+    logits, keep = model(torch.randn(5, 3, 32, 32))
+    assert logits.shape == (5, 16, 16) and keep.shape == (5, 16)
+    features, _, _ = model.transformer(torch.randn(5, 3, 32, 32))
+    assert features.shape == (5, 16, config.token_dim)
+
+
+def test_patch_dropout_rate_and_zeroing():
+    torch.manual_seed(0)
+    dropout = PatchDropout(0.3).train()
+    tokens = torch.randn(400, 50, 8) + 5  # never zero by chance
+    dropped, keep = dropout(tokens)
+    n = keep.numel()
+    rate = 1 - keep.float().mean().item()
+    assert abs(rate - 0.3) < 4 * math.sqrt(0.3 * 0.7 / n)
+    assert torch.all(dropped[~keep] == 0)
+    assert torch.equal(dropped[keep], tokens[keep])
+    kept_all, keep_eval = dropout.eval()(tokens)
+    assert keep_eval.all() and torch.equal(kept_all, tokens)
+
+
+def test_attention_weights_on_request():
+    model = build_pretrain_model(PretrainConfig(**SMALL)).eval()
+    patches = model.transformer.patches(torch.randn(3, 3, 32, 32))
+    logits, _, attention = model.position_logits(patches, return_attention=True)
+    assert len(attention) == 2
+    for weights in attention:
+        assert weights.shape == (3, 3, 16, 16)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(3, 3, 16))
+    # the explicit path computes the same function as the fused one
+    fused, _, no_attention = model.position_logits(patches)
+    assert no_attention == []
+    torch.testing.assert_close(fused, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_classifier_pools_tokens_and_counts_classes():
+    tune = FinetuneConfig(image_size=32, num_classes=7, mlp_head=True, dropout=0.05)
+    classifier = build_classifier(tune, PretrainConfig(**SMALL))
+    assert classifier(torch.randn(4, 3, 32, 32)).shape == (4, 7)
+    dropouts = [m.p for m in classifier.transformer.blocks.modules()
+                if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(p == 0.05 for p in dropouts)
+    # the pretraining and fine-tuning models share the transformer's parameter names
+    pretrain_keys = {k for k in build_pretrain_model(PretrainConfig(**SMALL)).state_dict()
+                     if k.startswith("transformer.")}
+    assert pretrain_keys == {k for k in classifier.state_dict() if k.startswith("transformer.")}
+
+
+def test_set_dropout_changes_every_block():
+    transformer = APLTransformer(**{k: v for k, v in SMALL.items()})
+    transformer.set_dropout(0.4)
+    assert all(b.dropout.p == 0.4 for b in transformer.blocks)
+
+
+def test_tiny_model_overfits_one_batch_of_the_puzzle():
+    """The puzzle is learnable: one fixed batch is solved (position accuracy -> 100%)."""
+    torch.manual_seed(0)
+    model = build_pretrain_model(PretrainConfig(**SMALL, dropout=0.0, patch_dropout=0.0))
+    images = torch.rand(8, 3, 32, 32) * 2 - 1
+    targets = position_targets(8, 16)
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    for _ in range(150):
+        logits, _ = model(images)
+        loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        accuracy = (model(images)[0].argmax(-1) == targets).float().mean().item()
+    assert accuracy == 1.0

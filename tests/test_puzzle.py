@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from apl_core.puzzle import (crop_offset, extract_patches, patchify, position_targets,
+                             puzzle_stats, unpatchify)
+
+
+def numbered_image(channels: int, size: int) -> torch.Tensor:
+    """Pixel value = c * 1000 + row * 100 + col, so every pixel says where it came from."""
+    c = torch.arange(channels).view(channels, 1, 1) * 1000
+    r = torch.arange(size).view(1, size, 1) * 100
+    k = torch.arange(size).view(1, 1, size)
+    return (c + r + k).unsqueeze(0).float()
+
+
+def test_patchify_hand_computed_example_with_odd_crop():
+    # N = 7, G = 2: P = 3, the last row and column are dropped; K = 1 crops the
+    # bottom/right pixel only (torchvision's CenterCrop offset int(round(0.5)) = 0).
+    tokens = patchify(numbered_image(3, 7), grid=2, crop=1)
+    assert tokens.shape == (1, 4, 3 * 2 * 2)
+    # token 1 = row 0, column 1: pixels rows 0-1, columns 3-4, in (channel, row, col) order
+    expected = [3, 4, 103, 104, 1003, 1004, 1103, 1104, 2003, 2004, 2103, 2104]
+    assert tokens[0, 1].tolist() == expected
+    # token 2 = row 1, column 0: rows 3-4, columns 0-1
+    assert tokens[0, 2, :4].tolist() == [300, 301, 400, 401]
+
+
+def test_crop_three_takes_two_from_top_left():
+    assert [crop_offset(k) for k in range(6)] == [0, 0, 1, 2, 2, 2]
+    patches = extract_patches(numbered_image(1, 8), grid=1, crop=3)  # P = 8, cropped 5
+    assert patches.shape == (1, 1, 1, 5, 5)
+    assert patches[0, 0, 0, 0, 0].item() == 2 * 100 + 2
+    assert patches[0, 0, 0, -1, -1].item() == 6 * 100 + 6
+
+
+@pytest.mark.parametrize("n,g,k", [(96, 7, 1), (96, 8, 0), (48, 4, 1), (32, 3, 2), (10, 10, 0)])
+def test_token_count_and_dimension(n, g, k):
+    tokens = patchify(torch.rand(2, 3, n, n), g, k)
+    p = n // g
+    assert tokens.shape == (2, g * g, 3 * (p - k) ** 2)
+    stats = puzzle_stats(n, g, k)
+    assert (stats.tokens, stats.token_dim) == (g * g, 3 * (p - k) ** 2)
+
+
+def test_paper_configuration_figures():
+    stats = puzzle_stats(96, 7, 1)
+    assert (stats.patch_size, stats.cropped_size, stats.token_dim, stats.tokens) == (13, 12, 432, 49)
+    assert stats.information_loss == pytest.approx(1 - 144 / 169)
+    assert stats.pixels_kept == pytest.approx(49 * 144 / 96**2)
+
+
+def test_unpatchify_places_each_token_at_its_cell():
+    images = torch.rand(2, 3, 12, 12)
+    mosaic = unpatchify(patchify(images, grid=3, crop=0), grid=3, gap=1, fill=-1.0)
+    assert mosaic.shape == (2, 3, 14, 14)
+    assert torch.equal(mosaic[:, :, 5:9, 10:14], images[:, :, 4:8, 8:12])
+    assert torch.all(mosaic[:, :, 4, :] == -1.0)
+
+
+def test_invalid_puzzles_are_refused():
+    with pytest.raises(ValueError, match="0 <= K"):
+        patchify(torch.rand(1, 3, 12, 12), grid=4, crop=3)
+    with pytest.raises(ValueError):
+        puzzle_stats(12, 13, 0)
+
+
+def test_position_targets_are_token_indices():
+    targets = position_targets(3, 5)
+    assert targets.shape == (3, 5) and torch.equal(targets[2], torch.arange(5))
