@@ -247,6 +247,9 @@ class FinetuneConfig(_Common):
                 _fail(name, getattr(self, name), "must be >= 0")
         if not 0 < self.crop_scale <= 1:
             _fail("crop_scale", self.crop_scale, "must be in (0, 1]")
+        if self.select_best and not self.val_per_class:
+            _fail("select_best", self.select_best,
+                  "selecting on validation needs a validation part: set val_per_class > 0")
         if self.architecture:
             arch = {k: v for k, v in self.architecture.items() if k in ARCHITECTURE_FIELDS}
             if set(arch) != set(self.architecture):
