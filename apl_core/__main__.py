@@ -1,0 +1,4 @@
+"""`python -m apl_core ...`: see apl_core.cli."""
+from .cli import main
+
+raise SystemExit(main())

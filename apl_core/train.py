@@ -1,0 +1,586 @@
+"""The training engine: APL pretraining and fine-tuning share one loop.
+
+    pretrain(config) / finetune(config)   load the data, build the model, then call `fit`
+    fit                                  the epoch loop: train, evaluate, checkpoint, log
+    train_one_epoch / evaluate           one pass over a loader
+    position_loss / class_loss           what one batch costs in each phase
+
+The learning rate is a pure function of training progress (`learning_rate`), so there is no
+scheduler object: a resumed run recomputes the rate from the epoch it continues at. Metric sums
+stay on the device during an epoch and are read once at its end (no host sync per step).
+
+Each run lives in runs_dir/<phase>/<run name>/ with config.json, metrics.jsonl (one row per
+epoch), TensorBoard events under tb/, last.pt (every epoch) and best.pt (fine-tuning with
+select_best). Starting a new run where a run with a checkpoint exists is an error: continue it
+with resume=True, or give another run_name. Resuming with more epochs than the run had
+recomputes the schedule for the new total: warm-up is not repeated, and the cosine curve is
+stretched over the new number of epochs from the current epoch on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from .analysis import knn_accuracy
+from .augment import AugmentSpec
+from .baselines import SCNN, s_resnet18
+from .checkpoint import (
+    check_architecture, list_runs, load_checkpoint, read_checkpoint, restore_rng_state,
+    rng_state, save_checkpoint,
+)
+from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig
+from .data import BatchLoader, ImageSet, labelled_split, load_split, stratified_indices
+from .distributed import DistContext, all_reduce_sum, init_distributed, local_device
+from .model import APLPretrainModel, build_classifier, build_pretrain_model
+from .puzzle import position_targets
+
+Config = PretrainConfig | FinetuneConfig
+TOP_K = (1, 3, 5)
+KNN_QUERIES = 2000  # test images scored by the kNN monitor during pretraining
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    checkpoint: Path  # run_dir / "last.pt"
+    metrics: list[dict]  # one row per epoch, as in metrics.jsonl
+    config: Config
+
+
+# ---------------------------------------------------------------- device, precision, schedule
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX make bf16 matmuls faster than fp32; elsewhere bf16 only costs.
+    (get_cpu_capability() reports just 'AVX512', so ask torch.cpu's feature probes.)"""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision`, None for full fp32. 'auto' takes bf16 where the
+    device computes it fast, fp16 (with gradient scaling) on CUDA without bf16, else fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def learning_rate(progress: float, config: Config) -> float:
+    """The learning rate after `progress` epochs (fractional when stepped per batch).
+
+    Linear warm-up from warmup_start x lr over the first warmup_frac of the epochs, multiplied
+    by cosine annealing over all epochs from 1 down to final_lr_frac: the original chains
+    LinearLR and CosineAnnealingLR, stepped once per epoch."""
+    warmup_epochs = config.warmup_frac * config.epochs
+    warm = 1.0
+    if progress < warmup_epochs:
+        warm = config.warmup_start + (1 - config.warmup_start) * progress / warmup_epochs
+    done = min(progress / config.epochs, 1.0)
+    cosine = config.final_lr_frac + (1 - config.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * done))
+    return config.lr * warm * cosine
+
+
+def make_optimizer(params: list[nn.Parameter], config: Config, device: torch.device):
+    """Adam (the original: L2 weight decay) or AdamW (decoupled), fused kernels on CUDA."""
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    speed = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return kind(params, lr=learning_rate(0, config), weight_decay=config.weight_decay, **speed)
+
+
+# ---------------------------------------------------------------- one batch, one epoch
+
+def topk_hits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None):
+    """(3,) float tensor: how many rows have their target among the 1, 3, 5 top logits."""
+    top = logits.topk(min(max(TOP_K), logits.shape[-1]), dim=-1).indices
+    found = top == targets.unsqueeze(-1)
+    hits = [found[..., :k].any(-1) for k in TOP_K]
+    if mask is not None:
+        hits = [hit & mask for hit in hits]
+    return torch.stack([hit.sum() for hit in hits]).float()
+
+
+def position_loss(model: nn.Module, images: torch.Tensor, labels=None):
+    """Pretraining: cross-entropy of each kept token's position logits against its position t.
+    Tokens removed by PatchDropout are not scored. Returns (loss, top-k hits, tokens scored)."""
+    logits, keep = model(images)
+    targets = position_targets(*keep.shape, device=images.device)
+    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
+    weights = keep.flatten().float()
+    count = weights.sum()
+    loss = (losses * weights).sum() / count.clamp(min=1)
+    return loss, topk_hits(logits, targets, keep), count
+
+
+def class_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+    """Fine-tuning: cross-entropy of the class logits. Returns (loss, top-k hits, images)."""
+    logits = model(images)
+    count = torch.full((), labels.shape[0], dtype=torch.float32, device=labels.device)
+    return F.cross_entropy(logits.float(), labels), topk_hits(logits, labels), count
+
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], tuple]
+
+
+def summarize(totals: torch.Tensor) -> dict:
+    """Device sums [loss x count, hits@1, hits@3, hits@5, count] -> means (one host sync)."""
+    loss_sum, *hits, count = totals.tolist()
+    count = max(count, 1.0)
+    return {"loss": loss_sum / count, **{f"top{k}": h / count for k, h in zip(TOP_K, hits)}}
+
+
+def train_one_epoch(model, loss_fn: LossFn, loader, optimizer, scaler, epoch: int,
+                    config: Config, dtype, context: DistContext, progress=None) -> dict:
+    """One pass over the training loader; returns mean loss, top-1/3/5 and images seen."""
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    totals = torch.zeros(2 + len(TOP_K), device=next(iter(params)).device)
+    images_seen, steps = 0, len(loader)
+    for i, (images, labels) in enumerate(loader):
+        progress_epochs = epoch + i / steps if config.schedule_per_step else epoch
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(progress_epochs, config)
+        with autocast(images.device, dtype):
+            loss, hits, count = loss_fn(model, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        totals += torch.cat([(loss.detach() * count)[None], hits, count[None]])
+        images_seen += images.shape[0]
+        if progress is not None:
+            progress.update(1)
+    return {**summarize(all_reduce_sum(totals, context)),
+            "images": images_seen * context.world_size}
+
+
+@torch.no_grad()
+def evaluate(model, loss_fn: LossFn, loader, dtype, context: DistContext,
+             device: torch.device) -> dict:
+    """Mean loss and top-1/3/5 over an evaluation loader (each image once), in eval mode:
+    no dropout, no PatchDropout."""
+    model.eval()
+    totals = torch.zeros(2 + len(TOP_K), device=device)
+    for images, labels in loader:
+        with autocast(device, dtype):
+            loss, hits, count = loss_fn(model, images, labels)
+        totals += torch.cat([(loss * count)[None], hits, count[None]])
+    return summarize(all_reduce_sum(totals, context))
+
+
+# ---------------------------------------------------------------- run directory and logs
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+
+
+def run_name(config: Config) -> str:
+    """config.run_name, or a readable name from the settings that change the result, e.g.
+    synthetic48-G4K1-flatten-b4h3m3-do0.15-pdo0.1-lr0.001-bs128-e12-s0."""
+    if config.run_name:
+        return config.run_name
+    c = config
+    parts = [f"{c.dataset}{c.image_size}"]
+    if isinstance(c, PretrainConfig):
+        parts += [f"G{c.grid}K{c.crop}", c.encoder, f"b{c.blocks}h{c.heads}m{c.hidden_mult}"]
+        parts += ["mlphead"] if c.mlp_head else []
+        parts += [f"n{c.num_images}"] if c.num_images else []
+    else:
+        if c.model != "apl":
+            parts.append(c.model)
+        elif c.pretrained:
+            source = Path(c.pretrained)
+            parts.append("from-" + (source.parent.name if source.suffix == ".pt" else source.name))
+        else:
+            parts.append("benchmark")
+        parts += [flag for flag, on in (("probe", c.head_only), ("frozenenc", c.freeze_encoder),
+                                        ("mlphead", c.mlp_head)) if on]
+        parts.append(f"npc{c.npc}")
+    if not (isinstance(c, FinetuneConfig) and c.model != "apl"):
+        parts += [f"do{_fmt(c.dropout)}", f"pdo{_fmt(c.patch_dropout)}"]
+    parts += ["adamw"] if c.optimizer == "adamw" else []
+    parts.append(f"lr{_fmt(c.lr)}")
+    parts += [f"wd{_fmt(c.weight_decay)}"] if c.weight_decay else []
+    parts += [f"bs{c.batch_size}", f"e{c.epochs}", f"s{c.seed}"]
+    return "-".join(parts)
+
+
+def open_run(config: Config, resume: bool | str) -> tuple[Path, dict | None]:
+    """The run directory and the checkpoint to continue from (None: a new run). Refuses to
+    start over an existing run, and to resume when there is nothing to resume."""
+    if resume not in (False, True, "auto"):
+        raise ValueError(f"resume={resume!r} is invalid: use False, True or 'auto'")
+    run_dir = Path(config.runs_dir) / config.phase / run_name(config)
+    last = run_dir / "last.pt"
+    if last.is_file():
+        if resume:
+            return run_dir, read_checkpoint(last)
+        raise FileExistsError(
+            f"{run_dir} already holds a run; continue it with resume=True (--resume) or "
+            f"start another one with a different run_name (--run-name)"
+        )
+    if resume is True:
+        runs = list_runs(config.runs_dir, config.phase)
+        raise FileNotFoundError(
+            f"nothing to resume: {last} does not exist. Runs with a checkpoint under "
+            f"{Path(config.runs_dir) / config.phase}: {runs or 'none'}; pass their run_name "
+            f"(--run-name), or start a new run without resume (--resume)"
+        )
+    return run_dir, None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The rows of run_dir/metrics.jsonl (a line cut short by a kill is skipped)."""
+    rows = []
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+class RunLog:
+    """config.json, metrics.jsonl and TensorBoard events of one run (written by rank 0 only).
+    On resume, metrics.jsonl is rewritten from the checkpoint's rows, so it never holds
+    epochs the checkpoint does not."""
+
+    def __init__(self, run_dir: Path, config: Config, rows: list[dict]):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        _write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        self.metrics = open(run_dir / "metrics.jsonl", "a")
+        self.tensorboard = SummaryWriter(run_dir / "tb", purge_step=len(rows) + 1)
+
+    def add(self, row: dict) -> None:
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                self.tensorboard.add_scalar(key, value, row["epoch"])
+        self.tensorboard.flush()
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.tensorboard.close()
+
+
+# ---------------------------------------------------------------- the loop shared by both phases
+
+@dataclass
+class Runtime:
+    device: torch.device
+    dtype: torch.dtype | None  # autocast dtype, None: fp32
+    context: DistContext
+
+
+def runtime(config: Config) -> Runtime:
+    """Device, precision and process group; seeds torch (each rank its own stream of
+    PatchDropout masks; DDP copies rank 0's initial weights to every rank)."""
+    device = resolve_device(config.device)
+    context = init_distributed(device)
+    device = local_device(device, context)
+    dtype = autocast_dtype(config.precision, device)
+    torch.manual_seed(config.seed + context.rank)
+    return Runtime(device, dtype, context)
+
+
+def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Module,
+        architecture: dict, loss_fn: LossFn, train_loader, evaluate_epoch: Callable[[int], dict],
+        rt: Runtime) -> RunResult:
+    """Train `model` for config.epochs epochs (from the checkpoint's epoch when resuming):
+    each epoch trains, evaluates (`evaluate_epoch(epoch) -> metrics`), then saves last.pt and
+    appends a metrics row. A non-finite loss stops the run before anything is saved."""
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config,
+                               rt.device)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
+    start, step, rows = 0, 0, []
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scaler.load_state_dict(resume_from["scaler"])
+        restore_rng_state(resume_from["rng"])
+        start, step, rows = resume_from["epoch"], resume_from["step"], resume_from["metrics"]
+    train_model = DistributedDataParallel(model) if rt.context.enabled else model
+    if config.compile:
+        train_model = torch.compile(train_model)
+    main = rt.context.is_main
+    log = RunLog(run_dir, config, rows) if main else None
+    quiet = config.quiet or not main
+    if not quiet:
+        print(f"{config.phase} run: {run_dir}" + (f" (resuming after epoch {start})" if start else ""))
+    train_keys = ("loss", "top1", "top3", "top5") if config.phase == "pretrain" else ("loss", "top1")
+    epochs = tqdm(range(start, config.epochs), initial=start, total=config.epochs,
+                  desc=config.phase, unit="epoch", disable=quiet)
+    for epoch in epochs:
+        train_loader.set_epoch(epoch)
+        started = time.perf_counter()
+        with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}", unit="batch",
+                  leave=False, disable=quiet) as batches:
+            train = train_one_epoch(train_model, loss_fn, train_loader, optimizer, scaler, epoch,
+                                    config, rt.dtype, rt.context, batches)
+        train_seconds = time.perf_counter() - started
+        if not math.isfinite(train["loss"]):
+            raise RuntimeError(
+                f"the {config.phase} loss became {train['loss']} in epoch {epoch + 1}; the run "
+                f"stopped without saving, so {run_dir / 'last.pt'} still holds epoch {epoch}. "
+                f"Try a lower lr (now {config.lr}), grad_clip > 0 (e.g. 1.0) or precision='fp32'"
+            )
+        step += len(train_loader)
+        row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+               **{f"train_{key}": train[key] for key in train_keys},
+               **evaluate_epoch(epoch + 1),
+               "images_per_s": train["images"] / train_seconds,
+               "epoch_time_s": time.perf_counter() - started}
+        if main and _improves(config, rows, row):
+            save_checkpoint(_weights(config, epoch + 1, architecture, model, row),
+                            run_dir / "best.pt")
+        rows.append(row)
+        if main:
+            save_checkpoint({**_weights(config, epoch + 1, architecture, model, row),
+                             "step": step, "optimizer": optimizer.state_dict(),
+                             "scaler": scaler.state_dict(), "rng": rng_state(), "metrics": rows},
+                            run_dir / "last.pt")
+            log.add(row)
+        epochs.set_postfix({k: round(v, 4) for k, v in row.items()
+                            if k in ("train_loss", "train_top1", "val_top1", "test_top1",
+                                     "images_per_s")})
+    if log is not None:
+        log.close()
+    return RunResult(run_dir, run_dir / "last.pt", rows, config)
+
+
+def _weights(config: Config, epoch: int, architecture: dict, model: nn.Module, row: dict) -> dict:
+    """What best.pt holds, and last.pt on top of its training state."""
+    return {"phase": config.phase, "epoch": epoch, "config": config.to_dict(),
+            "architecture": architecture, "model": model.state_dict(), "row": row}
+
+
+def _improves(config: Config, rows: list[dict], row: dict) -> bool:
+    """select_best: does this epoch's validation accuracy beat every earlier one?"""
+    if not getattr(config, "select_best", False) or "val_top1" not in row:
+        return False
+    return all(row["val_top1"] > earlier.get("val_top1", -1.0) for earlier in rows)
+
+
+def _finished(run_dir: Path, checkpoint: dict, config: Config) -> RunResult | None:
+    """The result of a run that already has all its epochs (resume returns it at once)."""
+    if checkpoint is None or checkpoint["epoch"] < config.epochs:
+        return None
+    saved = type(config).from_dict(checkpoint["config"])
+    return RunResult(run_dir, run_dir / "last.pt", checkpoint["metrics"], saved)
+
+
+def _loader(data: ImageSet, config: Config, rt: Runtime, train: bool) -> BatchLoader:
+    """Training: shuffled, augmented (RandomResizedCrop scale (crop_scale, 1)). Evaluation:
+    in order, only normalized, every image exactly once."""
+    augment = AugmentSpec(scale=(config.crop_scale, 1.0)) if train else None
+    return BatchLoader(data, config.batch_size, shuffle=train,
+                       drop_last=train and config.phase == "pretrain", device=rt.device,
+                       augment=augment, seed=config.seed, rank=rt.context.rank,
+                       world_size=rt.context.world_size)
+
+
+# ---------------------------------------------------------------- pretraining
+
+def pretrain_architecture(config: PretrainConfig) -> dict:
+    """What a pretraining checkpoint's weights fit: image size and ARCHITECTURE_FIELDS."""
+    return {"image_size": config.image_size,
+            **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS}}
+
+
+def split_holdout(images: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, ImageSet]:
+    """A seeded random `holdout` images for held-out position accuracy; the rest trains."""
+    if holdout >= len(images):
+        raise ValueError(f"holdout_images={holdout} leaves no training images out of "
+                         f"{len(images)}; lower holdout_images or raise num_images")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    return images.subset(order[holdout:].sort().values), images.subset(order[:holdout].sort().values)
+
+
+def knn_sets(config: PretrainConfig) -> tuple[ImageSet, ImageSet] | None:
+    """The kNN monitor's bank (labelled train split) and queries (a seeded test subset);
+    None, with a note, when the dataset has no labels."""
+    bank = load_split(config.dataset, "train", config.data_dir, config.image_size)
+    if bank.labels is None:
+        print(f"note: dataset {config.dataset!r} has no labels; the kNN monitor is skipped")
+        return None
+    queries = load_split(config.dataset, "test", config.data_dir, config.image_size,
+                         limit=KNN_QUERIES, seed=config.seed)
+    return bank, queries
+
+
+def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
+    """APL pretraining (SPEC: 'Pretraining recipe'). resume: False (a new run), True
+    (continue this config's run; error if there is none) or 'auto' (continue when there is
+    a checkpoint, else start; a finished run returns at once)."""
+    run_dir, checkpoint = open_run(config, resume)
+    if (done := _finished(run_dir, checkpoint, config)) is not None:
+        return done
+    architecture = pretrain_architecture(config)
+    if checkpoint is not None:
+        check_architecture(checkpoint["architecture"], architecture, run_dir / "last.pt")
+    rt = runtime(config)
+    images = load_split(config.dataset, "unlabeled", config.data_dir, config.image_size,
+                        limit=config.num_images, seed=config.seed)
+    train_set, held_out = split_holdout(images, config.holdout_images, config.seed)
+    if len(train_set) < config.batch_size:
+        raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train_set)} "
+                         f"training images; lower batch_size or raise num_images")
+    knn = knn_sets(config) if config.knn_every else None
+    model = build_pretrain_model(config).to(rt.device)
+    held_out_loader = _loader(held_out, config, rt, train=False) if len(held_out) else None
+
+    def evaluate_epoch(epoch: int) -> dict:
+        metrics = {}
+        if held_out_loader is not None:
+            held = evaluate(model, position_loss, held_out_loader, rt.dtype, rt.context, rt.device)
+            metrics.update({f"val_{key}": value for key, value in held.items()})
+        if knn is not None and (epoch % config.knn_every == 0 or epoch == config.epochs):
+            metrics["knn_top1"] = knn_accuracy(model.transformer, *knn, device=rt.device)
+        return metrics
+
+    return fit(config, run_dir, checkpoint, model, architecture, position_loss,
+               _loader(train_set, config, rt, train=True), evaluate_epoch, rt)
+
+
+def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
+                    device: str = "cpu") -> tuple[APLPretrainModel, PretrainConfig]:
+    """A pretrained model (eval mode) and its config, from a checkpoint path or run name."""
+    checkpoint = load_checkpoint(path_or_run_name, runs_dir, "pretrain")
+    if checkpoint["phase"] != "pretrain":
+        raise ValueError(f"{path_or_run_name!r} is a {checkpoint['phase']} checkpoint, "
+                         f"not a pretraining one")
+    config = PretrainConfig.from_dict(checkpoint["config"])
+    model = build_pretrain_model(config)
+    model.load_state_dict(checkpoint["model"])
+    return model.to(resolve_device(device)).eval(), config
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
+    """The model to fine-tune and its architecture (compared with last.pt on resume):
+    a baseline, the APL classifier on a pretrained transformer, or BENCHMARK's fresh one."""
+    architecture = {"model": config.model, "image_size": config.image_size,
+                    "num_classes": config.num_classes}
+    if config.model == "s-cnn":
+        return SCNN(config.image_size, config.num_classes), architecture
+    if config.model == "s-resnet":
+        return s_resnet18(config.num_classes), architecture
+    pretrained = None
+    if config.pretrained:
+        pretrained = load_checkpoint(config.pretrained, config.runs_dir, "pretrain")
+        if pretrained["phase"] != "pretrain":
+            raise ValueError(f"pretrained={config.pretrained!r} is a {pretrained['phase']} "
+                             f"checkpoint; give a pretraining run")
+        check_architecture(pretrained["architecture"],
+                           {"image_size": config.image_size, **config.architecture},
+                           config.pretrained)
+        transformer_config = PretrainConfig.from_dict(pretrained["config"])
+    else:
+        try:
+            transformer_config = PretrainConfig(image_size=config.image_size, **config.architecture)
+        except ValueError as error:
+            raise ValueError(f"BENCHMARK builds the APL architecture from `architecture` "
+                             f"(else PretrainConfig's defaults): {error}") from error
+    model = build_classifier(config, transformer_config)
+    if pretrained is not None:
+        prefix = "transformer."
+        model.transformer.load_state_dict(
+            {k[len(prefix):]: v for k, v in pretrained["model"].items() if k.startswith(prefix)})
+    if config.head_only:  # the linear probe: only the new head learns
+        for name, param in model.named_parameters():
+            param.requires_grad = name.startswith("class_head.")
+    elif config.freeze_encoder:  # a learned patch encoder stays as pretrained
+        model.transformer.encoder.requires_grad_(False)
+    architecture.update(mlp_head=config.mlp_head, **{
+        name: getattr(transformer_config, name) for name in ARCHITECTURE_FIELDS
+        if name != "mlp_head"})
+    return model, architecture
+
+
+def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, ImageSet]:
+    """(labelled training images, validation images or None, test images)."""
+    labelled = load_split(config.dataset, "train", config.data_dir, config.image_size)
+    if labelled.labels is None:
+        raise ValueError(f"dataset {config.dataset!r} has no labels to fine-tune on")
+    if len(labelled.classes) != config.num_classes:
+        raise ValueError(f"num_classes={config.num_classes} but dataset {config.dataset!r} has "
+                         f"{len(labelled.classes)} classes; set num_classes="
+                         f"{len(labelled.classes)}")
+    train_index, val_index = labelled_split(labelled.labels, config.npc, config.val_per_class,
+                                            config.label_seed)
+    test = load_split(config.dataset, "test", config.data_dir, config.image_size)
+    if config.test_per_class:
+        test = test.subset(stratified_indices(test.labels, config.test_per_class,
+                                              seed=config.label_seed))
+    val = labelled.subset(val_index) if len(val_index) else None
+    return labelled.subset(train_index), val, test
+
+
+def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
+    """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (SPEC: 'Fine-tuning
+    recipe'); `resume` as in `pretrain`. Evaluates on the whole test set every eval_every
+    epochs and at the last one."""
+    run_dir, checkpoint = open_run(config, resume)
+    if (done := _finished(run_dir, checkpoint, config)) is not None:
+        return done
+    rt = runtime(config)
+    model, architecture = build_finetune_model(config)
+    if checkpoint is not None:
+        check_architecture(checkpoint["architecture"], architecture, run_dir / "last.pt")
+    train_set, val_set, test_set = finetune_sets(config)
+    model.to(rt.device)
+    test_loader = _loader(test_set, config, rt, train=False)
+    val_loader = _loader(val_set, config, rt, train=False) if val_set is not None else None
+
+    def evaluate_epoch(epoch: int) -> dict:
+        if epoch % config.eval_every and epoch != config.epochs:
+            return {}
+        test = evaluate(model, class_loss, test_loader, rt.dtype, rt.context, rt.device)
+        metrics = {"test_top1": test["top1"], "test_top3": test["top3"],
+                   "test_top5": test["top5"], "test_nll": test["loss"]}
+        if val_loader is not None:
+            metrics["val_top1"] = evaluate(model, class_loss, val_loader, rt.dtype, rt.context,
+                                           rt.device)["top1"]
+        return metrics
+
+    return fit(config, run_dir, checkpoint, model, architecture, class_loss,
+               _loader(train_set, config, rt, train=True), evaluate_epoch, rt)
