@@ -102,8 +102,8 @@ def accuracy_vs_patch_dropout(model, images: ImageSet | torch.Tensor,
                               device="cpu", batch_size: int = 256) -> list[dict]:
     """Position accuracy when a share p of the tokens is zeroed (PatchDropout at test time):
     one row per p with the accuracy on kept tokens and on dropped ones (can the model tell
-    where a missing patch was?). Only PatchDropout is active; dropout stays off. The global
-    RNG is left as it was."""
+    where a missing patch was? None when none was dropped). Only PatchDropout is active,
+    dropout stays off, and the global RNG is left as it was."""
     images = _uint8(images)
     patch_dropout = model.transformer.patch_dropout
     p_before = patch_dropout.p
@@ -126,7 +126,7 @@ def accuracy_vs_patch_dropout(model, images: ImageSet | torch.Tensor,
                     counts += torch.stack([keep.sum(), (~keep).sum()])
                 kept, dropped = (hits / counts.clamp(min=1)).tolist()
                 rows.append({"p": p, "kept_accuracy": kept,
-                             "dropped_accuracy": dropped if counts[1] else float("nan")})
+                             "dropped_accuracy": dropped if counts[1] else None})
         finally:
             patch_dropout.p = p_before
     return rows

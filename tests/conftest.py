@@ -1,0 +1,27 @@
+"""Shared fixtures: one tiny pretraining run on the embedded synthetic dataset, reused by
+the fine-tuning, checkpoint and analysis tests (smoke profile: seconds on a 2-core CPU)."""
+from __future__ import annotations
+
+import pytest
+
+from apl_core.config import profile_config
+from apl_core.train import pretrain
+
+SMOKE_ARCHITECTURE = dict(grid=4, crop=1, encoder="flatten", blocks=2, heads=3, hidden_mult=2)
+
+
+def smoke_pretrain_config(runs_dir, **overrides):
+    return profile_config("smoke", "pretrain", runs_dir=str(runs_dir), device="cpu",
+                          precision="fp32", **overrides)
+
+
+def smoke_finetune_config(runs_dir, **overrides):
+    return profile_config("smoke", "finetune", runs_dir=str(runs_dir), device="cpu",
+                          precision="fp32", **overrides)
+
+
+@pytest.fixture(scope="session")
+def pretrained_run(tmp_path_factory):
+    """4 epochs of smoke pretraining (G = 4: T = 16 positions)."""
+    runs = tmp_path_factory.mktemp("runs")
+    return pretrain(smoke_pretrain_config(runs, epochs=4))

@@ -1,0 +1,91 @@
+"""Analysis of a trained model: the solved puzzle, confusion, attention, kNN."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from apl_core.analysis import (
+    accuracy_vs_patch_dropout, attention_maps, knn_accuracy, position_analysis, solve_puzzles,
+)
+from apl_core.data import ImageSet
+from apl_core.model import PatchDropout
+from apl_core.train import load_pretrained
+
+T = 16
+
+
+class OracleModel(nn.Module):
+    """Knows every token's position (token t -> position t), with a little noise."""
+
+    def __init__(self):
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.patches = lambda images: images.flatten(1)[:, :T]
+
+    def position_logits(self, patches, return_attention=False):
+        b = patches.shape[0]
+        logits = 10 * torch.eye(T).expand(b, T, T) + torch.rand(b, T, T)
+        return logits, torch.ones(b, T, dtype=torch.bool), []
+
+
+def random_images(n, size=32, seed=0):
+    return torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
+
+
+def test_hungarian_assignment_is_a_permutation():
+    log_probs = torch.randn(20, T, T).log_softmax(-1)
+    assignment = solve_puzzles(log_probs)
+    assert torch.equal(assignment.sort(1).values, torch.arange(T).expand(20, T))
+
+
+def test_oracle_solves_every_puzzle():
+    result = position_analysis(OracleModel(), random_images(12))
+    assert result.solved_share == 1 and result.accuracy == 1 and result.assigned_accuracy == 1
+    assert torch.equal(result.confusion, 12 * torch.eye(T, dtype=result.confusion.dtype))
+
+
+def test_pretrained_model_analysis(pretrained_run):
+    model, config = load_pretrained(pretrained_run.checkpoint)
+    images = random_images(40)
+    result = position_analysis(model, ImageSet(images, None, []), batch_size=16)
+    assert result.probs.shape == (40, T, T)
+    assert torch.allclose(result.probs.sum(-1), torch.ones(40, T), atol=1e-4)
+    assert torch.equal(result.confusion.sum(1), torch.full((T,), 40))
+    assert result.accuracy == pytest.approx(result.confusion.diag().sum().item() / (40 * T))
+    assert torch.equal(result.assignment.sort(1).values, torch.arange(T).expand(40, T))
+    assert 0 <= result.solved_share <= result.assigned_accuracy <= 1
+
+    maps = attention_maps(model, images[:3])
+    assert len(maps) == config.blocks and maps[0].shape == (3, config.heads, T, T)
+    assert torch.allclose(maps[0].sum(-1), torch.ones(3, config.heads, T), atol=1e-4)
+
+    rng = torch.get_rng_state()
+    rows = accuracy_vs_patch_dropout(model, images, ps=(0.0, 0.5), seed=1)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert [row["p"] for row in rows] == [0.0, 0.5]
+    assert rows[0]["kept_accuracy"] == pytest.approx(result.accuracy)
+    assert rows == accuracy_vs_patch_dropout(model, images, ps=(0.0, 0.5), seed=1)
+    assert model.transformer.patch_dropout.p == config.patch_dropout and not model.training
+
+
+class ColourFeatures(nn.Module):
+    """A 'transformer' whose token features are the mean colour of the image."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch_dropout = PatchDropout(0.0)
+
+    def forward(self, images):
+        return images.mean(dim=(2, 3)).unsqueeze(1), None, []
+
+
+def test_knn_votes_by_nearest_features():
+    colours = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=torch.uint8)
+    labels = torch.arange(30) % 3
+    images = colours[labels].view(30, 3, 1, 1).expand(30, 3, 8, 8).contiguous()
+    bank = ImageSet(images, labels, ["r", "g", "b"])
+    assert knn_accuracy(ColourFeatures(), bank, bank, k=5) == 1.0
+    shuffled = ImageSet(images, labels.roll(1), ["r", "g", "b"])
+    assert knn_accuracy(ColourFeatures(), bank, shuffled, k=5) == 0.0

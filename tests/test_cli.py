@@ -1,0 +1,99 @@
+"""`python -m apl_core`: options from the dataclasses, config files, errors, kill and resume."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+from apl_core.checkpoint import read_checkpoint
+from apl_core.cli import build_parser, config_from_args, main
+from apl_core.config import FinetuneConfig, PretrainConfig
+from apl_core.train import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def config_of(argv):
+    args = build_parser().parse_args(argv)
+    return config_from_args(args.command, args)
+
+
+def test_help_lists_every_option_with_its_default(capsys):
+    for phase, config_class in (("pretrain", PretrainConfig), ("finetune", FinetuneConfig)):
+        with pytest.raises(SystemExit):
+            main([phase, "--help"])
+        text = capsys.readouterr().out
+        for field in dataclasses.fields(config_class):
+            assert "--" + field.name.replace("_", "-") in text
+        assert "(default: 7)" in text if phase == "pretrain" else "(default: 30)" in text
+
+
+def test_precedence_options_over_file_over_profile(tmp_path):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("lr: 0.01\ngrid: 2\nheads: 3\nmlp_head: true\n")
+    config = config_of(["pretrain", "--profile", "smoke", "--config", str(settings),
+                        "--grid", "4", "--no-mlp-head"])
+    assert (config.lr, config.grid, config.mlp_head, config.image_size) == (0.01, 4, False, 32)
+    assert config_of(["finetune", "--architecture", '{"grid": 4, "heads": 3}',
+                      "--image-size", "32"]).architecture == {"grid": 4, "heads": 3}
+
+
+def test_unknown_option_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--gird", "4"])
+    assert exit_.value.code == 2 and "--gird" in capsys.readouterr().err
+
+
+def test_config_file_with_a_wrong_type_names_the_field(tmp_path, capsys):
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"epochs": "ten"}))
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--config", str(settings)])
+    assert exit_.value.code == 2 and "epochs='ten'" in capsys.readouterr().err
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys):
+    assert main(["pretrain", "--profile", "smoke", "--runs-dir", str(tmp_path), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_course_forwards_its_arguments(monkeypatch):
+    received = []
+    monkeypatch.setitem(sys.modules, "apl_core.course",
+                        types.SimpleNamespace(main=lambda argv: received.append(argv)))
+    assert main(["course", "--profile", "smoke", "--out", "x"]) == 0
+    assert received == [["--profile", "smoke", "--out", "x"]]
+
+
+def test_sigkill_mid_epoch_then_resume_finishes(tmp_path):
+    command = [sys.executable, "-m", "apl_core", "pretrain", "--profile", "smoke", "--quiet",
+               "--device", "cpu", "--runs-dir", str(tmp_path), "--run-name", "killed",
+               "--epochs", "3", "--num-images", "2304"]
+    last = tmp_path / "pretrain" / "killed" / "last.pt"
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not last.exists():
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.02)
+        time.sleep(0.3)  # well inside epoch 2
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert read_checkpoint(last)["epoch"] == 1, "the kill did not land in epoch 2"
+    done = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"run directory: {last.parent}" in done.stdout
+    assert [row["epoch"] for row in read_metrics(last.parent)] == [1, 2, 3]
+    assert read_checkpoint(last)["epoch"] == 3

@@ -1,0 +1,233 @@
+"""The training engine: it learns, every fine-tuning option runs, resume is exact, and bad
+input fails before any work."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import apl_core.train as train
+from apl_core.checkpoint import read_checkpoint
+from apl_core.config import FinetuneConfig, PretrainConfig
+from apl_core.train import (
+    build_finetune_model, finetune, learning_rate, pretrain, read_metrics, run_name,
+)
+from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
+
+TIMING = ("images_per_s", "epoch_time_s")
+
+
+def without_timing(rows):
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+# ---------------------------------------------------------------- pretraining
+
+def test_pretraining_lowers_loss_and_localizes_positions(pretrained_run):
+    rows = pretrained_run.metrics
+    assert [row["epoch"] for row in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+    assert rows[-1]["val_loss"] < rows[0]["val_loss"]
+    chance = 1 / 16
+    assert rows[-1]["val_top1"] > 5 * chance
+    assert rows[-1]["val_top1"] <= rows[-1]["val_top3"] <= rows[-1]["val_top5"] <= 1
+    assert read_metrics(pretrained_run.run_dir) == rows
+    run_dir = pretrained_run.run_dir
+    assert (run_dir / "config.json").is_file() and (run_dir / "last.pt").is_file()
+    assert any((run_dir / "tb").iterdir())
+    assert run_dir.name == run_name(pretrained_run.config)
+
+
+def test_last_checkpoint_loads_with_weights_only(pretrained_run):
+    state = torch.load(pretrained_run.checkpoint, weights_only=True)
+    assert state["phase"] == "pretrain" and state["epoch"] == 4
+    assert state["architecture"]["grid"] == 4
+    assert PretrainConfig.from_dict(state["config"]) == pretrained_run.config
+    assert state["metrics"] == pretrained_run.metrics
+
+
+def test_auto_resume_returns_a_finished_run_at_once(pretrained_run, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
+    result = pretrain(pretrained_run.config, resume="auto")
+    assert result.metrics == pretrained_run.metrics
+
+
+def test_new_run_over_an_existing_one_is_refused(pretrained_run):
+    with pytest.raises(FileExistsError, match="resume"):
+        pretrain(pretrained_run.config)
+
+
+def test_resume_with_nothing_to_resume(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        pretrain(smoke_pretrain_config(tmp_path), resume=True)
+
+
+def test_resume_into_another_architecture_names_the_field(pretrained_run):
+    other = pretrained_run.config.replace(grid=2, heads=3, run_name=pretrained_run.run_dir.name,
+                                          epochs=5)
+    with pytest.raises(ValueError, match="grid: checkpoint has 4, config asks for 2"):
+        pretrain(other, resume=True)
+
+
+def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, monkeypatch):
+    config = dict(epochs=3, num_images=512, holdout_images=128, schedule_per_step=True)
+    whole = pretrain(smoke_pretrain_config(tmp_path / "whole", **config))
+
+    saves = []
+    real_save = train.save_checkpoint
+
+    def stop_after_second_epoch(state, path):
+        real_save(state, path)
+        saves.append(path)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # the user stops the run right after epoch 2 is saved
+
+    monkeypatch.setattr(train, "save_checkpoint", stop_after_second_epoch)
+    interrupted = smoke_pretrain_config(tmp_path / "parts", **config)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(interrupted)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert read_checkpoint(tmp_path / "parts" / "pretrain" / run_name(interrupted) / "last.pt")[
+        "epoch"] == 2
+    resumed = pretrain(interrupted, resume=True)
+
+    assert without_timing(resumed.metrics) == without_timing(whole.metrics)
+    whole_weights = read_checkpoint(whole.checkpoint)["model"]
+    resumed_weights = read_checkpoint(resumed.checkpoint)["model"]
+    assert whole_weights.keys() == resumed_weights.keys()
+    for key in whole_weights:
+        assert torch.equal(whole_weights[key], resumed_weights[key]), key
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    config = smoke_pretrain_config(tmp_path, epochs=3, num_images=512, holdout_images=128)
+    steps_per_epoch = (512 - 128) // config.batch_size
+    real_loss, training_steps = train.position_loss, []
+
+    def loss_that_explodes_in_epoch_two(model, images, labels):
+        loss, hits, count = real_loss(model, images, labels)
+        training_steps.extend([1] if model.training else [])
+        return (loss * math.nan if len(training_steps) > steps_per_epoch else loss), hits, count
+
+    monkeypatch.setattr(train, "position_loss", loss_that_explodes_in_epoch_two)
+    with pytest.raises(RuntimeError, match="epoch 2.*lower lr"):
+        pretrain(config)
+    last = read_checkpoint(tmp_path / "pretrain" / run_name(config) / "last.pt")
+    assert last["epoch"] == 1
+    assert all(torch.isfinite(value).all() for value in last["model"].values())
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+FINETUNE_OPTIONS = {
+    "full": dict(),
+    "head_only": dict(head_only=True),
+    "mlp_head": dict(mlp_head=True),
+    "freeze_encoder": dict(freeze_encoder=True),
+    "dropout": dict(dropout=0.3),
+}
+
+
+@pytest.mark.parametrize("option", FINETUNE_OPTIONS)
+def test_finetuning_from_pretrained_run(option, pretrained_run, tmp_path):
+    config = smoke_finetune_config(tmp_path, pretrained=str(pretrained_run.checkpoint),
+                                   **FINETUNE_OPTIONS[option])
+    result = finetune(config)
+    rows = result.metrics
+    assert [row["epoch"] for row in rows] == [1, 2]
+    test_images = 10 * config.test_per_class
+    for row in rows:  # eval_every = 1: every epoch is evaluated on the whole test subset
+        assert 0 <= row["test_top1"] <= row["test_top3"] <= row["test_top5"] <= 1
+        assert math.isfinite(row["test_nll"])
+        correct = row["test_top1"] * test_images
+        assert abs(correct - round(correct)) < 1e-6  # each test image counted once
+    pretrained = read_checkpoint(pretrained_run.checkpoint)["model"]
+    tuned = read_checkpoint(result.checkpoint)["model"]
+    key = "transformer.blocks.0.attn.qkv.weight"
+    assert torch.equal(tuned[key], pretrained[key]) == (option == "head_only")
+
+
+def test_pretrained_run_by_name(pretrained_run):
+    config = smoke_finetune_config(pretrained_run.run_dir.parents[1], epochs=1,
+                                   pretrained=pretrained_run.run_dir.name, head_only=True)
+    model, architecture = build_finetune_model(config)
+    assert architecture["grid"] == 4
+    pretrained = read_checkpoint(pretrained_run.checkpoint)["model"]
+    assert torch.equal(model.transformer.blocks[0].attn.qkv.weight,
+                       pretrained["transformer.blocks.0.attn.qkv.weight"])
+
+
+@pytest.mark.parametrize("model", ["benchmark", "s-cnn", "s-resnet"])
+def test_from_scratch_models_train_on_the_same_recipe(model, tmp_path):
+    options = ({"architecture": SMOKE_ARCHITECTURE} if model == "benchmark"
+               else {"model": model})
+    result = finetune(smoke_finetune_config(tmp_path, **options))
+    assert {"test_top1", "test_nll", "train_loss"} <= set(result.metrics[-1])
+    assert model in result.run_dir.name
+
+
+def test_options_freeze_what_they_say():
+    config = smoke_finetune_config("unused", architecture={**SMOKE_ARCHITECTURE,
+                                                           "encoder": "cnn", "heads": 4})
+    model, _ = build_finetune_model(config.replace(freeze_encoder=True))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen and all(name.startswith("transformer.encoder.") for name in frozen)
+    model, _ = build_finetune_model(config.replace(head_only=True))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(name.startswith("class_head.") for name in trainable)
+    model, _ = build_finetune_model(config.replace(dropout=0.3, patch_dropout=0.2))
+    assert {m.p for m in model.transformer.blocks.modules() if isinstance(m, nn.Dropout)} == {0.3}
+    assert model.transformer.patch_dropout.p == 0.2
+
+
+def test_select_best_keeps_the_best_validation_weights(tmp_path):
+    config = smoke_finetune_config(tmp_path, epochs=3, val_per_class=5, select_best=True,
+                                   architecture=SMOKE_ARCHITECTURE)
+    result = finetune(config)
+    best = read_checkpoint(result.run_dir / "best.pt")
+    best_row = max(result.metrics, key=lambda row: row["val_top1"])  # first of the ties
+    assert best["epoch"] == best_row["epoch"] and best["row"] == best_row
+
+
+def test_missing_pretrained_checkpoint_says_where_it_looked(tmp_path):
+    config = smoke_finetune_config(tmp_path, pretrained="no-such-run")
+    with pytest.raises(FileNotFoundError, match="no-such-run.*ls "):
+        finetune(config)
+
+
+def test_pretrained_checkpoint_of_another_architecture(pretrained_run, tmp_path):
+    config = smoke_finetune_config(tmp_path, pretrained=str(pretrained_run.checkpoint),
+                                   architecture={**SMOKE_ARCHITECTURE, "blocks": 3})
+    with pytest.raises(ValueError, match="blocks: checkpoint has 2, config asks for 3"):
+        finetune(config)
+    with pytest.raises(ValueError, match="image_size"):
+        finetune(smoke_finetune_config(tmp_path, pretrained=str(pretrained_run.checkpoint),
+                                       image_size=48))
+
+
+def test_npc_larger_than_a_class_fails_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValueError):
+        finetune(smoke_finetune_config(tmp_path, npc=100_000, architecture=SMOKE_ARCHITECTURE))
+
+
+# ---------------------------------------------------------------- schedule
+
+def test_schedule_warms_up_then_anneals():
+    config = FinetuneConfig(epochs=100, lr=1e-3, warmup_frac=0.1, warmup_start=0.5,
+                            final_lr_frac=0.1)
+    rates = [learning_rate(epoch, config) for epoch in range(100)]
+    assert rates[0] == pytest.approx(0.5e-3)
+    assert max(range(100), key=rates.__getitem__) == 10  # the peak ends the warm-up
+    assert all(a < b for a, b in zip(rates[:10], rates[1:11]))
+    assert all(a > b for a, b in zip(rates[10:], rates[11:]))
+    assert rates[-1] == pytest.approx(1e-4, rel=0.01)
+    assert learning_rate(100, config) == pytest.approx(1e-4)
+
+
+def test_run_reports_the_scheduled_rates(pretrained_run):
+    config = pretrained_run.config
+    assert [row["lr"] for row in pretrained_run.metrics] == [
+        pytest.approx(learning_rate(epoch, config)) for epoch in range(config.epochs)]
