@@ -1,0 +1,518 @@
+"""Figures for the course notebooks, in one look.
+
+Every function takes plain data (tensors, arrays, lists of metric rows), draws one figure
+with a title, labelled axes and a colour bar or legend where colours carry meaning, and
+returns the `matplotlib.figure.Figure` (the notebooks show it and `save` it). The theme is
+set once, here, by `set_theme()`, which runs on import.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .puzzle import crop_offset, extract_patches, unpatchify
+
+PALETTE = "colorblind"
+HEATMAP = "rocket_r"  # sequential, light = low: probabilities, counts, attention
+ACCURACY_MAP = "viridis"
+
+
+def set_theme() -> None:
+    """The one place that sets the course's look (seaborn theme, palette, figure defaults)."""
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE,
+                  rc={"figure.dpi": 100, "savefig.dpi": 120, "savefig.bbox": "tight",
+                      "axes.titleweight": "bold", "figure.titleweight": "bold"})
+
+
+set_theme()
+
+
+# ---------------------------------------------------------------- images and mosaics
+
+def to_display(image) -> np.ndarray:
+    """One image -> (H, W, 3) float array in [0, 1] for `imshow`.
+
+    Accepts a (3, H, W) or (H, W, 3) tensor/array: uint8 (0..255), float normalised to
+    [-1, 1] (the training normalisation; recognised by negative values) or float in [0, 1].
+    """
+    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if x.ndim != 3:
+        raise ValueError(f"expected one image (3, H, W) or (H, W, 3), got shape {x.shape}")
+    if x.shape[0] in (1, 3) and x.shape[-1] > 3:  # channels first
+        x = x.transpose(1, 2, 0)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    else:
+        x = x.astype(np.float32)
+        if x.min() < 0:
+            x = (x + 1) / 2
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return np.clip(x, 0, 1)
+
+
+def _as_float_image(image) -> torch.Tensor:
+    """(3, N, N) uint8 / [-1, 1] / [0, 1] -> (3, N, N) float tensor in [0, 1]."""
+    return torch.from_numpy(to_display(image).transpose(2, 0, 1).copy())
+
+
+def mosaic(image, grid: int, crop: int, order: Sequence[int] | torch.Tensor | None = None,
+           gap: int = 2) -> np.ndarray:
+    """The cropped patches of `image` laid out on the G x G grid with white gaps.
+
+    `order[c]` is the patch shown in cell c (row-major); None keeps the original order,
+    a permutation shows the shuffled puzzle. Returns an (H, W, 3) array in [0, 1].
+    """
+    x = _as_float_image(image).unsqueeze(0)
+    tokens = extract_patches(x, grid, crop).flatten(2)  # (1, T, D)
+    if order is not None:
+        order = torch.as_tensor(order, dtype=torch.long)
+        if sorted(order.tolist()) != list(range(grid * grid)):
+            raise ValueError(f"order must be a permutation of 0..{grid * grid - 1}")
+        tokens = tokens[:, order]
+    return unpatchify(tokens, grid, gap=gap)[0].permute(1, 2, 0).numpy()
+
+
+def random_order(grid: int, seed: int = 0) -> torch.Tensor:
+    """A seeded random permutation of the T = G^2 positions (never the identity for T > 1)."""
+    g = torch.Generator().manual_seed(seed)
+    t = grid * grid
+    while True:
+        order = torch.randperm(t, generator=g)
+        if t == 1 or not torch.equal(order, torch.arange(t)):
+            return order
+
+
+def _image_axes(ax, title: str, size: int | None = None, unit: str = "pixels") -> None:
+    ax.set_title(title)
+    ax.grid(False)
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
+    if size is not None:
+        ax.set_xticks([0, size - 1])
+        ax.set_yticks([0, size - 1])
+
+
+def _draw_cuts(ax, size: int, grid: int, crop: int) -> None:
+    """Grid lines where the image is cut, and the cropped-away border of every patch shaded."""
+    patch = size // grid
+    top = crop_offset(crop)
+    for i in range(grid + 1):
+        ax.axhline(i * patch - 0.5, color="white", lw=1.2)
+        ax.axvline(i * patch - 0.5, color="white", lw=1.2)
+    if crop:
+        for r in range(grid):
+            for c in range(grid):
+                ax.add_patch(Rectangle((c * patch + top - 0.5, r * patch + top - 0.5),
+                                       patch - crop, patch - crop, fill=False,
+                                       edgecolor="yellow", lw=0.8, ls="--"))
+    if grid * patch < size:  # the rows/columns that G does not divide are dropped
+        ax.axhspan(grid * patch - 0.5, size - 0.5, color="black", alpha=0.5)
+        ax.axvspan(grid * patch - 0.5, size - 0.5, color="black", alpha=0.5)
+
+
+def puzzle_figure(image, grid: int, crop: int, seed: int = 0, title: str | None = None) -> Figure:
+    """The image with its cuts, its cropped patches in order, and the shuffled puzzle."""
+    shown = to_display(image)
+    size = shown.shape[0]
+    order = random_order(grid, seed)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    axes[0].imshow(shown)
+    _draw_cuts(axes[0], size, grid, crop)
+    _image_axes(axes[0], f"image {size}x{size}, cut {grid}x{grid}", size)
+    axes[1].imshow(mosaic(image, grid, crop))
+    _image_axes(axes[1], f"patches cropped by K={crop}, in order", unit="mosaic px")
+    axes[2].imshow(mosaic(image, grid, crop, order))
+    _image_axes(axes[2], "shuffled: what the model is given", unit="mosaic px")
+    fig.suptitle(title or f"The APL puzzle: G={grid} ({grid * grid} patches), K={crop}")
+    fig.tight_layout()
+    return fig
+
+
+def puzzle_grids_figure(image, grids: Iterable[int], crop: int, seed: int = 0,
+                        title: str | None = None) -> Figure:
+    """One column per grid size G: the patches in order (top) and shuffled (bottom)."""
+    grids = list(grids)
+    fig, axes = plt.subplots(2, len(grids), figsize=(3.2 * len(grids), 6.8), squeeze=False)
+    for j, g in enumerate(grids):
+        axes[0, j].imshow(mosaic(image, g, crop))
+        _image_axes(axes[0, j], f"G={g}: T={g * g}, in order", unit="mosaic px")
+        axes[1, j].imshow(mosaic(image, g, crop, random_order(g, seed)))
+        _image_axes(axes[1, j], f"G={g}: shuffled", unit="mosaic px")
+    fig.suptitle(title or f"Finer grids make harder puzzles (crop K={crop})")
+    fig.tight_layout()
+    return fig
+
+
+def image_samples_figure(images, labels=None, classes=None, n: int = 8,
+                         title: str = "Samples of the dataset") -> Figure:
+    """A row of images, with their class names when given."""
+    n = min(n, len(images))
+    fig, axes = plt.subplots(1, n, figsize=(1.8 * n, 2.4), squeeze=False)
+    for i in range(n):
+        ax = axes[0, i]
+        ax.imshow(to_display(images[i]))
+        ax.grid(False)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if labels is not None:
+            label = int(labels[i])
+            ax.set_title(classes[label] if classes else f"class {label}", fontsize=9)
+    axes[0, 0].set_ylabel(f"{images[0].shape[-1]} px")
+    fig.supxlabel(f"{images[0].shape[-1]} x {images[0].shape[-1]} pixels each", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- training curves
+
+def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
+    xs, ys = [], []
+    for row in rows:
+        value = row.get(key)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            xs.append(row["epoch"])
+            ys.append(value)
+    return xs, ys
+
+
+def training_curves(metrics: Sequence[dict], chance: float | None = None,
+                    title: str = "APL pretraining") -> Figure:
+    """Loss, position top-1 accuracy (train and held-out) and learning rate per epoch."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    colors = sns.color_palette(PALETTE)
+    for key, label, color in (("train_loss", "train", colors[0]),
+                              ("val_loss", "held-out", colors[1])):
+        xs, ys = _series(metrics, key)
+        if xs:
+            axes[0].plot(xs, ys, marker="o", ms=3, label=label, color=color)
+    if chance:
+        axes[0].axhline(math.log(1 / chance), color="grey", ls=":", label="chance: log T")
+    axes[0].set(title="Position loss", xlabel="epoch", ylabel="cross-entropy (nats)")
+    axes[0].legend()
+    for key, label, color, ls in (("train_top1", "train top-1", colors[0], "-"),
+                                  ("val_top1", "held-out top-1", colors[1], "-"),
+                                  ("val_top5", "held-out top-5", colors[1], "--")):
+        xs, ys = _series(metrics, key)
+        if xs:
+            axes[1].plot(xs, [100 * y for y in ys], marker="o", ms=3, label=label,
+                         color=color, ls=ls)
+    if chance:
+        axes[1].axhline(100 * chance, color="grey", ls=":", label=f"chance 1/T = {100 * chance:.1f}%")
+    axes[1].set(title="Position accuracy", xlabel="epoch", ylabel="accuracy (%)", ylim=(0, 100))
+    axes[1].legend()
+    xs, ys = _series(metrics, "lr")
+    axes[2].plot(xs, ys, marker="o", ms=3, color=colors[2], label="learning rate")
+    axes[2].set(title="Learning rate schedule", xlabel="epoch", ylabel="learning rate")
+    axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    axes[2].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- position analysis
+
+def confusion_heatmap(confusion, normalize: bool = True,
+                      title: str = "Position confusion on held-out images") -> Figure:
+    """T x T confusion (rows: true position, columns: predicted), rows normalised to shares."""
+    c = torch.as_tensor(confusion, dtype=torch.float64).numpy()
+    t = c.shape[0]
+    if normalize:
+        c = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+    side = min(12, 4 + 0.18 * t)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    step = max(1, t // 16)
+    sns.heatmap(c, ax=ax, cmap=HEATMAP, square=True, vmin=0, vmax=1 if normalize else None,
+                xticklabels=step, yticklabels=step,
+                cbar_kws={"label": "share of the row's tokens" if normalize else "tokens"})
+    ax.set(title=title, xlabel="predicted position", ylabel="true position t")
+    fig.tight_layout()
+    return fig
+
+
+def position_accuracy_grid(per_position_accuracy, grid: int, chance: float | None = None,
+                           title: str = "Top-1 accuracy of each position") -> Figure:
+    """Per-position accuracy drawn where the positions sit in the image (G x G)."""
+    acc = torch.as_tensor(per_position_accuracy, dtype=torch.float64).numpy().reshape(grid, grid)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * grid + 1.5, 1.0 + 0.75 * grid))
+    sns.heatmap(100 * acc, ax=ax, cmap=ACCURACY_MAP, vmin=0, vmax=100, square=True,
+                annot=grid <= 10, fmt=".0f", annot_kws={"fontsize": 8},
+                cbar_kws={"label": "top-1 accuracy (%)"})
+    subtitle = f" (chance {100 * chance:.1f}%)" if chance else ""
+    ax.set(title=title + subtitle, xlabel="grid column", ylabel="grid row")
+    fig.tight_layout()
+    return fig
+
+
+def _cell_map(weights: np.ndarray, grid: int, patch: int, size: int) -> np.ndarray:
+    """(T,) weights -> (size, size) map, each weight filling its patch's pixels."""
+    m = np.kron(weights.reshape(grid, grid), np.ones((patch, patch)))
+    out = np.full((size, size), np.nan)
+    out[: grid * patch, : grid * patch] = m
+    return out
+
+
+def attention_figure(image, attention: Sequence, query: int, grid: int,
+                     max_heads: int = 6, title: str | None = None) -> Figure:
+    """Where one query patch looks: its attention weights over the grid, drawn over the image,
+    one row per block, one column per head and a last column with the mean over heads.
+
+    `attention`: one (H, T, T) array/tensor per block for this image (a (1, H, T, T) batch
+    of one is accepted too).
+    """
+    shown = to_display(image)
+    size = shown.shape[0]
+    patch = size // grid
+    maps = [torch.as_tensor(a).detach().float().cpu() for a in attention]
+    maps = [a[0] if a.dim() == 4 else a for a in maps]
+    heads = maps[0].shape[0]
+    show = list(range(min(heads, max_heads)))
+    cols = len(show) + 1
+    rows = len(maps)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1, 2.3 * rows + 0.6),
+                             squeeze=False)
+    gray = shown.mean(axis=-1)
+    vmax = max(float(a[:, query].max()) for a in maps)
+    qr, qc = divmod(query, grid)
+    im = None
+    for b, a in enumerate(maps):
+        for j in range(cols):
+            ax = axes[b, j]
+            weights = a[show[j], query] if j < len(show) else a[:, query].mean(0)
+            ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+            im = ax.imshow(_cell_map(weights.numpy(), grid, patch, size), cmap="inferno",
+                           alpha=0.65, vmin=0, vmax=vmax)
+            ax.add_patch(Rectangle((qc * patch - 0.5, qr * patch - 0.5), patch, patch,
+                                   fill=False, edgecolor="cyan", lw=2))
+            ax.grid(False)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if b == 0:
+                ax.set_title(f"head {show[j]}" if j < len(show) else "mean of all heads",
+                             fontsize=10)
+            if j == 0:
+                ax.set_ylabel(f"block {b + 1}\ny (pixels)")
+            if b == rows - 1:
+                ax.set_xlabel("x (pixels)")
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="attention weight")
+    more = f"; first {len(show)} of {heads} heads" if heads > len(show) else ""
+    fig.suptitle(title or f"Attention of query patch {query} (row {qr}, column {qc}, cyan){more}")
+    return fig
+
+
+def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
+                      title: str | None = None) -> Figure:
+    """For each image: the shuffled puzzle, the model's reassembly (token t placed at the
+    position assigned to it, wrong places framed red) and the original order.
+
+    `assignment[i, t]` is the position assigned to token t of image i (token t truly sits
+    at position t). The model is permutation-equivariant, so its assignment of a shuffled
+    puzzle is this one shuffled the same way: reassembling it undoes the shuffle.
+    """
+    assignment = torch.as_tensor(assignment, dtype=torch.long)
+    n = len(images)
+    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 8.0), squeeze=False)
+    for i in range(n):
+        t = grid * grid
+        shuffled = random_order(grid, seed + i)
+        placed = torch.empty(t, dtype=torch.long)  # placed[c] = token shown in cell c
+        placed[assignment[i]] = torch.arange(t)
+        wrong = (assignment[i] != torch.arange(t)).sum().item()
+        panels = ((mosaic(images[i], grid, crop, shuffled), "shuffled input"),
+                  (mosaic(images[i], grid, crop, placed),
+                   "solved" if wrong == 0 else f"reassembled: {wrong}/{t} wrong"),
+                  (mosaic(images[i], grid, crop), "true order"))
+        for r, (img, label) in enumerate(panels):
+            ax = axes[r, i]
+            ax.imshow(img)
+            ax.grid(False)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label, fontsize=10, color="C3" if r == 1 and wrong else "black")
+            if r == 1 and wrong:
+                s = (img.shape[0] - (grid - 1) * 2) // grid
+                for cell in range(t):
+                    if placed[cell] != cell:
+                        rr, cc = divmod(cell, grid)
+                        ax.add_patch(Rectangle((cc * (s + 2) - 0.5, rr * (s + 2) - 0.5), s, s,
+                                               fill=False, edgecolor="red", lw=1.5))
+        axes[2, i].set_xlabel(f"image {i}")
+    for r, label in enumerate(("shuffled", "model", "truth")):
+        axes[r, 0].set_ylabel(label)
+    fig.suptitle(title or "Puzzles reassembled from the model's position predictions "
+                          "(Hungarian assignment)")
+    fig.tight_layout()
+    return fig
+
+
+def patch_dropout_figure(rows: Sequence[dict], chance: float | None = None,
+                         title: str = "Position accuracy as patches are dropped") -> Figure:
+    """Position accuracy against the share p of patches zeroed at test time. Rows:
+    {'p', 'kept_accuracy', 'dropped_accuracy'} (analysis.accuracy_vs_patch_dropout)."""
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    labels = {"kept_accuracy": "patches kept: placed correctly",
+              "dropped_accuracy": "patches dropped (zeroed): placed correctly"}
+    for key, label in labels.items():
+        pts = [(r["p"], 100 * r[key]) for r in rows
+               if r.get(key) is not None and not math.isnan(r[key])]
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=label)
+    if chance:
+        ax.axhline(100 * chance, color="grey", ls=":", label=f"chance 1/T = {100 * chance:.1f}%")
+    ax.set(title=title, xlabel="PatchDropout p (share of patches zeroed)",
+           ylabel="position top-1 accuracy (%)", ylim=(0, 100), xlim=(-0.02, 1.0))
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def puzzle_stats_figure(stats: Sequence, title: str | None = None) -> Figure:
+    """Token dimension and information loss against G, one line per crop K.
+    `stats`: PuzzleStats (or their `as_row()` dicts) of one image size."""
+    rows = [s if isinstance(s, dict) else s.as_row() for s in stats]
+    crops = sorted({r["crop"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in crops:
+        pts = sorted((r["grid"], r["token_dim"], 100 * r["information_loss"])
+                     for r in rows if r["crop"] == k)
+        g, d, loss = zip(*pts)
+        axes[0].plot(g, d, marker="o", label=f"K={k}")
+        axes[1].plot(g, loss, marker="o", label=f"K={k}")
+    axes[0].set(title="Token dimension D = 3 (P-K)^2", xlabel="grid size G (patches per side)",
+                ylabel="D (values per token, log scale)", yscale="log")
+    axes[1].set(title="Information loss of a patch: 1 - (P-K)^2/P^2", ylim=(0, 100),
+                xlabel="grid size G (patches per side)", ylabel="pixels cropped away (%)")
+    for ax in axes:
+        ax.legend(title="crop")
+    fig.suptitle(title or f"What G and K cost (N = {rows[0]['image_size']} pixels)")
+    fig.tight_layout()
+    return fig
+
+
+def equivariance_figure(logits, logits_shuffled, order,
+                        title: str = "No positional information: shuffle in, shuffle out"
+                        ) -> Figure:
+    """Three (T, T) position-logit matrices of one image: tokens in order, tokens shuffled
+    by `order` (row i = token order[i]), and the shuffled result with its rows put back."""
+    a = torch.as_tensor(logits).detach().float().cpu()
+    b = torch.as_tensor(logits_shuffled).detach().float().cpu()
+    order = torch.as_tensor(order, dtype=torch.long)
+    back = torch.empty_like(b)
+    back[order] = b
+    vmin, vmax = float(a.min()), float(a.max())
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    panels = ((a, "tokens in order", "token t (row-major)"),
+              (b, "tokens shuffled", "input slot (shuffled tokens)"),
+              (back, "shuffled output, rows put back", "token t (row-major)"))
+    for ax, (m, name, ylabel) in zip(axes, panels):
+        sns.heatmap(m.numpy(), ax=ax, cmap="vlag", vmin=vmin, vmax=vmax, square=True,
+                    xticklabels=max(1, len(m) // 8), yticklabels=max(1, len(m) // 8),
+                    cbar_kws={"label": "position logit"})
+        ax.set(title=name, xlabel="predicted position", ylabel=ylabel)
+    diff = (back - a).abs().max().item()
+    fig.suptitle(f"{title} (max |left - right| = {diff:.1e})")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | None = 0.1,
+               title: str = "Test accuracy against labelled images per class") -> Figure:
+    """Accuracy vs NPC (log x), one line per method. Rows: {'method', 'npc', metric}."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
+    markers = "osD^vPX*"
+    for m, method in enumerate(methods):
+        pts = sorted((r["npc"], 100 * r[metric]) for r in rows
+                     if r["method"] == method and r.get(metric) is not None)
+        if pts:
+            ax.plot(*zip(*pts), marker=markers[m % len(markers)], label=method,
+                    color=palette[method])
+    npcs = sorted({r["npc"] for r in rows})
+    ax.set_xscale("log")
+    ax.set_xticks(npcs)
+    ax.set_xticklabels([str(n) for n in npcs])
+    ax.minorticks_off()
+    if chance:
+        ax.axhline(100 * chance, color="grey", ls=":", label=f"chance {100 * chance:.0f}%")
+    ax.set(title=title, xlabel="labelled images per class (NPC, log scale)",
+           ylabel="test top-1 accuracy (%)")
+    ax.legend(title="method", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def bar_figure(values: dict[str, float], xlabel: str, ylabel: str, title: str,
+               percent: bool = True, chance: float | None = None) -> Figure:
+    """Horizontal bars, one per labelled value (e.g. kNN accuracy of each model)."""
+    names = list(values)
+    vals = [100 * values[k] if percent else values[k] for k in names]
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 1.6))
+    colors = sns.color_palette(PALETTE, len(names))
+    ax.barh(names, vals, color=colors)
+    for y, v in enumerate(vals):
+        ax.text(v, y, f" {v:.1f}", va="center")
+    if chance:
+        ax.axvline(100 * chance if percent else chance, color="grey", ls=":",
+                   label=f"chance {100 * chance:.0f}%" if percent else "chance")
+        ax.legend(loc="lower right")
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- tables and files
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
+                   formats: dict[str, str] | None = None) -> str:
+    """Rows of dicts -> a GitHub markdown table (values formatted with `formats[col]`)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0].keys())
+    formats = formats or {}
+
+    def cell(row, col):
+        v = row.get(col, "")
+        if v is None or v == "":
+            return "–"
+        fmt = formats.get(col)
+        if fmt:
+            return format(v, fmt)
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |",
+             "|" + "|".join("---:" if isinstance(rows[0].get(c), (int, float)) else ":---"
+                            for c in columns) + "|"]
+    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def save(fig: Figure, output_dir, name: str) -> Path:
+    """Write `fig` as output_dir/name.png and return the path."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.png"
+    fig.savefig(path)
+    return path
+
+
+__all__ = [
+    "set_theme", "to_display", "mosaic", "random_order", "puzzle_figure", "puzzle_grids_figure",
+    "image_samples_figure", "training_curves", "confusion_heatmap", "position_accuracy_grid",
+    "attention_figure", "reassembly_figure", "patch_dropout_figure", "puzzle_stats_figure",
+    "equivariance_figure", "npc_figure", "bar_figure",
+    "markdown_table", "save",
+]

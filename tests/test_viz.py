@@ -1,0 +1,112 @@
+"""Every figure function returns a Figure with a title and labelled axes, on small fake inputs."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from apl_core import viz  # noqa: E402
+from apl_core.puzzle import puzzle_stats  # noqa: E402
+
+G, K, N = 3, 1, 24
+T = G * G
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def image(seed=0):
+    return torch.randint(0, 256, (3, N, N), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
+
+
+def metrics():
+    return [dict(epoch=e, lr=1e-3 / e, train_loss=2.0 / e, val_loss=2.1 / e, train_top1=0.1 * e,
+                 val_top1=0.09 * e, val_top5=0.2 * e) for e in range(1, 4)]
+
+
+def assert_titled_and_labelled(fig):
+    assert isinstance(fig, Figure)
+    suptitle = fig._suptitle.get_text() if fig._suptitle is not None else ""
+    axes = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert suptitle or any(ax.get_title() for ax in axes), "figure has no title"
+    # every plotting axes has a title or belongs to a figure with one, and has axis labels
+    # (image grids carry the labels on their outer row/column)
+    assert any(ax.get_xlabel() for ax in axes) or fig.get_supxlabel(), "no x label"
+    assert any(ax.get_ylabel() for ax in axes), "no y label"
+
+
+CASES = {
+    "puzzle": lambda: viz.puzzle_figure(image(), G, K),
+    "grids": lambda: viz.puzzle_grids_figure(image(), [2, 3], K),
+    "samples": lambda: viz.image_samples_figure(torch.stack([image(i) for i in range(3)]),
+                                                torch.tensor([0, 1, 2]), ["a", "b", "c"]),
+    "curves": lambda: viz.training_curves(metrics(), chance=1 / T),
+    "confusion": lambda: viz.confusion_heatmap(torch.randint(0, 9, (T, T))),
+    "per_position": lambda: viz.position_accuracy_grid(torch.rand(T), G, chance=1 / T),
+    "attention": lambda: viz.attention_figure(
+        image(), [torch.softmax(torch.randn(2, T, T), -1) for _ in range(2)], query=4, grid=G),
+    "reassembly": lambda: viz.reassembly_figure(
+        torch.stack([image(0), image(1)]),
+        torch.stack([torch.arange(T), torch.tensor([1, 0] + list(range(2, T)))]), G, K),
+    "patch_dropout": lambda: viz.patch_dropout_figure(
+        [dict(p=p / 10, kept_accuracy=0.9 - p / 20, dropped_accuracy=0.5) for p in range(10)],
+        chance=1 / T),
+    "stats": lambda: viz.puzzle_stats_figure(
+        [puzzle_stats(96, g, k) for g in (3, 5, 7) for k in (0, 1)]),
+    "equivariance": lambda: viz.equivariance_figure(torch.randn(T, T), torch.randn(T, T),
+                                                    viz.random_order(G)),
+    "npc": lambda: viz.npc_figure([dict(method=m, npc=n, test_top1=0.3 + n / 1000)
+                                   for m in ("a", "b") for n in (10, 50)]),
+    "bars": lambda: viz.bar_figure({"a": 0.5, "b": 0.3}, "accuracy (%)", "model", "kNN",
+                                   chance=0.1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_figure_has_title_and_labels(name, tmp_path):
+    fig = CASES[name]()
+    assert_titled_and_labelled(fig)
+    path = viz.save(fig, tmp_path, name)
+    assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_to_display_accepts_the_three_value_ranges():
+    u8 = image()
+    as_float = u8.float() / 255
+    normalised = as_float * 2 - 1
+    for x in (u8, as_float, normalised, u8.permute(1, 2, 0).numpy()):
+        shown = viz.to_display(x)
+        assert shown.shape == (N, N, 3)
+        assert abs(shown - u8.permute(1, 2, 0).numpy() / 255).max() < 1e-5
+
+
+def test_mosaic_places_patch_order_and_rejects_non_permutations():
+    img = image()
+    in_order = viz.mosaic(img, G, 0, gap=0)
+    assert in_order.shape == (N, N, 3)  # G divides N, no crop, no gap: the image itself
+    assert abs(in_order - viz.to_display(img)).max() < 1e-6
+    swapped = viz.mosaic(img, G, 0, order=[1, 0] + list(range(2, T)), gap=0)
+    p = N // G
+    assert abs(swapped[:p, :p] - in_order[:p, p:2 * p]).max() < 1e-6
+    with pytest.raises(ValueError, match="permutation"):
+        viz.mosaic(img, G, 0, order=[0] * T)
+
+
+def test_random_order_is_seeded_and_never_identity():
+    assert torch.equal(viz.random_order(3, 5), viz.random_order(3, 5))
+    for seed in range(20):
+        assert not torch.equal(viz.random_order(2, seed), torch.arange(4))
+
+
+def test_markdown_table_formats_columns():
+    table = viz.markdown_table([dict(a=1, b=0.1234), dict(a=2, b=None)], formats={"b": ".1%"})
+    lines = table.splitlines()
+    assert lines[0] == "| a | b |"
+    assert "12.3%" in lines[2] and "–" in lines[3]
