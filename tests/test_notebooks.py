@@ -1,0 +1,177 @@
+"""The course notebooks: committed clean, and executed end to end with papermill (smoke profile).
+
+The end-to-end run executes notebooks 01-05 through `apl_core.course.run_course` (the runner
+behind `make run`) into a temporary folder, then checks each notebook's figures and the numbers
+it recorded in output_dir/<notebook>.json.
+"""
+import json
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from apl_core import course
+
+NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_the_course_has_its_five_notebooks():
+    assert [p.stem for p in NOTEBOOKS] == list(course.NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_is_clean(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), \
+        f"{path.name} has stored outputs: strip them before committing"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    params = tagged[0].source
+    assert 'profile = "quick"' in params, "the default profile is quick"
+    for name in ("profile", "data_dir", "runs_dir", "output_dir", "device"):
+        assert f"{name} = " in params, f"{path.name}: parameter {name} missing"
+    # nothing derived in the parameters cell: only plain assignments of literals
+    for line in params.splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            assert " = " in line and "(" not in line.split(" = ", 1)[1], \
+                f"{path.name}: derive values in the next cell, not in parameters: {line!r}"
+
+
+def test_select_notebooks_and_bad_choice():
+    assert course.select("03,1") == [course.NOTEBOOKS[0], course.NOTEBOOKS[2]]
+    assert course.select(None) == list(course.NOTEBOOKS)
+    with pytest.raises(course.CourseError, match="no notebook '07'"):
+        course.select("07")
+
+
+def test_course_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        course.main(["--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--profile", "--out", "--device", "--only"):
+        assert option in text
+
+
+@pytest.mark.slow
+def test_a_failing_notebook_names_itself_and_its_executed_copy(tmp_path, monkeypatch, capsys):
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    cell = nbformat.v4.new_code_cell('profile = "quick"')
+    cell.metadata["tags"] = ["parameters"]
+    nb = nbformat.v4.new_notebook(
+        cells=[cell, nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}})
+    nbformat.write(nb, notebooks / "01_puzzle_construction.ipynb")
+    monkeypatch.setattr(course, "notebooks_dir", lambda: notebooks)
+    code = course.main(["--profile", "smoke", "--out", str(tmp_path / "out"), "--only", "01",
+                        "--quiet-cells"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "01_puzzle_construction failed" in err and "broken on purpose" in err
+    assert str(tmp_path / "out" / "01_puzzle_construction.ipynb") in err
+
+
+# ---------------------------------------------------------------- end to end, smoke profile
+
+EXPECTED_FIGURES = {
+    "01_puzzle_construction": ["01_puzzle_photo", "01_puzzle_grids", "01_dataset_samples",
+                               "01_dataset_puzzle", "01_puzzle_stats", "01_puzzle_static",
+                               "01_equivariance"],
+    "02_pretraining": ["02_pretraining_curves"],
+    "03_attention_and_position_confusion": ["03_confusion", "03_per_position_accuracy",
+                                            "03_attention", "03_reassembled_puzzles",
+                                            "03_patch_dropout"],
+    "04_fine_tuning": ["04_accuracy_vs_npc", "04_knn"],
+    "05_reproduction_report": [],
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_course(tmp_path_factory):
+    out = tmp_path_factory.mktemp("course")
+    rows = course.run_course(profile="smoke", out=out, device="cpu",
+                             data_dir=out / "data", log_output=False)
+    return out, rows
+
+
+def results(out: Path, name: str) -> dict:
+    path = out / "figures" / f"{name}.json"
+    assert path.is_file(), f"{name} recorded no results at {path}"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXPECTED_FIGURES))
+def test_smoke_notebook_ran_and_drew_its_figures(smoke_course, name):
+    out, rows = smoke_course
+    assert name in [r["notebook"] for r in rows]
+    executed = nbformat.read(out / f"{name}.ipynb", as_version=4)
+    errors = [o for c in executed.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    for figure in EXPECTED_FIGURES[name]:
+        path = out / "figures" / f"{figure}.png"
+        assert path.is_file() and path.stat().st_size > 5000, f"{name}: {figure}.png missing"
+    results(out, name)
+
+
+@pytest.mark.slow
+def test_smoke_numbers_are_sane(smoke_course):
+    out, _ = smoke_course
+    r01 = results(out, "01_puzzle_construction")
+    assert r01["equivariance_max_abs_diff"] < 1e-4
+
+    r02 = results(out, "02_pretraining")
+    assert r02["val_top1"] > 2 * r02["chance"], "held-out position accuracy is near chance"
+    assert Path(r02["checkpoint"]).is_file()
+
+    r03 = results(out, "03_attention_and_position_confusion")
+    assert r03["pretrain_run"] == r02["run_dir"], "03 did not analyse 02's run"
+    assert r03["accuracy"] > 2 * r03["chance"]
+    assert r03["assigned_accuracy"] >= r03["accuracy"] - 0.05
+    assert 0 <= r03["solved_share"] <= 1
+    kept = [row["kept_accuracy"] for row in r03["patch_dropout"]]
+    assert len(kept) == 10 and kept[0] > r03["chance"]
+
+    r04 = results(out, "04_fine_tuning")
+    assert r04["pretrain_run"] == r02["run_dir"]
+    assert {row["method"] for row in r04["rows"]} == {
+        "APL fine-tune", "APL linear probe", "BENCHMARK", "S-CNN", "S-ResNet-18"}
+    for row in r04["rows"]:
+        assert 0 <= row["test_top1"] <= 1 and math.isfinite(row["test_nll"])
+        assert Path(row["run_dir"], "last.pt").is_file()
+    for acc in r04["knn"].values():
+        assert 0 <= acc <= 1
+
+    report = out / "report"
+    text = (report / "report.md").read_text()
+    assert "profile **smoke**" in text
+    for png in ("pretraining_curves.png", "accuracy_vs_npc.png", "confusion.png"):
+        assert (report / png).is_file(), f"report figure {png} missing"
+        assert png in text
+    assert results(out, "05_reproduction_report")["checks"]
+    summary = json.loads((out / "course_summary.json").read_text())
+    assert [n["notebook"] for n in summary["notebooks"]] == list(course.NOTEBOOKS)
+
+
+@pytest.mark.slow
+def test_rerunning_a_notebook_reuses_the_finished_runs(smoke_course):
+    """The second run of 02 reads the finished run back instead of training again."""
+    out, _ = smoke_course
+    before = results(out, "02_pretraining")
+    rows = course.run_course(profile="smoke", out=out, device="cpu", only="02",
+                             data_dir=out / "data", log_output=False)
+    assert rows[0]["seconds"] < 60
+    executed = nbformat.read(out / "02_pretraining.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    assert "0 trained now" in text
+    assert results(out, "02_pretraining")["val_top1"] == before["val_top1"]
