@@ -1,0 +1,367 @@
+"""Data sources, labelled subsets and the batch loader (all offline)."""
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import socket
+import tarfile
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from apl_core import data
+from apl_core.data import (
+    BatchLoader, CorruptDatasetError, DatasetNotFoundError, ImageSet, labelled_split, load_split,
+    stratified_indices,
+)
+
+CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
+
+
+def stl10_files(rng: np.random.Generator, counts: dict[str, int]) -> dict[str, bytes]:
+    """Tiny STL-10 files in the real layout, plus the images (N, 3, 96, 96) they hold.
+
+    The format writes each channel of each image column-major: byte (c, x, y) order."""
+    files, truth = {}, {}
+    for split, n in counts.items():
+        images = rng.integers(0, 256, size=(n, 3, 96, 96), dtype=np.uint8)
+        truth[split] = images
+        files[f"{split}_X.bin"] = np.ascontiguousarray(images.transpose(0, 1, 3, 2)).tobytes()
+        if split != "unlabeled":
+            labels = rng.integers(1, 11, size=n, dtype=np.uint8)
+            truth[f"{split}_y"] = labels
+            files[f"{split}_y.bin"] = labels.tobytes()
+    files["class_names.txt"] = ("\n".join(CLASSES) + "\n").encode()
+    return files, truth
+
+
+def md5(content: bytes) -> str:
+    return hashlib.md5(content).hexdigest()
+
+
+@pytest.fixture
+def stl10_dir(tmp_path, monkeypatch):
+    files, truth = stl10_files(np.random.default_rng(0), {"train": 7, "test": 5, "unlabeled": 4})
+    folder = tmp_path / "stl10_binary"
+    folder.mkdir()
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
+    monkeypatch.setattr(data, "STL10_FILE_MD5", {n: md5(c) for n, c in files.items()})
+    return tmp_path, truth
+
+
+def test_stl10_reader_returns_exact_pixels_and_labels(stl10_dir):
+    root, truth = stl10_dir
+    for split in ("train", "test", "unlabeled"):
+        images = load_split("stl10", split, data_dir=str(root), download=False)
+        assert images.images.dtype == torch.uint8 and images.images.shape[1:] == (3, 96, 96)
+        assert torch.equal(images.images, torch.from_numpy(truth[split]))
+        if split == "unlabeled":
+            assert images.labels is None and images.classes == []
+        else:
+            assert images.labels.dtype == torch.int64
+            assert torch.equal(images.labels, torch.from_numpy(truth[f"{split}_y"].astype(np.int64) - 1))
+            assert images.classes == CLASSES
+    # the md5 is checked once and remembered
+    assert (root / "stl10_binary" / data.VERIFIED_MARKER).is_file()
+
+
+def test_stl10_limit_and_resize(stl10_dir):
+    root, truth = stl10_dir
+    subset = load_split("stl10", "train", data_dir=str(root), limit=3, seed=1, download=False)
+    again = load_split("stl10", "train", data_dir=str(root), limit=3, seed=1, download=False)
+    assert len(subset) == 3 and torch.equal(subset.images, again.images)
+    rows = [i for i in range(7) if torch.equal(subset.images[0], torch.from_numpy(truth["train"][i]))]
+    assert len(rows) == 1 and subset.labels[0] == int(truth["train_y"][rows[0]]) - 1
+    with pytest.warns(UserWarning, match="resizing"):
+        small = load_split("stl10", "test", data_dir=str(root), image_size=48, download=False)
+    assert small.images.shape == (5, 3, 48, 48)
+
+
+def test_stl10_truncated_file_is_a_clear_error(stl10_dir):
+    root, _ = stl10_dir
+    path = root / "stl10_binary" / "train_X.bin"
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(CorruptDatasetError, match=r"train_X\.bin.*truncated"):
+        load_split("stl10", "train", data_dir=str(root), download=False)
+
+
+def test_stl10_corrupted_file_is_detected_even_after_a_successful_load(stl10_dir):
+    root, _ = stl10_dir
+    load_split("stl10", "test", data_dir=str(root), download=False)  # verified and remembered
+    path = root / "stl10_binary" / "test_X.bin"
+    content = bytearray(path.read_bytes())
+    content[123] ^= 0xFF
+    path.write_bytes(bytes(content))  # same size, new mtime
+    with pytest.raises(CorruptDatasetError, match=r"test_X\.bin.*md5"):
+        load_split("stl10", "test", data_dir=str(root), download=False)
+
+
+def test_stl10_missing_without_download_names_folder_url_and_option(tmp_path):
+    with pytest.raises(DatasetNotFoundError) as error:
+        load_split("stl10", "train", data_dir=str(tmp_path), download=False)
+    message = str(error.value)
+    assert str(tmp_path / "stl10_binary") in message and data.STL10_URL in message
+    assert "--data-dir" in message
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_stl10_no_network_is_a_clear_error(tmp_path, monkeypatch):
+    url = f"http://127.0.0.1:{free_port()}/stl10_binary.tar.gz"  # nothing listens there
+    monkeypatch.setenv("APL_STL10_URL", url)
+    with pytest.raises(DatasetNotFoundError, match="downloading .* failed") as error:
+        load_split("stl10", "test", data_dir=str(tmp_path))
+    assert url in str(error.value) and "--data-dir" in str(error.value)
+
+
+@pytest.fixture
+def stl10_server(tmp_path, monkeypatch):
+    """A local HTTP server with a tiny STL-10 archive; the URL and md5s point at it."""
+    files, truth = stl10_files(np.random.default_rng(1), {"train": 6, "test": 4, "unlabeled": 3})
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, content in files.items():
+            info = tarfile.TarInfo(f"stl10_binary/{name}")
+            info.size = len(content)
+            archive.addfile(info, io.BytesIO(content))
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "stl10_binary.tar.gz").write_bytes(buffer.getvalue())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    monkeypatch.setenv("APL_STL10_URL", f"http://127.0.0.1:{server.server_port}/stl10_binary.tar.gz")
+    monkeypatch.setattr(data, "STL10_ARCHIVE_MD5", md5(buffer.getvalue()))
+    monkeypatch.setattr(data, "STL10_FILE_MD5", {n: md5(c) for n, c in files.items()})
+    yield tmp_path / "data", truth
+    server.shutdown()
+    server.server_close()
+
+
+def test_stl10_download_verify_extract_read_end_to_end(stl10_server):
+    root, truth = stl10_server
+    train = load_split("stl10", "train", data_dir=str(root))
+    assert (root / "stl10_binary.tar.gz").is_file()
+    assert torch.equal(train.images, torch.from_numpy(truth["train"]))
+    assert torch.equal(train.labels, torch.from_numpy(truth["train_y"].astype(np.int64) - 1))
+    unlabeled = load_split("stl10", "unlabeled", data_dir=str(root), download=False)
+    assert torch.equal(unlabeled.images, torch.from_numpy(truth["unlabeled"]))
+
+
+def test_stl10_download_with_wrong_checksum_is_a_clear_error(stl10_server, monkeypatch):
+    root, _ = stl10_server
+    monkeypatch.setattr(data, "STL10_ARCHIVE_MD5", "0" * 32)
+    with pytest.raises(CorruptDatasetError, match=r"stl10_binary\.tar\.gz.*does not match md5"):
+        load_split("stl10", "train", data_dir=str(root))
+    assert not (root / "stl10_binary" / "train_X.bin").exists()  # never extracted
+
+
+def test_stl10_extracted_file_with_wrong_checksum_is_a_clear_error(stl10_server, monkeypatch):
+    root, _ = stl10_server
+    monkeypatch.setitem(data.STL10_FILE_MD5, "test_y.bin", "0" * 32)
+    with pytest.raises(CorruptDatasetError, match=r"test_y\.bin"):
+        load_split("stl10", "test", data_dir=str(root))
+
+
+# --- the embedded synthetic dataset -------------------------------------------------------
+
+
+def test_synthetic_is_deterministic_per_image_and_seed():
+    a = load_split("synthetic", "train", image_size=32, limit=40, seed=3)
+    b = load_split("synthetic", "train", image_size=32, limit=40, seed=3)
+    assert torch.equal(a.images, b.images)
+    # image i does not depend on which other images are generated with it
+    alone = data.synthetic_images(3, "train", torch.arange(25, 30), 32)
+    assert torch.equal(alone, a.images[25:30])
+    other_seed = load_split("synthetic", "train", image_size=32, limit=40, seed=4)
+    other_split = load_split("synthetic", "test", image_size=32, limit=40, seed=3)
+    for other in (other_seed, other_split):
+        differs = (other.images != a.images).flatten(1).any(dim=1)
+        assert differs.all()
+
+
+def test_synthetic_split_sizes_and_balanced_classes():
+    assert data.SYNTHETIC_SIZES == {"unlabeled": 100_000, "train": 5_000, "test": 8_000}
+    train = data.synthetic_split("train", image_size=16, size=200)
+    assert len(train) == 200 and train.images.shape == (200, 3, 16, 16)
+    assert torch.bincount(train.labels).tolist() == [20] * 10 and len(train.classes) == 10
+    unlabeled = load_split("synthetic", "unlabeled", image_size=24, limit=30)
+    assert len(unlabeled) == 30 and unlabeled.labels is None and unlabeled.classes == []
+    assert len(load_split("synthetic", "test", image_size=16, limit=70)) == 70
+
+
+def test_synthetic_classes_are_not_separable_by_mean_colour():
+    train = load_split("synthetic", "train", image_size=32, limit=1000, seed=0)
+    test = load_split("synthetic", "test", image_size=32, limit=1000, seed=0)
+
+    def mean_rgb(images):
+        return images.images.float().mean(dim=(2, 3))
+
+    centroids = torch.stack([mean_rgb(train)[train.labels == c].mean(0) for c in range(10)])
+    predicted = torch.cdist(mean_rgb(test), centroids).argmin(dim=1)
+    accuracy = (predicted == test.labels).float().mean().item()
+    assert accuracy < 0.16  # chance is 0.10
+
+
+def test_synthetic_images_have_a_sky_above_and_structure():
+    images = load_split("synthetic", "unlabeled", image_size=48, limit=200).images.float()
+    top, bottom = images[:, :, :8].mean(dim=(1, 2, 3)), images[:, :, -8:].mean(dim=(1, 2, 3))
+    assert (top > bottom).float().mean() > 0.7  # the sky is mostly brighter than the ground
+    assert images.std(dim=(2, 3)).mean() > 20  # not flat images
+
+
+# --- folders of the user's own images -------------------------------------------------------
+
+
+def write_image(path: Path, colour: tuple[int, int, int], size=(40, 30)) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, colour).save(path)
+
+
+def test_folder_layouts(tmp_path):
+    for split, count in (("train", 3), ("test", 2)):
+        for c, name in enumerate(["cats", "dogs"]):
+            for i in range(count):
+                write_image(tmp_path / split / name / f"{i}.png", (100 * c, 50, 200))
+    write_image(tmp_path / "extra" / "loose.jpg", (1, 2, 3))
+    train = load_split("folder", "train", data_dir=str(tmp_path), image_size=24)
+    assert train.images.shape == (6, 3, 24, 24) and train.classes == ["cats", "dogs"]
+    assert train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert train.images[3, 0].float().mean() == pytest.approx(100, abs=1)
+    test = load_split("folder", "test", data_dir=str(tmp_path), image_size=24)
+    assert test.labels.tolist() == [0, 0, 1, 1]
+    assert len(load_split("folder", "unlabeled", data_dir=str(tmp_path), image_size=24)) == 11
+
+
+def test_folder_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_split("folder", "unlabeled", data_dir=str(tmp_path / "nope"))
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        load_split("folder", "unlabeled", data_dir=str(tmp_path))
+    write_image(tmp_path / "a.png", (0, 0, 0))
+    with pytest.raises(FileNotFoundError, match=r"train.*ImageFolder"):
+        load_split("folder", "train", data_dir=str(tmp_path))
+
+
+# --- labelled subsets -------------------------------------------------------------------
+
+
+def labels_of(per_class: list[int]) -> torch.Tensor:
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(per_class)])
+    return labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+
+
+def test_stratified_indices_are_balanced_reproducible_and_nested():
+    labels = labels_of([50] * 10)
+    chosen = stratified_indices(labels, 7, seed=42)
+    assert torch.equal(chosen, chosen.sort().values) and chosen.dtype == torch.int64
+    assert torch.bincount(labels[chosen], minlength=10).tolist() == [7] * 10
+    assert torch.equal(chosen, stratified_indices(labels, 7, seed=42))
+    assert not torch.equal(chosen, stratified_indices(labels, 7, seed=43))
+    assert set(stratified_indices(labels, 3, seed=42).tolist()) <= set(chosen.tolist())
+
+
+def test_too_many_per_class_names_class_count_and_maximum():
+    labels = labels_of([20, 20, 12, 20])
+    with pytest.raises(ValueError, match=r"class 2 has only 12 images.*available is 12"):
+        stratified_indices(labels, 13)
+    with pytest.raises(ValueError, match=r"class 2 has only 7 images \(after the excluded"):
+        labelled_split(labels, npc=10, val_per_class=5)
+
+
+def test_labelled_split_is_disjoint_and_reproducible():
+    labels = labels_of([30] * 10)
+    train, val = labelled_split(labels, npc=20, val_per_class=5, seed=42)
+    assert torch.bincount(labels[train]).tolist() == [20] * 10
+    assert torch.bincount(labels[val]).tolist() == [5] * 10
+    assert not set(train.tolist()) & set(val.tolist())
+    again = labelled_split(labels, npc=20, val_per_class=5, seed=42)
+    assert torch.equal(train, again[0]) and torch.equal(val, again[1])
+    train_only, no_val = labelled_split(labels, npc=20)
+    assert len(no_val) == 0 and torch.equal(train_only, stratified_indices(labels, 20, seed=42))
+
+
+# --- the batch loader --------------------------------------------------------------------
+
+
+def numbered_set(n: int) -> ImageSet:
+    """Image i is filled with the value i % 256 and has label i, so batches can be traced."""
+    images = (torch.arange(n) % 256).to(torch.uint8).view(n, 1, 1, 1).expand(n, 3, 4, 4).clone()
+    return ImageSet(images, torch.arange(n), [])
+
+
+def test_eval_loader_covers_every_image_once():
+    loader = BatchLoader(numbered_set(103), 16, shuffle=False, drop_last=False)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 7
+    seen = torch.cat([labels for _, labels in batches])
+    assert seen.tolist() == list(range(103))
+    images, _ = batches[0]
+    assert images.dtype == torch.float32
+    assert torch.allclose(images[:, 0, 0, 0], torch.arange(16) * 2 / 255 - 1)
+
+
+@pytest.mark.parametrize("n", [103, 97, 33])
+def test_eval_loader_with_two_ranks_covers_every_image_once(n):
+    seen = []
+    for rank in range(2):
+        loader = BatchLoader(numbered_set(n), 16, shuffle=False, drop_last=False, rank=rank, world_size=2)
+        labels = [labels for _, labels in loader]
+        assert len(labels) == len(loader)
+        seen += torch.cat(labels).tolist()
+    assert sorted(seen) == list(range(n))
+
+
+def test_distributed_chunks_concatenate_to_the_single_process_batches():
+    dataset = numbered_set(100)
+    single = BatchLoader(dataset, 16, shuffle=True, drop_last=True, seed=5)
+    ranks = [BatchLoader(dataset, 16, shuffle=True, drop_last=True, seed=5, rank=r, world_size=4)
+             for r in range(4)]
+    for epoch in (0, 3):
+        for loader in [single, *ranks]:
+            loader.set_epoch(epoch)
+        whole = [labels for _, labels in single]
+        parts = zip(*[[labels for _, labels in loader] for loader in ranks])
+        assert len(whole) == 6
+        for batch, chunks in zip(whole, parts):
+            assert all(len(chunk) == 4 for chunk in chunks)
+            assert torch.equal(batch, torch.cat(chunks))
+    with pytest.raises(ValueError, match="divisible by world_size=3"):
+        BatchLoader(dataset, 16, shuffle=True, drop_last=True, world_size=3)
+
+
+def test_shuffle_is_deterministic_per_epoch_and_changes_between_epochs():
+    loader = BatchLoader(numbered_set(64), 64, shuffle=True, drop_last=True, seed=1)
+    loader.set_epoch(2)
+    first = next(iter(loader))[1]
+    loader.set_epoch(2)
+    assert torch.equal(first, next(iter(loader))[1])
+    loader.set_epoch(3)
+    assert not torch.equal(first, next(iter(loader))[1])
+    assert sorted(first.tolist()) == list(range(64))
+
+
+def test_loader_applies_augmentation_reproducibly():
+    from apl_core.augment import AugmentSpec
+
+    dataset = load_split("synthetic", "train", image_size=32, limit=32)
+    make = lambda: BatchLoader(dataset, 16, shuffle=True, drop_last=False, augment=AugmentSpec(), seed=2)
+    a, b = list(make()), list(make())
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
+    plain = BatchLoader(dataset, 16, shuffle=True, drop_last=False, seed=2)
+    assert not torch.equal(a[0][0], next(iter(plain))[0])
+    assert torch.equal(a[0][1], next(iter(plain))[1])
