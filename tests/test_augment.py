@@ -1,0 +1,150 @@
+"""Batched augmentation: shapes, per-sample randomness, and agreement with torchvision."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+from torchvision.transforms import RandomResizedCrop
+
+from apl_core.augment import (
+    AugmentSpec, augment, crop_resize, gaussian_blur, normalize, resized_crop_boxes,
+)
+
+OFF = dict(flip_p=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), gray_p=0.0, blur_p=0.0)
+
+
+def random_images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, size, size), generator=generator, dtype=torch.uint8)
+
+
+def generator(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def test_output_shape_dtype_and_range():
+    images = random_images(64)
+    images[0] = 0
+    images[1] = 255
+    out = augment(images, AugmentSpec(), generator())
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert out.min() >= -1 and out.max() <= 1
+    assert out[0].eq(-1).all() and out[1].eq(1).all()
+
+
+def test_everything_off_is_plain_normalization():
+    images = random_images(16)
+    out = augment(images, AugmentSpec(**OFF), generator())
+    assert torch.allclose(out, normalize(images), atol=1e-5)
+    assert torch.allclose(normalize(images), images.float() / 127.5 - 1, atol=1e-6)
+
+
+def test_same_seed_same_output_other_seed_other_output():
+    images = random_images(32)
+    a = augment(images, AugmentSpec(), generator(7))
+    assert torch.equal(a, augment(images, AugmentSpec(), generator(7)))
+    assert not torch.allclose(a, augment(images, AugmentSpec(), generator(8)))
+
+
+def test_flip_is_drawn_per_sample():
+    images = random_images(1).expand(200, -1, -1, -1).contiguous()
+    out = augment(images, AugmentSpec(**{**OFF, "flip_p": 0.5}), generator())
+    plain, mirrored = normalize(images[:1]), normalize(images[:1]).flip(-1)
+    is_plain = (out - plain).abs().amax(dim=(1, 2, 3)) < 1e-5
+    is_mirrored = (out - mirrored).abs().amax(dim=(1, 2, 3)) < 1e-5
+    assert (is_plain ^ is_mirrored).all()
+    assert 60 < is_mirrored.sum() < 140  # Binomial(200, 0.5): mean 100, sd 7
+
+
+def test_crop_is_drawn_per_sample():
+    images = random_images(1, size=48).expand(64, -1, -1, -1).contiguous()
+    out = augment(images, AugmentSpec(**{**OFF, "scale": (0.3, 1.0), "ratio": (3 / 4, 4 / 3)}), generator())
+    distinct = {tuple(sample.flatten()[:200].tolist()) for sample in out}
+    assert len(distinct) > 55  # identical inputs, (almost) all different crops
+    top, left, h, w = resized_crop_boxes(1000, 96, 96, (0.6, 1.0), (3 / 4, 4 / 3), _uniform(generator()))
+    assert len(set(zip(top.tolist(), left.tolist(), h.tolist(), w.tolist()))) > 900
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 96).all() and (left + w <= 96).all()
+
+
+def _uniform(gen: torch.Generator):
+    def uniform(*shape, low=0.0, high=1.0):
+        return torch.rand(shape, generator=gen) * (high - low) + low
+    return uniform
+
+
+def test_crop_boxes_match_torchvision_distribution():
+    n, size = 4000, 96
+    top, left, h, w = resized_crop_boxes(n, size, size, (0.6, 1.0), (3 / 4, 4 / 3), _uniform(generator()))
+    torch.manual_seed(0)
+    reference = torch.tensor(
+        [RandomResizedCrop.get_params(torch.empty(1, size, size), [0.6, 1.0], [3 / 4, 4 / 3]) for _ in range(n)],
+        dtype=torch.float32,
+    )
+    ours = torch.stack((top, left, h, w), dim=1)
+    for name, column in (("area", lambda b: b[:, 2] * b[:, 3] / size**2), ("aspect", lambda b: b[:, 3] / b[:, 2]),
+                         ("top", lambda b: b[:, 0]), ("left", lambda b: b[:, 1])):
+        a, b = column(ours), column(reference)
+        assert a.mean() == pytest.approx(b.mean().item(), rel=0.05), name
+        assert a.std() == pytest.approx(b.std().item(), rel=0.1), name
+    # full-size crops happen when an area near 1 has an aspect that still fits
+    assert (ours[:, 2:] == size).all(dim=1).float().mean() > 0
+
+
+def test_crop_falls_back_to_a_center_crop_like_torchvision():
+    # no draw can fit: aspect 2..3 with the full area never fits in a square
+    top, left, h, w = resized_crop_boxes(5, 90, 90, (1.0, 1.0), (2.0, 3.0), _uniform(generator()))
+    expected = RandomResizedCrop.get_params(torch.empty(1, 90, 90), [1.0, 1.0], [2.0, 3.0])
+    assert (top == expected[0]).all() and (left == expected[1]).all()
+    assert (h == expected[2]).all() and (w == expected[3]).all()
+
+
+def test_crop_resize_and_flip_equal_torchvision_per_image():
+    images = random_images(3, size=40).float() / 255
+    top, left = torch.tensor([0.0, 5.0, 11.0]), torch.tensor([0.0, 13.0, 2.0])
+    h, w = torch.tensor([40.0, 27.0, 29.0]), torch.tensor([40.0, 22.0, 38.0])
+    flip = torch.tensor([False, True, False])
+    out = crop_resize(images, top, left, h, w, flip)
+    for i in range(3):
+        box = [int(v[i]) for v in (top, left, h, w)]
+        expected = TF.resized_crop(images[i], *box, [40, 40], antialias=True)
+        if flip[i]:
+            expected = expected.flip(-1)
+        assert torch.allclose(out[i], expected, atol=1e-4)
+
+
+def test_gaussian_blur_equals_torchvision_per_sigma():
+    images = random_images(3).float() / 255
+    sigma = torch.tensor([0.1, 0.3, 0.5])
+    out = gaussian_blur(images, 9, sigma)
+    for i in range(3):
+        expected = TF.gaussian_blur(images[i], [9, 9], [sigma[i].item()] * 2)
+        assert torch.allclose(out[i], expected, atol=1e-5)
+    assert not torch.allclose(out[2], images[2], atol=1e-2)
+
+
+def test_grayscale_fraction_and_luma():
+    images = random_images(2000, size=8)
+    out = augment(images, AugmentSpec(**{**OFF, "gray_p": 0.2}), generator())
+    gray = (out[:, 0] == out[:, 1]).all(dim=(1, 2)) & (out[:, 1] == out[:, 2]).all(dim=(1, 2))
+    # Binomial(2000, 0.2): mean 400, sd 17.9; these bounds are 5 sd
+    assert 310 < gray.sum() < 490
+    expected = TF.rgb_to_grayscale(images[gray].float() / 255, num_output_channels=3) * 2 - 1
+    assert torch.allclose(out[gray], expected, atol=1e-5)
+
+
+def test_blur_is_applied_to_about_half_the_samples():
+    images = random_images(400, size=16)
+    # sigma near 0.1 leaves an image unchanged (neighbour weights ~1e-22), so test with large ones
+    spec = AugmentSpec(**{**OFF, "blur_p": 0.5, "blur_sigma": (0.4, 0.5)})
+    out = augment(images, spec, generator())
+    changed = (out - normalize(images)).abs().amax(dim=(1, 2, 3)) > 1e-3
+    assert 140 < changed.sum() < 260  # Binomial(400, 0.5): mean 200, sd 10
+
+
+def test_invalid_specs_and_inputs_are_rejected():
+    with pytest.raises(ValueError, match="flip_p"):
+        AugmentSpec(flip_p=1.5)
+    with pytest.raises(ValueError, match="blur_kernel"):
+        AugmentSpec(blur_kernel=4)
+    with pytest.raises(ValueError, match="uint8"):
+        augment(torch.zeros(2, 3, 8, 8), AugmentSpec(), generator())
