@@ -83,17 +83,15 @@ def augment(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator)
     flip = uniform(b) < spec.flip_p
     x = crop_resize(images.float().div_(255), top, left, crop_h, crop_w, flip)
 
-    gray = uniform(b) < spec.gray_p
-    if gray.any():
+    gray = (uniform(b) < spec.gray_p).nonzero().squeeze(1)
+    if len(gray):
         weights = torch.tensor(GRAY_WEIGHTS, device=device).view(1, 3, 1, 1)
-        luma = (x * weights).sum(dim=1, keepdim=True)
-        x = torch.where(gray.view(b, 1, 1, 1), luma.expand_as(x), x)
+        x[gray] = (x[gray] * weights).sum(dim=1, keepdim=True).expand(-1, 3, -1, -1)
 
-    blur = uniform(b) < spec.blur_p
+    blur = (uniform(b) < spec.blur_p).nonzero().squeeze(1)
     sigma = uniform(b, low=spec.blur_sigma[0], high=spec.blur_sigma[1])
-    if blur.any():
-        which = blur.nonzero().squeeze(1)
-        x[which] = gaussian_blur(x[which], spec.blur_kernel, sigma[which])
+    if len(blur):
+        x[blur] = gaussian_blur(x[blur], spec.blur_kernel, sigma[blur])
     return x.mul_(2).sub_(1)
 
 
@@ -163,10 +161,9 @@ def crop_resize(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, crop_h: 
 
     grid_x = sample_points(width, left, crop_w, 1 - 2 * flip.to(x.dtype))
     grid_y = sample_points(height, top, crop_h, torch.ones_like(crop_h))
-    grid = torch.stack(
-        (grid_x[:, None, :].expand(b, height, width), grid_y[:, :, None].expand(b, height, width)),
-        dim=-1,
-    )
+    grid = torch.empty(b, height, width, 2, device=x.device, dtype=x.dtype)
+    grid[..., 0] = grid_x[:, None, :]
+    grid[..., 1] = grid_y[:, :, None]
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 

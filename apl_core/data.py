@@ -43,7 +43,8 @@ class ImageSet:
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
             raise ValueError(
-                f"images must be uint8 (N, 3, S, S), got {self.images.dtype} {tuple(self.images.shape)}"
+                f"images must be uint8 (N, 3, S, S), "
+                f"got {self.images.dtype} {tuple(self.images.shape)}"
             )
         if self.labels is not None and len(self.labels) != len(self.images):
             raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
@@ -194,8 +195,10 @@ def _stl10_folder(data_dir: Path, split: str, download: bool) -> Path:
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        download_and_extract_archive(url, str(data_dir), filename=STL10_ARCHIVE, md5=STL10_ARCHIVE_MD5)
-    except RuntimeError as error:  # torchvision's "File not found or corrupted." after an md5 mismatch
+        download_and_extract_archive(
+            url, str(data_dir), filename=STL10_ARCHIVE, md5=STL10_ARCHIVE_MD5
+        )
+    except RuntimeError as error:  # torchvision's "File not found or corrupted.": md5 mismatch
         raise CorruptDatasetError(
             f"the downloaded archive {data_dir / STL10_ARCHIVE} does not match md5 "
             f"{STL10_ARCHIVE_MD5} (an interrupted or altered download). Delete it and try again. "
@@ -275,7 +278,8 @@ def _read_stl10_images(path: Path) -> torch.Tensor:
     size = path.stat().st_size
     # mode "c" (copy-on-write) gives a writable array, so torch does not warn, and never
     # writes back to the file
-    array = np.memmap(path, dtype=np.uint8, mode="c", shape=(size // image_bytes, 3, STL10_SIZE, STL10_SIZE))
+    shape = (size // image_bytes, 3, STL10_SIZE, STL10_SIZE)
+    array = np.memmap(path, dtype=np.uint8, mode="c", shape=shape)
     return torch.from_numpy(array).transpose(2, 3)
 
 
@@ -380,8 +384,9 @@ def _ellipse(x: torch.Tensor, y: torch.Tensor, cx: torch.Tensor, cy: torch.Tenso
              rx: torch.Tensor, ry: torch.Tensor, pixel: float) -> torch.Tensor:
     """Coverage (B, S, S) of axis-aligned ellipses, one per image ((B,) parameters).
     The x and y terms are computed on one row and one column and only then broadcast."""
-    q = ((x - cx[:, None, None]) / rx[:, None, None]) ** 2 + ((y - cy[:, None, None]) / ry[:, None, None]) ** 2
-    return _soft((q.sqrt_() - 1) * torch.minimum(rx, ry)[:, None, None], pixel)
+    cx, cy, rx, ry = (t[:, None, None] for t in (cx, cy, rx, ry))
+    q = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2
+    return _soft((q.sqrt_() - 1) * torch.minimum(rx, ry), pixel)
 
 
 def synthetic_images(seed: int, split: str, index: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -427,7 +432,8 @@ def synthetic_images(seed: int, split: str, index: torch.Tensor, image_size: int
     # denser towards the horizon (perspective).
     depth = ((y - horizon) / (1 - horizon)).clamp_(0, 1)  # 0 at the horizon, 1 at the bottom
     furrows = 1 + 0.12 * depth * torch.sin(3.0 / (depth + 0.08) + col(draw.uniform(0, 6.3)))
-    ground = (rgb(ground_far) + (rgb(ground_near) - rgb(ground_far)) * depth[:, None]) * furrows[:, None]
+    ground = rgb(ground_far) + (rgb(ground_near) - rgb(ground_far)) * depth[:, None]
+    ground = ground * furrows[:, None]
 
     # The object is lit from the sun and casts a shadow on the ground away from it.
     light = torch.stack((sun_x - obj_x, sun_y - obj_y), dim=1)
@@ -463,7 +469,8 @@ def synthetic_images(seed: int, split: str, index: torch.Tensor, image_size: int
     striped = (labels == 9).nonzero().squeeze(1)
     if len(striped):
         stripes = (torch.sin(7 * u[striped]) > 0)[:, None]
-        paint[striped] = torch.where(stripes, rgb(stripe_colour)[striped] * shade[striped], paint[striped])
+        stripe_paint = rgb(stripe_colour)[striped] * shade[striped]
+        paint[striped] = torch.where(stripes, stripe_paint, paint[striped])
     image = torch.lerp(image, paint, coverage)
 
     clouds = torch.zeros(n, size, size)
@@ -524,7 +531,8 @@ def synthetic_split(split: str, seed: int = 0, image_size: int = 96, limit: int 
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     # chunks keep the intermediate images in the CPU cache
     for start in range(0, n, chunk):
-        images[start : start + chunk] = synthetic_images(seed, split, index[start : start + chunk], image_size)
+        part = index[start : start + chunk]
+        images[start : start + chunk] = synthetic_images(seed, split, part, image_size)
     if split == "unlabeled":
         return ImageSet(images, None, [])
     return ImageSet(images, index % len(SYNTHETIC_CLASSES), list(SYNTHETIC_CLASSES))
@@ -559,7 +567,9 @@ def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
                 f"{root}/train/<class>/* and {root}/test/<class>/* (torchvision ImageFolder)"
             )
         classes = sorted(p.name for p in class_root.iterdir() if p.is_dir())
-        unknown = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes)
+        unknown = sorted(
+            p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes
+        )
         if unknown:
             raise ValueError(f"{split_dir} has classes {unknown} that {class_root} does not have")
         files, label_list = [], []
@@ -572,7 +582,8 @@ def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
         where = root if split == "unlabeled" else root / split / "<class>"
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {where}")
     if 0 < limit < len(files):
-        keep = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        generator = torch.Generator().manual_seed(seed)
+        keep = torch.randperm(len(files), generator=generator)[:limit].sort().values
         files = [files[i] for i in keep]
         labels = None if labels is None else labels[keep]
     images = torch.stack([_load_image(path, image_size) for path in files])
@@ -580,7 +591,8 @@ def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = (p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in files if p.is_file())
 
 
 def _load_image(path: Path, image_size: int) -> torch.Tensor:
@@ -588,7 +600,8 @@ def _load_image(path: Path, image_size: int) -> torch.Tensor:
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
-        image = ImageOps.fit(image.convert("RGB"), (image_size, image_size), Image.Resampling.BILINEAR)
+        size = (image_size, image_size)
+        image = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
@@ -611,7 +624,9 @@ def stratified_indices(labels: torch.Tensor, per_class: int, seed: int = 42,
     if exclude is not None:
         candidates[torch.as_tensor(exclude, dtype=torch.long)] = False
     num_classes = int(labels.max()) + 1 if len(labels) else 0
-    per_class_pools = [((labels == c) & candidates).nonzero().squeeze(1) for c in range(num_classes)]
+    per_class_pools = [
+        ((labels == c) & candidates).nonzero().squeeze(1) for c in range(num_classes)
+    ]
     counts = [len(pool) for pool in per_class_pools]
     for c, count in enumerate(counts):
         if per_class > count:
@@ -621,7 +636,9 @@ def stratified_indices(labels: torch.Tensor, per_class: int, seed: int = 42,
                 f"the largest number per class available is {min(counts)}"
             )
     generator = torch.Generator().manual_seed(seed)
-    chosen = [pool[torch.randperm(len(pool), generator=generator)[:per_class]] for pool in per_class_pools]
+    chosen = [
+        pool[torch.randperm(len(pool), generator=generator)[:per_class]] for pool in per_class_pools
+    ]
     if not chosen:
         return torch.empty(0, dtype=torch.long)
     return torch.cat(chosen).sort().values
@@ -691,7 +708,8 @@ class BatchLoader:
         self.world_size = world_size
         self.epoch = 0
         if resident is None:
-            resident = self.device.type == "cuda" and data.images.nelement() < self.RESIDENT_LIMIT_BYTES
+            small = data.images.nelement() < self.RESIDENT_LIMIT_BYTES  # uint8: one byte each
+            resident = self.device.type == "cuda" and small
         self.resident = resident
         self._pin = self.device.type == "cuda" and not resident
         if resident:
@@ -746,7 +764,8 @@ class BatchLoader:
             return self._images[index], labels
         labels = None if self._labels is None else self._labels[index]
         if self._pin:
-            images = torch.empty((len(index), *self._images.shape[1:]), dtype=torch.uint8, pin_memory=True)
+            shape = (len(index), *self._images.shape[1:])
+            images = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
             torch.index_select(self._images, 0, index, out=images)
             if labels is not None:
                 labels = labels.pin_memory()
