@@ -42,7 +42,7 @@ def test_averaged_gradients_equal_one_process_on_the_same_global_batch(tmp_path)
         torch.testing.assert_close(distributed[name], gradient, atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_two_process_pretraining_writes_one_run_and_resumes(tmp_path):
+def test_two_process_pretraining_writes_one_run_resumes_and_fine_tunes(tmp_path):
     first = torchrun("-m", "apl_core", "pretrain", *SMOKE, "--epochs", "1",
                      "--runs-dir", str(tmp_path))
     assert first.returncode == 0, first.stderr[-3000:]
@@ -58,6 +58,12 @@ def test_two_process_pretraining_writes_one_run_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["epoch"] for r in metrics_rows(runs[0])] == [1, 2]
     assert torch.load(runs[0] / "last.pt", weights_only=True)["epoch"] == 2
+
+    tuned = torchrun("-m", "apl_core", "finetune", "--profile", "smoke", "--device", "cpu",
+                     "--pretrained", "ddp", "--runs-dir", str(tmp_path), "--run-name", "tuned")
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    rows = metrics_rows(tmp_path / "finetune" / "tuned")
+    assert [r["epoch"] for r in rows] == [1, 2] and 0 <= rows[-1]["test_top1"] <= 1
 
 
 def _children(pid: int) -> list[int]:
