@@ -18,6 +18,7 @@ stretched over the new number of epochs from the current epoch on.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -48,7 +49,7 @@ from .puzzle import position_targets
 
 Config = PretrainConfig | FinetuneConfig
 TOP_K = (1, 3, 5)
-KNN_QUERIES = 2000  # test images scored by the kNN monitor during pretraining
+KNN_QUERIES = 2000  # test images (stratified) scored by the kNN monitor in pretraining
 
 
 @dataclass
@@ -235,16 +236,25 @@ def run_name(config: Config) -> str:
     return "-".join(parts)
 
 
-def open_run(config: Config, resume: bool | str) -> tuple[Path, dict | None]:
-    """The run directory and the checkpoint to continue from (None: a new run). Refuses to
-    start over an existing run, and to resume when there is nothing to resume."""
+def open_run(config: Config, resume: bool | str) -> tuple[Config, Path, dict | None]:
+    """The config with its run name filled in (so that the run's config.json names its own
+    run), the run directory, and the checkpoint to continue from (None: a new run). Refuses
+    to start over an existing run, and to resume when there is nothing to resume."""
     if resume not in (False, True, "auto"):
         raise ValueError(f"resume={resume!r} is invalid: use False, True or 'auto'")
-    run_dir = Path(config.runs_dir) / config.phase / run_name(config)
+    config = config.replace(run_name=run_name(config))
+    run_dir = Path(config.runs_dir) / config.phase / config.run_name
     last = run_dir / "last.pt"
     if last.is_file():
         if resume:
-            return run_dir, read_checkpoint(last)
+            checkpoint = read_checkpoint(last)
+            changed = {name: (value, getattr(config, name))
+                       for name, value in checkpoint["config"].items()
+                       if hasattr(config, name) and getattr(config, name) != value}
+            if changed and not config.quiet:
+                print(f"resuming {run_dir} with changed settings: " + ", ".join(
+                    f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
+            return config, run_dir, checkpoint
         raise FileExistsError(
             f"{run_dir} already holds a run; continue it with resume=True (--resume) or "
             f"start another one with a different run_name (--run-name)"
@@ -256,7 +266,7 @@ def open_run(config: Config, resume: bool | str) -> tuple[Path, dict | None]:
             f"{Path(config.runs_dir) / config.phase}: {runs or 'none'}; pass their run_name "
             f"(--run-name), or start a new run without resume (--resume)"
         )
-    return run_dir, None
+    return config, run_dir, None
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -435,22 +445,22 @@ def split_holdout(images: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, 
 
 
 def knn_sets(config: PretrainConfig) -> tuple[ImageSet, ImageSet] | None:
-    """The kNN monitor's bank (labelled train split) and queries (a seeded test subset);
+    """The kNN monitor's bank (labelled train split) and queries (a stratified test subset);
     None, with a note, when the dataset has no labels."""
-    bank = load_split(config.dataset, "train", config.data_dir, config.image_size)
+    bank = load_labelled_split(config.dataset, "train", config.data_dir, config.image_size)
     if bank.labels is None:
         print(f"note: dataset {config.dataset!r} has no labels; the kNN monitor is skipped")
         return None
-    queries = load_split(config.dataset, "test", config.data_dir, config.image_size,
-                         limit=KNN_QUERIES, seed=config.seed)
-    return bank, queries
+    test = load_labelled_split(config.dataset, "test", config.data_dir, config.image_size)
+    per_class = min(KNN_QUERIES // len(test.classes), int(test.labels.bincount().min()))
+    return bank, test.subset(stratified_indices(test.labels, per_class, seed=config.seed))
 
 
 def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     """APL pretraining (SPEC: 'Pretraining recipe'). resume: False (a new run), True
     (continue this config's run; error if there is none) or 'auto' (continue when there is
     a checkpoint, else start; a finished run returns at once)."""
-    run_dir, checkpoint = open_run(config, resume)
+    config, run_dir, checkpoint = open_run(config, resume)
     if (done := _finished(run_dir, checkpoint, config)) is not None:
         return done
     architecture = pretrain_architecture(config)
@@ -536,9 +546,16 @@ def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
     return model, architecture
 
 
+@functools.lru_cache(maxsize=4)
+def load_labelled_split(dataset: str, split: str, data_dir: str, image_size: int) -> ImageSet:
+    """A whole labelled split ('train' or 'test'), kept in memory: the fine-tuning runs of a
+    notebook or a test session (probe, full, BENCHMARK, baselines) all use the same ones."""
+    return load_split(dataset, split, data_dir, image_size)
+
+
 def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, ImageSet]:
     """(labelled training images, validation images or None, test images)."""
-    labelled = load_split(config.dataset, "train", config.data_dir, config.image_size)
+    labelled = load_labelled_split(config.dataset, "train", config.data_dir, config.image_size)
     if labelled.labels is None:
         raise ValueError(f"dataset {config.dataset!r} has no labels to fine-tune on")
     if len(labelled.classes) != config.num_classes:
@@ -547,7 +564,7 @@ def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, Im
                          f"{len(labelled.classes)}")
     train_index, val_index = labelled_split(labelled.labels, config.npc, config.val_per_class,
                                             config.label_seed)
-    test = load_split(config.dataset, "test", config.data_dir, config.image_size)
+    test = load_labelled_split(config.dataset, "test", config.data_dir, config.image_size)
     if config.test_per_class:
         test = test.subset(stratified_indices(test.labels, config.test_per_class,
                                               seed=config.label_seed))
@@ -559,7 +576,7 @@ def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
     """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (SPEC: 'Fine-tuning
     recipe'); `resume` as in `pretrain`. Evaluates on the whole test set every eval_every
     epochs and at the last one."""
-    run_dir, checkpoint = open_run(config, resume)
+    config, run_dir, checkpoint = open_run(config, resume)
     if (done := _finished(run_dir, checkpoint, config)) is not None:
         return done
     rt = runtime(config)

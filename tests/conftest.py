@@ -3,9 +3,14 @@ the fine-tuning, checkpoint and analysis tests (smoke profile: seconds on a 2-co
 from __future__ import annotations
 
 import pytest
+import torch
 
 from apl_core.config import profile_config
 from apl_core.train import pretrain
+
+# The test models are tiny: one thread is about as fast as two, and never stalls when other
+# processes (a notebook run, a second pytest) share the 2 cores; two threads then run 10x slower.
+torch.set_num_threads(1)
 
 SMOKE_ARCHITECTURE = dict(grid=4, crop=1, encoder="flatten", blocks=2, heads=3, hidden_mult=2)
 
@@ -22,6 +27,6 @@ def smoke_finetune_config(runs_dir, **overrides):
 
 @pytest.fixture(scope="session")
 def pretrained_run(tmp_path_factory):
-    """4 epochs of smoke pretraining (G = 4: T = 16 positions)."""
+    """4 epochs of smoke pretraining (G = 4: T = 16 positions), kNN-probed every 2 epochs."""
     runs = tmp_path_factory.mktemp("runs")
-    return pretrain(smoke_pretrain_config(runs, epochs=4))
+    return pretrain(smoke_pretrain_config(runs, epochs=4, knn_every=2))

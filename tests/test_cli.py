@@ -16,7 +16,7 @@ import pytest
 from apl_core.checkpoint import read_checkpoint
 from apl_core.cli import build_parser, config_from_args, main
 from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.train import read_metrics
+from apl_core.train import learning_rate, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +65,18 @@ def test_resume_with_nothing_to_resume(tmp_path, capsys):
     assert "nothing to resume" in capsys.readouterr().err
 
 
+def test_resume_a_run_for_more_epochs_from_its_config_json(tmp_path, capsys):
+    assert main(["pretrain", "--profile", "smoke", "--runs-dir", str(tmp_path), "--epochs", "1",
+                 "--num-images", "512", "--holdout-images", "128"]) == 0
+    run_dir = Path(capsys.readouterr().out.split("run directory: ")[1].split()[0])
+    assert main(["pretrain", "--config", str(run_dir / "config.json"), "--resume",
+                 "--epochs", "2"]) == 0
+    rows = read_metrics(run_dir)
+    config = PretrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    assert [row["epoch"] for row in rows] == [1, 2] and config.epochs == 2
+    assert rows[1]["lr"] == pytest.approx(learning_rate(1, config))  # the 2-epoch schedule
+
+
 def test_course_forwards_its_arguments(monkeypatch):
     received = []
     monkeypatch.setitem(sys.modules, "apl_core.course",
@@ -78,7 +90,9 @@ def test_sigkill_mid_epoch_then_resume_finishes(tmp_path):
                "--device", "cpu", "--runs-dir", str(tmp_path), "--run-name", "killed",
                "--epochs", "3", "--num-images", "2304"]
     last = tmp_path / "pretrain" / "killed" / "last.pt"
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.py
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         while not last.exists():
@@ -91,8 +105,8 @@ def test_sigkill_mid_epoch_then_resume_finishes(tmp_path):
         process.kill()
         process.wait()
     assert read_checkpoint(last)["epoch"] == 1, "the kill did not land in epoch 2"
-    done = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(command + ["--resume"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert f"run directory: {last.parent}" in done.stdout
     assert [row["epoch"] for row in read_metrics(last.parent)] == [1, 2, 3]

@@ -31,13 +31,16 @@ def test_pretraining_lowers_loss_and_localizes_positions(pretrained_run):
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     chance = 1 / 16
-    assert rows[-1]["val_top1"] > 5 * chance
+    assert rows[-1]["val_top1"] > 2.5 * chance
     assert rows[-1]["val_top1"] <= rows[-1]["val_top3"] <= rows[-1]["val_top5"] <= 1
     assert read_metrics(pretrained_run.run_dir) == rows
+    assert ["knn_top1" in row for row in rows] == [False, True, False, True]
+    assert 0 <= rows[-1]["knn_top1"] <= 1
     run_dir = pretrained_run.run_dir
     assert (run_dir / "config.json").is_file() and (run_dir / "last.pt").is_file()
     assert any((run_dir / "tb").iterdir())
-    assert run_dir.name == run_name(pretrained_run.config)
+    assert run_dir.name == "synthetic32-G4K1-flatten-b2h3m2-n1024-do0.15-pdo0.1-lr0.002-bs64-e4-s0"
+    assert pretrained_run.config.run_name == run_dir.name  # config.json names its own run
 
 
 def test_last_checkpoint_loads_with_weights_only(pretrained_run):
