@@ -105,7 +105,8 @@ def learning_rate(progress: float, config: Config) -> float:
     if progress < warmup_epochs:
         warm = config.warmup_start + (1 - config.warmup_start) * progress / warmup_epochs
     done = min(progress / config.epochs, 1.0)
-    cosine = config.final_lr_frac + (1 - config.final_lr_frac) * 0.5 * (1 + math.cos(math.pi * done))
+    final = config.final_lr_frac
+    cosine = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * done))
     return config.lr * warm * cosine
 
 
@@ -331,14 +332,18 @@ def runtime(config: Config) -> Runtime:
     return Runtime(device, dtype, context)
 
 
+TRAIN_METRICS = {"pretrain": ("loss", "top1", "top3", "top5"), "finetune": ("loss", "top1")}
+PROGRESS_METRICS = ("train_loss", "train_top1", "val_top1", "test_top1", "images_per_s")
+
+
 def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Module,
         architecture: dict, loss_fn: LossFn, train_loader, evaluate_epoch: Callable[[int], dict],
         rt: Runtime) -> RunResult:
     """Train `model` for config.epochs epochs (from the checkpoint's epoch when resuming):
     each epoch trains, evaluates (`evaluate_epoch(epoch) -> metrics`), then saves last.pt and
     appends a metrics row. A non-finite loss stops the run before anything is saved."""
-    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], config,
-                               rt.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(trainable, config, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
     start, step, rows = 0, 0, []
     if resume_from is not None:
@@ -350,12 +355,12 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
     train_model = DistributedDataParallel(model) if rt.context.enabled else model
     if config.compile:
         train_model = torch.compile(train_model)
-    main = rt.context.is_main
+    main, quiet = rt.context.is_main, config.quiet or not rt.context.is_main
     log = RunLog(run_dir, config, rows) if main else None
-    quiet = config.quiet or not main
     if not quiet:
-        print(f"{config.phase} run: {run_dir}" + (f" (resuming after epoch {start})" if start else ""))
-    train_keys = ("loss", "top1", "top3", "top5") if config.phase == "pretrain" else ("loss", "top1")
+        resuming = f" (resuming after epoch {start})" if start else ""
+        print(f"{config.phase} run: {run_dir}{resuming}")
+
     epochs = tqdm(range(start, config.epochs), initial=start, total=config.epochs,
                   desc=config.phase, unit="epoch", disable=quiet)
     for epoch in epochs:
@@ -367,39 +372,39 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
                                     config, rt.dtype, rt.context, batches)
         train_seconds = time.perf_counter() - started
         if not math.isfinite(train["loss"]):
-            raise RuntimeError(
-                f"the {config.phase} loss became {train['loss']} in epoch {epoch + 1}; the run "
-                f"stopped without saving, so {run_dir / 'last.pt'} still holds epoch {epoch}. "
-                f"Try a lower lr (now {config.lr}), grad_clip > 0 (e.g. 1.0) or precision='fp32'"
-            )
+            raise NonFiniteLossError(config, epoch + 1, run_dir, train["loss"])
         step += len(train_loader)
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
-               **{f"train_{key}": train[key] for key in train_keys},
+               **{f"train_{key}": train[key] for key in TRAIN_METRICS[config.phase]},
                **evaluate_epoch(epoch + 1),
                "images_per_s": train["images"] / train_seconds,
                "epoch_time_s": time.perf_counter() - started}
+        weights = {"phase": config.phase, "epoch": epoch + 1, "config": config.to_dict(),
+                   "architecture": architecture, "model": model.state_dict(), "row": row}
         if main and _improves(config, rows, row):
-            save_checkpoint(_weights(config, epoch + 1, architecture, model, row),
-                            run_dir / "best.pt")
+            save_checkpoint(weights, run_dir / "best.pt")
         rows.append(row)
         if main:
-            save_checkpoint({**_weights(config, epoch + 1, architecture, model, row),
-                             "step": step, "optimizer": optimizer.state_dict(),
+            save_checkpoint({**weights, "step": step, "optimizer": optimizer.state_dict(),
                              "scaler": scaler.state_dict(), "rng": rng_state(), "metrics": rows},
                             run_dir / "last.pt")
             log.add(row)
-        epochs.set_postfix({k: round(v, 4) for k, v in row.items()
-                            if k in ("train_loss", "train_top1", "val_top1", "test_top1",
-                                     "images_per_s")})
+        epochs.set_postfix({k: round(v, 4) for k, v in row.items() if k in PROGRESS_METRICS})
     if log is not None:
         log.close()
     return RunResult(run_dir, run_dir / "last.pt", rows, config)
 
 
-def _weights(config: Config, epoch: int, architecture: dict, model: nn.Module, row: dict) -> dict:
-    """What best.pt holds, and last.pt on top of its training state."""
-    return {"phase": config.phase, "epoch": epoch, "config": config.to_dict(),
-            "architecture": architecture, "model": model.state_dict(), "row": row}
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; raised before the epoch is saved."""
+
+    def __init__(self, config: Config, epoch: int, run_dir: Path, loss: float):
+        kept = (f"{run_dir / 'last.pt'} still holds epoch {epoch - 1}" if epoch > 1
+                else "no checkpoint was written")
+        super().__init__(
+            f"the {config.phase} loss became {loss} in epoch {epoch}; the run stopped and "
+            f"{kept}. Try a lower lr (now {config.lr}), grad_clip > 0 (e.g. 1.0) or "
+            f"precision='fp32' (now {config.precision!r})")
 
 
 def _improves(config: Config, rows: list[dict], row: dict) -> bool:
@@ -441,7 +446,8 @@ def split_holdout(images: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, 
         raise ValueError(f"holdout_images={holdout} leaves no training images out of "
                          f"{len(images)}; lower holdout_images or raise num_images")
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    return images.subset(order[holdout:].sort().values), images.subset(order[:holdout].sort().values)
+    train, held_out = order[holdout:].sort().values, order[:holdout].sort().values
+    return images.subset(train), images.subset(held_out)
 
 
 def knn_sets(config: PretrainConfig) -> tuple[ImageSet, ImageSet] | None:
