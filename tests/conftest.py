@@ -16,13 +16,14 @@ SMOKE_ARCHITECTURE = dict(grid=4, crop=1, encoder="flatten", blocks=2, heads=3, 
 
 
 def smoke_pretrain_config(runs_dir, **overrides):
-    return profile_config("smoke", "pretrain", runs_dir=str(runs_dir), device="cpu",
-                          precision="fp32", **overrides)
+    """The smoke profile on the CPU in fp32 (exactly reproducible), runs under runs_dir."""
+    return profile_config("smoke", "pretrain", **{
+        "runs_dir": str(runs_dir), "device": "cpu", "precision": "fp32", **overrides})
 
 
 def smoke_finetune_config(runs_dir, **overrides):
-    return profile_config("smoke", "finetune", runs_dir=str(runs_dir), device="cpu",
-                          precision="fp32", **overrides)
+    return profile_config("smoke", "finetune", **{
+        "runs_dir": str(runs_dir), "device": "cpu", "precision": "fp32", **overrides})
 
 
 @pytest.fixture(scope="session")

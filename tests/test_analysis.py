@@ -8,9 +8,9 @@ from torch import nn
 from apl_core.analysis import (
     accuracy_vs_patch_dropout, attention_maps, knn_accuracy, position_analysis, solve_puzzles,
 )
-from apl_core.data import ImageSet
+from apl_core.data import ImageSet, load_split
 from apl_core.model import PatchDropout
-from apl_core.train import load_pretrained
+from apl_core.train import load_pretrained, split_holdout
 
 T = 16
 
@@ -68,6 +68,15 @@ def test_pretrained_model_analysis(pretrained_run):
     assert rows[0]["kept_accuracy"] == pytest.approx(result.accuracy)
     assert rows == accuracy_vs_patch_dropout(model, images, ps=(0.0, 0.5), seed=1)
     assert model.transformer.patch_dropout.p == config.patch_dropout and not model.training
+
+
+def test_analysis_agrees_with_the_runs_held_out_accuracy(pretrained_run):
+    model, config = load_pretrained(pretrained_run.run_dir)
+    images = load_split(config.dataset, "unlabeled", config.data_dir, config.image_size,
+                        limit=config.num_images, seed=config.seed)
+    _, held_out = split_holdout(images, config.holdout_images, config.seed)
+    result = position_analysis(model, held_out)
+    assert result.accuracy == pytest.approx(pretrained_run.metrics[-1]["val_top1"], abs=1e-6)
 
 
 class ColourFeatures(nn.Module):

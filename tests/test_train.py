@@ -75,8 +75,12 @@ def test_resume_into_another_architecture_names_the_field(pretrained_run):
 
 
 def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, monkeypatch):
-    config = dict(epochs=3, num_images=512, holdout_images=128, schedule_per_step=True)
+    config = dict(epochs=3, num_images=512, holdout_images=128, schedule_per_step=True,
+                  optimizer="adamw", weight_decay=0.05, grad_clip=0.5)
     whole = pretrain(smoke_pretrain_config(tmp_path / "whole", **config))
+    steps = whole.metrics[0]["step"]  # per step: a row reports the rate of its last step
+    assert whole.metrics[0]["lr"] == pytest.approx(
+        learning_rate((steps - 1) / steps, whole.config))
 
     saves = []
     real_save = train.save_checkpoint
@@ -228,6 +232,27 @@ def test_schedule_warms_up_then_anneals():
     assert all(a > b for a, b in zip(rates[10:], rates[11:]))
     assert rates[-1] == pytest.approx(1e-4, rel=0.01)
     assert learning_rate(100, config) == pytest.approx(1e-4)
+
+
+def test_precision_choice(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
+    assert train.autocast_dtype("auto", cpu) is None
+    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: True)
+    assert train.autocast_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert train.autocast_dtype("auto", cuda) == torch.float16
+    assert train.autocast_dtype("fp32", cuda) is None
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        train.autocast_dtype("fp16", cpu)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path):
+    result = pretrain(smoke_pretrain_config(tmp_path, precision="bf16", epochs=1,
+                                            num_images=192, holdout_images=64))
+    assert math.isfinite(result.metrics[0]["train_loss"])
+    weights = read_checkpoint(result.checkpoint)["model"]
+    assert all(w.dtype == torch.float32 for w in weights.values())  # autocast, fp32 weights
 
 
 def test_run_reports_the_scheduled_rates(pretrained_run):
