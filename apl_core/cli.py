@@ -111,6 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, CheckpointError) as error:
         print(f"apl {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except train.NonFiniteLossError as error:
+        print(f"apl {args.command}: stopped: {error}", file=sys.stderr)
+        return 1
     last = result.metrics[-1] if result.metrics else {}
     summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items()
                         if k in ("train_loss", "val_top1", "test_top1", "knn_top1"))
