@@ -85,10 +85,11 @@ def test_course_forwards_its_arguments(monkeypatch):
     assert received == [["--profile", "smoke", "--out", "x"]]
 
 
+@pytest.mark.slow  # two fresh Python processes: ~30 s, most of it importing torch
 def test_sigkill_mid_epoch_then_resume_finishes(tmp_path):
     command = [sys.executable, "-m", "apl_core", "pretrain", "--profile", "smoke", "--quiet",
                "--device", "cpu", "--runs-dir", str(tmp_path), "--run-name", "killed",
-               "--epochs", "3", "--num-images", "2304"]
+               "--epochs", "3", "--num-images", "1280"]
     last = tmp_path / "pretrain" / "killed" / "last.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.py
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
