@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import yaml
 from .checkpoint import CheckpointError
 from .config import (
     DATASETS, ENCODERS, FINETUNE_MODELS, OPTIMIZERS, PRECISIONS, PROFILES, FinetuneConfig,
-    PretrainConfig,
+    PretrainConfig, profile_values,
 )
 
 PHASES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
@@ -69,12 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` (no dot) as a string; read it as the float a user means."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
 def read_config_file(path: Path) -> dict:
     """Settings from a JSON or YAML file (a mapping of field names to values)."""
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
     text = path.read_text()
-    values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    values = json.loads(text) if path.suffix == ".json" else yaml.load(text, Loader=_YamlLoader)
     if not isinstance(values, dict):
         raise ValueError(f"config file {path} must hold a mapping of option names to values, "
                          f"got {type(values).__name__}")
@@ -83,7 +95,7 @@ def read_config_file(path: Path) -> dict:
 
 def config_from_args(phase: str, args: argparse.Namespace):
     """The phase's config: defaults < --profile < --config file < explicit options."""
-    values = dict(PROFILES[args.profile][phase]) if args.profile else {}
+    values = profile_values(args.profile, phase) if args.profile else {}
     if args.config is not None:
         values.update(read_config_file(args.config))
     names = {field.name for field in dataclasses.fields(PHASES[phase])}
@@ -103,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         config = config_from_args(args.command, args)
     except (ValueError, FileNotFoundError, yaml.YAMLError, json.JSONDecodeError) as error:
         parser.error(str(error))
-    from . import train  # imports torch and the data pipeline: after the arguments are checked
+    # torch and the data pipeline are imported after the arguments are checked: --help is quick
+    from . import train
+    from .distributed import shutdown
 
     run = {"pretrain": train.pretrain, "finetune": train.finetune}[args.command]
     try:
@@ -114,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     except train.NonFiniteLossError as error:
         print(f"apl {args.command}: stopped: {error}", file=sys.stderr)
         return 1
+    finally:
+        shutdown()
     last = result.metrics[-1] if result.metrics else {}
     summary = ", ".join(f"{k}={v:.4g}" for k, v in last.items()
                         if k in ("train_loss", "val_top1", "test_top1", "knn_top1"))

@@ -299,9 +299,21 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def profile_config(profile: str, phase: str, **overrides):
-    """The config of `phase` ('pretrain' or 'finetune') in `profile`, with overrides."""
+def profile_values(profile: str, phase: str) -> dict[str, Any]:
+    """The settings `profile` gives `phase`. Fine-tuning from scratch (BENCHMARK) builds the
+    profile's own pretraining architecture, so the comparison with a pretrained model is fair
+    and the paper's 16 heads are not applied to the small profiles' token dimensions."""
     if profile not in PROFILES:
         _fail("profile", profile, f"choose one of {tuple(PROFILES)}")
+    values = dict(PROFILES[profile][phase])
+    pretrain = PROFILES[profile]["pretrain"]
+    if phase == "finetune":
+        values.setdefault("architecture", {
+            name: pretrain[name] for name in ARCHITECTURE_FIELDS if name in pretrain})
+    return values
+
+
+def profile_config(profile: str, phase: str, **overrides):
+    """The config of `phase` ('pretrain' or 'finetune') in `profile`, with overrides."""
     cls = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}[phase]
-    return cls.from_dict({**PROFILES[profile][phase], **overrides})
+    return cls.from_dict({**profile_values(profile, phase), **overrides})

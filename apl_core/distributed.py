@@ -75,6 +75,7 @@ def barrier(context: DistContext) -> None:
         dist.barrier()
 
 
-def shutdown(context: DistContext) -> None:
-    if context.enabled and dist.is_initialized():
+def shutdown() -> None:
+    """Leave the process group, if this process joined one (the end of a torchrun run)."""
+    if dist.is_initialized():
         dist.destroy_process_group()

@@ -46,6 +46,20 @@ def test_precedence_options_over_file_over_profile(tmp_path):
                       "--image-size", "32"]).architecture == {"grid": 4, "heads": 3}
 
 
+def test_yaml_exponent_without_a_dot_is_a_float(tmp_path):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("lr: 1e-3\nweight_decay: 5E-5\n")
+    config = config_of(["pretrain", "--config", str(settings)])
+    assert (config.lr, config.weight_decay) == (1e-3, 5e-5)
+
+
+def test_profile_benchmark_builds_the_profile_architecture():
+    for profile in ("smoke", "quick"):
+        config = config_of(["finetune", "--profile", profile])
+        assert config.benchmark and config.architecture["heads"] == 3
+        assert config.architecture["grid"] == config_of(["pretrain", "--profile", profile]).grid
+
+
 def test_unknown_option_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["pretrain", "--gird", "4"])

@@ -37,4 +37,4 @@ if __name__ == "__main__":
                                              DistributedDataParallel)
     if context.is_main:
         torch.save(gradients, sys.argv[1])
-    shutdown(context)
+    shutdown()
