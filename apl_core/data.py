@@ -732,6 +732,10 @@ class BatchLoader:
         batches = list(order.split(self.batch_size))
         if self.drop_last and batches and len(batches[-1]) < self.batch_size:
             batches.pop()
+        if self.shuffle and batches and len(batches[-1]) < self.world_size:
+            # A training rank left without a part of the last batch would skip a step that
+            # the other ranks' DDP gradient all-reduce waits for, and the run would hang.
+            batches.pop()
         return batches
 
     def _local_batches(self) -> list[torch.Tensor]:

@@ -344,6 +344,16 @@ def test_distributed_chunks_concatenate_to_the_single_process_batches():
         BatchLoader(dataset, 16, shuffle=True, drop_last=True, world_size=3)
 
 
+@pytest.mark.parametrize("n", [65, 66, 100])
+def test_training_ranks_always_take_the_same_number_of_steps(n):
+    """Uneven step counts would hang DDP's gradient all-reduce."""
+    ranks = [BatchLoader(numbered_set(n), 64, shuffle=True, drop_last=False, rank=r, world_size=4)
+             for r in range(4)]
+    counts = {len(list(loader)) for loader in ranks}
+    assert len(counts) == 1
+    assert counts == {1 if n - 64 < 4 else 2}
+
+
 def test_shuffle_is_deterministic_per_epoch_and_changes_between_epochs():
     loader = BatchLoader(numbered_set(64), 64, shuffle=True, drop_last=True, seed=1)
     loader.set_epoch(2)
