@@ -8,7 +8,7 @@ cannot run code and does not depend on this package's class layout:
     config         the run's config as a plain dict
     architecture   what the weights need to be loaded into (see `check_architecture`)
     model          state dict; optimizer, scaler: their state dicts
-    rng            torch CPU and CUDA generator states (for an exact resume)
+    rng            torch CPU and CUDA generator states of every rank (for an exact resume)
     metrics        the metric rows so far (metrics.jsonl is rewritten from them on resume)
     row            this epoch's metrics (best.pt holds phase..model and row only)
 

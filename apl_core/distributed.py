@@ -61,18 +61,13 @@ def all_reduce_sum(tensor: torch.Tensor, context: DistContext) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(value, context: DistContext):
-    """Rank 0's value on every rank (e.g. the run directory it chose)."""
+def all_gather_object(value, context: DistContext) -> list:
+    """Every rank's `value`, in rank order (a one-element list in one process)."""
     if not context.enabled:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def barrier(context: DistContext) -> None:
-    if context.enabled:
-        dist.barrier()
+        return [value]
+    values = [None] * context.world_size
+    dist.all_gather_object(values, value)
+    return values
 
 
 def shutdown() -> None:

@@ -43,7 +43,9 @@ from .checkpoint import (
 )
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig
 from .data import BatchLoader, ImageSet, labelled_split, load_split, stratified_indices
-from .distributed import DistContext, all_reduce_sum, init_distributed, local_device
+from .distributed import (
+    DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
+)
 from .model import APLPretrainModel, build_classifier, build_pretrain_model
 from .puzzle import position_targets
 
@@ -350,7 +352,8 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
         model.load_state_dict(resume_from["model"])
         optimizer.load_state_dict(resume_from["optimizer"])
         scaler.load_state_dict(resume_from["scaler"])
-        restore_rng_state(resume_from["rng"])
+        states = resume_from["rng"]  # one per rank of the run that saved it
+        restore_rng_state(states[rt.context.rank % len(states)])
         start, step, rows = resume_from["epoch"], resume_from["step"], resume_from["metrics"]
     train_model = DistributedDataParallel(model) if rt.context.enabled else model
     if config.compile:
@@ -384,9 +387,10 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
         if main and _improves(config, rows, row):
             save_checkpoint(weights, run_dir / "best.pt")
         rows.append(row)
+        rng = all_gather_object(rng_state(), rt.context)  # every rank's, for an exact resume
         if main:
             save_checkpoint({**weights, "step": step, "optimizer": optimizer.state_dict(),
-                             "scaler": scaler.state_dict(), "rng": rng_state(), "metrics": rows},
+                             "scaler": scaler.state_dict(), "rng": rng, "metrics": rows},
                             run_dir / "last.pt")
             log.add(row)
         epochs.set_postfix({k: round(v, 4) for k, v in row.items() if k in PROGRESS_METRICS})
