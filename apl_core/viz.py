@@ -321,6 +321,8 @@ def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
     """
     assignment = torch.as_tensor(assignment, dtype=torch.long)
     n = len(images)
+    size = to_display(images[0]).shape[0] // grid - crop
+    gap = 1 if size < 10 else 2
     fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 8.0), squeeze=False)
     for i in range(n):
         t = grid * grid
@@ -328,10 +330,10 @@ def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
         placed = torch.empty(t, dtype=torch.long)  # placed[c] = token shown in cell c
         placed[assignment[i]] = torch.arange(t)
         wrong = (assignment[i] != torch.arange(t)).sum().item()
-        panels = ((mosaic(images[i], grid, crop, shuffled), "shuffled input"),
-                  (mosaic(images[i], grid, crop, placed),
+        panels = ((mosaic(images[i], grid, crop, shuffled, gap), "shuffled input"),
+                  (mosaic(images[i], grid, crop, placed, gap),
                    "solved" if wrong == 0 else f"reassembled: {wrong}/{t} wrong"),
-                  (mosaic(images[i], grid, crop), "true order"))
+                  (mosaic(images[i], grid, crop, gap=gap), "true order"))
         for r, (img, label) in enumerate(panels):
             ax = axes[r, i]
             ax.imshow(img)
@@ -340,11 +342,11 @@ def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
             ax.set_yticks([])
             ax.set_title(label, fontsize=10, color="C3" if r == 1 and wrong else "black")
             if r == 1 and wrong:
-                s = (img.shape[0] - (grid - 1) * 2) // grid
                 for cell in range(t):
                     if placed[cell] != cell:
                         rr, cc = divmod(cell, grid)
-                        ax.add_patch(Rectangle((cc * (s + 2) - 0.5, rr * (s + 2) - 0.5), s, s,
+                        ax.add_patch(Rectangle((cc * (size + gap) - 0.5, rr * (size + gap) - 0.5),
+                                               size, size,
                                                fill=False, edgecolor="red", lw=1.5))
         axes[2, i].set_xlabel(f"image {i}")
     for r, label in enumerate(("shuffled", "model", "truth")):
