@@ -99,3 +99,65 @@ def test_tiny_model_overfits_one_batch_of_the_puzzle():
     with torch.no_grad():
         accuracy = (model(images)[0].argmax(-1) == targets).float().mean().item()
     assert accuracy == 1.0
+
+
+def _naive_twin(fast, phase="pretrain", **kwargs):
+    """The textbook model of benchmarks/naive_model.py with `fast`'s weights."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from naive_model import NaiveClassifier, NaivePretrainModel, from_fast
+    cls = NaivePretrainModel if phase == "pretrain" else NaiveClassifier
+    return from_fast(cls(**kwargs), fast)
+
+
+@pytest.mark.parametrize("attention", ["bmm", "loop"])
+def test_naive_benchmark_model_computes_the_same_function(attention):
+    """The throughput benchmark compares our model with the textbook one: same weights, same
+    outputs and same gradients (with dropout off), so only the speed differs."""
+    torch.manual_seed(0)
+    config = PretrainConfig(**SMALL, dropout=0.0, patch_dropout=0.0)
+    fast = build_pretrain_model(config)
+    arch = dict(image_size=32, grid=4, crop=1, blocks=2, heads=3, hidden_mult=2,
+                dropout=0.0, patch_dropout=0.0, attention=attention)
+    naive = _naive_twin(fast, **arch)
+    images = torch.randn(3, 3, 32, 32)
+    ours, _ = fast(images)
+    theirs, _ = naive(images)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    ours.square().sum().backward()
+    theirs.square().sum().backward()
+    qkv = fast.transformer.blocks[0].attn.qkv.weight.grad
+    naive_attention = naive.transformer.blocks[0].attention
+    torch.testing.assert_close(qkv, torch.cat([naive_attention.toqueries.weight.grad,
+                                               naive_attention.tokeys.weight.grad,
+                                               naive_attention.tovalues.weight.grad]),
+                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(fast.position_head.weight.grad, naive.position_head.weight.grad,
+                               atol=1e-4, rtol=1e-4)
+
+    tune = FinetuneConfig(image_size=32, dropout=0.0, patch_dropout=0.0)
+    classifier = build_classifier(tune, PretrainConfig(**SMALL)).eval()
+    naive_classifier = _naive_twin(classifier, "finetune", num_classes=10, **arch).eval()
+    torch.testing.assert_close(classifier(images), naive_classifier(images),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_attention_splits_heads_as_the_fused_projection_orders_them():
+    """qkv's output features are [q | k | v], each head-major: head h of q is features
+    h * D/H .. (h+1) * D/H - 1. Check against a per-head computation by hand."""
+    torch.manual_seed(0)
+    d, heads = 12, 3
+    block = build_pretrain_model(PretrainConfig(**SMALL)).transformer.blocks[0].attn
+    attention = type(block)(d, heads)
+    x = torch.randn(2, 5, d)
+    out, _ = attention(x)
+    wq, wk, wv = attention.qkv.weight.chunk(3)
+    s = d // heads
+    per_head = []
+    for h in range(heads):
+        rows = slice(h * s, (h + 1) * s)
+        q, k, v = x @ wq[rows].T, x @ wk[rows].T, x @ wv[rows].T
+        per_head.append(torch.softmax(q @ k.transpose(1, 2) / s**0.5, dim=-1) @ v)
+    expected = attention.proj(torch.cat(per_head, dim=-1))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
