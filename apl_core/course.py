@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -187,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         key, value = item.split("=", 1)
         extra[key.strip()] = _parse_value(value)
+    if not args.quiet_cells:  # papermill logs the cells' output at INFO level
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        logging.getLogger("papermill").setLevel(logging.INFO)
     try:
         run_course(profile=args.profile, out=args.out, device=args.device, only=args.only,
                    data_dir=args.data_dir, runs_dir=args.runs_dir,

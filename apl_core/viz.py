@@ -65,13 +65,15 @@ def _as_float_image(image) -> torch.Tensor:
 
 
 def mosaic(image, grid: int, crop: int, order: Sequence[int] | torch.Tensor | None = None,
-           gap: int = 2) -> np.ndarray:
+           gap: int | None = None) -> np.ndarray:
     """The cropped patches of `image` laid out on the G x G grid with white gaps.
 
     `order[c]` is the patch shown in cell c (row-major); None keeps the original order,
     a permutation shows the shuffled puzzle. Returns an (H, W, 3) array in [0, 1].
     """
     x = _as_float_image(image).unsqueeze(0)
+    if gap is None:  # thin gaps between small patches
+        gap = 1 if x.shape[-1] // grid - crop < 10 else 2
     tokens = extract_patches(x, grid, crop).flatten(2)  # (1, T, D)
     if order is not None:
         order = torch.as_tensor(order, dtype=torch.long)
