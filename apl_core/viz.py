@@ -445,6 +445,8 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
             ax.plot(*zip(*pts), marker=markers[m % len(markers)], label=method,
                     color=palette[method])
     npcs = sorted({r["npc"] for r in rows})
+    top = max([100 * r[metric] for r in rows if r.get(metric) is not None] + [10.0])
+    ax.set_ylim(0, min(100, top + 10))  # from 0, so that noise does not look like a gap
     ax.set_xscale("log")
     ax.set_xticks(npcs)
     ax.set_xticklabels([str(n) for n in npcs])
@@ -471,9 +473,11 @@ def bar_figure(values: dict[str, float], xlabel: str, ylabel: str, title: str,
     if chance:
         ax.axvline(100 * chance if percent else chance, color="grey", ls=":",
                    label=f"chance {100 * chance:.0f}%" if percent else "chance")
-        ax.legend(loc="lower right")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    reference = (100 * chance if percent else chance) if chance else 0
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, max(vals + [reference, 1]) * 1.3))
     ax.invert_yaxis()
+    if chance:
+        ax.legend(loc="best", fontsize=9)
     fig.tight_layout()
     return fig
 
