@@ -54,15 +54,6 @@ def select(only: str | None) -> list[str]:
     return [n for n in NOTEBOOKS if n in chosen]
 
 
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when a CUDA device is present, else 'cpu'."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def notebook_parameters(name: str, base: dict, output_dir: Path) -> dict:
     """The parameters of one notebook: the common ones, plus what earlier notebooks produced."""
     params = dict(base)
@@ -110,7 +101,9 @@ def run_course(profile: str = "quick", out: str | Path = "course_output", device
     figures, report = out / "figures", out / "report"
     for d in (out, figures, report):
         d.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(device)
+    from .train import resolve_device  # imports torch: only once the arguments are checked
+
+    device = str(resolve_device(device))
     base = dict(
         profile=profile, device=device, data_dir=str(Path(data_dir).resolve()),
         runs_dir=str(Path(runs_dir).resolve() if runs_dir else out / "runs"),
