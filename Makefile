@@ -1,13 +1,14 @@
 # The two commands a new user needs:
-#   make run    set up .venv and execute the course notebooks headless (PROFILE=quick|smoke|paper)
+#   make run    set up .venv and execute the course notebooks headless (PROFILE=auto|quick|gpu|smoke|paper; auto: quick on a CPU)
 #   make test   set up .venv and run the test suite
+#   make lab    set up .venv and open the notebooks in JupyterLab (kernel "Python 3 (apl-course)")
 PYTHON  ?= python3
 VENV    ?= .venv
-PROFILE ?= quick
+PROFILE ?= auto
 OUT     ?= course_output
 PY      := $(VENV)/bin/python
 
-.PHONY: run test setup benchmark clean
+.PHONY: run test lab setup benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -19,7 +20,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	$(PY) -m apl_core course --profile $(PROFILE) --out $(OUT)
+	$(PY) -m apl_core course --profile $(PROFILE) --out $(OUT) $(COURSE_ARGS)
+
+lab: setup
+	$(PY) -m jupyter lab --notebook-dir=notebooks
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

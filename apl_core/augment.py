@@ -31,7 +31,7 @@ GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
 @dataclass(frozen=True)
 class AugmentSpec:
-    """The original recipe (SPEC.md); fine-tuning uses scale=(0.8, 1.0)."""
+    """The original recipe (docs/method.md); fine-tuning uses scale=(0.8, 1.0)."""
 
     flip_p: float = 0.5
     scale: tuple[float, float] = (0.6, 1.0)

@@ -1,4 +1,4 @@
-"""The original's from-scratch baselines (SPEC: 'Fine-tuning recipe'), trained with the same
+"""The original's from-scratch baselines (docs/method.md, 'Fine-tuning recipe'), trained with the same
 loop, data, labels and schedule as the APL classifier."""
 from __future__ import annotations
 

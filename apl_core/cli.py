@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   description=(config_class.__doc__ or "").strip())
         sub.add_argument("--profile", choices=sorted(PROFILES),
                          help="start from a profile's settings (smoke: seconds, quick: "
-                              "minutes on a CPU, paper: the original's; default: paper)")
+                              "minutes on a CPU, gpu: the original's model on the embedded "
+                              "dataset, paper: the original's; default: paper)")
         sub.add_argument("--config", metavar="FILE", type=Path,
                          help="JSON or YAML file of settings; options given here win")
         sub.add_argument("--resume", action="store_true",
@@ -96,6 +97,8 @@ def read_config_file(path: Path) -> dict:
 def config_from_args(phase: str, args: argparse.Namespace):
     """The phase's config: defaults < --profile < --config file < explicit options."""
     values = profile_values(args.profile, phase) if args.profile else {}
+    if phase == "finetune" and getattr(args, "pretrained", None):
+        values.pop("architecture", None)  # the pretrained run's architecture applies
     if args.config is not None:
         values.update(read_config_file(args.config))
     names = {field.name for field in dataclasses.fields(PHASES[phase])}

@@ -1,6 +1,6 @@
 """Run the course headless: notebooks 01-05 in order with papermill.
 
-    python -m apl_core course --profile quick --out course_output
+    python -m apl_core course --profile auto --out course_output
 
 writes into OUT the executed notebooks, their figures (OUT/figures), the report
 (OUT/report) and the training runs (OUT/runs, reused when the course is run again),
@@ -9,8 +9,11 @@ and passes the run locations from one notebook to the next. CUDA is used when pr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import logging
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,7 +25,7 @@ NOTEBOOKS = (
     "04_fine_tuning",
     "05_reproduction_report",
 )
-PROFILE_NAMES = ("smoke", "quick", "paper")
+PROFILE_NAMES = ("auto", "smoke", "quick", "gpu", "paper")
 
 
 class CourseError(RuntimeError):
@@ -65,9 +68,10 @@ def notebook_parameters(name: str, base: dict, output_dir: Path) -> dict:
     return params
 
 
-def run_notebook(name: str, out: Path, parameters: dict, log_output: bool = True,
+def run_notebook(name: str, out: Path, parameters: dict, log_output: bool = False,
                  kernel: str = "python3") -> Path:
-    """Execute one notebook into OUT/<name>.ipynb; raise CourseError naming it on failure."""
+    """Execute one notebook into OUT/<name>.ipynb; raise CourseError naming it, its failing
+    cell and that cell's traceback on failure. log_output streams every cell's output."""
     import papermill as pm
 
     source = notebooks_dir() / f"{name}.ipynb"
@@ -75,14 +79,16 @@ def run_notebook(name: str, out: Path, parameters: dict, log_output: bool = True
     declared = pm.inspect_notebook(str(source))
     params = {k: v for k, v in parameters.items() if k in declared}  # the rest: for others
     try:
-        pm.execute_notebook(
-            str(source), str(target), parameters=params, kernel_name=kernel,
-            log_output=log_output, progress_bar=not log_output, cwd=str(source.parent),
-        )
+        with contextlib.nullcontext() if log_output else _stderr_to(out / "kernel.log"):
+            pm.execute_notebook(
+                str(source), str(target), parameters=params, kernel_name=kernel,
+                log_output=log_output, progress_bar=False, cwd=str(source.parent),
+            )
     except pm.PapermillExecutionError as err:
+        traceback = ANSI_ESCAPES.sub("", "\n".join(err.traceback or []))
         raise CourseError(
             f"notebook {name} failed in cell {err.exec_count} with {err.ename}: {err.evalue}\n"
-            f"the executed copy, with the traceback, is at {target}"
+            f"{traceback}\nthe executed copy, with the traceback, is at {target}"
         ) from err
     except Exception as err:  # kernel died, missing kernelspec, ...
         raise CourseError(f"notebook {name} could not run: {type(err).__name__}: {err}\n"
@@ -90,9 +96,70 @@ def run_notebook(name: str, out: Path, parameters: dict, log_output: bool = True
     return target
 
 
-def run_course(profile: str = "quick", out: str | Path = "course_output", device: str = "auto",
+ANSI_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send this process's stderr, and so the kernel's (a child process inherits it: its
+    warnings are written there, not sent as cell output), to `path` for a while."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def write_index(out: Path, rows: list[dict], profile: str, device: str) -> Path:
+    """OUT/index.html: every executed notebook as HTML (figures embedded) under OUT/html/,
+    linked from one page, so the course can be read in a browser without Jupyter."""
+    import html
+
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter()
+    pages = out / "html"
+    pages.mkdir(exist_ok=True)
+    items = []
+    for row in rows:
+        body, _ = exporter.from_filename(row["executed"])
+        page = pages / f"{row['notebook']}.html"
+        page.write_text(body, encoding="utf-8")
+        items.append(f'<li><a href="html/{page.name}">{html.escape(row["notebook"])}</a> '
+                     f'({row["seconds"]:.0f} s)</li>')
+    report = out / "report" / "report.md"
+    extra = '<p>Report: <a href="report/report.md">report/report.md</a></p>' \
+        if report.exists() else ""
+    index = out / "index.html"
+    index.write_text(
+        "<!doctype html><html><head><meta charset='utf-8'><title>APL course</title></head>"
+        f"<body><h1>APL course: executed notebooks</h1><p>profile <b>{html.escape(profile)}"
+        f"</b>, device <b>{html.escape(device)}</b></p><ol>{''.join(items)}</ol>{extra}"
+        "</body></html>\n", encoding="utf-8")
+    return index
+
+
+def default_profile(device: str, data_dir: str | Path) -> str:
+    """'auto': paper on a GPU with STL-10 on disk, gpu on a GPU without it, else quick."""
+    if not device.startswith("cuda"):
+        return "quick"
+    from .data import STL10_FILES, STL10_FOLDER
+
+    files = [name for pair in STL10_FILES.values() for name in pair if name]
+    root = Path(data_dir).expanduser()
+    on_disk = any(all((folder / name).is_file() for name in files)
+                  for folder in (root / STL10_FOLDER, root))
+    return "paper" if on_disk else "gpu"
+
+
+def run_course(profile: str = "auto", out: str | Path = "course_output", device: str = "auto",
                only: str | None = None, data_dir: str | Path = "data",
-               runs_dir: str | Path | None = None, log_output: bool = True,
+               runs_dir: str | Path | None = None, log_output: bool = False,
                kernel: str = "python3", extra: dict | None = None) -> list[dict]:
     """Run the selected notebooks in order; returns one row per notebook (name, seconds, path)."""
     if profile not in PROFILE_NAMES:
@@ -104,6 +171,8 @@ def run_course(profile: str = "quick", out: str | Path = "course_output", device
     from .train import resolve_device  # imports torch: only once the arguments are checked
 
     device = str(resolve_device(device))
+    if profile == "auto":
+        profile = default_profile(device, data_dir)
     base = dict(
         profile=profile, device=device, data_dir=str(Path(data_dir).resolve()),
         runs_dir=str(Path(runs_dir).resolve() if runs_dir else out / "runs"),
@@ -116,23 +185,23 @@ def run_course(profile: str = "quick", out: str | Path = "course_output", device
     rows = []
     start = time.perf_counter()
     for i, name in enumerate(names, 1):
-        print(f"\n[{i}/{len(names)}] {name} ...", flush=True)
+        if log_output:
+            print(f"\n[{i}/{len(names)}] {name} ...", flush=True)
         t0 = time.perf_counter()
         path = run_notebook(name, out, notebook_parameters(name, base, figures),
                             log_output=log_output, kernel=kernel)
         seconds = time.perf_counter() - t0
         rows.append(dict(notebook=name, seconds=round(seconds, 1), executed=str(path)))
-        print(f"[{i}/{len(names)}] {name} done in {seconds:.0f} s -> {path}", flush=True)
+        print(f"[{i}/{len(names)}] {name:<38} {seconds:6.0f} s  -> {path.name}", flush=True)
     total = time.perf_counter() - start
+    index = write_index(out, rows, profile, device)
     summary = dict(profile=profile, device=device, total_seconds=round(total, 1),
                    notebooks=rows, figures=str(figures), report=str(report),
-                   runs=base["runs_dir"])
+                   runs=base["runs_dir"], index=str(index))
     (out / "course_summary.json").write_text(json.dumps(summary, indent=2))
-    print("\nCourse finished:")
-    for row in rows:
-        print(f"  {row['notebook']:<38} {row['seconds']:>7.1f} s  {row['executed']}")
-    print(f"  {'total':<38} {total:>7.1f} s")
-    print(f"figures: {figures}\nreport:  {report}\nruns:    {base['runs_dir']}")
+    print(f"course finished in {total / 60:.1f} min: {len(rows)} notebook(s) in {out}\n"
+          f"  browse:  {index}\n  figures: {figures}\n  report:  {report / 'report.md'}\n"
+          f"  runs:    {base['runs_dir']}", flush=True)
     return rows
 
 
@@ -148,10 +217,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m apl_core course",
         description="Execute the course notebooks 01-05 in order with papermill, headless.",
     )
-    p.add_argument("--profile", default="quick", choices=PROFILE_NAMES,
+    p.add_argument("--profile", default="auto", choices=PROFILE_NAMES,
                    help="smoke: seconds per notebook (tests); quick: the embedded dataset, "
-                        "about 20 minutes on a 2-core CPU; paper: STL-10, for a CUDA GPU "
-                        "(default: %(default)s)")
+                        "under 20 minutes on a 2-core CPU; gpu: the paper's model on the "
+                        "embedded dataset, minutes on one GPU; paper: STL-10, for a CUDA GPU; "
+                        "auto: paper on a GPU with STL-10 in --data-dir, gpu on a GPU "
+                        "without it, else quick (default: %(default)s)")
     p.add_argument("--out", default="course_output",
                    help="output folder: executed notebooks, figures/, report/, runs/ "
                         "(default: %(default)s)")
@@ -166,8 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
                    help="extra notebook parameter for every notebook that declares it "
                         "(value parsed as JSON when it can be), e.g. -p pretrain_epochs=5")
-    p.add_argument("--quiet-cells", action="store_true",
-                   help="do not stream the cells' output, show a progress bar instead")
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="stream every cell's output and the kernel's warnings (default: one "
+                        "line per notebook)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: %(default)s)")
     return p
 
@@ -181,13 +253,13 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         key, value = item.split("=", 1)
         extra[key.strip()] = _parse_value(value)
-    if not args.quiet_cells:  # papermill logs the cells' output at INFO level
+    if args.verbose:  # papermill logs the cells' output at INFO level
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         logging.getLogger("papermill").setLevel(logging.INFO)
     try:
         run_course(profile=args.profile, out=args.out, device=args.device, only=args.only,
                    data_dir=args.data_dir, runs_dir=args.runs_dir,
-                   log_output=not args.quiet_cells, kernel=args.kernel, extra=extra)
+                   log_output=args.verbose, kernel=args.kernel, extra=extra)
     except CourseError as err:
         print(f"\ncourse failed: {err}", file=sys.stderr)
         return 1

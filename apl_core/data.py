@@ -299,6 +299,7 @@ SYNTHETIC_CLASSES = [
     "star", "house", "tree", "crescent", "striped disk",
 ]
 SYNTHETIC_SIZES = {"unlabeled": 100_000, "train": 5_000, "test": 8_000}
+OBJECT_RADIUS = (0.30, 0.45)  # range of the object's radius, in image widths
 _SPLIT_IDS = {"unlabeled": 1, "train": 2, "test": 3}
 _MASK32 = 0xFFFFFFFF
 
@@ -413,8 +414,8 @@ def synthetic_images(seed: int, split: str, index: torch.Tensor, image_size: int
     horizon_y = draw.uniform(0.35, 0.6)
     horizon = col(horizon_y) + col(draw.uniform(-0.1, 0.1)) * (x - 0.5)  # (B, S, S)
     sun_x, sun_y = draw.uniform(0.05, 0.95), horizon_y * draw.uniform(0.15, 0.7)
-    radius = draw.uniform(0.14, 0.26)  # object size, in image widths
-    obj_x = draw.uniform(0.25, 0.75)
+    radius = draw.uniform(*OBJECT_RADIUS)
+    obj_x = 0.5 + (0.5 - radius) * draw.uniform(-0.8, 0.8)  # the object stays in the frame
     obj_y = horizon_y + (1 - radius - horizon_y) * draw.uniform(0.3, 1.0)
     angle = draw.uniform(-0.45, 0.45)  # radians: objects stay roughly upright
     sky_top, sky_low, ground_far, ground_near, obj_colour, stripe_colour, stone_colour = (
@@ -511,8 +512,11 @@ def synthetic_split(split: str, seed: int = 0, image_size: int = 96, limit: int 
     on the ground away from the sun. The class is the object's shape: disk, square, triangle, ring,
     cross, star, house (walls, roof and door), tree (trunk under a crown), crescent and striped disk
     (a disk told apart only by its texture). Every colour is drawn at random independently of the
-    class, and the object's position, size (14-26% of the width) and rotation (up to 26 degrees)
-    vary, next to clutter (clouds, stones) and pixel noise, so a classifier has to learn shapes.
+    class, and the object's position, size (radius 30-45% of the width) and rotation (up to 26
+    degrees) vary, next to clutter (clouds, stones) and pixel noise, so a classifier has to learn
+    shapes. The object is large on purpose: at 48 px on a 4 x 4 grid it spans about three patches
+    each way, so its parts (a roof, a trunk, a star's points) fall in different patches, and
+    placing a patch of the object means recognising which part of which shape it shows.
     For the puzzle, position is partly inferable: a patch of sky belongs near the top, furrow
     density and stone size tell the distance from the horizon, and the parts of an object (a roof
     above walls, a crown above a trunk) only fit together one way; but colours change from image

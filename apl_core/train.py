@@ -19,6 +19,7 @@ stretched over the new number of epochs from the current epoch on.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -208,9 +209,21 @@ def _fmt(value: float) -> str:
     return f"{value:g}"
 
 
+# Settings that never change what a run computes; every other field is part of the run name.
+RUN_NAME_IGNORES = ("run_name", "runs_dir", "device", "quiet", "compile")
+
+
+def _source_name(pretrained: str) -> str:
+    """A pretrained run named the same way whether given as run name, directory or .pt path."""
+    source = Path(pretrained)
+    return source.parent.name if source.suffix == ".pt" else source.name
+
+
 def run_name(config: Config) -> str:
-    """config.run_name, or a readable name from the settings that change the result, e.g.
-    synthetic48-G4K1-flatten-b4h3m3-do0.15-pdo0.1-lr0.001-bs128-e12-s0."""
+    """config.run_name, or a readable summary of the main settings plus a digest of every
+    setting that changes the result, e.g. synthetic48-G4K1-flatten-b4h3m3-n12500-do0.15-
+    pdo0.1-lr0.001-bs128-e12-s0-3f9c2a1b. Finished runs are reused by name (the notebooks'
+    cache), so two configs that would train differently never share one."""
     if config.run_name:
         return config.run_name
     c = config
@@ -223,8 +236,7 @@ def run_name(config: Config) -> str:
         if c.model != "apl":
             parts.append(c.model)
         elif c.pretrained:
-            source = Path(c.pretrained)
-            parts.append("from-" + (source.parent.name if source.suffix == ".pt" else source.name))
+            parts.append("from-" + _source_name(c.pretrained))
         else:
             parts.append("benchmark")
         parts += [flag for flag, on in (("probe", c.head_only), ("frozenenc", c.freeze_encoder),
@@ -236,7 +248,13 @@ def run_name(config: Config) -> str:
     parts.append(f"lr{_fmt(c.lr)}")
     parts += [f"wd{_fmt(c.weight_decay)}"] if c.weight_decay else []
     parts += [f"bs{c.batch_size}", f"e{c.epochs}", f"s{c.seed}"]
-    return "-".join(parts)
+    settings = {k: v for k, v in c.to_dict().items() if k not in RUN_NAME_IGNORES}
+    if c.dataset == "synthetic":  # rendered, not read: the folder does not matter
+        settings.pop("data_dir")
+    if isinstance(c, FinetuneConfig):
+        settings["pretrained"] = _source_name(c.pretrained) if c.pretrained else ""
+    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=4)
+    return "-".join(parts + [digest.hexdigest()])
 
 
 def open_run(config: Config, resume: bool | str) -> tuple[Config, Path, dict | None]:
@@ -467,7 +485,7 @@ def knn_sets(config: PretrainConfig) -> tuple[ImageSet, ImageSet] | None:
 
 
 def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
-    """APL pretraining (SPEC: 'Pretraining recipe'). resume: False (a new run), True
+    """APL pretraining (docs/method.md, 'Pretraining recipe'). resume: False (a new run), True
     (continue this config's run; error if there is none) or 'auto' (continue when there is
     a checkpoint, else start; a finished run returns at once)."""
     config, run_dir, checkpoint = open_run(config, resume)
@@ -583,7 +601,7 @@ def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, Im
 
 
 def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
-    """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (SPEC: 'Fine-tuning
+    """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (docs/method.md, 'Fine-tuning
     recipe'); `resume` as in `pretrain`. Evaluates on the whole test set every eval_every
     epochs and at the last one."""
     config, run_dir, checkpoint = open_run(config, resume)

@@ -63,6 +63,32 @@ def test_profile_benchmark_builds_the_profile_architecture():
                 "blocks": pretrain.blocks}
 
 
+def test_finetune_from_a_run_takes_the_runs_architecture_not_the_profiles(pretrained_run):
+    """The quick profile's BENCHMARK architecture (4 blocks) must not be checked against a
+    pretrained run of another one (the smoke run has 2 blocks)."""
+    config = config_of(["finetune", "--profile", "quick", "--image-size", "32",
+                        "--pretrained", str(pretrained_run.run_dir)])
+    assert config.architecture == {} and config.pretrained
+    from apl_core.train import build_finetune_model
+
+    model, architecture = build_finetune_model(config)
+    assert architecture["blocks"] == pretrained_run.config.blocks
+    assert len(model.transformer.blocks) == pretrained_run.config.blocks
+
+
+def test_course_profile_auto(tmp_path):
+    from apl_core.course import default_profile
+    from apl_core.data import STL10_FILES, STL10_FOLDER
+
+    assert default_profile("cpu", tmp_path) == "quick"
+    assert default_profile("cuda", tmp_path) == "gpu"
+    folder = tmp_path / STL10_FOLDER
+    folder.mkdir()
+    for name in [n for pair in STL10_FILES.values() for n in pair if n]:
+        (folder / name).write_bytes(b"")
+    assert default_profile("cuda:1", tmp_path) == "paper"
+
+
 def test_unknown_option_is_an_argparse_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["pretrain", "--gird", "4"])

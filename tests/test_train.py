@@ -3,6 +3,7 @@ input fails before any work."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -39,7 +40,9 @@ def test_pretraining_lowers_loss_and_localizes_positions(pretrained_run):
     run_dir = pretrained_run.run_dir
     assert (run_dir / "config.json").is_file() and (run_dir / "last.pt").is_file()
     assert any((run_dir / "tb").iterdir())
-    assert run_dir.name == "synthetic32-G4K1-flatten-b2h3m2-n1024-do0.15-pdo0.1-lr0.002-bs64-e4-s0"
+    readable, digest = run_dir.name.rsplit("-", 1)
+    assert readable == "synthetic32-G4K1-flatten-b2h3m2-n1024-do0.15-pdo0.1-lr0.002-bs64-e4-s0"
+    assert re.fullmatch("[0-9a-f]{8}", digest)
     assert pretrained_run.config.run_name == run_dir.name  # config.json names its own run
 
 
@@ -259,3 +262,22 @@ def test_run_reports_the_scheduled_rates(pretrained_run):
     config = pretrained_run.config
     assert [row["lr"] for row in pretrained_run.metrics] == [
         pytest.approx(learning_rate(epoch, config)) for epoch in range(config.epochs)]
+
+
+def test_run_name_changes_with_every_setting_that_changes_the_result(pretrained_run):
+    base = smoke_finetune_config("runs", pretrained=str(pretrained_run.run_dir))
+    name = run_name(base)
+    for change in (dict(test_per_class=7), dict(val_per_class=3), dict(crop_scale=0.5),
+                   dict(label_seed=1), dict(warmup_frac=0.2), dict(select_best=True,
+                   val_per_class=3), dict(architecture={**SMOKE_ARCHITECTURE, "heads": 1})):
+        assert run_name(base.replace(**change)) != name, change
+    for same in (dict(device="cuda"), dict(runs_dir="elsewhere"), dict(quiet=False),
+                 dict(pretrained=str(pretrained_run.checkpoint)),
+                 dict(pretrained=pretrained_run.run_dir.name)):
+        assert run_name(base.replace(**same)) == name, same
+
+
+def test_benchmark_run_name_depends_on_its_architecture():
+    small = smoke_finetune_config("runs", architecture=SMOKE_ARCHITECTURE)
+    wider = small.replace(architecture={**SMOKE_ARCHITECTURE, "blocks": 3})
+    assert run_name(small) != run_name(wider)
