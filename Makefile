@@ -8,7 +8,7 @@ PROFILE ?= auto
 OUT     ?= course_output
 PY      := $(VENV)/bin/python
 
-.PHONY: run test lab setup benchmark clean
+.PHONY: run test lab figures setup benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ run: setup
 
 lab: setup
 	$(PY) -m jupyter lab --notebook-dir=notebooks
+
+figures: setup
+	$(PY) -m apl_core course --profile quick --out $(OUT) --publish-figures docs/figures
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

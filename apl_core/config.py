@@ -39,6 +39,7 @@ class _Common:
     dataset: str = "stl10"
     data_dir: str = "data"
     image_size: int = 96
+    unreadable_images: str = "skip"  # folder data: skip files that do not decode, or "error"
     # optimisation
     epochs: int = 300
     batch_size: int = 1024
@@ -67,6 +68,8 @@ class _Common:
     def _validate(self) -> None:
         if self.dataset not in DATASETS:
             _fail("dataset", self.dataset, f"choose one of {DATASETS}")
+        if self.unreadable_images not in ("skip", "error"):
+            _fail("unreadable_images", self.unreadable_images, "choose 'skip' or 'error'")
         for name in ("image_size", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -115,6 +115,46 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
+# The figures the README shows, as `make figures` publishes them to docs/figures/.
+README_FIGURES = ("01_puzzle_photo", "01_dataset_puzzle", "03_confusion", "03_attention",
+                  "03_reassembled_puzzles", "04_accuracy_vs_npc")
+
+
+def machine_description(device: str) -> str:
+    """'NVIDIA H200' or 'AMD EPYC (2 threads)': what the numbers of a run were measured on."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({torch.get_num_threads()} threads)"
+
+
+def publish_figures(out: Path, dest: Path, profile: str, device: str) -> None:
+    """Copy README_FIGURES from OUT/figures to `dest` with a PROVENANCE.md that says which
+    profile, machine and date made them."""
+    dest.mkdir(parents=True, exist_ok=True)
+    missing = [n for n in README_FIGURES if not (out / "figures" / f"{n}.png").is_file()]
+    if missing:
+        raise CourseError(f"cannot publish figures: {missing} were not drawn; run the whole "
+                          f"course (without --only)")
+    for name in README_FIGURES:
+        shutil.copy(out / "figures" / f"{name}.png", dest / f"{name}.png")
+    import torch
+
+    stamp = time.strftime("%Y-%m-%d")
+    (dest / "PROVENANCE.md").write_text(
+        f"Drawn by `make figures`: the {profile} profile on {machine_description(device)}, "
+        f"torch {torch.__version__}, {stamp}.\n")
+
+
 def write_index(out: Path, rows: list[dict], profile: str, device: str) -> Path:
     """OUT/index.html: every executed notebook as HTML (figures embedded) under OUT/html/,
     linked from one page, so the course can be read in a browser without Jupyter."""
@@ -160,7 +200,8 @@ def default_profile(device: str, data_dir: str | Path) -> str:
 def run_course(profile: str = "auto", out: str | Path = "course_output", device: str = "auto",
                only: str | None = None, data_dir: str | Path = "data",
                runs_dir: str | Path | None = None, log_output: bool = False,
-               kernel: str = "python3", extra: dict | None = None) -> list[dict]:
+               kernel: str = "python3", extra: dict | None = None,
+               publish: str | Path | None = None) -> list[dict]:
     """Run the selected notebooks in order; returns one row per notebook (name, seconds, path)."""
     if profile not in PROFILE_NAMES:
         raise CourseError(f"profile {profile!r}: choose one of {PROFILE_NAMES}")
@@ -199,9 +240,13 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
                    notebooks=rows, figures=str(figures), report=str(report),
                    runs=base["runs_dir"], index=str(index))
     (out / "course_summary.json").write_text(json.dumps(summary, indent=2))
+    if publish:
+        publish_figures(out, Path(publish), profile, device)
+        print(f"figures for the README copied to {publish}")
     print(f"course finished in {total / 60:.1f} min: {len(rows)} notebook(s) in {out}\n"
           f"  browse:  {index}\n  figures: {figures}\n  report:  {report / 'report.md'}\n"
-          f"  runs:    {base['runs_dir']}", flush=True)
+          f"  runs:    {base['runs_dir']}"
+          + ("" if log_output else f"\n  kernel warnings: {out / 'kernel.log'}"), flush=True)
     return rows
 
 
@@ -241,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream every cell's output and the kernel's warnings (default: one "
                         "line per notebook)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: %(default)s)")
+    p.add_argument("--publish-figures", metavar="DIR", default=None,
+                   help="afterwards, copy the README's figures to DIR (make figures: "
+                        "docs/figures)")
     return p
 
 
@@ -259,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_course(profile=args.profile, out=args.out, device=args.device, only=args.only,
                    data_dir=args.data_dir, runs_dir=args.runs_dir,
-                   log_output=args.verbose, kernel=args.kernel, extra=extra)
+                   log_output=args.verbose, kernel=args.kernel, extra=extra,
+                   publish=args.publish_figures)
     except CourseError as err:
         print(f"\ncourse failed: {err}", file=sys.stderr)
         return 1

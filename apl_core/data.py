@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .augment import AugmentSpec, augment, normalize
 
@@ -60,7 +61,8 @@ class ImageSet:
 
 
 def load_split(dataset: str, split: str, data_dir: str = "data", image_size: int = 96,
-               limit: int = 0, seed: int = 0, download: bool = True) -> ImageSet:
+               limit: int = 0, seed: int = 0, download: bool = True,
+               unreadable_images: str = "skip", cache_dir: str | Path | None = None) -> ImageSet:
     """Load one split of a dataset as an `ImageSet`.
 
     dataset: "stl10" | "synthetic" | "folder" (data_dir is then the folder of images);
@@ -70,6 +72,7 @@ def load_split(dataset: str, split: str, data_dir: str = "data", image_size: int
     seed of the generator and `limit` renders only images 0..limit-1, which are already
     independent random draws.
     image_size: STL-10 is 96 x 96; another size resizes the whole split once (antialiased).
+    unreadable_images, cache_dir: for "folder" (see `load_folder`).
     """
     if split not in SPLITS:
         raise ValueError(f"split={split!r} is invalid: choose one of {SPLITS}")
@@ -86,7 +89,8 @@ def load_split(dataset: str, split: str, data_dir: str = "data", image_size: int
             data = _resize_split(data, image_size, f"STL-10 {split}")
         return data
     if dataset == "folder":
-        return load_folder(split, data_dir, image_size=image_size, limit=limit, seed=seed)
+        return load_folder(split, data_dir, image_size=image_size, limit=limit, seed=seed,
+                           unreadable_images=unreadable_images, cache_dir=cache_dir)
     raise ValueError(f"dataset={dataset!r} is invalid: choose 'stl10', 'synthetic' or 'folder'")
 
 
@@ -548,14 +552,30 @@ def synthetic_split(split: str, seed: int = 0, image_size: int = 96, limit: int 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
+class UnreadableImageError(ValueError):
+    """An image file of a folder dataset could not be decoded (unreadable_images='error')."""
+
+
+UNREADABLE_IMAGES = ("skip", "error")
+
+
 def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
-                seed: int = 0) -> ImageSet:
-    """Your own images, resized (shorter side, then a center crop) to image_size.
+                seed: int = 0, unreadable_images: str = "skip",
+                cache_dir: str | Path | None = None) -> ImageSet:
+    """Your own images, upright (EXIF orientation applied), resized (shorter side, then a
+    center crop) to image_size.
 
     "unlabeled": every image file under data_dir, recursively. "train" / "test": the
     torchvision ImageFolder layout data_dir/<split>/<class>/<image>; the classes are the
     sub-folders of data_dir/train, so train and test labels agree.
+    unreadable_images: 'skip' leaves out files that cannot be decoded, with one warning that
+    counts them and names the first few; 'error' stops at the first one.
+    cache_dir: the decoded split is saved there, keyed by the files' names, sizes and times
+    and the settings, so loading it again does not decode again.
     """
+    if unreadable_images not in UNREADABLE_IMAGES:
+        raise ValueError(f"unreadable_images={unreadable_images!r} is invalid: choose one of "
+                         f"{UNREADABLE_IMAGES}")
     root = Path(data_dir).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist: set data_dir / --data-dir "
@@ -590,8 +610,40 @@ def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
         keep = torch.randperm(len(files), generator=generator)[:limit].sort().values
         files = [files[i] for i in keep]
         labels = None if labels is None else labels[keep]
-    images = torch.stack([_load_image(path, image_size) for path in files])
-    return ImageSet(images, labels, classes)
+    cache = None
+    if cache_dir is not None:
+        key = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        digest = hashlib.blake2b(json.dumps([key, image_size, unreadable_images]).encode(),
+                                 digest_size=8).hexdigest()
+        cache = Path(cache_dir) / f"folder-{split}-{image_size}px-{digest}.pt"
+        if cache.is_file():
+            saved = torch.load(cache, weights_only=True)
+            return ImageSet(saved["images"], saved["labels"], saved["classes"])
+    images, good, bad = [], [], []
+    for i, path in enumerate(tqdm(files, desc=f"decoding {root.name}/{split}", unit="image",
+                                  disable=len(files) < 200)):
+        try:
+            images.append(_load_image(path, image_size))
+            good.append(i)
+        except (OSError, SyntaxError, ValueError) as error:  # what PIL raises on bad files
+            if unreadable_images == "error":
+                raise UnreadableImageError(
+                    f"{path} is not a readable image ({error}); remove or repair it, or set "
+                    f"unreadable_images='skip' to leave such files out") from error
+            bad.append(path)
+    if bad:
+        named = ", ".join(str(p) for p in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        warnings.warn(f"{root}: skipped {len(bad)} unreadable image file(s) of {len(files)}: "
+                      f"{named} (unreadable_images='error' stops instead)", stacklevel=3)
+    if not images:
+        raise FileNotFoundError(f"none of the {len(files)} image files in {root} could be read")
+    data = ImageSet(torch.stack(images), None if labels is None else labels[good], classes)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_name(f".{cache.name}.tmp")
+        torch.save({"images": data.images, "labels": data.labels, "classes": classes}, temporary)
+        os.replace(temporary, cache)
+    return data
 
 
 def _image_files(folder: Path) -> list[Path]:
@@ -600,11 +652,12 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _load_image(path: Path, image_size: int) -> torch.Tensor:
-    """One image as uint8 (3, S, S): shorter side resized to S, then center-cropped."""
+    """One image as uint8 (3, S, S): upright, shorter side resized to S, center-cropped."""
     from PIL import Image, ImageOps
 
     with Image.open(path) as image:
         size = (image_size, image_size)
+        image = ImageOps.exif_transpose(image)  # a phone's portrait photo stands upright
         image = ImageOps.fit(image.convert("RGB"), size, Image.Resampling.BILINEAR)
         return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 

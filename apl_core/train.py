@@ -475,11 +475,11 @@ def split_holdout(images: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, 
 def knn_sets(config: PretrainConfig) -> tuple[ImageSet, ImageSet] | None:
     """The kNN monitor's bank (labelled train split) and queries (a stratified test subset);
     None, with a note, when the dataset has no labels."""
-    bank = load_labelled_split(config.dataset, "train", config.data_dir, config.image_size)
+    bank = load_labelled_split(**data_source(config, "train"))
     if bank.labels is None:
         print(f"note: dataset {config.dataset!r} has no labels; the kNN monitor is skipped")
         return None
-    test = load_labelled_split(config.dataset, "test", config.data_dir, config.image_size)
+    test = load_labelled_split(**data_source(config, "test"))
     per_class = min(KNN_QUERIES // len(test.classes), int(test.labels.bincount().min()))
     return bank, test.subset(stratified_indices(test.labels, per_class, seed=config.seed))
 
@@ -495,8 +495,8 @@ def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     if checkpoint is not None:
         check_architecture(checkpoint["architecture"], architecture, run_dir / "last.pt")
     rt = runtime(config)
-    images = load_split(config.dataset, "unlabeled", config.data_dir, config.image_size,
-                        limit=config.num_images, seed=config.seed)
+    images = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
+                        seed=config.seed)
     train_set, held_out = split_holdout(images, config.holdout_images, config.seed)
     if len(train_set) < config.batch_size:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train_set)} "
@@ -574,16 +574,27 @@ def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
     return model, architecture
 
 
+def data_source(config: Config, split: str) -> dict:
+    """The arguments of `load_split` for `split` of the config's data: a folder of your own
+    images is decoded once into runs_dir/cache."""
+    cache = str(Path(config.runs_dir) / "cache") if config.dataset == "folder" else None
+    return dict(dataset=config.dataset, split=split, data_dir=config.data_dir,
+                image_size=config.image_size, unreadable_images=config.unreadable_images,
+                cache_dir=cache)
+
+
 @functools.lru_cache(maxsize=4)
-def load_labelled_split(dataset: str, split: str, data_dir: str, image_size: int) -> ImageSet:
+def load_labelled_split(dataset: str, split: str, data_dir: str, image_size: int,
+                        unreadable_images: str = "skip", cache_dir: str | None = None) -> ImageSet:
     """A whole labelled split ('train' or 'test'), kept in memory: the fine-tuning runs of a
     notebook or a test session (probe, full, BENCHMARK, baselines) all use the same ones."""
-    return load_split(dataset, split, data_dir, image_size)
+    return load_split(dataset, split, data_dir, image_size,
+                      unreadable_images=unreadable_images, cache_dir=cache_dir)
 
 
 def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, ImageSet]:
     """(labelled training images, validation images or None, test images)."""
-    labelled = load_labelled_split(config.dataset, "train", config.data_dir, config.image_size)
+    labelled = load_labelled_split(**data_source(config, "train"))
     if labelled.labels is None:
         raise ValueError(f"dataset {config.dataset!r} has no labels to fine-tune on")
     if len(labelled.classes) != config.num_classes:
@@ -592,7 +603,7 @@ def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, Im
                          f"{len(labelled.classes)}")
     train_index, val_index = labelled_split(labelled.labels, config.npc, config.val_per_class,
                                             config.label_seed)
-    test = load_labelled_split(config.dataset, "test", config.data_dir, config.image_size)
+    test = load_labelled_split(**data_source(config, "test"))
     if config.test_per_class:
         test = test.subset(stratified_indices(test.labels, config.test_per_class,
                                               seed=config.label_seed))

@@ -257,6 +257,60 @@ def test_folder_errors_name_the_folder(tmp_path):
         load_split("folder", "train", data_dir=str(tmp_path))
 
 
+def test_folder_skips_unreadable_files_with_one_warning(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"good{i}.png", (200, 10 * i, 0))
+    for i in range(5):
+        (tmp_path / f"broken{i}.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.warns(UserWarning, match=r"skipped 5 unreadable image file\(s\) of 8") as caught:
+        images = load_split("folder", "unlabeled", data_dir=str(tmp_path), image_size=16)
+    assert len(caught) == 1 and "broken0.jpg" in str(caught[0].message)
+    assert len(images) == 3 and images.images[:, 0].float().mean() == pytest.approx(200, abs=1)
+    with pytest.raises(data.UnreadableImageError, match=r"broken0\.jpg.*unreadable_images='skip'"):
+        load_split("folder", "unlabeled", data_dir=str(tmp_path), image_size=16,
+                   unreadable_images="error")
+
+
+def test_folder_labels_stay_with_their_images_when_files_are_skipped(tmp_path):
+    write_image(tmp_path / "train" / "a" / "0.png", (10, 10, 10))
+    (tmp_path / "train" / "a" / "1.jpg").write_bytes(b"broken")
+    write_image(tmp_path / "train" / "b" / "0.png", (250, 250, 250))
+    with pytest.warns(UserWarning, match="skipped 1"):
+        train = load_split("folder", "train", data_dir=str(tmp_path), image_size=8)
+    assert train.labels.tolist() == [0, 1]
+    assert train.images[1].float().mean() == pytest.approx(250, abs=1)
+
+
+def test_folder_honours_exif_orientation(tmp_path):
+    from PIL import Image
+
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 20, 20))  # left half red
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored rotated: the viewer turns it 90 degrees clockwise
+    image.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = load_split("folder", "unlabeled", data_dir=str(tmp_path), image_size=20)
+    red = upright.images[0, 0].float()
+    assert red[:5].mean() > 200 and red[-5:].mean() < 50  # the red half is now on top
+
+
+def test_folder_split_is_decoded_once_into_the_cache(tmp_path, monkeypatch):
+    for i in range(3):
+        write_image(tmp_path / "photos" / f"{i}.png", (30 * i, 0, 0))
+    cache = tmp_path / "cache"
+    first = load_split("folder", "unlabeled", data_dir=str(tmp_path / "photos"),
+                       image_size=12, cache_dir=cache)
+    assert len(list(cache.glob("folder-unlabeled-12px-*.pt"))) == 1
+    monkeypatch.setattr(data, "_load_image", lambda *a: pytest.fail("decoded again"))
+    again = load_split("folder", "unlabeled", data_dir=str(tmp_path / "photos"),
+                       image_size=12, cache_dir=cache)
+    assert torch.equal(first.images, again.images)
+    write_image(tmp_path / "photos" / "3.png", (0, 0, 0))  # a new file: a new cache entry
+    monkeypatch.undo()
+    assert len(load_split("folder", "unlabeled", data_dir=str(tmp_path / "photos"),
+                          image_size=12, cache_dir=cache)) == 4
+
+
 # --- labelled subsets -------------------------------------------------------------------
 
 

@@ -197,3 +197,14 @@ def test_rerunning_a_notebook_reuses_the_finished_runs(smoke_course):
                    for o in c.get("outputs", []))
     assert "0 trained now" in text
     assert results(out, "02_pretraining")["val_top1"] == before["val_top1"]
+
+
+@pytest.mark.slow
+def test_publish_figures_says_what_made_them(smoke_course, tmp_path):
+    out, _ = smoke_course
+    course.publish_figures(out, tmp_path / "figures", "smoke", "cpu")
+    for name in course.README_FIGURES:
+        assert (tmp_path / "figures" / f"{name}.png").read_bytes() == \
+            (out / "figures" / f"{name}.png").read_bytes()
+    provenance = (tmp_path / "figures" / "PROVENANCE.md").read_text()
+    assert "smoke profile" in provenance and "threads" in provenance

@@ -281,3 +281,21 @@ def test_benchmark_run_name_depends_on_its_architecture():
     small = smoke_finetune_config("runs", architecture=SMOKE_ARCHITECTURE)
     wider = small.replace(architecture={**SMOKE_ARCHITECTURE, "blocks": 3})
     assert run_name(small) != run_name(wider)
+
+
+def test_pretraining_on_a_folder_with_a_corrupt_file_warns_and_trains(tmp_path):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    generator = torch.Generator().manual_seed(0)
+    for i in range(40):
+        pixels = torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8, generator=generator)
+        Image.fromarray(pixels.numpy()).save(photos / f"{i}.png")
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    config = smoke_pretrain_config(tmp_path / "runs", dataset="folder", data_dir=str(photos),
+                                   num_images=0, holdout_images=8, batch_size=16, epochs=1)
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable image file\(s\) of 41.*broken"):
+        result = pretrain(config)
+    assert result.metrics[-1]["epoch"] == 1
+    assert len(list((tmp_path / "runs" / "cache").glob("folder-unlabeled-32px-*.pt"))) == 1
