@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import logging
+import os
+import platform
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
