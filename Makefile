@@ -23,7 +23,7 @@ run: setup
 	$(PY) -m apl_core course --profile $(PROFILE) --out $(OUT) $(COURSE_ARGS)
 
 lab: setup
-	$(PY) -m jupyter lab --notebook-dir=notebooks
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 figures: setup
 	$(PY) -m apl_core course --profile quick --out $(OUT) --publish-figures docs/figures
