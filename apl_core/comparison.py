@@ -25,8 +25,6 @@ METHODS = (
     "S-CNN",
     "S-ResNet-18",
 )
-NPC_SWEEPS = {"smoke": (10,), "quick": (10, 30, 100), "gpu": (10, 20, 50, 100, 200, 500),
-              "paper": (10, 20, 50, 100, 200, 500)}
 CNN_MODELS = {"S-CNN": "s-cnn", "S-ResNet-18": "s-resnet"}
 
 

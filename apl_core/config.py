@@ -275,13 +275,14 @@ ARCHITECTURE_FIELDS = (
 # Overrides per profile. paper = the defaults (docs/method.md), on STL-10. gpu = the paper's model and
 # recipe on the embedded dataset, for one GPU in minutes. quick = the embedded dataset on a
 # 2-core CPU within the course's 20 minutes; smoke = seconds, for tests.
-PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    "paper": {"pretrain": {}, "finetune": {}},
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {"pretrain": {}, "finetune": {}, "npcs": (10, 20, 50, 100, 200, 500)},
     "gpu": {
         "pretrain": dict(dataset="synthetic", num_images=50_000, holdout_images=1000,
                          epochs=40, knn_every=10),
         "finetune": dict(dataset="synthetic", batch_size=64, eval_every=10, val_per_class=50),
         "probe": dict(lr=2e-2),  # carried over from quick
+        "npcs": (10, 20, 50, 100, 200, 500),
     },
     "quick": {
         # 48 x 48 images, G = 4, K = 1: 11 x 11 cropped patches, D = 363 = 3 x 11^2 (3 heads),
@@ -300,6 +301,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # from {5e-4, 2e-3, 5e-3, 2e-2}, the best for APL features; random-init features stay
         # within 2 points of chance at every one of them.
         "probe": dict(lr=2e-2),
+        "npcs": (10, 30, 100),
     },
     "smoke": {
         "pretrain": dict(
@@ -311,8 +313,16 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             dataset="synthetic", image_size=32, epochs=2, batch_size=64, lr=1e-3,
             eval_every=1, npc=10, test_per_class=20, quiet=True,
         ),
+        "npcs": (10,),
     },
 }
+
+
+def profile_npcs(profile: str) -> tuple[int, ...]:
+    """The labelled images per class (NPC) that notebook 04 sweeps in `profile`."""
+    if profile not in PROFILES:
+        _fail("profile", profile, f"choose one of {tuple(PROFILES)}")
+    return PROFILES[profile]["npcs"]
 
 
 def profile_values(profile: str, phase: str) -> dict[str, Any]:

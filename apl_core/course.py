@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import PROFILES
+
 NOTEBOOKS = (
     "01_puzzle_construction",
     "02_pretraining",
@@ -27,7 +29,7 @@ NOTEBOOKS = (
     "04_fine_tuning",
     "05_reproduction_report",
 )
-PROFILE_NAMES = ("auto", "smoke", "quick", "gpu", "paper")
+PROFILE_NAMES = ("auto", *PROFILES)  # auto: chosen for the machine (default_profile)
 
 
 class CourseError(RuntimeError):

@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apl_core.comparison import METHODS, NPC_SWEEPS, compare, knn_comparison  # noqa: E402
-from apl_core.config import profile_config  # noqa: E402
+from apl_core.comparison import METHODS, compare, knn_comparison  # noqa: E402
+from apl_core.config import profile_config, profile_npcs  # noqa: E402
 from apl_core.train import pretrain, resolve_device  # noqa: E402
 
 MARGINS = (("APL fine-tune", "BENCHMARK", "margin: fine-tune"),
@@ -81,7 +81,7 @@ def main(argv=None) -> None:
                         help="report the test set (default) or the validation part")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    npcs, methods = NPC_SWEEPS[args.profile], METHODS
+    npcs, methods = profile_npcs(args.profile), METHODS
     device = str(resolve_device(args.device))
     results = []
     for seed in args.seeds:

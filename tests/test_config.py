@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from apl_core.config import (PROFILES, FinetuneConfig, PretrainConfig, profile_config)
+from apl_core.config import (PROFILES, FinetuneConfig, PretrainConfig, profile_config,
+                             profile_npcs)
 
 
 def test_defaults_are_the_paper_settings():
@@ -86,5 +87,23 @@ def test_from_dict_refuses_unknown_keys_and_wrong_types():
 def test_every_profile_builds_valid_configs(profile):
     assert isinstance(profile_config(profile, "pretrain"), PretrainConfig)
     assert isinstance(profile_config(profile, "finetune"), FinetuneConfig)
+    probe = profile_config(profile, "probe")
+    assert probe.head_only and not profile_config(profile, "finetune").head_only
+    assert list(profile_npcs(profile)) == sorted(profile_npcs(profile))
     with pytest.raises(ValueError, match="profile"):
         profile_config("huge", "pretrain")
+
+
+def test_gpu_profile_is_the_paper_model_on_the_embedded_data():
+    paper, gpu = profile_config("paper", "pretrain"), profile_config("gpu", "pretrain")
+    for field in ("image_size", "grid", "crop", "heads", "blocks", "hidden_mult", "lr",
+                  "batch_size", "dropout", "patch_dropout"):
+        assert getattr(gpu, field) == getattr(paper, field), field
+    assert (paper.dataset, gpu.dataset) == ("stl10", "synthetic")
+    assert profile_npcs("gpu") == profile_npcs("paper")
+
+
+def test_quick_probe_keeps_the_finetuning_schedule_but_its_own_lr():
+    finetune, probe = profile_config("quick", "finetune"), profile_config("quick", "probe")
+    assert probe.lr != finetune.lr
+    assert probe.replace(lr=finetune.lr, head_only=False) == finetune
