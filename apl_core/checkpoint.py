@@ -21,6 +21,7 @@ target: a crash or kill during the save leaves the previous checkpoint untouched
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -77,6 +78,14 @@ def read_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
+    except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: its pickle is damaged "
+                                  f"({error}). Delete it, or resume from another copy") from error
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects besides tensors and plain values, "
+            f"and unpickling them could run code. apl_core never writes such checkpoints; do "
+            f"not use this file unless you know where it came from") from error
     except Exception as error:  # torch raises several types for a damaged zip or pickle
         raise CheckpointError(
             f"cannot read checkpoint {path}: it is truncated or corrupted ({error}). "

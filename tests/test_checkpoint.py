@@ -66,3 +66,49 @@ def test_architecture_mismatch_names_every_field():
     check_architecture({"grid": 4, "heads": 3}, {"grid": 4, "heads": 3}, "x.pt")
     with pytest.raises(ValueError, match="grid: checkpoint has 4.*heads: checkpoint has 3"):
         check_architecture({"grid": 4, "heads": 3}, {"grid": 7, "heads": 16}, "x.pt")
+
+
+class _CreatesMarker:
+    """Unpickling this object would create a file: what a malicious checkpoint could do."""
+
+    marker = ""
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def malicious_checkpoint(run_dir, marker):
+    """A real-looking last.pt whose pickle would run code (open a file) when loaded."""
+    evil = _CreatesMarker()
+    evil.marker = str(marker)
+    run_dir.mkdir(parents=True)
+    bad = {**state(1.0), "phase": "pretrain", "metrics": [], "payload": evil}
+    torch.save(bad, run_dir / "last.pt")  # plain torch.save: pickles the object
+    return run_dir / "last.pt"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, pretrained_run,
+                                                                 capsys):
+    from apl_core.cli import main
+    from apl_core.train import finetune, pretrain
+
+    marker = tmp_path / "code_ran"
+    path = malicious_checkpoint(tmp_path / "runs" / "pretrain" / "evil", marker)
+    with pytest.raises(CheckpointError, match="refused to load .*could run code"):
+        read_checkpoint(path)
+    config = pretrained_run.config.replace(runs_dir=str(tmp_path / "runs"), run_name="evil")
+    with pytest.raises(CheckpointError, match="refused"):
+        pretrain(config, resume=True)
+    from conftest import smoke_finetune_config
+
+    with pytest.raises(CheckpointError, match="refused"):
+        finetune(smoke_finetune_config(tmp_path / "ft", pretrained=str(path)))
+    for argv in (["pretrain", "--config", str(pretrained_run.run_dir / "config.json"),
+                  "--runs-dir", str(tmp_path / "runs"), "--run-name", "evil", "--resume"],
+                 ["finetune", "--profile", "smoke", "--pretrained", str(path),
+                  "--runs-dir", str(tmp_path / "ft2")]):
+        assert main(argv) == 2
+        assert "refused to load" in capsys.readouterr().err
+    assert not marker.exists(), "loading the checkpoint ran its code"
+    torch.load(path, weights_only=False)  # the control: an unsafe load does run it
+    assert marker.exists()
