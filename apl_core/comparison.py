@@ -15,7 +15,8 @@ import torch
 from .analysis import knn_accuracy
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig, profile_config
 from .model import build_pretrain_model
-from .train import finetune, finetune_sets, load_pretrained, resolve_device
+from .data import finetune_sets
+from .train import finetune, load_pretrained, resolve_device
 
 METHODS = (
     "APL fine-tune",  # pretrained transformer + new linear head, all trained

@@ -18,7 +18,6 @@ stretched over the new number of epochs from the current epoch on.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import math
@@ -43,7 +42,9 @@ from .checkpoint import (
     rng_state, save_checkpoint,
 )
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig
-from .data import BatchLoader, ImageSet, labelled_split, load_split, stratified_indices
+from .data import (
+    BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
+)
 from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
 )
@@ -52,7 +53,6 @@ from .puzzle import position_targets
 
 Config = PretrainConfig | FinetuneConfig
 TOP_K = (1, 3, 5)
-KNN_QUERIES = 2000  # test images (stratified) scored by the kNN monitor in pretraining
 
 
 @dataclass
@@ -462,28 +462,6 @@ def pretrain_architecture(config: PretrainConfig) -> dict:
             **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS}}
 
 
-def split_holdout(images: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, ImageSet]:
-    """A seeded random `holdout` images for held-out position accuracy; the rest trains."""
-    if holdout >= len(images):
-        raise ValueError(f"holdout_images={holdout} leaves no training images out of "
-                         f"{len(images)}; lower holdout_images or raise num_images")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    train, held_out = order[holdout:].sort().values, order[:holdout].sort().values
-    return images.subset(train), images.subset(held_out)
-
-
-def knn_sets(config: PretrainConfig) -> tuple[ImageSet, ImageSet] | None:
-    """The kNN monitor's bank (labelled train split) and queries (a stratified test subset);
-    None, with a note, when the dataset has no labels."""
-    bank = load_labelled_split(**data_source(config, "train"))
-    if bank.labels is None:
-        print(f"note: dataset {config.dataset!r} has no labels; the kNN monitor is skipped")
-        return None
-    test = load_labelled_split(**data_source(config, "test"))
-    per_class = min(KNN_QUERIES // len(test.classes), int(test.labels.bincount().min()))
-    return bank, test.subset(stratified_indices(test.labels, per_class, seed=config.seed))
-
-
 def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     """APL pretraining (docs/method.md, 'Pretraining recipe'). resume: False (a new run), True
     (continue this config's run; error if there is none) or 'auto' (continue when there is
@@ -572,43 +550,6 @@ def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
         name: getattr(transformer_config, name) for name in ARCHITECTURE_FIELDS
         if name != "mlp_head"})
     return model, architecture
-
-
-def data_source(config: Config, split: str) -> dict:
-    """The arguments of `load_split` for `split` of the config's data: a folder of your own
-    images is decoded once into runs_dir/cache."""
-    cache = str(Path(config.runs_dir) / "cache") if config.dataset == "folder" else None
-    return dict(dataset=config.dataset, split=split, data_dir=config.data_dir,
-                image_size=config.image_size, unreadable_images=config.unreadable_images,
-                cache_dir=cache)
-
-
-@functools.lru_cache(maxsize=4)
-def load_labelled_split(dataset: str, split: str, data_dir: str, image_size: int,
-                        unreadable_images: str = "skip", cache_dir: str | None = None) -> ImageSet:
-    """A whole labelled split ('train' or 'test'), kept in memory: the fine-tuning runs of a
-    notebook or a test session (probe, full, BENCHMARK, baselines) all use the same ones."""
-    return load_split(dataset, split, data_dir, image_size,
-                      unreadable_images=unreadable_images, cache_dir=cache_dir)
-
-
-def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, ImageSet]:
-    """(labelled training images, validation images or None, test images)."""
-    labelled = load_labelled_split(**data_source(config, "train"))
-    if labelled.labels is None:
-        raise ValueError(f"dataset {config.dataset!r} has no labels to fine-tune on")
-    if len(labelled.classes) != config.num_classes:
-        raise ValueError(f"num_classes={config.num_classes} but dataset {config.dataset!r} has "
-                         f"{len(labelled.classes)} classes; set num_classes="
-                         f"{len(labelled.classes)}")
-    train_index, val_index = labelled_split(labelled.labels, config.npc, config.val_per_class,
-                                            config.label_seed)
-    test = load_labelled_split(**data_source(config, "test"))
-    if config.test_per_class:
-        test = test.subset(stratified_indices(test.labels, config.test_per_class,
-                                              seed=config.label_seed))
-    val = labelled.subset(val_index) if len(val_index) else None
-    return labelled.subset(train_index), val, test
 
 
 def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:

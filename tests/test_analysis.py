@@ -8,9 +8,9 @@ from torch import nn
 from apl_core.analysis import (
     accuracy_vs_patch_dropout, attention_maps, knn_accuracy, position_analysis, solve_puzzles,
 )
-from apl_core.data import ImageSet, load_split
+from apl_core.data import ImageSet, load_split, split_holdout
 from apl_core.model import PatchDropout
-from apl_core.train import load_pretrained, split_holdout
+from apl_core.train import load_pretrained
 
 T = 16
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from apl_core import data
+from apl_core.data import folder as folder_source
+from apl_core.data import stl10
 from apl_core.data import (
     BatchLoader, CorruptDatasetError, DatasetNotFoundError, ImageSet, labelled_split, load_split,
     stratified_indices,
@@ -51,7 +53,7 @@ def stl10_dir(tmp_path, monkeypatch):
     folder.mkdir()
     for name, content in files.items():
         (folder / name).write_bytes(content)
-    monkeypatch.setattr(data, "STL10_FILE_MD5", {n: md5(c) for n, c in files.items()})
+    monkeypatch.setattr(stl10, "STL10_FILE_MD5", {n: md5(c) for n, c in files.items()})
     return tmp_path, truth
 
 
@@ -68,7 +70,7 @@ def test_stl10_reader_returns_exact_pixels_and_labels(stl10_dir):
             assert torch.equal(images.labels, torch.from_numpy(truth[f"{split}_y"].astype(np.int64) - 1))
             assert images.classes == CLASSES
     # the md5 is checked once and remembered
-    assert (root / "stl10_binary" / data.VERIFIED_MARKER).is_file()
+    assert (root / "stl10_binary" / stl10.VERIFIED_MARKER).is_file()
 
 
 def test_stl10_limit_and_resize(stl10_dir):
@@ -143,8 +145,8 @@ def stl10_server(tmp_path, monkeypatch):
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     monkeypatch.setenv("APL_STL10_URL", f"http://127.0.0.1:{server.server_port}/stl10_binary.tar.gz")
-    monkeypatch.setattr(data, "STL10_ARCHIVE_MD5", md5(buffer.getvalue()))
-    monkeypatch.setattr(data, "STL10_FILE_MD5", {n: md5(c) for n, c in files.items()})
+    monkeypatch.setattr(stl10, "STL10_ARCHIVE_MD5", md5(buffer.getvalue()))
+    monkeypatch.setattr(stl10, "STL10_FILE_MD5", {n: md5(c) for n, c in files.items()})
     yield tmp_path / "data", truth
     server.shutdown()
     server.server_close()
@@ -162,7 +164,7 @@ def test_stl10_download_verify_extract_read_end_to_end(stl10_server):
 
 def test_stl10_download_with_wrong_checksum_is_a_clear_error(stl10_server, monkeypatch):
     root, _ = stl10_server
-    monkeypatch.setattr(data, "STL10_ARCHIVE_MD5", "0" * 32)
+    monkeypatch.setattr(stl10, "STL10_ARCHIVE_MD5", "0" * 32)
     with pytest.raises(CorruptDatasetError, match=r"stl10_binary\.tar\.gz.*does not match md5"):
         load_split("stl10", "train", data_dir=str(root))
     assert not (root / "stl10_binary" / "train_X.bin").exists()  # never extracted
@@ -170,7 +172,7 @@ def test_stl10_download_with_wrong_checksum_is_a_clear_error(stl10_server, monke
 
 def test_stl10_extracted_file_with_wrong_checksum_is_a_clear_error(stl10_server, monkeypatch):
     root, _ = stl10_server
-    monkeypatch.setitem(data.STL10_FILE_MD5, "test_y.bin", "0" * 32)
+    monkeypatch.setitem(stl10.STL10_FILE_MD5, "test_y.bin", "0" * 32)
     with pytest.raises(CorruptDatasetError, match=r"test_y\.bin"):
         load_split("stl10", "test", data_dir=str(root))
 
@@ -301,7 +303,7 @@ def test_folder_split_is_decoded_once_into_the_cache(tmp_path, monkeypatch):
     first = load_split("folder", "unlabeled", data_dir=str(tmp_path / "photos"),
                        image_size=12, cache_dir=cache)
     assert len(list(cache.glob("folder-unlabeled-12px-*.pt"))) == 1
-    monkeypatch.setattr(data, "_load_image", lambda *a: pytest.fail("decoded again"))
+    monkeypatch.setattr(folder_source, "_load_image", lambda *a: pytest.fail("decoded again"))
     again = load_split("folder", "unlabeled", data_dir=str(tmp_path / "photos"),
                        image_size=12, cache_dir=cache)
     assert torch.equal(first.images, again.images)

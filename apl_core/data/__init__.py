@@ -1,0 +1,40 @@
+"""Where the images come from: STL-10, an embedded synthetic dataset, or a folder of your own.
+
+Every source ends as an `ImageSet` (imageset.py): uint8 images (N, 3, S, S) on the CPU plus
+int64 labels. Images stay uint8 until a batch reaches the training device (`BatchLoader`,
+loader.py), where it is augmented or normalized as a whole (`apl_core.augment`): no per-image
+Python work per step.
+
+- "stl10" (stl10.py): the paper's data, downloaded once, then memory-mapped.
+- "synthetic" (synthetic.py): procedurally generated scenes that need no download, the data of
+  the smoke, quick and gpu profiles.
+- "folder" (folder.py): your own images, as plain files (pretraining) or in the ImageFolder
+  layout data_dir/{train,test}/<class>/*.jpg (fine-tuning).
+
+sources.py dispatches `load_split` to them; splits.py chooses which images a run uses
+(labelled subsets, validation, test, held-out images).
+"""
+from __future__ import annotations
+
+from .folder import IMAGE_EXTENSIONS, UNREADABLE_IMAGES, UnreadableImageError, load_folder
+from .imageset import SPLITS, ImageSet
+from .loader import BatchLoader
+from .sources import load_split
+from .splits import (
+    data_source, finetune_sets, knn_sets, labelled_split, load_labelled_split, split_holdout,
+    stratified_indices,
+)
+from .stl10 import (
+    STL10_FILES, STL10_FOLDER, STL10_SIZE, STL10_URL, CorruptDatasetError, DatasetNotFoundError,
+    load_stl10,
+)
+from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_SIZES, synthetic_images, synthetic_split
+
+__all__ = [
+    "SPLITS", "ImageSet", "load_split", "BatchLoader", "labelled_split", "stratified_indices",
+    "split_holdout", "knn_sets", "data_source", "load_labelled_split", "finetune_sets",
+    "load_stl10", "STL10_FILES", "STL10_FOLDER", "STL10_SIZE", "STL10_URL",
+    "CorruptDatasetError", "DatasetNotFoundError", "synthetic_split", "synthetic_images",
+    "SYNTHETIC_CLASSES", "SYNTHETIC_SIZES", "load_folder", "IMAGE_EXTENSIONS",
+    "UNREADABLE_IMAGES", "UnreadableImageError",
+]
