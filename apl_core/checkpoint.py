@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 
@@ -31,18 +33,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint file exists but cannot be read (truncated, corrupted, not a checkpoint)."""
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Write `state` to `path` atomically: temporary file, fsync, then rename."""
+def write_atomic(path: str | Path, content: str | Callable[[BinaryIO], None]) -> None:
+    """Write text, or whatever `content(file)` writes, to `path` atomically: a temporary file
+    next to it, fsync, then rename, so a crash leaves the previous file whole."""
     path = Path(path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(temporary, "wb") as file:
-            torch.save(state, file)
+            if callable(content):
+                content(file)
+            else:
+                file.write(content.encode())
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Write `state` to `path` atomically (see `write_atomic`)."""
+    write_atomic(path, lambda file: torch.save(state, file))
 
 
 def resolve_checkpoint(path_or_run_name: str | Path, runs_dir: str | Path = "runs",

@@ -9,19 +9,14 @@ The learning rate is a pure function of training progress (`learning_rate`), so 
 scheduler object: a resumed run recomputes the rate from the epoch it continues at. Metric sums
 stay on the device during an epoch and are read once at its end (no host sync per step).
 
-Each run lives in runs_dir/<phase>/<run name>/ with config.json, metrics.jsonl (one row per
-epoch), TensorBoard events under tb/, last.pt (every epoch) and best.pt (fine-tuning with
-select_best). Starting a new run where a run with a checkpoint exists is an error: continue it
-with resume=True, or give another run_name. Resuming with more epochs than the run had
+Each run lives in its run directory (`apl_core.rundir`). Starting a new run where a run with a
+checkpoint exists is an error: continue it with resume=True, or give another run_name. Resuming with more epochs than the run had
 recomputes the schedule for the new total: warm-up is not repeated, and the cosine curve is
 stretched over the new number of epochs from the current epoch on.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,15 +26,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from .analysis import knn_accuracy
 from .augment import AugmentSpec
 from .baselines import SCNN, s_resnet18
 from .checkpoint import (
-    check_architecture, list_runs, load_checkpoint, read_checkpoint, restore_rng_state,
-    rng_state, save_checkpoint,
+    check_architecture, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig
 from .data import (
@@ -50,6 +43,7 @@ from .distributed import (
 )
 from .model import APLPretrainModel, build_classifier, build_pretrain_model
 from .puzzle import position_targets
+from .rundir import RunLog, open_run
 
 Config = PretrainConfig | FinetuneConfig
 TOP_K = (1, 3, 5)
@@ -201,135 +195,6 @@ def evaluate(model, loss_fn: LossFn, loader, dtype, context: DistContext,
             loss, hits, count = loss_fn(model, images, labels)
         totals += torch.cat([(loss * count)[None], hits, count[None]])
     return summarize(all_reduce_sum(totals, context))
-
-
-# ---------------------------------------------------------------- run directory and logs
-
-def _fmt(value: float) -> str:
-    return f"{value:g}"
-
-
-# Settings that never change what a run computes; every other field is part of the run name.
-RUN_NAME_IGNORES = ("run_name", "runs_dir", "device", "quiet", "compile")
-
-
-def _source_name(pretrained: str) -> str:
-    """A pretrained run named the same way whether given as run name, directory or .pt path."""
-    source = Path(pretrained)
-    return source.parent.name if source.suffix == ".pt" else source.name
-
-
-def run_name(config: Config) -> str:
-    """config.run_name, or a readable summary of the main settings plus a digest of every
-    setting that changes the result, e.g. synthetic48-G4K1-flatten-b4h3m3-n12500-do0.15-
-    pdo0.1-lr0.001-bs128-e12-s0-3f9c2a1b. Finished runs are reused by name (the notebooks'
-    cache), so two configs that would train differently never share one."""
-    if config.run_name:
-        return config.run_name
-    c = config
-    parts = [f"{c.dataset}{c.image_size}"]
-    if isinstance(c, PretrainConfig):
-        parts += [f"G{c.grid}K{c.crop}", c.encoder, f"b{c.blocks}h{c.heads}m{c.hidden_mult}"]
-        parts += ["mlphead"] if c.mlp_head else []
-        parts += [f"n{c.num_images}"] if c.num_images else []
-    else:
-        if c.model != "apl":
-            parts.append(c.model)
-        elif c.pretrained:
-            parts.append("from-" + _source_name(c.pretrained))
-        else:
-            parts.append("benchmark")
-        parts += [flag for flag, on in (("probe", c.head_only), ("frozenenc", c.freeze_encoder),
-                                        ("mlphead", c.mlp_head)) if on]
-        parts.append(f"npc{c.npc}")
-    if not (isinstance(c, FinetuneConfig) and c.model != "apl"):
-        parts += [f"do{_fmt(c.dropout)}", f"pdo{_fmt(c.patch_dropout)}"]
-    parts += ["adamw"] if c.optimizer == "adamw" else []
-    parts.append(f"lr{_fmt(c.lr)}")
-    parts += [f"wd{_fmt(c.weight_decay)}"] if c.weight_decay else []
-    parts += [f"bs{c.batch_size}", f"e{c.epochs}", f"s{c.seed}"]
-    settings = {k: v for k, v in c.to_dict().items() if k not in RUN_NAME_IGNORES}
-    if c.dataset == "synthetic":  # rendered, not read: the folder does not matter
-        settings.pop("data_dir")
-    if isinstance(c, FinetuneConfig):
-        settings["pretrained"] = _source_name(c.pretrained) if c.pretrained else ""
-    digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=4)
-    return "-".join(parts + [digest.hexdigest()])
-
-
-def open_run(config: Config, resume: bool | str) -> tuple[Config, Path, dict | None]:
-    """The config with its run name filled in (so that the run's config.json names its own
-    run), the run directory, and the checkpoint to continue from (None: a new run). Refuses
-    to start over an existing run, and to resume when there is nothing to resume."""
-    if resume not in (False, True, "auto"):
-        raise ValueError(f"resume={resume!r} is invalid: use False, True or 'auto'")
-    config = config.replace(run_name=run_name(config))
-    run_dir = Path(config.runs_dir) / config.phase / config.run_name
-    last = run_dir / "last.pt"
-    if last.is_file():
-        if resume:
-            checkpoint = read_checkpoint(last)
-            changed = {name: (value, getattr(config, name))
-                       for name, value in checkpoint["config"].items()
-                       if hasattr(config, name) and getattr(config, name) != value}
-            if changed and not config.quiet:
-                print(f"resuming {run_dir} with changed settings: " + ", ".join(
-                    f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))
-            return config, run_dir, checkpoint
-        raise FileExistsError(
-            f"{run_dir} already holds a run; continue it with resume=True (--resume) or "
-            f"start another one with a different run_name (--run-name)"
-        )
-    if resume is True:
-        runs = list_runs(config.runs_dir, config.phase)
-        raise FileNotFoundError(
-            f"nothing to resume: {last} does not exist. Runs with a checkpoint under "
-            f"{Path(config.runs_dir) / config.phase}: {runs or 'none'}; pass their run_name "
-            f"(--run-name), or start a new run without resume (--resume)"
-        )
-    return config, run_dir, None
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The rows of run_dir/metrics.jsonl (a line cut short by a kill is skipped)."""
-    rows = []
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
-
-
-class RunLog:
-    """config.json, metrics.jsonl and TensorBoard events of one run (written by rank 0 only).
-    On resume, metrics.jsonl is rewritten from the checkpoint's rows, so it never holds
-    epochs the checkpoint does not."""
-
-    def __init__(self, run_dir: Path, config: Config, rows: list[dict]):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        _write_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        self.metrics = open(run_dir / "metrics.jsonl", "a")
-        self.tensorboard = SummaryWriter(run_dir / "tb", purge_step=len(rows) + 1)
-
-    def add(self, row: dict) -> None:
-        self.metrics.write(json.dumps(row) + "\n")
-        self.metrics.flush()
-        for key, value in row.items():
-            if key not in ("epoch", "step"):
-                self.tensorboard.add_scalar(key, value, row["epoch"])
-        self.tensorboard.flush()
-
-    def close(self) -> None:
-        self.metrics.close()
-        self.tensorboard.close()
 
 
 # ---------------------------------------------------------------- the loop shared by both phases

@@ -6,7 +6,8 @@ import pytest
 
 from apl_core.comparison import METHODS, compare, knn_comparison, method_config
 from apl_core.data import finetune_sets
-from apl_core.train import load_pretrained, read_metrics
+from apl_core.rundir import read_metrics
+from apl_core.train import load_pretrained
 
 SETTINGS = dict(device="cpu", precision="fp32", epochs=1, npc=10)
 

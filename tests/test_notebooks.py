@@ -13,7 +13,7 @@ import pytest
 
 from apl_core import course
 from apl_core.comparison import METHODS
-from apl_core.train import read_metrics
+from apl_core.rundir import read_metrics
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))

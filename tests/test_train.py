@@ -12,9 +12,8 @@ from torch import nn
 import apl_core.train as train
 from apl_core.checkpoint import read_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.train import (
-    build_finetune_model, finetune, learning_rate, pretrain, read_metrics, run_name,
-)
+from apl_core.rundir import read_metrics, run_name
+from apl_core.train import build_finetune_model, finetune, learning_rate, pretrain
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
 TIMING = ("images_per_s", "epoch_time_s")
