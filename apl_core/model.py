@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from .config import FinetuneConfig, PretrainConfig, token_dim
+from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig, token_dim
 from .puzzle import extract_patches
 
 
@@ -172,12 +172,6 @@ class APLTransformer(nn.Module):
     def forward(self, images: torch.Tensor):
         return self.contextualize(self.patches(images))
 
-    def set_dropout(self, p: float) -> None:
-        """Override the blocks' dropout (the fine-tuning recipe uses its own)."""
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Dropout):
-                module.p = p
-
 
 def mlp(dim: int, out: int, dropout: float = 0.1) -> nn.Sequential:
     """The original's NN_HEAD / MLP_HEAD: D -> 3D, ReLU, Dropout, -> out."""
@@ -221,12 +215,11 @@ class APLClassifier(nn.Module):
 
 
 def architecture_kwargs(config: PretrainConfig) -> dict:
-    return dict(
-        image_size=config.image_size, grid=config.grid, crop=config.crop,
-        encoder=config.encoder, blocks=config.blocks, heads=config.heads,
-        hidden_mult=config.hidden_mult, dropout=config.dropout,
-        patch_dropout=config.patch_dropout,
-    )
+    """APLTransformer's arguments: the image size, the architecture (ARCHITECTURE_FIELDS but
+    the head, which is not the transformer's) and the dropout rates."""
+    names = ("image_size", *(n for n in ARCHITECTURE_FIELDS if n != "mlp_head"),
+             "dropout", "patch_dropout")
+    return {name: getattr(config, name) for name in names}
 
 
 def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import token_dim
+
 
 def crop_offset(crop: int) -> int:
     """Top/left pixels removed by the center crop, as torchvision's CenterCrop does it:
@@ -86,7 +88,7 @@ def puzzle_stats(image_size: int, grid: int, crop: int) -> PuzzleStats:
     cropped = patch - crop
     return PuzzleStats(
         image_size=image_size, grid=grid, crop=crop, tokens=grid * grid, patch_size=patch,
-        cropped_size=cropped, token_dim=3 * cropped**2,
+        cropped_size=cropped, token_dim=token_dim(image_size, grid, crop),
         information_loss=1 - cropped**2 / patch**2,
         pixels_kept=grid * grid * cropped**2 / image_size**2,
     )

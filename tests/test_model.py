@@ -76,10 +76,11 @@ def test_classifier_pools_tokens_and_counts_classes():
     assert pretrain_keys == {k for k in classifier.state_dict() if k.startswith("transformer.")}
 
 
-def test_set_dropout_changes_every_block():
-    transformer = APLTransformer(**{k: v for k, v in SMALL.items()})
-    transformer.set_dropout(0.4)
-    assert all(b.dropout.p == 0.4 for b in transformer.blocks)
+def test_classifier_trains_with_the_finetuning_dropout_not_the_pretraining_one():
+    pretrained = PretrainConfig(**SMALL, dropout=0.15, patch_dropout=0.1)
+    model = build_classifier(FinetuneConfig(dropout=0.4, patch_dropout=0.25), pretrained)
+    assert all(b.dropout.p == 0.4 for b in model.transformer.blocks)
+    assert model.transformer.patch_dropout.p == 0.25
 
 
 def test_tiny_model_overfits_one_batch_of_the_puzzle():
