@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -54,11 +55,16 @@ def jupyterlab(tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     smoke_copy_of_notebook_01(work)
+    settings = tmp_path / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)  # every cell in the page (no windowing), for the checks
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     log = open(tmp_path / "jupyterlab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
          f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}",
          "--allow-root", "--LabApp.news_url=",
+         f"--LabApp.user_settings_dir={tmp_path / 'lab-settings'}",
+         f"--LabApp.workspaces_dir={tmp_path / 'lab-workspaces'}",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -91,11 +97,25 @@ def stop(process: subprocess.Popen, sig: int) -> None:
         pass  # already gone
 
 
+def wait_until(condition, seconds: float, what: str, page, shots: Path) -> None:
+    """Poll `condition` for up to `seconds`; on time-out fail with a screenshot and the end
+    of the notebook's text."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            page.screenshot(path=shots / "timeout.png", full_page=True)
+            pytest.fail(f"{what} within {seconds} s; screenshot {shots / 'timeout.png'}; the "
+                        f"page ends with:\n" + page.inner_text("body")[-2000:])
+        time.sleep(0.5)
+
+
 def test_notebook_01_runs_in_jupyterlab_and_its_slider_redraws(jupyterlab):
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "chromium is not installed: apt-get install chromium"
     base, token, folder = jupyterlab
+    notebook = json.loads((folder / "lab" / NOTEBOOK).read_text())
+    code_cells = sum(c["cell_type"] == "code" for c in notebook["cells"])
     shots = folder / "screenshots"
     shots.mkdir()
     with sync_playwright() as playwright:
@@ -105,19 +125,19 @@ def test_notebook_01_runs_in_jupyterlab_and_its_slider_redraws(jupyterlab):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(60_000)
             page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell")
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']",
-                                   state="attached")
+            page.wait_for_function(  # the document is loaded, not JupyterLab's placeholder
+                "n => document.querySelectorAll('.jp-Notebook .jp-CodeCell').length === n",
+                arg=code_cells)
+            wait_until(lambda: "| Idle" in page.inner_text("#jp-main-statusbar"), 120,
+                       "the kernel did not start", page, shots)
             page.screenshot(path=shots / "1_opened.png")
 
             page.click("li.lm-MenuBar-item:has-text('Run')")
             page.click("li.lm-Menu-item:has-text('Run All Cells')")
-            last = page.locator(".jp-Notebook .jp-CodeCell").last
-            deadline = time.monotonic() + RUN_ALL_SECONDS
-            while "[*]" in page.inner_text(".jp-Notebook") or \
-                    last.locator(".jp-InputPrompt").inner_text().strip() in ("[ ]:", ""):
-                assert time.monotonic() < deadline, f"still running after {RUN_ALL_SECONDS} s"
-                time.sleep(1)
+            prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
+            wait_until(lambda: all(re.fullmatch(r"\[\d+\]:", p.strip())
+                                   for p in prompts.all_inner_texts()),
+                       RUN_ALL_SECONDS, "the cells did not all run", page, shots)
             page.screenshot(path=shots / "2_ran_all.png", full_page=True)
             text = page.inner_text(".jp-Notebook")
             assert "Traceback" not in text, "a cell failed:\n" + text[-3000:]
@@ -134,11 +154,9 @@ def test_notebook_01_runs_in_jupyterlab_and_its_slider_redraws(jupyterlab):
             page.keyboard.press("Control+A")
             page.keyboard.type("5")
             page.keyboard.press("Enter")
-            deadline = time.monotonic() + 60
-            while figure.get_attribute("src") == before:
-                assert time.monotonic() < deadline, "moving the G slider did not redraw"
-                time.sleep(0.5)
-            assert "G=5" in panel.inner_text() or readout.inner_text().strip() == "5"
+            wait_until(lambda: figure.get_attribute("src") != before, 60,
+                       "moving the G slider did not redraw the figure", page, shots)
+            assert readout.inner_text().strip() == "5"
             panel.screenshot(path=shots / "3_slider_moved.png")
         finally:
             browser.close()
