@@ -176,15 +176,17 @@ def write_index(out: Path, rows: list[dict], profile: str, device: str) -> Path:
         page.write_text(body, encoding="utf-8")
         items.append(f'<li><a href="html/{page.name}">{html.escape(row["notebook"])}</a> '
                      f'({row["seconds"]:.0f} s)</li>')
-    report = out / "report" / "report.md"
-    extra = '<p>Report: <a href="report/report.md">report/report.md</a></p>' \
-        if report.exists() else ""
+    figure = out / "figures" / "04_accuracy_vs_npc.png"
+    extra = (f'<p><img src="figures/{figure.name}" alt="accuracy vs NPC" width="720"></p>'
+             if figure.exists() else "")
     index = out / "index.html"
     index.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>APL course</title></head>"
-        f"<body><h1>APL course: executed notebooks</h1><p>profile <b>{html.escape(profile)}"
-        f"</b>, device <b>{html.escape(device)}</b></p><ol>{''.join(items)}</ol>{extra}"
-        "</body></html>\n", encoding="utf-8")
+        "<!doctype html><html><head><meta charset='utf-8'><title>APL course</title><style>"
+        "body{font-family:sans-serif;max-width:760px;margin:2em auto;line-height:1.5}"
+        "</style></head><body><h1>APL course: the executed notebooks</h1>"
+        f"<p>profile <b>{html.escape(profile)}</b>, device <b>{html.escape(device)}</b>. "
+        "Each notebook as a web page, with its figures and outputs:</p>"
+        f"<ol>{''.join(items)}</ol>{extra}</body></html>\n", encoding="utf-8")
     return index
 
 
