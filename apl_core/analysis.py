@@ -87,6 +87,43 @@ def position_analysis(model, images: ImageSet | torch.Tensor, batch_size: int = 
 
 
 @torch.no_grad()
+def grid_errors(predicted: torch.Tensor, grid: int) -> dict[str, float]:
+    """Where the wrong guesses land on the G x G grid. predicted: (N, T) position predicted
+    for token t (true position t). Returns the share of tokens placed in the right row and in
+    the right column, the mean Manhattan distance of the wrong guesses (and of a random wrong
+    guess, for comparison), the share of wrong guesses on a direct neighbour, and the share in
+    the right row at the mirrored column (left <-> right, what horizontal flips make ambiguous)."""
+    tokens = grid * grid
+    truth = torch.arange(tokens)
+    rows, cols = truth // grid, truth % grid
+    predicted = predicted.reshape(-1, tokens).cpu()
+    wrong = predicted != truth
+    distance = (rows[predicted] - rows).abs() + (cols[predicted] - cols).abs()
+    mirrored = (rows[predicted] == rows) & (cols[predicted] == grid - 1 - cols)
+    pairwise = (rows[:, None] - rows[None]).abs() + (cols[:, None] - cols[None]).abs()
+    errors = int(wrong.sum())
+
+    def share(mask: torch.Tensor) -> float:
+        return mask[wrong].float().mean().item() if errors else 0.0
+
+    return {
+        "row_accuracy": (rows[predicted] == rows).float().mean().item(),
+        "column_accuracy": (cols[predicted] == cols).float().mean().item(),
+        "error_distance": distance[wrong].float().mean().item() if errors else 0.0,
+        "random_distance": pairwise.sum().item() / (tokens * (tokens - 1)) if tokens > 1 else 0.0,
+        "neighbour_share_of_errors": share(distance == 1),
+        "mirror_share_of_errors": share(mirrored),
+    }
+
+
+def attention_entropy(attention: list[torch.Tensor], query: int) -> list[float]:
+    """Per block, the entropy (nats) of the query token's attention, averaged over heads and
+    images; log T means the query attends to every token alike. attention: per block
+    (B, H, T, T)."""
+    return [-(a[:, :, query] * a[:, :, query].clamp_min(1e-12).log()).sum(-1).mean().item()
+            for a in attention]
+
+
 def attention_maps(model, images_uint8: torch.Tensor, device="cpu") -> list[torch.Tensor]:
     """Attention weights of every block, (B, H, T, T) each, in eval mode, on the CPU."""
     with _EvalMode(model):

@@ -1,6 +1,8 @@
 """Analysis of a trained model: the solved puzzle, confusion, attention, kNN."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -98,3 +100,27 @@ def test_knn_votes_by_nearest_features():
     assert knn_accuracy(ColourFeatures(), bank, bank, k=5) == 1.0
     shuffled = ImageSet(images, labels.roll(1), ["r", "g", "b"])
     assert knn_accuracy(ColourFeatures(), bank, shuffled, k=5) == 0.0
+
+
+def test_grid_errors_on_a_hand_made_prediction():
+    from apl_core.analysis import grid_errors
+
+    # G = 2: positions 0 1 / 2 3. Token 0 -> 1 (same row, mirrored column, neighbour),
+    # token 2 -> 1 (diagonal: 2 cells away), tokens 1 and 3 right.
+    errors = grid_errors(torch.tensor([[1, 1, 1, 3]]), grid=2)
+    assert errors["row_accuracy"] == 0.75 and errors["column_accuracy"] == 0.5
+    assert errors["error_distance"] == 1.5
+    assert errors["neighbour_share_of_errors"] == 0.5
+    assert errors["mirror_share_of_errors"] == 0.5
+    assert errors["random_distance"] == pytest.approx(16 / 12)
+    perfect = grid_errors(torch.arange(9)[None], grid=3)
+    assert perfect["row_accuracy"] == 1 and perfect["error_distance"] == 0
+
+
+def test_attention_entropy_is_log_t_for_uniform_and_zero_for_one_hot():
+    from apl_core.analysis import attention_entropy
+
+    uniform = torch.full((1, 2, 4, 4), 0.25)
+    one_hot = torch.eye(4).expand(1, 2, 4, 4)
+    entropy = attention_entropy([uniform, one_hot], query=1)
+    assert entropy[0] == pytest.approx(math.log(4)) and entropy[1] == pytest.approx(0, abs=1e-6)
