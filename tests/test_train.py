@@ -168,13 +168,39 @@ def test_pretrained_run_by_name(pretrained_run):
                        pretrained["transformer.blocks.0.attn.qkv.weight"])
 
 
-@pytest.mark.parametrize("model", ["benchmark", "s-cnn", "s-resnet"])
-def test_from_scratch_models_train_on_the_same_recipe(model, tmp_path):
-    options = ({"architecture": SMOKE_ARCHITECTURE} if model == "benchmark"
-               else {"model": model})
-    result = finetune(smoke_finetune_config(tmp_path, **options))
-    assert {"test_top1", "test_nll", "train_loss"} <= set(result.metrics[-1])
-    assert model in result.run_dir.name
+def test_from_scratch_models_train_on_the_same_recipe(tmp_path, monkeypatch):
+    """BENCHMARK and the CNN baselines: the same optimizer and settings, the same schedule, the
+    same loss, and the same labelled images, batch for batch."""
+    seen = {}
+
+    def recording(name, original):
+        def wrapper(*args, **kwargs):
+            seen.setdefault(current, {}).setdefault(name, []).append((args, kwargs))
+            return original(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(train, "make_optimizer", recording("optimizer", train.make_optimizer))
+    monkeypatch.setattr(train, "train_one_epoch", recording("epoch", train.train_one_epoch))
+    monkeypatch.setattr(train, "_loader", recording("loader", train._loader))
+    results = {}
+    for current in ("benchmark", "s-cnn", "s-resnet"):
+        options = ({"architecture": SMOKE_ARCHITECTURE} if current == "benchmark"
+                   else {"model": current})
+        results[current] = finetune(smoke_finetune_config(tmp_path, epochs=3, **options))
+    for model, calls in seen.items():
+        (params, config, _), _ = calls["optimizer"][0]
+        optimizer = train.make_optimizer(params, config, torch.device("cpu"))
+        assert isinstance(optimizer, torch.optim.Adam)
+        assert optimizer.param_groups[0]["weight_decay"] == config.weight_decay == 1e-4
+        assert all(args[1] is train.class_loss for args, _ in calls["epoch"]), model
+        rows = results[model].metrics
+        assert [r["lr"] for r in rows] == [learning_rate(e, config) for e in range(3)], model
+    training_sets = {model: [args[0] for args, kwargs in calls["loader"] if kwargs.get("train")]
+                     for model, calls in seen.items()}
+    reference = training_sets["benchmark"][0]
+    for model, sets in training_sets.items():
+        assert len(sets) == 1 and torch.equal(sets[0].images, reference.images), model
+        assert torch.equal(sets[0].labels, reference.labels), model
 
 
 def test_options_freeze_what_they_say():
