@@ -8,7 +8,7 @@ PROFILE ?= auto
 OUT     ?= course_output
 PY      := $(VENV)/bin/python
 
-.PHONY: run test lab figures setup benchmark clean
+.PHONY: run test lab figures mutation setup benchmark clean
 
 setup: $(VENV)/.installed
 
@@ -31,9 +31,13 @@ figures: setup
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+mutation: setup
+	$(PY) -m pip install --quiet mutmut==3.8.1
+	$(PY) benchmarks/mutation_scores.py
+
 benchmark: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/augment_throughput.py
 
 clean:
-	rm -rf $(VENV) runs $(OUT) *.egg-info
+	rm -rf $(VENV) runs $(OUT) mutants *.egg-info
