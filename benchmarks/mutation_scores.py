@@ -37,11 +37,11 @@ def main() -> None:
                        stdout=subprocess.DEVNULL)
     table = results()
     statuses = sorted({s for counts in table.values() for s in counts})
-    print(f"{'module':<22}{'score':>8}" + "".join(f"{s:>11}" for s in statuses))
+    print(f"{'module':<22}{'score':>8}" + "".join(f"{s:>13}" for s in statuses))
     for module, counts in sorted(table.items()):
         total = sum(counts.values())
         print(f"{module:<22}{counts['killed'] / total:>8.1%}"
-              + "".join(f"{counts[s]:>11}" for s in statuses))
+              + "".join(f"{counts[s]:>13}" for s in statuses))
 
 
 if __name__ == "__main__":

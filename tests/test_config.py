@@ -41,6 +41,7 @@ def test_defaults_are_the_paper_settings():
     ("device", "tpu", "cuda"),
     ("warmup_frac", 1.0, r"\[0, 1\)"),
     ("blocks", 0, "positive integer"),
+    ("unreadable_images", "sometimes", "choose 'skip' or 'error'"),
 ])
 def test_invalid_values_name_field_value_and_what_is_allowed(field, value, message):
     with pytest.raises(ValueError, match=message) as error:
@@ -107,3 +108,8 @@ def test_quick_probe_keeps_the_finetuning_schedule_but_its_own_lr():
     finetune, probe = profile_config("quick", "finetune"), profile_config("quick", "probe")
     assert probe.lr != finetune.lr
     assert probe.replace(lr=finetune.lr, head_only=False) == finetune
+
+
+def test_both_unreadable_image_policies_are_accepted():
+    assert PretrainConfig(unreadable_images="error").unreadable_images == "error"
+    assert FinetuneConfig(unreadable_images="skip").unreadable_images == "skip"
