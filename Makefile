@@ -12,15 +12,18 @@ PY      := $(VENV)/bin/python
 
 setup: $(VENV)/.installed
 
+# pip's and setuptools' messages go to $(VENV)/install.log, shown only when the install fails
 $(VENV)/.installed: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (apl-course)" >/dev/null
-	touch $@
+	@echo "setting up $(VENV) (once; log in $(VENV)/install.log)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@( $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]' && \
+	   $(PY) -m ipykernel install --sys-prefix --name python3 \
+	       --display-name "Python 3 (apl-course)" ) > $(VENV)/install.log 2>&1 \
+	   || { cat $(VENV)/install.log; echo "installing into $(VENV) failed (log above)"; exit 1; }
+	@touch $@
 
 run: setup
-	$(PY) -m apl_core course --profile $(PROFILE) --out $(OUT) $(COURSE_ARGS)
+	@$(PY) -m apl_core course --profile $(PROFILE) --out $(OUT) $(COURSE_ARGS)
 
 lab: setup
 	$(PY) -m jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
