@@ -14,8 +14,8 @@ import torch
 
 from .analysis import knn_accuracy
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig, profile_config
-from .model import build_pretrain_model
 from .data import finetune_sets
+from .model import build_pretrain_model
 from .train import finetune, load_pretrained, resolve_device
 
 METHODS = (
@@ -55,19 +55,21 @@ def compare(profile: str, pretrain_run: str, npcs, methods=METHODS,
     the number of test images, the epochs, the training time and the run directory.
     `report(row)` is called after each run."""
     _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
+    reference = method_config(methods[0], npcs[0], profile, pretrain_run, pretrained, **settings)
+    test_images = len(finetune_sets(reference)[2])  # every run is tested on these images
     rows = []
     for npc in npcs:
         for method in methods:
             config = method_config(method, npc, profile, pretrain_run, pretrained, **settings)
             result = finetune(config, resume="auto")
-            test_images = len(finetune_sets(config)[2])  # the splits are cached: no reload
             last = [r for r in result.metrics if "test_top1" in r][-1]
-            row = dict(method=method, npc=npc, test_top1=last["test_top1"],
+            row = dict(method=method, npc=npc, test_images=test_images,
+                       test_top1=last["test_top1"],
                        test_top5=last["test_top5"], test_nll=last["test_nll"],
                        train_top1=result.metrics[-1]["train_top1"],
                        epochs=result.metrics[-1]["epoch"],
                        train_time_s=sum(r["epoch_time_s"] for r in result.metrics),
-                       test_images=test_images, run_dir=str(result.run_dir.resolve()))
+                       run_dir=str(result.run_dir.resolve()))
             if "val_top1" in last:
                 row["val_top1"] = last["val_top1"]
             rows.append(row)

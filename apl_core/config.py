@@ -16,6 +16,7 @@ ENCODERS = ("flatten", "cnn", "resnet18")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 FINETUNE_MODELS = ("apl", "s-cnn", "s-resnet")
+UNREADABLE_IMAGES = ("skip", "error")  # what a folder dataset does with a file it cannot decode
 
 
 def token_dim(image_size: int, grid: int, crop: int, encoder: str = "flatten") -> int:
@@ -68,7 +69,7 @@ class _Common:
     def _validate(self) -> None:
         if self.dataset not in DATASETS:
             _fail("dataset", self.dataset, f"choose one of {DATASETS}")
-        if self.unreadable_images not in ("skip", "error"):
+        if self.unreadable_images not in UNREADABLE_IMAGES:
             _fail("unreadable_images", self.unreadable_images, "choose 'skip' or 'error'")
         for name in ("image_size", "epochs", "batch_size"):
             value = getattr(self, name)
@@ -200,7 +201,8 @@ class PretrainConfig(_Common):
 
 @dataclass
 class FinetuneConfig(_Common):
-    """Fine-tuning, linear probing and the from-scratch baselines (docs/method.md, 'Fine-tuning recipe')."""
+    """Fine-tuning, linear probing and the from-scratch baselines (docs/method.md,
+    'Fine-tuning recipe')."""
 
     model: str = "apl"  # apl | s-cnn | s-resnet
     pretrained: str = ""  # checkpoint path or run name; empty with model='apl' means BENCHMARK
@@ -272,9 +274,9 @@ ARCHITECTURE_FIELDS = (
     "grid", "crop", "encoder", "blocks", "heads", "hidden_mult", "mlp_head",
 )
 
-# Overrides per profile. paper = the defaults (docs/method.md), on STL-10. gpu = the paper's model and
-# recipe on the embedded dataset, for one GPU in minutes. quick = the embedded dataset on a
-# 2-core CPU within the course's 20 minutes; smoke = seconds, for tests.
+# Overrides per profile. paper = the defaults (docs/method.md), on STL-10. gpu = the paper's
+# model and recipe on the embedded dataset, for one GPU in minutes. quick = the embedded
+# dataset on a 2-core CPU within the course's 20 minutes; smoke = seconds, for tests.
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"pretrain": {}, "finetune": {}, "npcs": (10, 20, 50, 100, 200, 500)},
     "gpu": {

@@ -194,13 +194,9 @@ def default_profile(device: str, data_dir: str | Path) -> str:
     """'auto': paper on a GPU with STL-10 on disk, gpu on a GPU without it, else quick."""
     if not device.startswith("cuda"):
         return "quick"
-    from .data import STL10_FILES, STL10_FOLDER
+    from .data.stl10 import find_stl10
 
-    files = [name for pair in STL10_FILES.values() for name in pair if name]
-    root = Path(data_dir).expanduser()
-    on_disk = any(all((folder / name).is_file() for name in files)
-                  for folder in (root / STL10_FOLDER, root))
-    return "paper" if on_disk else "gpu"
+    return "paper" if find_stl10(data_dir) is not None else "gpu"
 
 
 def run_course(profile: str = "auto", out: str | Path = "course_output", device: str = "auto",

@@ -10,9 +10,10 @@ scheduler object: a resumed run recomputes the rate from the epoch it continues 
 stay on the device during an epoch and are read once at its end (no host sync per step).
 
 Each run lives in its run directory (`apl_core.rundir`). Starting a new run where a run with a
-checkpoint exists is an error: continue it with resume=True, or give another run_name. Resuming with more epochs than the run had
-recomputes the schedule for the new total: warm-up is not repeated, and the cosine curve is
-stretched over the new number of epochs from the current epoch on.
+checkpoint exists is an error: continue it with resume=True, or give another run_name.
+Resuming with more epochs than the run had recomputes the schedule for the new total: warm-up
+is not repeated, and the cosine curve is stretched over the new number of epochs from the
+current epoch on.
 """
 from __future__ import annotations
 

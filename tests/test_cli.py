@@ -80,6 +80,7 @@ def test_finetune_from_a_run_takes_the_runs_architecture_not_the_profiles(pretra
 def test_course_profile_auto(tmp_path):
     from apl_core.course import default_profile
     from apl_core.data import STL10_FILES, STL10_FOLDER
+    from apl_core.data.stl10 import STL10_CLASS_FILE
 
     assert default_profile("cpu", tmp_path) == "quick"
     assert default_profile("cuda", tmp_path) == "gpu"
@@ -87,6 +88,8 @@ def test_course_profile_auto(tmp_path):
     folder.mkdir()
     for name in [n for pair in STL10_FILES.values() for n in pair if n]:
         (folder / name).write_bytes(b"")
+    assert default_profile("cuda", tmp_path) == "gpu"  # no class names: not loadable
+    (folder / STL10_CLASS_FILE).write_text("airplane\n")
     assert default_profile("cuda:1", tmp_path) == "paper"
 
 

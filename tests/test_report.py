@@ -11,7 +11,8 @@ def sweep(apl, benchmark, probe=0.3, random_probe=0.1, npcs=(10, 30, 100)):
     accuracy = {}
     for n in npcs:
         accuracy.update({("APL fine-tune", n): apl, ("BENCHMARK", n): benchmark,
-                         ("APL linear probe", n): probe, ("BENCHMARK linear probe", n): random_probe,
+                         ("APL linear probe", n): probe,
+                         ("BENCHMARK linear probe", n): random_probe,
                          ("S-CNN", n): 0.2, ("S-ResNet-18", n): 0.25})
     return accuracy
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -13,6 +12,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..checkpoint import write_atomic
+from ..config import UNREADABLE_IMAGES
 from .imageset import ImageSet
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -20,9 +21,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 
 class UnreadableImageError(ValueError):
     """An image file of a folder dataset could not be decoded (unreadable_images='error')."""
-
-
-UNREADABLE_IMAGES = ("skip", "error")
 
 
 def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
@@ -106,9 +104,8 @@ def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
     data = ImageSet(torch.stack(images), None if labels is None else labels[good], classes)
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_name(f".{cache.name}.tmp")
-        torch.save({"images": data.images, "labels": data.labels, "classes": classes}, temporary)
-        os.replace(temporary, cache)
+        saved = {"images": data.images, "labels": data.labels, "classes": classes}
+        write_atomic(cache, lambda file: torch.save(saved, file))
     return data
 
 

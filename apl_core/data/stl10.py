@@ -75,11 +75,22 @@ def load_stl10(split: str, data_dir: str = "data", download: bool = True) -> Ima
     return ImageSet(images, labels, classes)
 
 
-def _stl10_folder(data_dir: Path, split: str, download: bool) -> Path:
-    needed = [name for name in STL10_FILES[split] if name] + [STL10_CLASS_FILE]
+def find_stl10(data_dir: str | Path, splits=tuple(STL10_FILES)) -> Path | None:
+    """The folder holding STL-10's files of `splits` (data_dir/stl10_binary/ or data_dir
+    itself), or None when they are not on disk."""
+    data_dir = Path(data_dir).expanduser()
+    needed = [name for split in splits for name in STL10_FILES[split] if name]
     for folder in (data_dir / STL10_FOLDER, data_dir):
-        if all((folder / name).is_file() for name in needed):
+        if all((folder / name).is_file() for name in needed + [STL10_CLASS_FILE]):
             return folder
+    return None
+
+
+def _stl10_folder(data_dir: Path, split: str, download: bool) -> Path:
+    found = find_stl10(data_dir, (split,))
+    if found is not None:
+        return found
+    needed = [name for name in STL10_FILES[split] if name] + [STL10_CLASS_FILE]
     folder = data_dir / STL10_FOLDER
     url = stl10_url()
     how_to_fix = (
