@@ -3,10 +3,10 @@
     pretrain(config) / finetune(config)   load the data, build the model, then call `fit`
     fit                                  the epoch loop: train, evaluate, checkpoint, log
     train_one_epoch / evaluate           one pass over a loader
-    position_loss / class_loss           what one batch costs in each phase
 
-The learning rate is a pure function of training progress (`learning_rate`), so there is no
-scheduler object: a resumed run recomputes the rate from the epoch it continues at. Metric sums
+What one batch costs in each phase (`position_loss`, `class_loss`) and the learning-rate
+schedule live in `apl_core.objective`. The rate is a pure function of training progress, so
+there is no scheduler object: a resumed run recomputes the rate from the epoch it continues at. Metric sums
 stay on the device during an epoch and are read once at its end (no host sync per step).
 
 Each run lives in its run directory (`apl_core.rundir`). Starting a new run where a run with a
@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
@@ -43,11 +42,12 @@ from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
 )
 from .model import APLPretrainModel, build_classifier, build_pretrain_model
-from .puzzle import position_targets
+from .objective import (
+    TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
+)
 from .rundir import RunLog, open_run
 
 Config = PretrainConfig | FinetuneConfig
-TOP_K = (1, 3, 5)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class RunResult:
     config: Config
 
 
-# ---------------------------------------------------------------- device, precision, schedule
+# ---------------------------------------------------------------- device, precision
 
 def resolve_device(name: str) -> torch.device:
     """'auto' -> CUDA when present, else CPU; an unavailable CUDA device is an error."""
@@ -92,69 +92,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def learning_rate(progress: float, config: Config) -> float:
-    """The learning rate after `progress` epochs (fractional when stepped per batch).
-
-    Linear warm-up from warmup_start x lr over the first warmup_frac of the epochs, multiplied
-    by cosine annealing over all epochs from 1 down to final_lr_frac: the original chains
-    LinearLR and CosineAnnealingLR, stepped once per epoch."""
-    warmup_epochs = config.warmup_frac * config.epochs
-    warm = 1.0
-    if progress < warmup_epochs:
-        warm = config.warmup_start + (1 - config.warmup_start) * progress / warmup_epochs
-    done = min(progress / config.epochs, 1.0)
-    final = config.final_lr_frac
-    cosine = final + (1 - final) * 0.5 * (1 + math.cos(math.pi * done))
-    return config.lr * warm * cosine
-
-
-def make_optimizer(params: list[nn.Parameter], config: Config, device: torch.device):
-    """Adam (the original: L2 weight decay) or AdamW (decoupled), fused kernels on CUDA."""
-    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    speed = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return kind(params, lr=learning_rate(0, config), weight_decay=config.weight_decay, **speed)
-
-
-# ---------------------------------------------------------------- one batch, one epoch
-
-def topk_hits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None):
-    """(3,) float tensor: how many rows have their target among the 1, 3, 5 top logits."""
-    top = logits.topk(min(max(TOP_K), logits.shape[-1]), dim=-1).indices
-    found = top == targets.unsqueeze(-1)
-    hits = [found[..., :k].any(-1) for k in TOP_K]
-    if mask is not None:
-        hits = [hit & mask for hit in hits]
-    return torch.stack([hit.sum() for hit in hits]).float()
-
-
-def position_loss(model: nn.Module, images: torch.Tensor, labels=None):
-    """Pretraining: cross-entropy of each kept token's position logits against its position t.
-    Tokens removed by PatchDropout are not scored. Returns (loss, top-k hits, tokens scored)."""
-    logits, keep = model(images)
-    targets = position_targets(*keep.shape, device=images.device)
-    losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="none")
-    weights = keep.flatten().float()
-    count = weights.sum()
-    loss = (losses * weights).sum() / count.clamp(min=1)
-    return loss, topk_hits(logits, targets, keep), count
-
-
-def class_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
-    """Fine-tuning: cross-entropy of the class logits. Returns (loss, top-k hits, images)."""
-    logits = model(images)
-    count = torch.full((), labels.shape[0], dtype=torch.float32, device=labels.device)
-    return F.cross_entropy(logits.float(), labels), topk_hits(logits, labels), count
-
-
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], tuple]
-
-
-def summarize(totals: torch.Tensor) -> dict:
-    """Device sums [loss x count, hits@1, hits@3, hits@5, count] -> means (one host sync)."""
-    loss_sum, *hits, count = totals.tolist()
-    count = max(count, 1.0)
-    return {"loss": loss_sum / count, **{f"top{k}": h / count for k, h in zip(TOP_K, hits)}}
-
+# ---------------------------------------------------------------- one epoch
 
 def train_one_epoch(model, loss_fn: LossFn, loader, optimizer, scaler, epoch: int,
                     config: Config, dtype, context: DistContext, progress=None) -> dict:

@@ -17,7 +17,7 @@ from apl_core.checkpoint import read_checkpoint
 from apl_core.cli import build_parser, config_from_args, main
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.rundir import read_metrics
-from apl_core.train import learning_rate
+from apl_core.objective import learning_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 

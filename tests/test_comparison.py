@@ -2,6 +2,8 @@
 schedule; results are the runs' own; finished runs are read back, not retrained."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from apl_core.comparison import METHODS, compare, knn_comparison, method_config
@@ -57,11 +59,10 @@ def test_compare_reports_the_runs_own_metrics_and_reuses_them(pretrained_run, tm
     for row in rows:
         last = [m for m in read_metrics(row["run_dir"]) if "test_top1" in m][-1]
         assert row["test_top1"] == last["test_top1"] and row["test_images"] == 200
-    stamps = [(p := __import__("pathlib").Path(r["run_dir"]) / "last.pt").stat().st_mtime_ns
-              for r in rows]
+    stamps = [(Path(r["run_dir"]) / "last.pt").stat().st_mtime_ns for r in rows]
     again = compare("smoke", str(pretrained_run.run_dir), [10], methods, **kwargs)
     assert [r["test_top1"] for r in again] == [r["test_top1"] for r in rows]
-    assert [(__import__("pathlib").Path(r["run_dir"]) / "last.pt").stat().st_mtime_ns
+    assert [(Path(r["run_dir"]) / "last.pt").stat().st_mtime_ns
             for r in again] == stamps, "a finished run was trained again"
 
 

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.model import (APLTransformer, PatchDropout, build_classifier,
-                            build_pretrain_model)
+from apl_core.model import PatchDropout, build_classifier, build_pretrain_model
 from apl_core.puzzle import position_targets
 
 SMALL = dict(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2)

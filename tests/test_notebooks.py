@@ -5,7 +5,6 @@ behind `make run`) into a temporary folder, then checks each notebook's figures 
 it recorded in output_dir/<notebook>.json.
 """
 import json
-import math
 from pathlib import Path
 
 import nbformat

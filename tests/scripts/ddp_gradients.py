@@ -10,7 +10,7 @@ from apl_core.config import PretrainConfig
 from apl_core.data import BatchLoader, load_split
 from apl_core.distributed import init_distributed, shutdown
 from apl_core.model import build_pretrain_model
-from apl_core.train import position_loss
+from apl_core.objective import position_loss
 
 CONFIG = PretrainConfig(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2,
                         dropout=0.0, patch_dropout=0.0, dataset="synthetic")
