@@ -1,4 +1,10 @@
-"""Notebook 05's verdict: each statement of the method's claim checked against the numbers.
+"""Notebook 05's report: the runs' own numbers read back, the method's claim checked against
+them, and the report written as markdown and JSON.
+
+    pretraining_summary   notebook 02's run: what it trained and what it reached
+    finetuning_results    notebook 04's runs: the last evaluation of each (method, NPC)
+    claim_checks          each statement of the claim, yes or no, with the measured margin
+    write_report          report.md (tables, figures, provenance) and results.json
 
 A difference counts only beyond the noise of the test set: the standard error of an accuracy
 near p on n images is sqrt(p (1 - p) / n), at most sqrt(0.25 / n), and we ask for twice that, at
@@ -7,7 +13,12 @@ least 5 points (`gain_margin`).
 """
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+
+from .rundir import read_metrics
+from .viz import markdown_table
 
 CHANCE = 0.1  # 10 classes
 PAIRS = (
@@ -78,3 +89,88 @@ def claim_checks(accuracy: dict[tuple[str, int], float], knn: dict[str, float],
                              f"beats kNN on random features by {100 * gain:.0f} points or more",
                              apl - random >= gain, f"{apl:.1%} vs {random:.1%}"))
     return checks
+
+
+PERCENT = {"held-out top-1": ".1%", "held-out top-5": ".1%", "chance": ".1%", "minutes": ".1f"}
+
+
+def pretraining_summary(run_dir: str | Path) -> dict:
+    """Notebook 02's run, read back from its config.json and metrics.jsonl (a path to its
+    checkpoint works too): {"run_dir", "config", "metrics", "positions", "chance", "minutes",
+    "row": the report's table row}."""
+    run_dir = Path(run_dir)
+    run_dir = run_dir.parent if run_dir.suffix == ".pt" else run_dir
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = read_metrics(run_dir)
+    last, positions = metrics[-1], config["grid"] ** 2
+    minutes = sum(r["epoch_time_s"] for r in metrics) / 60
+    row = {"dataset": config["dataset"], "image px": config["image_size"], "G": config["grid"],
+           "K": config["crop"], "T": positions, "epochs": last["epoch"],
+           "train images": config["num_images"] or "all",
+           "held-out top-1": last.get("val_top1"), "held-out top-5": last.get("val_top5"),
+           "chance": 1 / positions, "minutes": minutes}
+    return {"run_dir": str(run_dir), "config": config, "metrics": metrics,
+            "positions": positions, "chance": 1 / positions, "minutes": minutes, "row": row}
+
+
+def finetuning_results(sweep_rows: list[dict]) -> list[dict]:
+    """Each run of notebook 04's sweep ({"method", "npc", "run_dir"}) with the test top-1 of its
+    last evaluation, the number the recipe fixes in advance (the best epoch would be chosen on
+    the test set), and its training minutes."""
+    rows = []
+    for entry in sweep_rows:
+        metrics = read_metrics(entry["run_dir"])
+        evaluated = [r for r in metrics if "test_top1" in r]
+        if not evaluated:
+            raise ValueError(f"{entry['run_dir']} has no test evaluation in metrics.jsonl: the "
+                             f"run did not finish; rerun notebook 04 to complete it")
+        rows.append({"method": entry["method"], "npc": entry["npc"],
+                     "test_top1": evaluated[-1]["test_top1"],
+                     "minutes": sum(r["epoch_time_s"] for r in metrics) / 60})
+    return rows
+
+
+def accuracy_by_run(rows: list[dict]) -> dict[tuple[str, int], float]:
+    return {(r["method"], r["npc"]): r["test_top1"] for r in rows}
+
+
+def accuracy_table(rows: list[dict]) -> str:
+    """Methods as rows, NPCs as columns, test top-1 in percent."""
+    accuracy = accuracy_by_run(rows)
+    npcs = sorted({n for _, n in accuracy})
+    table = [{"method": m, **{f"NPC {n}": 100 * accuracy[(m, n)] for n in npcs
+                              if (m, n) in accuracy}}
+             for m in dict.fromkeys(r["method"] for r in rows)]
+    return markdown_table(table, formats={f"NPC {n}": ".1f" for n in npcs})
+
+
+def knn_table(knn: dict[str, float]) -> str:
+    return markdown_table([{"features": k, "kNN top-1": v} for k, v in knn.items()],
+                          formats={"kNN top-1": ".1%"})
+
+
+FIGURES = (("Pretraining curves", "pretraining_curves.png"),
+           ("Position confusion (held-out)", "confusion.png"),
+           ("Puzzles reassembled by the model", "reassembled_puzzles.png"),
+           ("Test accuracy vs labelled images per class", "accuracy_vs_npc.png"))
+
+
+def write_report(report_dir: str | Path, provenance: str, pretraining: dict, rows: list[dict],
+                 sweep: dict, checks: list[dict]) -> Path:
+    """report_dir/report.md: the provenance line, the pretraining, fine-tuning, kNN and claim
+    tables, and the figures of FIGURES that are in report_dir. Returns its path."""
+    report_dir = Path(report_dir)
+    text = "\n\n".join([
+        "# APL reproduction report", provenance,
+        "## Pretraining (APL puzzle, held-out images)",
+        markdown_table([pretraining["row"]], formats=PERCENT),
+        "## Fine-tuning: test top-1 accuracy (%) at the last epoch", accuracy_table(rows),
+        f"## kNN (k = {sweep['knn_k']}) on frozen features, NPC {sweep['knn_npc']}",
+        knn_table(sweep["knn"]),
+        "## The claim, checked", markdown_table(checks),
+        "## Figures", *[f"### {title}\n\n![{title}]({file})" for title, file in FIGURES
+                        if (report_dir / file).exists()],
+    ]) + "\n"
+    path = report_dir / "report.md"
+    path.write_text(text)
+    return path

@@ -1,10 +1,16 @@
-"""Notebook 05's claim checks: a margin counts only beyond the test set's noise and the 5-point
-bar, at every NPC, and a flat comparison is reported as 'no'."""
+"""Notebook 05's report: numbers read back from the runs' own files (the last evaluation, not
+the best), and the claim checks: a margin counts only beyond the test set's noise and the
+5-point bar, at every NPC, and a flat comparison is reported as 'no'."""
 from __future__ import annotations
+
+import json
 
 import pytest
 
-from apl_core.report import claim_checks, gain_margin, noise_margin
+from apl_core.report import (
+    accuracy_table, claim_checks, finetuning_results, gain_margin, noise_margin,
+    pretraining_summary, write_report,
+)
 
 
 def sweep(apl, benchmark, probe=0.3, random_probe=0.1, npcs=(10, 30, 100)):
@@ -54,3 +60,65 @@ def test_a_gain_below_five_points_or_at_one_npc_only_is_not_enough():
 def test_the_puzzle_check_compares_with_three_times_chance():
     assert verdict(claim_checks(sweep(0.3, 0.1), {}, 0.19, 16, 1000), ["puzzle"]) == "yes"
     assert verdict(claim_checks(sweep(0.3, 0.1), {}, 0.18, 16, 1000), ["puzzle"]) == "no"
+
+
+def fake_run(path, config, metrics):
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps(config))
+    (path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    return path
+
+
+def test_pretraining_summary_reads_the_last_epoch_of_the_run(tmp_path):
+    config = {"dataset": "synthetic", "image_size": 48, "grid": 4, "crop": 1, "num_images": 0,
+              "device": "cpu"}
+    metrics = [{"epoch": 1, "epoch_time_s": 30.0, "val_top1": 0.4, "val_top5": 0.8},
+               {"epoch": 2, "epoch_time_s": 90.0, "val_top1": 0.6, "val_top5": 0.9}]
+    run = fake_run(tmp_path / "run", config, metrics)
+    for where in (run, run / "last.pt"):
+        summary = pretraining_summary(where)
+        assert summary["run_dir"] == str(run) and summary["metrics"] == metrics
+        assert summary["positions"] == 16 and summary["chance"] == 1 / 16
+        assert summary["minutes"] == 2.0
+        row = summary["row"]
+        assert (row["epochs"], row["held-out top-1"], row["held-out top-5"]) == (2, 0.6, 0.9)
+        assert row["train images"] == "all" and (row["G"], row["K"], row["T"]) == (4, 1, 16)
+
+
+def test_finetuning_results_take_the_last_evaluation_not_the_best(tmp_path):
+    run = fake_run(tmp_path / "ft", {}, [
+        {"epoch": 1, "epoch_time_s": 6.0, "test_top1": 0.5},
+        {"epoch": 2, "epoch_time_s": 6.0},
+        {"epoch": 3, "epoch_time_s": 6.0, "test_top1": 0.4}])
+    rows = finetuning_results([{"method": "APL fine-tune", "npc": 10, "run_dir": str(run)}])
+    assert rows == [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.4, "minutes": 0.3}]
+    unfinished = fake_run(tmp_path / "cut", {}, [{"epoch": 1, "epoch_time_s": 6.0}])
+    with pytest.raises(ValueError, match="no test evaluation.*rerun notebook 04"):
+        finetuning_results([{"method": "BENCHMARK", "npc": 10, "run_dir": str(unfinished)}])
+
+
+def test_accuracy_table_has_one_row_per_method_and_one_column_per_npc():
+    rows = [{"method": m, "npc": n, "test_top1": acc}
+            for m, n, acc in [("APL", 10, 0.25), ("APL", 30, 0.5), ("BENCH", 10, 0.125)]]
+    lines = accuracy_table(rows).splitlines()
+    assert lines[0] == "| method | NPC 10 | NPC 30 |"
+    assert lines[2:] == ["| APL | 25.0 | 50.0 |", "| BENCH | 12.5 | – |"]
+
+
+def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path):
+    pre = {"row": {"dataset": "synthetic", "held-out top-1": 0.75, "chance": 0.0625,
+                   "minutes": 4.0}}
+    rows = [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.3}]
+    sweep = {"knn_k": 20, "knn_npc": 100, "knn": {"APL features": 0.3, "random features": 0.1}}
+    checks = [{"statement": "the puzzle is learned", "holds": "yes", "measured": "75%"}]
+    (tmp_path / "confusion.png").write_bytes(b"png")
+    path = write_report(tmp_path, "profile **quick**, device **cpu**", pre, rows, sweep, checks)
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert text.startswith("# APL reproduction report\n\nprofile **quick**, device **cpu**")
+    for expected in ("| synthetic | 75.0% | 6.2% | 4.0 |", "| APL fine-tune | 30.0 |",
+                     "## kNN (k = 20) on frozen features, NPC 100", "| APL features | 30.0% |",
+                     "| the puzzle is learned | yes | 75% |", "![Position confusion (held-out)]"
+                     "(confusion.png)"):
+        assert expected in text, expected
+    assert "accuracy_vs_npc.png" not in text
