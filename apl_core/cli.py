@@ -19,14 +19,15 @@ import yaml
 
 from .checkpoint import CheckpointError
 from .config import (
-    DATASETS, ENCODERS, FINETUNE_MODELS, OPTIMIZERS, PRECISIONS, PROFILES, FinetuneConfig,
-    PretrainConfig, profile_values,
+    DATASETS, ENCODERS, FINETUNE_MODELS, OPTIMIZERS, PHASES, PRECISIONS, PROFILES,
+    UNREADABLE_IMAGES, profile_values,
 )
 
-PHASES = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}
+COMMANDS = ("pretrain", "finetune")  # a linear probe is `finetune --head-only`
 OPTION_TYPES = {"int": int, "float": float, "str": str, "dict": json.loads}
 CHOICES = {"dataset": DATASETS, "encoder": ENCODERS, "optimizer": OPTIMIZERS,
-           "precision": PRECISIONS, "model": FINETUNE_MODELS}
+           "precision": PRECISIONS, "model": FINETUNE_MODELS,
+           "unreadable_images": UNREADABLE_IMAGES}
 
 
 def _add_field(parser: argparse.ArgumentParser, field: dataclasses.Field) -> None:
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="APL pretraining and fine-tuning (see README.md). Each run prints its "
                     "run directory, which holds config.json, metrics.jsonl, tb/ and last.pt.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for phase, config_class in PHASES.items():
+    for phase in COMMANDS:
+        config_class = PHASES[phase]
         sub = commands.add_parser(phase, help=f"{phase} (options: {phase} --help)",
                                   description=(config_class.__doc__ or "").strip())
         sub.add_argument("--profile", choices=sorted(PROFILES),
@@ -95,8 +97,10 @@ def read_config_file(path: Path) -> dict:
 
 
 def config_from_args(phase: str, args: argparse.Namespace):
-    """The phase's config: defaults < --profile < --config file < explicit options."""
-    values = profile_values(args.profile, phase) if args.profile else {}
+    """The phase's config: defaults < --profile < --config file < explicit options.
+    `finetune --head-only` is a linear probe and takes the profile's probe settings."""
+    profile_phase = "probe" if phase == "finetune" and getattr(args, "head_only", False) else phase
+    values = profile_values(args.profile, profile_phase) if args.profile else {}
     if phase == "finetune" and getattr(args, "pretrained", None):
         values.pop("architecture", None)  # the pretrained run's architecture applies
     if args.config is not None:

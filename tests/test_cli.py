@@ -15,9 +15,9 @@ import pytest
 
 from apl_core.checkpoint import read_checkpoint
 from apl_core.cli import build_parser, config_from_args, main
-from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.rundir import read_metrics
+from apl_core.config import FinetuneConfig, PretrainConfig, profile_config
 from apl_core.objective import learning_rate
+from apl_core.rundir import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,15 @@ def test_profile_benchmark_builds_the_profile_architecture():
         assert {name: config.architecture[name] for name in ("grid", "crop", "heads", "blocks")} \
             == {"grid": pretrain.grid, "crop": pretrain.crop, "heads": pretrain.heads,
                 "blocks": pretrain.blocks}
+
+
+def test_head_only_takes_the_profiles_probe_settings():
+    probe = config_of(["finetune", "--profile", "quick", "--head-only"])
+    assert probe == profile_config("quick", "probe")
+    assert probe.lr != profile_config("quick", "finetune").lr
+    assert config_of(["finetune", "--profile", "quick", "--head-only", "--lr", "0.1"]).lr == 0.1
+    assert config_of(["finetune", "--profile", "quick"]).lr == profile_config("quick",
+                                                                              "finetune").lr
 
 
 def test_finetune_from_a_run_takes_the_runs_architecture_not_the_profiles(pretrained_run):
