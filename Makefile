@@ -15,6 +15,11 @@ setup: $(VENV)/.installed
 # pip's and setuptools' messages go to $(VENV)/install.log, shown only when the install fails
 $(VENV)/.installed: pyproject.toml
 	@echo "setting up $(VENV) (once; log in $(VENV)/install.log)"
+	@mkdir -p $(VENV)
+	@test -x $(PY) || $(PYTHON) -c "import shutil, sys; \
+	    free = shutil.disk_usage('$(VENV)').free / 2**30; \
+	    free < 8 and sys.exit(f'only {free:.1f} GiB free for $(VENV): the environment needs about \
+	8 GiB (torch alone takes 5); free some space, or give VENV=DIR on a larger disk')"
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@( $(PY) -m pip install --upgrade pip && $(PY) -m pip install -e '.[dev]' && \
 	   $(PY) -m ipykernel install --sys-prefix --name python3 \
