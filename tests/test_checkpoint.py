@@ -206,23 +206,21 @@ def malicious_checkpoint(run_dir, marker):
     return run_dir / "last.pt"
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, pretrained_run,
-                                                                 capsys):
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys):
     from apl_core.cli import main
     from apl_core.train import finetune, pretrain
+    from conftest import smoke_finetune_config, smoke_pretrain_config
 
     marker = tmp_path / "code_ran"
     path = malicious_checkpoint(tmp_path / "runs" / "pretrain" / "evil", marker)
     with pytest.raises(CheckpointError, match="refused to load .*could run code"):
         read_checkpoint(path)
-    config = pretrained_run.config.replace(runs_dir=str(tmp_path / "runs"), run_name="evil")
+    config = smoke_pretrain_config(tmp_path / "runs", run_name="evil")
     with pytest.raises(CheckpointError, match="refused"):
         pretrain(config, resume=True)
-    from conftest import smoke_finetune_config
-
     with pytest.raises(CheckpointError, match="refused"):
         finetune(smoke_finetune_config(tmp_path / "ft", pretrained=str(path)))
-    for argv in (["pretrain", "--config", str(pretrained_run.run_dir / "config.json"),
+    for argv in (["pretrain", "--profile", "smoke", "--device", "cpu",
                   "--runs-dir", str(tmp_path / "runs"), "--run-name", "evil", "--resume"],
                  ["finetune", "--profile", "smoke", "--pretrained", str(path),
                   "--runs-dir", str(tmp_path / "ft2")]):
