@@ -145,6 +145,7 @@ def test_keep_mask_is_a_boolean_per_token_in_every_mode():
                     PatchDropout(0.5).train()):
         out, keep = dropout(tokens)
         assert keep.dtype == torch.bool and keep.shape == (3, 5)
+    assert not PatchDropout(1.0).train()(tokens)[1].any()  # p is the share dropped, up to all
     # the mask is made on the tokens' device (meta stands in for a GPU)
     meta = torch.zeros(3, 5, 4, device="meta")
     for dropout in (PatchDropout(0.5).eval(), PatchDropout(0.5).train()):
