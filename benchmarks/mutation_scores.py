@@ -4,6 +4,9 @@
     python benchmarks/mutation_scores.py "apl_core.config*"   # run some mutants only
     python benchmarks/mutation_scores.py --report          # the table of the last run only
 
+mutmut keeps, in mutants/, which tests cover which function and does not notice edited tests:
+delete mutants/ after changing tests (make mutation always starts from scratch).
+
 The modules and tests are listed in pyproject.toml ([tool.mutmut]). A mutant is killed when a
 test fails on it or it times out; it survives when every covering test passes. Some survivors
 cannot be killed because they do not change what the code does (an argument set to its

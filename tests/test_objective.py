@@ -15,13 +15,14 @@ from apl_core.objective import (class_loss, learning_rate, make_optimizer, posit
 
 
 class FixedOutput(nn.Module):
-    """A stand-in model that returns the outputs it was built with, whatever the images."""
+    """A stand-in model that returns the outputs it was built with and keeps the images."""
 
     def __init__(self, *outputs):
         super().__init__()
-        self.outputs = outputs
+        self.outputs, self.images = outputs, None
 
     def forward(self, images):
+        self.images = images
         return self.outputs if len(self.outputs) > 1 else self.outputs[0]
 
 
@@ -40,7 +41,9 @@ def random_position_logits(batch=2, tokens=4, seed=0):
 def test_position_loss_is_the_mean_cross_entropy_of_the_kept_tokens():
     logits = random_position_logits()
     keep = torch.tensor([[True, False, True, True], [False, True, True, False]])
-    loss, _, count = position_loss(FixedOutput(logits, keep), torch.zeros(2, 3, 8, 8))
+    model, images = FixedOutput(logits, keep), torch.zeros(2, 3, 8, 8)
+    loss, _, count = position_loss(model, images)
+    assert model.images is images
     kept = [(b, t) for b in range(2) for t in range(4) if keep[b, t]]
     expected = sum(token_cross_entropy(logits, b, t) for b, t in kept) / len(kept)
     assert loss.item() == pytest.approx(expected, rel=1e-6)
