@@ -49,7 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from naive_model import (NaiveClassifier, NaivePretrainModel, from_fast,  # noqa: E402
                          naive_finetune_step, naive_kwargs, naive_pretrain_step)
 
-from apl_core.config import profile_config  # noqa: E402
+from apl_core.config import FinetuneConfig, PretrainConfig, profile_config  # noqa: E402
 from apl_core.model import build_classifier, build_pretrain_model  # noqa: E402
 
 try:  # the training engine's own step; a minimal equivalent below if it cannot be imported
