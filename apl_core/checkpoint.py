@@ -13,7 +13,7 @@ cannot run code and does not depend on this package's class layout:
     row            this epoch's metrics (best.pt holds phase..model and row only)
 
 There is no scheduler state: the learning rate is a function of the epoch (and step), see
-`train.learning_rate`. The loaders need none either: they reseed from (seed, epoch).
+`objective.learning_rate`. The loaders need none either: they reseed from (seed, epoch).
 
 Saving writes a temporary file next to the target, flushes it to disk and renames it over the
 target: a crash or kill during the save leaves the previous checkpoint untouched.

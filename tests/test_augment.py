@@ -141,10 +141,128 @@ def test_blur_is_applied_to_about_half_the_samples():
     assert 140 < changed.sum() < 260  # Binomial(400, 0.5): mean 200, sd 10
 
 
-def test_invalid_specs_and_inputs_are_rejected():
-    with pytest.raises(ValueError, match="flip_p"):
-        AugmentSpec(flip_p=1.5)
-    with pytest.raises(ValueError, match="blur_kernel"):
-        AugmentSpec(blur_kernel=4)
-    with pytest.raises(ValueError, match="uint8"):
-        augment(torch.zeros(2, 3, 8, 8), AugmentSpec(), generator())
+@pytest.mark.parametrize("field,value,rule", [
+    ("flip_p", 1.5, "must be a probability in [0, 1]"),
+    ("gray_p", -0.1, "must be a probability in [0, 1]"),
+    ("blur_p", 1.01, "must be a probability in [0, 1]"),
+    ("scale", (0.0, 1.0), "must satisfy 0 < low <= high <= 1"),
+    ("scale", (0.9, 0.5), "must satisfy 0 < low <= high <= 1"),
+    ("scale", (0.5, 1.5), "must satisfy 0 < low <= high <= 1"),
+    ("ratio", (0.0, 1.0), "must satisfy 0 < low <= high"),
+    ("ratio", (2.0, 1.0), "must satisfy 0 < low <= high"),
+    ("blur_kernel", 4, "must be a positive odd integer"),
+    ("blur_kernel", 0, "must be a positive odd integer"),
+    ("blur_kernel", -1, "must be a positive odd integer"),
+    ("blur_sigma", (0.0, 0.5), "must satisfy 0 < low <= high"),
+    ("blur_sigma", (0.5, 0.1), "must satisfy 0 < low <= high"),
+])
+def test_invalid_specs_name_the_field_the_value_and_the_rule(field, value, rule):
+    with pytest.raises(ValueError) as error:
+        AugmentSpec(**{field: value})
+    assert str(error.value) == f"{field}={value} {rule}"
+
+
+def test_specs_on_the_edge_are_accepted():
+    edge = dict(flip_p=1.0, gray_p=0.0, blur_p=1.0, scale=(0.5, 0.5), ratio=(1.0, 1.0),
+                blur_kernel=1, blur_sigma=(0.3, 0.3))
+    spec = AugmentSpec(**edge)
+    assert {name: getattr(spec, name) for name in edge} == edge
+
+
+def test_only_uint8_rgb_batches_are_augmented():
+    for images in (torch.zeros(2, 3, 8, 8), torch.zeros(3, 8, 8, dtype=torch.uint8),
+                   torch.zeros(2, 1, 8, 8, dtype=torch.uint8)):
+        with pytest.raises(ValueError) as error:
+            augment(images, AugmentSpec(), generator())
+        assert str(error.value) == (f"expected a uint8 batch (B, 3, H, W), got {images.dtype} "
+                                    f"{tuple(images.shape)}")
+
+
+def test_random_parameters_are_drawn_from_the_ranges_of_the_spec(monkeypatch):
+    import apl_core.augment as module
+
+    drawn = {}
+    real_boxes, real_blur = module.resized_crop_boxes, module.gaussian_blur
+
+    def boxes(batch, height, width, scale, ratio, uniform):
+        drawn["uniform"] = uniform
+        return real_boxes(batch, height, width, scale, ratio, uniform)
+
+    def blur(x, kernel_size, sigma):
+        drawn["sigma"] = sigma
+        return real_blur(x, kernel_size, sigma)
+
+    monkeypatch.setattr(module, "resized_crop_boxes", boxes)
+    monkeypatch.setattr(module, "gaussian_blur", blur)
+    augment(random_images(500, size=8), AugmentSpec(blur_p=1.0, blur_sigma=(0.2, 0.4)),
+            generator())
+    sigma = drawn["sigma"]
+    assert len(sigma) == 500 and 0.2 <= sigma.min() < 0.21 and 0.39 < sigma.max() <= 0.4
+    values = drawn["uniform"](20_000, low=-3.0, high=5.0)
+    assert values.shape == (20_000,) and -3 <= values.min() and values.max() < 5
+    assert values.mean().item() == pytest.approx(1.0, abs=0.1)
+
+
+def scripted(fits_from: dict[int, int]):
+    """A `uniform` for resized_crop_boxes whose (batch, tries) draws are 1.0 (the largest
+    area, the widest aspect) before try fits_from[row] and 0.0 (the smallest) from it on;
+    other draws are 0.5."""
+    def uniform(*shape, low=0.0, high=1.0):
+        if len(shape) == 1:
+            return torch.full(shape, 0.5)
+        u = torch.ones(shape)
+        for row, first in fits_from.items():
+            u[row, first:] = 0.0
+        return low + (high - low) * u
+    return uniform
+
+
+def test_the_fallback_comes_after_ten_tries_like_torchvision():
+    # tries 0-9: the whole area at aspect 2 (too wide); an 11th try would fit
+    top, left, h, w = resized_crop_boxes(1, 90, 90, (0.1, 1.0), (0.5, 2.0), scripted({0: 10}))
+    assert (top.item(), left.item(), h.item(), w.item()) == (0, 0, 90, 90)
+    # the first try that fits is taken, per sample: row 1 never fits and falls back
+    top, left, h, w = resized_crop_boxes(2, 90, 90, (0.1, 1.0), (0.5, 2.0), scripted({0: 3}))
+    # try 3: a tenth of the area (810 pixels) at aspect w / h = 0.5
+    assert (h[0].item(), w[0].item()) == (round((810 / 0.5) ** 0.5), round((810 * 0.5) ** 0.5))
+    assert (top[1].item(), left[1].item(), h[1].item(), w[1].item()) == (0, 0, 90, 90)
+
+
+@pytest.mark.parametrize("height,width,scale,ratio", [
+    (40, 91, 1.0, (0.5, 1.5)),  # the full area at any of these aspects is too tall
+    (91, 40, 1.0, (2 / 3, 2.0)),  # too wide
+    (40, 40, 1e-4, (0.1, 0.1)),  # 0.16 pixels: 0 wide and 1 high
+    (40, 40, 1e-4, (10.0, 10.0)),  # 1 wide and 0 high
+])
+def test_fallback_when_no_try_fits_is_torchvisions(height, width, scale, ratio):
+    top, left, h, w = resized_crop_boxes(3, height, width, (scale, scale), ratio,
+                                         _uniform(generator()))
+    expected = RandomResizedCrop.get_params(torch.empty(1, height, width), [scale, scale],
+                                            list(ratio))
+    for ours, theirs in zip((top, left, h, w), expected):
+        assert (ours == theirs).all()
+
+
+def test_crops_of_one_pixel_are_allowed_and_empty_ones_are_not():
+    top, left, h, w = resized_crop_boxes(50, 4, 4, (1 / 16, 1 / 16), (1.0, 1.0),
+                                         _uniform(generator()))
+    assert (h == 1).all() and (w == 1).all()  # area 1 pixel
+    top, left, h, w = resized_crop_boxes(50, 4, 4, (0.01, 0.01), (1.0, 1.0),
+                                         _uniform(generator()))
+    assert (h == 4).all() and (w == 4).all()  # rounds to 0 pixels: the whole-image fallback
+
+
+def test_crop_areas_stay_in_the_scale_range():
+    top, left, h, w = resized_crop_boxes(2000, 96, 96, (0.2, 0.4), (1.0, 1.0),
+                                         _uniform(generator()))
+    area = h * w / 96**2
+    assert area.min() >= 0.19 and area.max() <= 0.41 and area.mean() == pytest.approx(0.3, abs=0.01)
+
+
+def test_crop_and_blur_stay_on_the_device_of_their_input():
+    # meta tensors stand in for a GPU: mixing them with CPU tensors fails
+    x = torch.zeros(2, 3, 8, 8, device="meta")
+    zero, full = torch.zeros(2, device="meta"), torch.full((2,), 8.0, device="meta")
+    flip = torch.zeros(2, dtype=torch.bool, device="meta")
+    assert crop_resize(x, zero, zero, full, full, flip).device.type == "meta"
+    assert gaussian_blur(x, 3, torch.ones(2, device="meta")).device.type == "meta"

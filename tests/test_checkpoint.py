@@ -6,8 +6,8 @@ import torch
 
 import apl_core.checkpoint as checkpoint
 from apl_core.checkpoint import (
-    CheckpointError, check_architecture, load_checkpoint, read_checkpoint, resolve_checkpoint,
-    save_checkpoint,
+    CheckpointError, check_architecture, list_runs, load_checkpoint, read_checkpoint,
+    resolve_checkpoint, restore_rng_state, rng_state, save_checkpoint, write_atomic,
 )
 
 
@@ -43,6 +43,45 @@ def test_crash_during_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def make_dir(path):
+    path.mkdir(parents=True)
+    return path
+
+
+def test_write_atomic_writes_text_and_leaves_no_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "notes.txt"
+    write_atomic(path, "first\n")
+    assert path.read_text() == "first\n"
+
+    def fails(file):
+        file.write(b"half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomic(tmp_path / "new.txt", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_checkpoint_written_on_a_gpu_loads_on_a_cpu_only_machine(tmp_path, monkeypatch):
+    # torch.save tags each tensor with its device; tag them CUDA, as a GPU run writes them
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    save_checkpoint(state(3.0), tmp_path / "last.pt")
+    monkeypatch.undo()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    weights = read_checkpoint(tmp_path / "last.pt")["model"]["w"]
+    assert weights.device.type == "cpu" and weights[0, 0] == 3.0
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_in_the_error(tmp_path):
+    for name, content in (("weights.pt", {"w": torch.ones(1)}), ("no-model.pt", {"phase": "x"}),
+                          ("no-phase.pt", {"model": {}}), ("tensor.pt", torch.ones(1))):
+        torch.save(content, tmp_path / name)
+        with pytest.raises(CheckpointError, match=f"{name} is not an apl_core checkpoint"):
+            read_checkpoint(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
 def test_truncated_file_is_named_in_the_error(tmp_path):
     path = tmp_path / "last.pt"
     save_checkpoint(state(1.0), path)
@@ -62,10 +101,90 @@ def test_resolve_by_path_run_directory_or_name(tmp_path):
         load_checkpoint("no-run", runs_dir=tmp_path)
 
 
+def test_resolve_a_run_directory_outside_the_runs_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative paths, as typed on the command line
+    save_checkpoint(state(1.0), make_dir(tmp_path / "elsewhere" / "run") / "last.pt")
+    assert resolve_checkpoint("elsewhere/run").resolve() == tmp_path / "elsewhere/run/last.pt"
+
+
+def test_defaults_look_under_runs_pretrain_of_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(state(1.0), make_dir(tmp_path / "runs" / "pretrain" / "a") / "last.pt")
+    make_dir(tmp_path / "runs" / "pretrain" / "unfinished")  # no last.pt: not a run to load
+    assert list_runs() == ["a"]
+    assert resolve_checkpoint("a").resolve() == tmp_path / "runs/pretrain/a/last.pt"
+    assert load_checkpoint("a")["phase"] == "pretrain"
+
+
+def test_finetune_runs_are_found_under_their_own_phase(tmp_path):
+    for name in ("b", "a"):
+        save_checkpoint(state(1.0), make_dir(tmp_path / "finetune" / name) / "last.pt")
+    assert list_runs(tmp_path, "finetune") == ["a", "b"] and list_runs(tmp_path) == []
+    assert load_checkpoint("b", tmp_path, "finetune")["epoch"] == 1
+    with pytest.raises(FileNotFoundError, match=r"finetune: \['a', 'b'\]"):
+        resolve_checkpoint("c", tmp_path, "finetune")
+
+
+def test_missing_checkpoint_error_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        resolve_checkpoint("gone", "runs")
+    message = str(error.value)
+    assert message.startswith("no checkpoint found for 'gone'")
+    places = ("gone", "gone/last.pt", "runs/pretrain/gone/last.pt")
+    assert "looked at " + ", ".join(places) in message
+    assert "runs/pretrain: none" in message and "ls runs/pretrain" in message
+
+
 def test_architecture_mismatch_names_every_field():
     check_architecture({"grid": 4, "heads": 3}, {"grid": 4, "heads": 3}, "x.pt")
-    with pytest.raises(ValueError, match="grid: checkpoint has 4.*heads: checkpoint has 3"):
+    with pytest.raises(ValueError, match="x.pt holds another architecture .grid: checkpoint has "
+                                         "4, config asks for 7; heads: checkpoint has 3"):
         check_architecture({"grid": 4, "heads": 3}, {"grid": 7, "heads": 16}, "x.pt")
+
+
+# ---------------------------------------------------------------- random generator states
+
+def test_restoring_the_rng_state_repeats_the_random_draws(tmp_path):
+    save_checkpoint({**state(1.0), "rng": rng_state()}, tmp_path / "last.pt")
+    first = torch.rand(8), torch.randint(0, 1000, (8,))
+    restore_rng_state(read_checkpoint(tmp_path / "last.pt")["rng"])
+    again = torch.rand(8), torch.randint(0, 1000, (8,))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+class FakeCuda:
+    """The torch.cuda generator functions of a machine with two GPUs, or with none."""
+
+    def __init__(self, monkeypatch, gpus: int):
+        self.states = [torch.full((4,), i, dtype=torch.uint8) for i in range(gpus)]
+        self.restored = None
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: self.states)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.set_rng_state_all)
+
+    def set_rng_state_all(self, states):
+        self.restored = states
+
+
+def test_rng_state_keeps_every_gpu_generator(monkeypatch):
+    gpus = FakeCuda(monkeypatch, gpus=2)
+    saved = rng_state()
+    assert saved["cuda"] == gpus.states
+    restore_rng_state(saved)
+    assert gpus.restored == gpus.states
+
+
+def test_a_gpu_run_resumes_on_a_cpu_and_a_cpu_run_on_a_gpu(monkeypatch):
+    gpu_state = rng_state() | {"cuda": FakeCuda(monkeypatch, gpus=2).states}
+    cpu = FakeCuda(monkeypatch, gpus=0)
+    assert rng_state()["cuda"] == []
+    restore_rng_state(gpu_state)  # no GPU to restore to: the CPU generator only
+    assert cpu.restored is None
+    cpu_state = rng_state()
+    gpu = FakeCuda(monkeypatch, gpus=2)
+    restore_rng_state(cpu_state)  # nothing saved for the GPUs: theirs stay as they are
+    assert gpu.restored is None
 
 
 class _CreatesMarker:
@@ -87,23 +206,21 @@ def malicious_checkpoint(run_dir, marker):
     return run_dir / "last.pt"
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, pretrained_run,
-                                                                 capsys):
+def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys):
     from apl_core.cli import main
     from apl_core.train import finetune, pretrain
+    from conftest import smoke_finetune_config, smoke_pretrain_config
 
     marker = tmp_path / "code_ran"
     path = malicious_checkpoint(tmp_path / "runs" / "pretrain" / "evil", marker)
     with pytest.raises(CheckpointError, match="refused to load .*could run code"):
         read_checkpoint(path)
-    config = pretrained_run.config.replace(runs_dir=str(tmp_path / "runs"), run_name="evil")
+    config = smoke_pretrain_config(tmp_path / "runs", run_name="evil")
     with pytest.raises(CheckpointError, match="refused"):
         pretrain(config, resume=True)
-    from conftest import smoke_finetune_config
-
     with pytest.raises(CheckpointError, match="refused"):
         finetune(smoke_finetune_config(tmp_path / "ft", pretrained=str(path)))
-    for argv in (["pretrain", "--config", str(pretrained_run.run_dir / "config.json"),
+    for argv in (["pretrain", "--profile", "smoke", "--device", "cpu",
                   "--runs-dir", str(tmp_path / "runs"), "--run-name", "evil", "--resume"],
                  ["finetune", "--profile", "smoke", "--pretrained", str(path),
                   "--runs-dir", str(tmp_path / "ft2")]):

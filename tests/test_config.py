@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from apl_core.config import (PROFILES, FinetuneConfig, PretrainConfig, profile_config,
-                             profile_npcs)
+from apl_core.config import (ARCHITECTURE_FIELDS, PROFILES, FinetuneConfig, PretrainConfig,
+                             profile_config, profile_npcs, profile_values)
 
 
 def test_defaults_are_the_paper_settings():
@@ -19,53 +19,139 @@ def test_defaults_are_the_paper_settings():
     assert tune.benchmark
 
 
-@pytest.mark.parametrize("field,value,message", [
-    ("grid", 0, "1 <= G <= image_size"),
-    ("grid", 97, "1 <= G <= image_size"),
-    ("crop", 13, "0 <= K < image_size // grid = 96 // 7 = 13"),
-    ("crop", -1, "0 <= K"),
-    ("heads", 5, "head counts that would: .*16"),
-    ("patch_dropout", 1.0, r"\[0, 1\)"),
-    ("patch_dropout", -0.1, r"\[0, 1\)"),
-    ("dropout", 1.5, r"\[0, 1\)"),
-    ("batch_size", 0, "positive integer"),
-    ("epochs", -3, "positive integer"),
-    ("image_size", 0, "positive integer"),
-    ("lr", 0.0, "> 0"),
-    ("lr", -1e-3, "> 0"),
-    ("weight_decay", -1.0, ">= 0"),
-    ("encoder", "vit", "flatten"),
-    ("dataset", "imagenet", "stl10"),
-    ("optimizer", "sgd", "adam"),
-    ("precision", "fp8", "bf16"),
-    ("device", "tpu", "cuda"),
-    ("warmup_frac", 1.0, r"\[0, 1\)"),
-    ("blocks", 0, "positive integer"),
+GRID_RULE = "G must satisfy 1 <= G <= image_size (96)"
+CROP_RULE = "K must satisfy 0 <= K < image_size // grid = 96 // 7 = 13"
+
+
+# The message is `field=value is invalid: ` and what the field allows, which ends it.
+@pytest.mark.parametrize("field,value,allowed", [
+    ("grid", 0, GRID_RULE),
+    ("grid", 97, GRID_RULE),
+    ("grid", 7.0, GRID_RULE),
+    ("crop", 13, CROP_RULE),
+    ("crop", -1, CROP_RULE),
+    ("crop", 1.0, CROP_RULE),
+    ("patch_dropout", 1.0, "PatchDropout p must be in [0, 1)"),
+    ("patch_dropout", -0.1, "PatchDropout p must be in [0, 1)"),
+    ("dropout", 1.0, "must be in [0, 1)"),
+    ("dropout", -0.1, "must be in [0, 1)"),
+    ("batch_size", 0, "must be a positive integer"),
+    ("epochs", -3, "must be a positive integer"),
+    ("epochs", True, "must be a positive integer"),
+    ("image_size", 0, "must be a positive integer"),
+    ("image_size", 96.0, "must be a positive integer"),
+    ("blocks", 0, "must be a positive integer"),
+    ("hidden_mult", 0, "must be a positive integer"),
+    ("heads", 0, "must be a positive integer"),
+    ("lr", 0.0, "the learning rate must be > 0"),
+    ("lr", -1e-3, "the learning rate must be > 0"),
+    ("weight_decay", -1.0, "must be >= 0"),
     ("unreadable_images", "sometimes", "choose 'skip' or 'error'"),
+    ("warmup_frac", 1.0, "must be in [0, 1)"),
+    ("warmup_frac", -0.1, "must be in [0, 1)"),
+    ("warmup_start", 0.0, "must be in (0, 1]"),
+    ("warmup_start", 1.5, "must be in (0, 1]"),
+    ("final_lr_frac", -0.1, "must be in [0, 1]"),
+    ("final_lr_frac", 1.1, "must be in [0, 1]"),
+    ("grad_clip", -1.0, "must be >= 0 (0 disables clipping)"),
+    ("num_images", -1, "must be >= 0 (0: the whole split)"),
+    ("holdout_images", -1, "must be >= 0"),
+    ("crop_scale", 0.0, "must be in (0, 1]"),
+    ("crop_scale", 1.5, "must be in (0, 1]"),
+    ("knn_every", -1, "must be >= 0 (0: never)"),
+    ("dataset", "imagenet", "choose one of ('stl10', 'synthetic', 'folder')"),
+    ("optimizer", "sgd", "choose one of ('adam', 'adamw')"),
+    ("precision", "fp8", "choose one of ('auto', 'fp32', 'bf16', 'fp16')"),
+    ("encoder", "vit", "choose one of ('flatten', 'cnn', 'resnet18')"),
+    ("device", "tpu", "use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
 ])
-def test_invalid_values_name_field_value_and_what_is_allowed(field, value, message):
-    with pytest.raises(ValueError, match=message) as error:
-        PretrainConfig(**{field: value})
-    assert f"{field}={value!r}" in str(error.value)
-
-
-def test_heads_message_lists_divisors_of_the_token_dimension():
+def test_invalid_values_name_field_value_and_what_is_allowed(field, value, allowed):
     with pytest.raises(ValueError) as error:
-        PretrainConfig(image_size=48, grid=4, crop=1, heads=4)  # D = 363 = 3 * 11^2
-    assert "D = 363" in str(error.value) and "[1, 3, 11, 33]" in str(error.value)
+        PretrainConfig(**{field: value})
+    assert str(error.value) == f"{field}={value!r} is invalid: {allowed}"
 
 
-@pytest.mark.parametrize("field,value", [
-    ("npc", 0), ("eval_every", 0), ("model", "vgg"), ("dropout", 1.0), ("test_per_class", -1),
+@pytest.mark.parametrize("values", [
+    dict(weight_decay=0.0, warmup_frac=0.0, warmup_start=1.0, final_lr_frac=0.0, grad_clip=0.0),
+    dict(final_lr_frac=1.0, num_images=0, holdout_images=0, knn_every=0, crop_scale=1.0),
+    dict(dropout=0.0, patch_dropout=0.0, blocks=1, hidden_mult=1, epochs=1, batch_size=1),
+    dict(grid=1, crop=95, heads=1),  # one patch, cropped to a single pixel
+    dict(grid=96, crop=0, heads=3),  # one pixel per patch
+    dict(image_size=1, grid=1, crop=0, heads=1),
+    dict(device="cpu"), dict(device="cuda"), dict(device="cuda:1"), dict(device="auto"),
+    dict(optimizer="adamw", precision="fp16", dataset="folder", encoder="cnn", heads=4),
 ])
-def test_invalid_finetune_values(field, value):
-    with pytest.raises(ValueError, match=field):
+def test_values_on_the_edge_of_the_allowed_ranges_are_accepted(values):
+    config = PretrainConfig(**values)
+    assert {name: getattr(config, name) for name in values} == values
+
+
+@pytest.mark.parametrize("size,grid,crop,dim,suggested", [
+    (48, 4, 1, 363, [1, 3, 11, 33]),  # 3 x 11^2
+    (96, 7, 1, 432, [1, 2, 3, 4, 6, 8, 9, 12, 16, 18, 24, 27, 36, 48, 54]),
+    (32, 4, 0, 192, [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64]),  # up to 64 heads
+    (66, 1, 1, 12675, [1, 3, 5, 13, 15, 25, 39]),  # 65 divides D but is not suggested
+])
+def test_heads_message_suggests_head_counts_up_to_64_that_divide_the_token_dimension(
+        size, grid, crop, dim, suggested):
+    with pytest.raises(ValueError) as error:
+        PretrainConfig(image_size=size, grid=grid, crop=crop, heads=2 if dim % 2 else 5)
+    assert str(error.value).endswith(
+        f"must divide the token dimension D = {dim}; head counts that would: {suggested}")
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("npc", 0, "must be a positive integer"),
+    ("npc", 2.5, "must be a positive integer"),
+    ("eval_every", 0, "must be a positive integer"),
+    ("num_classes", 0, "must be a positive integer"),
+    ("model", "vgg", "choose one of ('apl', 's-cnn', 's-resnet')"),
+    ("dropout", 1.0, "must be in [0, 1)"),
+    ("dropout", -0.1, "must be in [0, 1)"),
+    ("patch_dropout", 1.0, "PatchDropout p must be in [0, 1)"),
+    ("patch_dropout", -0.1, "PatchDropout p must be in [0, 1)"),
+    ("val_per_class", -1, "must be >= 0"),
+    ("test_per_class", -1, "must be >= 0"),
+    ("crop_scale", 0.0, "must be in (0, 1]"),
+    ("crop_scale", 1.5, "must be in (0, 1]"),
+    ("select_best", True,
+     "selecting on validation needs a validation part: set val_per_class > 0"),
+])
+def test_invalid_finetune_values(field, value, allowed):
+    with pytest.raises(ValueError) as error:
         FinetuneConfig(**{field: value})
+    assert str(error.value) == f"{field}={value!r} is invalid: {allowed}"
 
 
-def test_baselines_refuse_pretrained_options():
-    with pytest.raises(ValueError, match="from scratch"):
-        FinetuneConfig(model="s-cnn", head_only=True)
+def test_finetune_values_on_the_edge_are_accepted():
+    edge = dict(npc=1, eval_every=1, num_classes=1, dropout=0.0, patch_dropout=0.0,
+                val_per_class=0, test_per_class=0, crop_scale=1.0)
+    config = FinetuneConfig(**edge)
+    assert {name: getattr(config, name) for name in edge} == edge
+    assert FinetuneConfig(select_best=True, val_per_class=1).select_best
+    assert not FinetuneConfig(model="s-resnet").benchmark
+
+
+@pytest.mark.parametrize("option", [dict(head_only=True), dict(freeze_encoder=True),
+                                    dict(pretrained="runs/pretrain/x")])
+def test_baselines_refuse_pretrained_options(option):
+    for model in ("s-cnn", "s-resnet"):
+        with pytest.raises(ValueError, match=f"model='{model}' is invalid: the CNN baselines "
+                                             "train from scratch: pretrained, head_only and "
+                                             "freeze_encoder apply to model='apl' only"):
+            FinetuneConfig(model=model, **option)
+    assert FinetuneConfig(model="apl", **option).model == "apl"
+
+
+def test_architecture_errors_name_the_key_or_the_field():
+    with pytest.raises(ValueError, match=r"architecture=\{'gird': 4, 'crop': 1\} is invalid: "
+                                         r"unknown keys \['gird'\]; known: \['grid', 'crop'"):
+        FinetuneConfig(architecture={"gird": 4, "crop": 1})
+    # the architecture is checked as a pretraining config of the same image size would be
+    with pytest.raises(ValueError, match="heads=5 is invalid: must divide the token dimension"):
+        FinetuneConfig(image_size=48, architecture={"grid": 4, "crop": 1, "heads": 5})
+    with pytest.raises(ValueError, match="grid=50 is invalid.*image_size \\(48\\)"):
+        FinetuneConfig(image_size=48, architecture={"grid": 50})
 
 
 def test_round_trip_through_plain_dicts_and_json():
@@ -77,11 +163,25 @@ def test_round_trip_through_plain_dicts_and_json():
 
 
 def test_from_dict_refuses_unknown_keys_and_wrong_types():
-    with pytest.raises(ValueError, match="unknown PretrainConfig option.*'gird'"):
-        PretrainConfig.from_dict({"gird": 7})
-    with pytest.raises(ValueError, match="grid='7' is invalid: expected int"):
-        PretrainConfig.from_dict({"grid": "7"})
-    assert PretrainConfig.from_dict({"lr": 1}).lr == 1.0  # an int is a fine float
+    with pytest.raises(ValueError, match=r"unknown PretrainConfig option\(s\) \['gird'\]; "
+                                         r"known options: \[.*'grid'"):
+        PretrainConfig.from_dict({"gird": 7, "grid": 7})
+    with pytest.raises(ValueError, match="unknown FinetuneConfig option.*'knn_every'"):
+        FinetuneConfig.from_dict({"knn_every": 1})
+    for field, value, wrong in (("grid", "7", "str"), ("grid", 7.0, "float"),
+                                ("grid", True, "bool"), ("lr", True, "bool"),
+                                ("lr", "1e-3", "str"), ("dataset", 1, "int"),
+                                ("mlp_head", 1, "int")):
+        expected = {"grid": "int", "lr": "float", "dataset": "str", "mlp_head": "bool"}[field]
+        with pytest.raises(ValueError) as error:
+            PretrainConfig.from_dict({field: value})
+        assert str(error.value) == f"{field}={value!r} is invalid: expected {expected}, got {wrong}"
+    lr = PretrainConfig.from_dict({"lr": 1}).lr  # an int is a fine float, stored as one
+    assert lr == 1.0 and type(lr) is float
+    assert PretrainConfig.from_dict({"lr": 2.5e-3, "mlp_head": True}).mlp_head is True
+    architecture = {"grid": 8, "heads": 3}
+    tune = FinetuneConfig.from_dict({"architecture": architecture})  # a dict is taken as given
+    assert tune.architecture == architecture
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
@@ -93,6 +193,35 @@ def test_every_profile_builds_valid_configs(profile):
     assert list(profile_npcs(profile)) == sorted(profile_npcs(profile))
     with pytest.raises(ValueError, match="profile"):
         profile_config("huge", "pretrain")
+
+
+def test_unknown_profile_or_phase_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"profile='huge' is invalid: choose one of "
+                                         r"\('paper', 'gpu', 'quick', 'smoke'\)"):
+        profile_npcs("huge")
+    with pytest.raises(ValueError, match=r"profile='huge' is invalid: choose one of \('paper'"):
+        profile_values("huge", "finetune")
+    with pytest.raises(ValueError, match=r"phase='train' is invalid: choose one of "
+                                         r"\('pretrain', 'finetune', 'probe'\)"):
+        profile_values("quick", "train")
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_a_profile_trains_from_scratch_on_its_own_pretraining_architecture(profile):
+    pretrain = profile_config(profile, "pretrain")
+    for phase in ("finetune", "probe"):
+        built = PretrainConfig(image_size=pretrain.image_size,
+                               **profile_config(profile, phase).architecture)
+        assert ({name: getattr(built, name) for name in ARCHITECTURE_FIELDS}
+                == {name: getattr(pretrain, name) for name in ARCHITECTURE_FIELDS}), phase
+    assert profile_npcs(profile) == PROFILES[profile]["npcs"]
+
+
+def test_profile_overrides_win_over_the_profile():
+    chosen = {"grid": 8, "crop": 0, "heads": 3}
+    config = profile_config("quick", "finetune", architecture=chosen)
+    assert config.architecture == chosen
+    assert profile_config("smoke", "pretrain", epochs=7).epochs == 7
 
 
 def test_gpu_profile_is_the_paper_model_on_the_embedded_data():

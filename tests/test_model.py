@@ -5,7 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.model import PatchDropout, build_classifier, build_pretrain_model
+from apl_core.model import (APLClassifier, APLPretrainModel, APLTransformer, Block,
+                            PatchDropout, architecture_kwargs, build_classifier, build_encoder,
+                            build_pretrain_model, mlp)
 from apl_core.puzzle import position_targets
 
 SMALL = dict(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2)
@@ -80,6 +82,84 @@ def test_classifier_trains_with_the_finetuning_dropout_not_the_pretraining_one()
     model = build_classifier(FinetuneConfig(dropout=0.4, patch_dropout=0.25), pretrained)
     assert all(b.dropout.p == 0.4 for b in model.transformer.blocks)
     assert model.transformer.patch_dropout.p == 0.25
+
+
+def test_module_defaults_are_the_configs_defaults():
+    # the paper's architecture is written down in config.py; the modules must agree with it
+    config, tune = PretrainConfig(), FinetuneConfig()
+    default, configured = APLTransformer(), APLTransformer(**architecture_kwargs(config))
+    for name in ("image_size", "grid", "crop", "dim", "num_tokens"):
+        assert getattr(default, name) == getattr(configured, name), name
+    assert len(default.blocks) == len(configured.blocks) == config.blocks
+    assert {b.attn.heads for b in default.blocks} == {config.heads}
+    assert {b.ff[0].out_features for b in default.blocks} == {config.hidden_mult * default.dim}
+    assert {b.dropout.p for b in default.blocks} == {config.dropout}
+    assert default.patch_dropout.p == PatchDropout().p == config.patch_dropout
+    assert isinstance(default.encoder, type(build_encoder(config.encoder, config.crop)))
+    assert isinstance(APLPretrainModel(default).position_head, torch.nn.Linear)  # no mlp_head
+    classifier = APLClassifier(default)
+    assert isinstance(classifier.class_head, torch.nn.Linear) and not tune.mlp_head
+    assert classifier.class_head.out_features == tune.num_classes
+
+
+def test_mlp_heads_are_two_layers_with_relu_and_dropout():
+    head = mlp(6, 4)
+    assert [type(m) for m in head] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Dropout,
+                                       torch.nn.Linear]
+    assert (head[0].in_features, head[0].out_features, head[3].out_features) == (6, 18, 4)
+    assert head[2].p == 0.1
+    model = build_pretrain_model(PretrainConfig(**SMALL, mlp_head=True))
+    assert [type(m) for m in model.position_head] == [type(m) for m in head]
+    assert (model.position_head[0].in_features, model.position_head[-1].out_features) == (
+        model.transformer.dim, model.transformer.num_tokens)
+    classifier = build_classifier(FinetuneConfig(num_classes=7, mlp_head=True),
+                                  PretrainConfig(**SMALL))
+    assert [type(m) for m in classifier.class_head] == [type(m) for m in head]
+    assert classifier.class_head[-1].out_features == 7
+    assert isinstance(build_classifier(FinetuneConfig(), PretrainConfig(**SMALL)).class_head,
+                      torch.nn.Linear)
+
+
+@pytest.mark.parametrize("crop", [0, 1, 2])
+def test_cnn_encoder_is_two_relu_convolutions_and_a_spatial_mean(crop):
+    encoder = build_encoder("cnn", crop).train()  # train mode: no dropout either
+    first, second = (m for m in encoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first.weight.shape == (64, 3, 3, 3) and second.weight.shape == (128, 64, 3, 3)
+    patches = torch.randn(2, 5, 3, 8 - crop, 8 - crop)
+    padding = 1 if crop else 0  # the original pads only cropped patches
+    x = F.relu(F.conv2d(patches.flatten(0, 1), first.weight, first.bias, padding=padding))
+    x = F.relu(F.conv2d(x, second.weight, second.bias, padding=padding))
+    expected = x.mean(dim=(2, 3)).reshape(2, 5, 128)
+    torch.testing.assert_close(encoder(patches), expected)
+
+
+def test_unknown_encoder_is_refused_with_the_choices():
+    with pytest.raises(ValueError) as error:
+        build_encoder("vit", 1)
+    assert str(error.value) == "encoder='vit' is invalid: choose flatten, cnn or resnet18"
+
+
+def test_keep_mask_is_a_boolean_per_token_in_every_mode():
+    tokens = torch.randn(3, 5, 4)
+    for dropout in (PatchDropout(0.5).eval(), PatchDropout(0.0).train(),
+                    PatchDropout(0.5).train()):
+        out, keep = dropout(tokens)
+        assert keep.dtype == torch.bool and keep.shape == (3, 5)
+    assert not PatchDropout(1.0).train()(tokens)[1].any()  # p is the share dropped, up to all
+    # the mask is made on the tokens' device (meta stands in for a GPU)
+    meta = torch.zeros(3, 5, 4, device="meta")
+    for dropout in (PatchDropout(0.5).eval(), PatchDropout(0.5).train()):
+        out, keep = dropout(meta)
+        assert out.device.type == keep.device.type == "meta"
+
+
+def test_attention_weights_only_when_asked():
+    block = Block(dim=6, heads=2, hidden_mult=2, dropout=0.0)
+    out, weights = block(torch.randn(2, 4, 6))
+    assert out.shape == (2, 4, 6) and weights is None
+    model = build_pretrain_model(PretrainConfig(**SMALL))
+    features, keep, attention = model.transformer(torch.randn(2, 3, 32, 32))
+    assert attention == []
 
 
 def test_tiny_model_overfits_one_batch_of_the_puzzle():

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -57,13 +59,38 @@ def test_unpatchify_places_each_token_at_its_cell():
     assert torch.all(mosaic[:, :, 4, :] == -1.0)
 
 
+def test_unpatchify_separates_the_cells_with_white_lines_by_default():
+    mosaic = unpatchify(patchify(torch.zeros(1, 3, 8, 8), grid=2, crop=0), grid=2)
+    assert mosaic.shape == (1, 3, 10, 10)  # two 4-pixel cells and a 2-pixel line between
+    assert torch.all(mosaic[:, :, 4:6, :] == 1.0) and torch.all(mosaic[:, :, :, 4:6] == 1.0)
+    assert torch.all(mosaic[:, :, :4, :4] == 0.0)
+
+
 def test_invalid_puzzles_are_refused():
     with pytest.raises(ValueError, match="0 <= K"):
         patchify(torch.rand(1, 3, 12, 12), grid=4, crop=3)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="square, got 12 x 10"):
+        patchify(torch.rand(1, 3, 12, 10), grid=2, crop=0)
+    with pytest.raises(ValueError, match=r"N=12, G=13, K=0.*1 <= G <= N"):
         puzzle_stats(12, 13, 0)
+    with pytest.raises(ValueError, match=r"K=3.*0 <= K < N // G"):
+        puzzle_stats(12, 4, 3)  # P = 3: cropping 3 pixels would leave nothing
+    assert puzzle_stats(12, 1, 11).cropped_size == 1  # the smallest grid, the largest crop
+    with pytest.raises(ValueError, match="5 tokens do not form a 2 x 2 grid"):
+        unpatchify(torch.zeros(1, 5, 12), grid=2)
+    with pytest.raises(ValueError, match="token dimension 10 is not 3 x s x s"):
+        unpatchify(torch.zeros(1, 4, 10), grid=2)
+
+
+def test_puzzle_stats_row_names_the_configuration():
+    row = puzzle_stats(48, 4, 1).as_row()
+    assert {k: row[k] for k in ("image_size", "grid", "crop")} == {
+        "image_size": 48, "grid": 4, "crop": 1}
+    assert set(row) == {f.name for f in dataclasses.fields(puzzle_stats(48, 4, 1))}
 
 
 def test_position_targets_are_token_indices():
     targets = position_targets(3, 5)
     assert targets.shape == (3, 5) and torch.equal(targets[2], torch.arange(5))
+    # made on the device asked for (meta stands in for a GPU)
+    assert position_targets(3, 5, device="meta").device.type == "meta"

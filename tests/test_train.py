@@ -11,7 +11,7 @@ from torch import nn
 
 import apl_core.train as train
 from apl_core.checkpoint import read_checkpoint
-from apl_core.config import FinetuneConfig, PretrainConfig
+from apl_core.config import PretrainConfig
 from apl_core.rundir import read_metrics, run_name
 from apl_core.train import build_finetune_model, finetune, learning_rate, pretrain
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
@@ -246,20 +246,6 @@ def test_npc_larger_than_a_class_fails_before_training(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ValueError):
         finetune(smoke_finetune_config(tmp_path, npc=100_000, architecture=SMOKE_ARCHITECTURE))
-
-
-# ---------------------------------------------------------------- schedule
-
-def test_schedule_warms_up_then_anneals():
-    config = FinetuneConfig(epochs=100, lr=1e-3, warmup_frac=0.1, warmup_start=0.5,
-                            final_lr_frac=0.1)
-    rates = [learning_rate(epoch, config) for epoch in range(100)]
-    assert rates[0] == pytest.approx(0.5e-3)
-    assert max(range(100), key=rates.__getitem__) == 10  # the peak ends the warm-up
-    assert all(a < b for a, b in zip(rates[:10], rates[1:11]))
-    assert all(a > b for a, b in zip(rates[10:], rates[11:]))
-    assert rates[-1] == pytest.approx(1e-4, rel=0.01)
-    assert learning_rate(100, config) == pytest.approx(1e-4)
 
 
 def test_precision_choice(monkeypatch):
