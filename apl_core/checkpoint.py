@@ -90,9 +90,11 @@ def read_checkpoint(path: str | Path) -> dict:
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as error:
-        if "weights only" not in str(error).lower():
-            raise CheckpointError(f"cannot read checkpoint {path}: its pickle is damaged "
-                                  f"({error}). Delete it, or resume from another copy") from error
+        # The weights-only unpickler words every failure alike; only a GLOBAL (a class or a
+        # function to import and call) is an object that could run code.
+        if "global" not in str(error).lower():
+            raise CheckpointError(f"cannot read checkpoint {path}: its pickle is damaged. "
+                                  f"Delete it, or resume from another copy") from error
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects besides tensors and plain values, "
             f"and unpickling them could run code. apl_core never writes such checkpoints; do "

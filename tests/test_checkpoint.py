@@ -90,6 +90,15 @@ def test_truncated_file_is_named_in_the_error(tmp_path):
         read_checkpoint(path)
 
 
+def test_a_damaged_pickle_is_called_damaged_not_dangerous(tmp_path):
+    """Random bytes are a broken file, not an attack: the error says to delete it."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(CheckpointError, match=f"{path}: its pickle is damaged. Delete it") as err:
+        read_checkpoint(path)
+    assert "could run code" not in str(err.value)
+
+
 def test_resolve_by_path_run_directory_or_name(tmp_path):
     run = tmp_path / "pretrain" / "my-run"
     run.mkdir(parents=True)
