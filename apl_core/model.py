@@ -275,15 +275,17 @@ def architecture_kwargs(config: PretrainConfig) -> dict:
     return {name: getattr(config, name) for name in names}
 
 
-def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:
-    return APLPretrainModel(APLTransformer(**architecture_kwargs(config)), config.mlp_head)
+def build_pretrain_model(config: PretrainConfig, head_multiple: int = 1) -> APLPretrainModel:
+    transformer = APLTransformer(**architecture_kwargs(config), head_multiple=head_multiple)
+    return APLPretrainModel(transformer, config.mlp_head)
 
 
-def build_classifier(config: FinetuneConfig, architecture: PretrainConfig) -> APLClassifier:
+def build_classifier(config: FinetuneConfig, architecture: PretrainConfig,
+                     head_multiple: int = 1) -> APLClassifier:
     """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
     with the fine-tuning dropout and PatchDropout."""
     transformer = APLTransformer(**{
         **architecture_kwargs(architecture),
         "dropout": config.dropout, "patch_dropout": config.patch_dropout,
-    })
+    }, head_multiple=head_multiple)
     return APLClassifier(transformer, config.num_classes, config.mlp_head)

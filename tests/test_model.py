@@ -163,16 +163,14 @@ def test_attention_splits_heads_as_the_fused_projection_orders_them():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def _padded_and_unpadded(**overrides):
+def _padded_and_unpadded():
     """The SMALL pretraining model (head dimension 49) twice from one seed: unpadded, and
     with its heads stored padded to 56 (head_multiple=8); dropout off."""
-    from apl_core.model import APLPretrainModel, APLTransformer, architecture_kwargs
-    config = PretrainConfig(**SMALL, dropout=0.0, patch_dropout=0.0, **overrides)
+    config = PretrainConfig(**SMALL, dropout=0.0, patch_dropout=0.0)
     models = []
     for head_multiple in (1, 8):
         torch.manual_seed(0)
-        transformer = APLTransformer(**architecture_kwargs(config), head_multiple=head_multiple)
-        models.append(APLPretrainModel(transformer))
+        models.append(build_pretrain_model(config, head_multiple))
     return models
 
 
