@@ -7,8 +7,9 @@ calls around an explicit softmax (or, with attention="loop", one head at a time)
 `nn.Dropout`, the patches cut with `unfold` and center-cropped, the PatchDropout mask drawn on
 the CPU and moved to the device. The step (`original_pretrain_step`, `original_finetune_step`):
 fp16 autocast with a GradScaler on CUDA (fp32 on a CPU, where the original has no mixed
-precision), torch.optim.Adam with its defaults, boolean indexing of the kept tokens, and the
-logged loss and accuracy read with `.item()` every step. The data path (`OriginalDataset`):
+precision), torch.optim.Adam's default implementation (the per-tensor loop on a CPU, foreach
+on CUDA), boolean indexing of the kept tokens, and the logged loss and accuracy read with
+`.item()` every step. The data path (`OriginalDataset`):
 one PIL image per sample through per-image torchvision transforms, patchified in the
 DataLoader's workers.
 
