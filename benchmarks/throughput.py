@@ -335,6 +335,7 @@ def measure_phase(phase, pre, ft, args, device, dtypes, ceilings, report):
         original = OriginalStep(model.to(device), phase, config, device)
         variants[f"original {original.precision}"] = original
 
+    # the unpadded model's FLOPs for every variant: padded heads add no useful work
     flops = flops_per_image(fresh_model(), loss_of_batch, images)
     original_flops = flops_per_image(original.model, loss_of_batch, images) if original else None
 
