@@ -259,3 +259,32 @@ def test_padded_heads_state_dict_round_trips():
         expected = unpadded(images)[0]
         for model in (padded, other_unpadded, other_padded):
             torch.testing.assert_close(model(images)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_original_benchmark_step_trains_on_the_original_data_path():
+    """The original's data path (benchmarks/naive_model.py) cuts the tokens the model would cut
+    from the augmented image, and the original's step trains on them: finite logged numbers,
+    changed weights."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from naive_model import (NaivePretrainModel, OriginalDataset, naive_patches,
+                             original_pretrain_step, original_scaler)
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    dataset = OriginalDataset(images, grid=4, crop=1)
+    tokens = torch.stack([dataset[i] for i in range(len(dataset))])
+    assert tokens.shape == (4, 16, 147) and tokens.abs().max() <= 1
+    model = NaivePretrainModel(image_size=32, grid=4, crop=1, blocks=2, heads=3, hidden_mult=2,
+                               scale="original")
+    augmented = torch.rand(2, 3, 32, 32) * 2 - 1
+    model.eval()
+    with torch.no_grad():  # images or the tokens cut from them: the same logits
+        torch.testing.assert_close(model(augmented)[0], model(naive_patches(augmented, 4, 1))[0])
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss, accuracy = original_pretrain_step(model, optimizer, original_scaler(torch.device("cpu")),
+                                            tokens)
+    assert math.isfinite(loss) and 0 <= accuracy <= 1
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
