@@ -79,39 +79,87 @@ class PatchDropout(nn.Module):
         return tokens * keep.unsqueeze(-1).to(tokens.dtype), keep
 
 
+def resize_heads(weight: torch.Tensor, axis: int, old: int, new: int) -> torch.Tensor:
+    """Change every head's run of features along `axis` from `old` to `new`: pad zeros at the
+    end of each head, or cut them off. The axis holds whole heads (qkv: [q | k | v], each
+    head-major), so it splits into (axis size / old) heads of `old` features."""
+    heads = weight.movedim(axis, -1).unflatten(-1, (-1, old))
+    heads = F.pad(heads, (0, new - old)) if new > old else heads[..., :new]
+    return heads.flatten(-2).movedim(-1, axis).contiguous()
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention: fused q/k/v projection without bias, output projection
     with bias, standard 1/sqrt(D/H) scaling (the original scales by 1/sqrt(D): a documented
-    deliberate difference)."""
+    deliberate difference).
 
-    def __init__(self, dim: int, heads: int):
+    head_multiple > 1 stores every head padded with zero features up to a multiple of it (the
+    paper model: D/H = 27 -> 32 with 8). GPU attention kernels want such head dimensions and
+    otherwise pad q, k and v on every call; padding the weights once costs nothing per call.
+    The padded q/k/v features are zero, so they add nothing to q.k and give zero outputs, which
+    zero output-projection columns ignore; every gradient of the padding is therefore exactly
+    zero and Adam/AdamW (with or without weight decay) keep it zero: same function, same
+    training. state_dict() and load_state_dict() use the unpadded layout, so checkpoints load
+    into either layout (an optimizer's state, shaped like the stored weights, does not).
+    """
+
+    def __init__(self, dim: int, heads: int, head_multiple: int = 1):
         super().__init__()
         if dim % heads:
             raise ValueError(f"heads={heads} must divide the token dimension {dim}")
-        self.heads = heads
+        self.heads, self.head_dim = heads, dim // heads
+        self.stored_head_dim = -(-self.head_dim // head_multiple) * head_multiple
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
+        if self.stored_head_dim != self.head_dim:
+            # pad the weights the unpadded layers drew, so a seed gives the same model
+            with torch.no_grad():
+                self.qkv.weight = nn.Parameter(self.stored(self.qkv.weight, 0))
+                self.proj.weight = nn.Parameter(self.stored(self.proj.weight, 1))
+            self.qkv.out_features = 3 * self.heads * self.stored_head_dim
+            self.proj.in_features = self.heads * self.stored_head_dim
+            self.register_state_dict_post_hook(SelfAttention._unpad_state)
+            self.register_load_state_dict_pre_hook(SelfAttention._pad_state)
+
+    def stored(self, weight: torch.Tensor, axis: int) -> torch.Tensor:
+        """The stored (padded) layout of an unpadded qkv (axis 0) or proj (axis 1) weight."""
+        return resize_heads(weight, axis, self.head_dim, self.stored_head_dim)
+
+    def real(self, weight: torch.Tensor, axis: int) -> torch.Tensor:
+        """The unpadded layout of a stored qkv (axis 0) or proj (axis 1) weight or gradient."""
+        return resize_heads(weight, axis, self.stored_head_dim, self.head_dim)
+
+    def _unpad_state(self, state_dict, prefix, local_metadata) -> None:
+        for name, axis in (("qkv.weight", 0), ("proj.weight", 1)):
+            state_dict[prefix + name] = self.real(state_dict[prefix + name], axis)
+
+    def _pad_state(self, state_dict, prefix, *args) -> None:
+        for name, axis in (("qkv.weight", 0), ("proj.weight", 1)):
+            if prefix + name in state_dict:  # a missing key is load_state_dict's to report
+                state_dict[prefix + name] = self.stored(state_dict[prefix + name], axis)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
-        b, t, d = x.shape
-        # (B, T, 3D) -> q, k, v as (B, H, T, D/H) strided views, no copy. unbind(2) rather
+        b, t, _ = x.shape
+        s = self.stored_head_dim
+        # (B, T, 3 H s) -> q, k, v as (B, H, T, s) strided views, no copy. unbind(2) rather
         # than permute(2, 0, 3, 1, 4) + unbind(0): the same views, but autograd then stacks
-        # the three gradients straight into the (B, T, 3, H, D/H) layout of the qkv output
-        # (one copy), where the permuted version stacks them (3, B, H, T, D/H)-major and
+        # the three gradients straight into the (B, T, 3, H, s) layout of the qkv output
+        # (one copy), where the permuted version stacks them (3, B, H, T, s)-major and
         # copies again to undo the permutation (measured: the attention's forward + backward
         # about 10% faster on CPU; the copy shows up as ViewBackward0 -> clone in a profile).
         q, k, v = (part.transpose(1, 2) for part in
-                   self.qkv(x).view(b, t, 3, self.heads, d // self.heads).unbind(2))
+                   self.qkv(x).view(b, t, 3, self.heads, s).unbind(2))
+        scale = self.head_dim ** -0.5  # the real head dimension: padding adds nothing to q.k
         if return_attention:
             # scaled_dot_product_attention hides the weights; compute them only when asked.
-            weights = torch.softmax(q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5, dim=-1)
+            weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
             out = weights @ v
         else:
             weights = None
-            out = F.scaled_dot_product_attention(q, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
         # SDPA's fused kernels (CPU flash, CUDA flash and memory-efficient) return
-        # (B, H, T, D/H) laid out as (B, T, H, D/H): this transpose + reshape is a view.
-        out = self.proj(out.transpose(1, 2).reshape(b, t, d))
+        # (B, H, T, s) laid out as (B, T, H, s): this transpose + reshape is a view.
+        out = self.proj(out.transpose(1, 2).reshape(b, t, self.heads * s))
         return out, weights
 
 
@@ -119,9 +167,10 @@ class Block(nn.Module):
     """Post-LayerNorm transformer block, as the original:
     x = LN1(x + Attn(x)); x = Dropout(x); x = LN2(x + FF(x)); x = Dropout(x)."""
 
-    def __init__(self, dim: int, heads: int, hidden_mult: int, dropout: float):
+    def __init__(self, dim: int, heads: int, hidden_mult: int, dropout: float,
+                 head_multiple: int = 1):
         super().__init__()
-        self.attn = SelfAttention(dim, heads)
+        self.attn = SelfAttention(dim, heads, head_multiple)
         self.norm1 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
             nn.Linear(dim, hidden_mult * dim), nn.ReLU(), nn.Linear(hidden_mult * dim, dim)
@@ -137,18 +186,22 @@ class Block(nn.Module):
 
 
 class APLTransformer(nn.Module):
-    """Images -> contextualised token features (B, T, D). No positional information."""
+    """Images -> contextualised token features (B, T, D). No positional information.
+
+    head_multiple pads the attention heads (see SelfAttention); not a run option: whether it
+    pays on a GPU is unmeasured, so runs use the default, unpadded."""
 
     def __init__(self, image_size: int = 96, grid: int = 7, crop: int = 1,
                  encoder: str = "flatten", blocks: int = 4, heads: int = 16,
-                 hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1):
+                 hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1,
+                 head_multiple: int = 1):
         super().__init__()
         self.image_size, self.grid, self.crop = image_size, grid, crop
         self.encoder = build_encoder(encoder, crop)
         self.dim = token_dim(image_size, grid, crop, encoder)
         self.patch_dropout = PatchDropout(patch_dropout)
         self.blocks = nn.ModuleList(
-            Block(self.dim, heads, hidden_mult, dropout) for _ in range(blocks)
+            Block(self.dim, heads, hidden_mult, dropout, head_multiple) for _ in range(blocks)
         )
 
     @property
@@ -222,15 +275,17 @@ def architecture_kwargs(config: PretrainConfig) -> dict:
     return {name: getattr(config, name) for name in names}
 
 
-def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:
-    return APLPretrainModel(APLTransformer(**architecture_kwargs(config)), config.mlp_head)
+def build_pretrain_model(config: PretrainConfig, head_multiple: int = 1) -> APLPretrainModel:
+    transformer = APLTransformer(**architecture_kwargs(config), head_multiple=head_multiple)
+    return APLPretrainModel(transformer, config.mlp_head)
 
 
-def build_classifier(config: FinetuneConfig, architecture: PretrainConfig) -> APLClassifier:
+def build_classifier(config: FinetuneConfig, architecture: PretrainConfig,
+                     head_multiple: int = 1) -> APLClassifier:
     """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
     with the fine-tuning dropout and PatchDropout."""
     transformer = APLTransformer(**{
         **architecture_kwargs(architecture),
         "dropout": config.dropout, "patch_dropout": config.patch_dropout,
-    })
+    }, head_multiple=head_multiple)
     return APLClassifier(transformer, config.num_classes, config.mlp_head)

@@ -15,24 +15,12 @@ import time
 from pathlib import Path
 
 import torch
+from naive_model import original_pipeline
 from PIL import Image
-from torchvision import transforms
 
 from apl_core.augment import AugmentSpec, augment
 
 RESULTS = Path(__file__).parent / "results" / "augment.json"
-
-
-def original_pipeline(size: int) -> transforms.Compose:
-    """The original's pretraining transform, applied to one PIL image at a time."""
-    return transforms.Compose([
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomResizedCrop(size, scale=(0.6, 1.0)),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.RandomApply([transforms.GaussianBlur(9, (0.1, 0.5))], p=0.5),
-        transforms.ToTensor(),
-        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-    ])
 
 
 def time_original(images: torch.Tensor, seconds: float) -> float:

@@ -1,11 +1,17 @@
-"""The APL model written the textbook way: the yardstick `throughput.py` measures ours against.
+"""The original's training, written the way the original writes it: the yardstick
+`throughput.py` measures ours against.
 
-This is how the original code (and the "transformers from scratch" tutorial code it builds on)
-writes the model: separate query/key/value `Linear` layers, heads split with
+The model: separate query/key/value `Linear` layers, heads split with
 `.transpose(1, 2).contiguous().view(b * h, t, s)` copies, the attention as two `torch.bmm`
-calls around an explicit softmax (or, with attention="loop", one head at a time), fp32, plain
-`nn.Dropout`, the patches cut with `unfold` and center-cropped, and a training step with the
-per-tensor Adam loop, boolean indexing of the kept tokens and `.item()` for the logged numbers.
+calls around an explicit softmax (or, with attention="loop", one head at a time), plain
+`nn.Dropout`, the patches cut with `unfold` and center-cropped, the PatchDropout mask drawn on
+the CPU and moved to the device. The step (`original_pretrain_step`, `original_finetune_step`):
+fp16 autocast with a GradScaler on CUDA (fp32 on a CPU, where the original has no mixed
+precision), torch.optim.Adam's default implementation (the per-tensor loop on a CPU, foreach
+on CUDA), boolean indexing of the kept tokens, and the logged loss and accuracy read with
+`.item()` every step. The data path (`OriginalDataset`):
+one PIL image per sample through per-image torchvision transforms, patchified in the
+DataLoader's workers.
 
 It computes the same function as `apl_core.model` given the same weights (`from_fast` copies
 them; tests/test_model.py checks it), so the two differ only in how they compute. One knob
@@ -16,7 +22,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
+from torchvision import transforms
 
 
 def naive_patches(images: torch.Tensor, grid: int, crop: int) -> torch.Tensor:
@@ -97,13 +105,14 @@ class NaiveTransformer(nn.Module):
             NaiveBlock(self.emb, heads, hidden_mult, dropout, attention, scale)
             for _ in range(blocks)])
 
-    def forward(self, images):
-        """-> (features (B, T, D), keep mask (B, T))."""
-        x = naive_patches(images, self.grid, self.crop)
+    def forward(self, x):
+        """Images (B, 3, N, N), or tokens (B, T, D) as OriginalDataset cuts them ->
+        (features (B, T, D), keep mask (B, T))."""
+        if x.dim() == 4:
+            x = naive_patches(x, self.grid, self.crop)
         b, t, _ = x.shape
         if self.training and self.patch_dropout > 0:
-            keep = torch.bernoulli(torch.full((b, t), 1 - self.patch_dropout,
-                                             device=x.device)).bool()
+            keep = torch.bernoulli(torch.full((b, t), 1 - self.patch_dropout)).bool().to(x.device)
             x = x * keep.unsqueeze(-1).float()
         else:
             keep = torch.ones(b, t, dtype=torch.bool, device=x.device)
@@ -157,24 +166,65 @@ def from_fast(naive: nn.Module, fast: nn.Module) -> nn.Module:
     return naive
 
 
-def naive_pretrain_step(model, optimizer, images) -> tuple[float, float]:
-    """The textbook step: loss over the kept tokens picked by boolean indexing, zero_grad,
-    backward, Adam step, and the logged loss and accuracy read with .item() every step."""
-    logits, keep = model(images)
-    targets = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
-    kept_logits, kept_targets = logits[keep], targets[keep]
-    loss = F.cross_entropy(kept_logits, kept_targets)
+def original_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """The original's precision: fp16 autocast with a GradScaler on CUDA; a disabled scaler
+    (fp32) on a CPU."""
+    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+
+
+def original_pretrain_step(model, optimizer, scaler, batch) -> tuple[float, float]:
+    """The original's pretraining step on images or tokens: loss over the kept tokens picked
+    by boolean indexing, zero_grad, scaled backward, Adam step, and the logged loss and
+    accuracy read with .item() every step."""
+    with torch.autocast(batch.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        logits, keep = model(batch)
+        targets = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+        kept_logits, kept_targets = logits[keep], targets[keep]
+        loss = F.cross_entropy(kept_logits, kept_targets)
     optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     accuracy = (kept_logits.argmax(-1) == kept_targets).float().mean()
     return loss.item(), accuracy.item()
 
 
-def naive_finetune_step(model, optimizer, images, labels) -> tuple[float, float]:
-    logits = model(images)
-    loss = F.cross_entropy(logits, labels)
+def original_finetune_step(model, optimizer, scaler, images, labels) -> tuple[float, float]:
+    with torch.autocast(images.device.type, dtype=torch.float16, enabled=scaler.is_enabled()):
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return loss.item(), (logits.argmax(-1) == labels).float().mean().item()
+
+
+def original_pipeline(size: int, scale: tuple[float, float] = (0.6, 1.0)) -> transforms.Compose:
+    """The original's per-image augmentation (docs/method.md; fine-tuning: scale (0.8, 1))."""
+    return transforms.Compose([
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomResizedCrop(size, scale=scale),
+        transforms.RandomGrayscale(p=0.2),
+        transforms.RandomApply([transforms.GaussianBlur(9, (0.1, 0.5))], p=0.5),
+        transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    ])
+
+
+class OriginalDataset(torch.utils.data.Dataset):
+    """The original's data path, one sample at a time in a DataLoader worker: the uint8
+    image (as STL-10's arrays hold it) -> a PIL image -> the per-image augmentation ->
+    the cropped patches flattened into tokens (T, D)."""
+
+    def __init__(self, images: torch.Tensor, grid: int, crop: int,
+                 scale: tuple[float, float] = (0.6, 1.0)):
+        self.images, self.grid, self.crop = images, grid, crop
+        self.transform = original_pipeline(images.shape[-1], scale)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        image = Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
+        return naive_patches(self.transform(image)[None], self.grid, self.crop)[0]
