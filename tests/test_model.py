@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.model import (APLClassifier, APLPretrainModel, APLTransformer, Block,
-                            PatchDropout, architecture_kwargs, build_classifier, build_encoder,
-                            build_pretrain_model, mlp)
+                            PatchDropout, SelfAttention, architecture_kwargs, build_classifier,
+                            build_encoder, build_pretrain_model, mlp)
 from apl_core.puzzle import position_targets
 
 SMALL = dict(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2)
@@ -368,3 +368,38 @@ def test_original_benchmark_step_trains_on_the_original_data_path():
                                             tokens)
     assert math.isfinite(loss) and 0 <= accuracy <= 1
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
+
+
+def test_heads_are_stored_unpadded_unless_asked():
+    """The default layout is the real one: checkpoints' optimizer states and the CPU speed
+    (padding costs 2-6 % there) depend on it; head_multiple reaches every attention layer."""
+    config = PretrainConfig(**SMALL)  # D = 147, 3 heads of 49
+    layers = {
+        "SelfAttention": SelfAttention(147, 3),
+        "Block": Block(147, 3, hidden_mult=2, dropout=0.0).attn,
+        "APLTransformer": APLTransformer(**architecture_kwargs(config)).blocks[0].attn,
+        "build_pretrain_model": build_pretrain_model(config).transformer.blocks[0].attn,
+        "build_classifier": build_classifier(FinetuneConfig(), config).transformer.blocks[0].attn,
+    }
+    for name, attn in layers.items():
+        assert attn.qkv.weight.shape == (3 * 147, 147), name
+        assert attn.proj.weight.shape == (147, 147), name
+    padded = [build_pretrain_model(config, head_multiple=8).transformer,
+              build_classifier(FinetuneConfig(), config, head_multiple=8).transformer]
+    for attn in (transformer.blocks[-1].attn for transformer in padded):
+        # 49 -> 56 features per head; the layers describe their stored sizes
+        assert attn.qkv.weight.shape == (3 * 3 * 56, 147) and attn.proj.weight.shape == (147, 168)
+        assert (attn.qkv.out_features, attn.qkv.in_features) == attn.qkv.weight.shape
+        assert (attn.proj.out_features, attn.proj.in_features) == attn.proj.weight.shape
+
+
+def test_attention_layer_returns_weights_only_when_asked():
+    attn = SelfAttention(6, 2)
+    x = torch.randn(2, 4, 6)
+    assert attn(x)[1] is None
+    assert attn(x, return_attention=True)[1].shape == (2, 2, 4, 4)
+
+
+def test_heads_that_do_not_divide_the_token_dimension_are_refused():
+    with pytest.raises(ValueError, match=r"^heads=5 must divide the token dimension 147$"):
+        SelfAttention(147, 5)
