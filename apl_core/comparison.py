@@ -16,6 +16,7 @@ from .analysis import knn_accuracy
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig, profile_config
 from .data import finetune_sets
 from .model import build_pretrain_model
+from .rundir import last_evaluation
 from .train import finetune, load_pretrained, resolve_device
 
 METHODS = (
@@ -62,7 +63,7 @@ def compare(profile: str, pretrain_run: str, npcs, methods=METHODS,
         for method in methods:
             config = method_config(method, npc, profile, pretrain_run, pretrained, **settings)
             result = finetune(config, resume="auto")
-            last = [r for r in result.metrics if "test_top1" in r][-1]
+            last = last_evaluation(result.metrics, result.run_dir)
             row = dict(method=method, npc=npc, test_images=test_images,
                        test_top1=last["test_top1"],
                        test_top5=last["test_top5"], test_nll=last["test_nll"],

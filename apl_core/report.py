@@ -1,10 +1,10 @@
 """Notebook 05's report: the runs' own numbers read back, the method's claim checked against
-them, and the report written as markdown and JSON.
+them, and the report written as markdown.
 
     pretraining_summary   notebook 02's run: what it trained and what it reached
     finetuning_results    notebook 04's runs: the last evaluation of each (method, NPC)
     claim_checks          each statement of the claim, yes or no, with the measured margin
-    write_report          report.md (tables, figures, provenance) and results.json
+    write_report          report.md: the provenance line, the tables and the figures
 
 A difference counts only beyond the noise of the test set: the standard error of an accuracy
 near p on n images is sqrt(p (1 - p) / n), at most sqrt(0.25 / n), and we ask for twice that, at
@@ -17,7 +17,7 @@ import json
 import math
 from pathlib import Path
 
-from .rundir import read_metrics
+from .rundir import last_evaluation, read_metrics
 from .viz import markdown_table
 
 CHANCE = 0.1  # 10 classes
@@ -115,17 +115,12 @@ def pretraining_summary(run_dir: str | Path) -> dict:
 
 def finetuning_results(sweep_rows: list[dict]) -> list[dict]:
     """Each run of notebook 04's sweep ({"method", "npc", "run_dir"}) with the test top-1 of its
-    last evaluation, the number the recipe fixes in advance (the best epoch would be chosen on
-    the test set), and its training minutes."""
+    last evaluation (`rundir.last_evaluation`) and its training minutes."""
     rows = []
     for entry in sweep_rows:
         metrics = read_metrics(entry["run_dir"])
-        evaluated = [r for r in metrics if "test_top1" in r]
-        if not evaluated:
-            raise ValueError(f"{entry['run_dir']} has no test evaluation in metrics.jsonl: the "
-                             f"run did not finish; rerun notebook 04 to complete it")
         rows.append({"method": entry["method"], "npc": entry["npc"],
-                     "test_top1": evaluated[-1]["test_top1"],
+                     "test_top1": last_evaluation(metrics, entry["run_dir"])["test_top1"],
                      "minutes": sum(r["epoch_time_s"] for r in metrics) / 60})
     return rows
 

@@ -115,6 +115,16 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+def last_evaluation(metrics: list[dict], run_dir: str | Path) -> dict:
+    """The last row of a fine-tuning run's metrics that holds a test evaluation: the number the
+    recipe fixes in advance (the best epoch would be chosen on the test set)."""
+    evaluated = [row for row in metrics if "test_top1" in row]
+    if not evaluated:
+        raise ValueError(f"{run_dir} has no test evaluation in metrics.jsonl: the run did not "
+                         f"finish; rerun notebook 04 to complete it")
+    return evaluated[-1]
+
+
 class RunLog:
     """config.json, metrics.jsonl and TensorBoard events of one run (written by rank 0 only).
     On resume, metrics.jsonl is rewritten from the checkpoint's rows, so it never holds
