@@ -390,6 +390,20 @@ def epoch_images(pre, args, device) -> torch.Tensor:
     return torch.randint(0, 256, (count, 3, n, n), dtype=torch.uint8, generator=generator)
 
 
+def data_path_speed(loader, count: int, device) -> float:
+    """Images/s of iterating `loader` (`count` images a pass) alone: one warm-up pass, then
+    DATA_PASSES timed passes. Both data paths are timed by this, so alike."""
+    for _ in loader:
+        pass
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(DATA_PASSES):
+        for _ in loader:
+            pass
+    sync(device)
+    return DATA_PASSES * count / (time.perf_counter() - start)
+
+
 def measure_epoch(pre, args, device, dtype, images, report):
     """train_one_epoch over a BatchLoader of uint8 images with the pretraining augmentation:
     the whole path from uint8 images to the optimizer step."""
@@ -398,15 +412,7 @@ def measure_epoch(pre, args, device, dtype, images, report):
                          drop_last=True, device=device,
                          augment=AugmentSpec(scale=(pre.crop_scale, 1.0)), seed=0)
     # the data path alone: uint8 -> device -> augment (patchify runs inside the model)
-    for _ in loader:  # warm-up
-        pass
-    sync(device)
-    start = time.perf_counter()
-    for _ in range(DATA_PASSES):
-        for _ in loader:
-            pass
-    sync(device)
-    data_seconds = time.perf_counter() - start
+    data_images_per_s = data_path_speed(loader, count, device)
     torch.manual_seed(0)
     step = OurStep(build_pretrain_model(pre).to(device), "pretrain", pre, device, dtype,
                    compile_model=args.compile)
@@ -420,7 +426,7 @@ def measure_epoch(pre, args, device, dtype, images, report):
     report["epoch"] = {
         "images": count, "batch_size": args.batch_size, "precision": dtype_name(dtype),
         "compiled": args.compile, "epoch_s": seconds, "images_per_s": images_per_s,
-        "data_path_images_per_s": DATA_PASSES * count / data_seconds,
+        "data_path_images_per_s": data_images_per_s,
         "projected_300_epochs_stl10_s": PAPER_EPOCHS * STL10_UNLABELED / images_per_s,
         "note": "train_one_epoch over BatchLoader(augment=AugmentSpec()); evaluation, "
                 "checkpoints and logging of the real run are not included",
@@ -441,13 +447,7 @@ def measure_original_path(pre, args, device, images, report):
         loader = torch.utils.data.DataLoader(dataset, b, shuffle=True, drop_last=True,
                                              num_workers=workers, persistent_workers=True)
         count = len(loader) * b
-        for _ in loader:  # starts the workers
-            pass
-        start = time.perf_counter()
-        for _ in range(DATA_PASSES):
-            for _ in loader:
-                pass
-        data_seconds = time.perf_counter() - start
+        data_images_per_s = data_path_speed(loader, count, device)  # its warm-up starts them
         torch.manual_seed(0)
         model = original_model("pretrain", pre, None, build_pretrain_model(pre),
                                args.original_attention)
@@ -458,7 +458,7 @@ def measure_original_path(pre, args, device, images, report):
         for tokens in loader:
             step.step(tokens.to(device), None)
         sync(device)
-        rows.append({"workers": workers, "data_images_per_s": DATA_PASSES * count / data_seconds,
+        rows.append({"workers": workers, "data_images_per_s": data_images_per_s,
                      "path_images_per_s": count / (time.perf_counter() - start)})
     report["original_path"] = {
         "images": count, "batch_size": b, "precision": step.precision, "rows": rows,
