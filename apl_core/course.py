@@ -124,21 +124,24 @@ README_FIGURES = ("01_puzzle_photo", "01_dataset_puzzle", "03_confusion", "03_at
                   "03_reassembled_puzzles", "04_accuracy_vs_npc")
 
 
+def cpu_name() -> str:
+    """The processor's model name ('AMD EPYC'), from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_description(device: str) -> str:
     """'NVIDIA H200' or 'AMD EPYC (2 threads)': what the numbers of a run were measured on."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} threads)"
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
 def publish_figures(out: Path, dest: Path, profile: str, device: str) -> None:

@@ -67,6 +67,7 @@ from naive_model import (NaiveClassifier, NaivePretrainModel, OriginalDataset,  
 from apl_core import train as engine  # noqa: E402
 from apl_core.augment import AugmentSpec  # noqa: E402
 from apl_core.config import profile_config  # noqa: E402
+from apl_core.course import cpu_name  # noqa: E402
 from apl_core.data import BatchLoader, ImageSet  # noqa: E402
 from apl_core.distributed import DistContext  # noqa: E402
 from apl_core.model import build_classifier, build_pretrain_model  # noqa: E402
@@ -540,16 +541,9 @@ def measure_model_matmuls(pre, args, device, dtype, ceilings, report):
 def machine(device) -> dict:
     info = {"torch": torch.__version__, "python": platform.python_version(),
             "device": device.type, "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "cpu": cpu_name(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32

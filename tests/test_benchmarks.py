@@ -21,6 +21,7 @@ def test_throughput_benchmark_reports_ours_against_the_original(tmp_path):
          "--precision", "fp32", "--head-multiple", "1,2", "--profile", "--json", str(out)],
         cwd=ROOT, check=True, capture_output=True, timeout=300)
     report = json.loads(out.read_text())
+    assert report["machine"]["cpu"]  # every number is reported next to the CPU it ran on
     variants = {(r["phase"], r["variant"]) for r in report["rows"]}
     for phase in ("pretrain", "finetune"):
         assert {(phase, "ours fp32"), (phase, "ours fp32 head-pad 2"),
