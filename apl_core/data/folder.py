@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import write_atomic
 from ..config import UNREADABLE_IMAGES
-from .imageset import ImageSet
+from .imageset import ImageSet, random_index
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -69,9 +69,8 @@ def load_folder(split: str, data_dir: str, image_size: int = 96, limit: int = 0,
     if not files:
         where = root if split == "unlabeled" else root / split / "<class>"
         raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {where}")
-    if 0 < limit < len(files):
-        generator = torch.Generator().manual_seed(seed)
-        keep = torch.randperm(len(files), generator=generator)[:limit].sort().values
+    keep = random_index(len(files), limit, seed)  # drawn before decoding: only these are read
+    if keep is not None:
         files = [files[i] for i in keep]
         labels = None if labels is None else labels[keep]
     cache = None

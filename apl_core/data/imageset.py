@@ -38,13 +38,19 @@ class ImageSet:
         return ImageSet(self.images[index], labels, list(self.classes))
 
 
+def random_index(count: int, limit: int, seed: int) -> torch.Tensor | None:
+    """`limit` of `count` positions drawn with `seed`, sorted (a memory-mapped file is then
+    read front to back); None when limit is 0 or not below count: keep everything."""
+    if limit <= 0 or limit >= count:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(count, generator=generator)[:limit].sort().values
+
+
 def random_subset(data: ImageSet, limit: int, seed: int) -> ImageSet:
     """`limit` random images of `data` drawn with `seed` (all of them when limit is 0)."""
-    if limit <= 0 or limit >= len(data):
-        return data
-    generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(data), generator=generator)[:limit].sort().values
-    return data.subset(index)  # sorted: a memory-mapped file is read front to back
+    index = random_index(len(data), limit, seed)
+    return data if index is None else data.subset(index)
 
 
 def resize_split(data: ImageSet, image_size: int, name: str, chunk: int = 1024) -> ImageSet:
