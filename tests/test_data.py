@@ -16,7 +16,7 @@ import torch
 
 from apl_core import data
 from apl_core.data import folder as folder_source
-from apl_core.data import stl10
+from apl_core.data import stl10, synthetic
 from apl_core.data import (
     BatchLoader, CorruptDatasetError, DatasetNotFoundError, ImageSet, labelled_split, load_split,
     stratified_indices,
@@ -192,6 +192,24 @@ def test_synthetic_is_deterministic_per_image_and_seed():
     for other in (other_seed, other_split):
         differs = (other.images != a.images).flatten(1).any(dim=1)
         assert differs.all()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_no_pretraining_scene_is_a_test_scene(seed):
+    """Every (seed, split, index) draws its own scene: the sky (top rows: its colours, the
+    sun's glow, the clouds and the noise) of no pretraining image equals a test image's, and no
+    two images draw the same scene parameters. A symmetric key once gave pretraining image 3
+    test image 1's scene."""
+    def skies(split, n):
+        images = data.synthetic_images(seed, split, torch.arange(n), 16)
+        return {bytes(row) for row in images[:, :, :3].flatten(1).numpy()}
+
+    pretraining, test = skies("unlabeled", 3000), skies("test", 2000)
+    assert len(pretraining) == 3000 and len(test) == 2000
+    assert not pretraining & test
+    draws = torch.cat([synthetic._Draws(seed, split, torch.arange(n)).uniform(0, 1, 8)
+                       for split, n in (("unlabeled", 20_000), ("train", 5000), ("test", 8000))])
+    assert len(torch.unique(draws, dim=0)) == len(draws)
 
 
 def test_synthetic_split_sizes_and_balanced_classes():

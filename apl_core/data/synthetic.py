@@ -28,11 +28,18 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
 
 class _Draws:
     """Uniform random numbers that depend only on (seed, split, image index, draw number),
-    so image i is the same whether it is generated alone or in any batch."""
+    so image i is the same whether it is generated alone or in any batch.
+
+    Every image of a seed has its own key: (index, split) -> 4 index + split id is one-to-one,
+    and so are the XOR with the seed's hash and `_hash32` (a bijection of 32-bit integers). No
+    pretraining image can therefore share its scene with a test image, as it could with a
+    symmetric mix such as hash(split) ^ hash(index)."""
 
     def __init__(self, seed: int, split: str, index: torch.Tensor):
-        base = _hash32(torch.tensor(seed * 4099 + _SPLIT_IDS[split]))
-        self.keys = _hash32(base ^ _hash32(index))
+        if len(index) and int(index.max()) >= 1 << 30:
+            raise ValueError(f"image index {int(index.max())} is too large: indices < 2^30")
+        slot = torch.as_tensor(index, dtype=torch.int64) * 4 + _SPLIT_IDS[split]
+        self.keys = _hash32(slot ^ _hash32(torch.tensor(seed)))
         self.count = 0
 
     def uniform(self, low: float = 0.0, high: float = 1.0, *shape: int) -> torch.Tensor:
