@@ -1,13 +1,19 @@
-"""The experiment of notebook 04: APL against the same model from scratch and the CNNs.
+"""The experiment of notebook 04: APL against the same model from scratch, with and without
+positional embeddings, and the CNNs.
 
-Every method is one `FinetuneConfig` built from the profile by `method_config`; all of them
-see the same labelled images (label_seed), the same test images and the same schedule.
-`compare` runs a sweep over labelled images per class (NPC) and returns one row per
-(method, NPC); `knn_comparison` probes the frozen features without training anything.
-`benchmarks/claim_seeds.py` repeats both over several pretraining seeds.
+Every method is one `FinetuneConfig` built from the profile by `method_config`, with the
+settings the profile's hyper-parameter search chose for it (`apl_core.tuning`); all of them
+see the same labelled images and the same test images. `compare` runs a sweep over labelled
+images per class (NPC) and returns one row per (method, NPC); `search` runs the search's
+candidates on the validation part; `knn_comparison` probes the frozen features without
+training anything. Seed s draws its own labelled subset and validation part (label seed
+42 + s; seed 0 keeps the original's 42); the test images are the same for every seed.
+`benchmarks/claim_seeds.py` repeats the comparison over seeds.
 """
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 from collections.abc import Callable
 
 import torch
@@ -18,12 +24,14 @@ from .data import finetune_sets
 from .model import build_pretrain_model
 from .rundir import last_evaluation
 from .train import finetune, load_pretrained, resolve_device
+from .tuning import candidates, tuned_settings
 
 METHODS = (
     "APL fine-tune",  # pretrained transformer + new linear head, all trained
     "APL linear probe",  # only the new head trains on the frozen pretrained features
     "BENCHMARK",  # the same architecture from random initialisation, all trained
     "BENCHMARK linear probe",  # only the head trains on frozen random-init features
+    "BENCHMARK + positions",  # BENCHMARK with learned positional embeddings: a ViT
     "S-CNN",
     "S-ResNet-18",
 )
@@ -31,51 +39,113 @@ CNN_MODELS = {"S-CNN": "s-cnn", "S-ResNet-18": "s-resnet"}
 
 
 def method_config(method: str, npc: int, profile: str, pretrain_run: str,
-                  pretrained: PretrainConfig, **settings) -> FinetuneConfig:
+                  pretrained: PretrainConfig, tuned: bool = True,
+                  **settings) -> FinetuneConfig:
     """The fine-tuning config of `method` at `npc` labelled images per class: the profile's
     fine-tuning settings (its probe settings for the linear probes), the pretrained run's
-    architecture and image size, then `settings` (data_dir, runs_dir, device, any
-    FinetuneConfig field)."""
+    architecture and image size, the labels of the seed (label_seed 42 + seed), the settings
+    the profile's search chose (unless tuned=False), then `settings` (data_dir, runs_dir,
+    device, any FinetuneConfig field), which win."""
     if method not in METHODS:
         raise ValueError(f"method={method!r} is invalid: choose from {METHODS}")
-    values = dict(settings, npc=npc, image_size=pretrained.image_size)
+    values = dict(npc=npc, image_size=pretrained.image_size,
+                  label_seed=FinetuneConfig.label_seed + settings.get("seed", 0))
     probe = method.endswith("linear probe")
     if method in CNN_MODELS:
         values["model"] = CNN_MODELS[method]
     else:
         values.update(model="apl",
                       architecture={k: getattr(pretrained, k) for k in ARCHITECTURE_FIELDS},
-                      pretrained=pretrain_run if method.startswith("APL") else "")
-    return profile_config(profile, "probe" if probe else "finetune", **values)
+                      pretrained=pretrain_run if method.startswith("APL") else "",
+                      positional_embedding=method.endswith("+ positions"))
+    if tuned:
+        values.update(tuned_settings(profile).get((method, npc), {}))
+    return profile_config(profile, "probe" if probe else "finetune", **{**values, **settings})
+
+
+def train_all(configs: list[FinetuneConfig], workers: int = 1) -> None:
+    """Finish every run of `configs` (finished runs are left as they are), in `workers`
+    processes that share the CPU threads. Small models use two cores better as two runs at a
+    time than as one run on two threads."""
+    if workers <= 1:
+        for config in configs:
+            finetune(config, resume="auto")
+        return
+    threads = max(1, torch.get_num_threads() // workers)
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        for _ in pool.map(_finish, configs):
+            pass
+
+
+def _finish(config: FinetuneConfig) -> None:
+    finetune(config, resume="auto")
 
 
 def compare(profile: str, pretrain_run: str, npcs, methods=METHODS,
-            report: Callable[[dict], None] | None = None, **settings) -> list[dict]:
+            report: Callable[[dict], None] | None = None, workers: int = 1,
+            **settings) -> list[dict]:
     """Fine-tune every method at every NPC (finished runs are read back, not retrained).
-    One row per run: method, npc, the last evaluation's test (and validation) accuracy,
-    the number of test images, the epochs, the training time and the run directory.
-    `report(row)` is called after each run."""
+    One row per run: method, npc, lr, epochs, the last evaluation's test (and validation)
+    accuracy, the last epoch's training accuracy, the number of test images, the training
+    time and the run directory. `report(row)` is called after each run."""
     _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
-    reference = method_config(methods[0], npcs[0], profile, pretrain_run, pretrained, **settings)
-    test_images = len(finetune_sets(reference)[2])  # every run is tested on these images
+    configs = {(method, npc): method_config(method, npc, profile, pretrain_run, pretrained,
+                                            **settings)
+               for npc in npcs for method in methods}
+    test_images = len(finetune_sets(next(iter(configs.values())))[2])  # the same for every run
+    if workers > 1:
+        train_all(list(configs.values()), workers)
     rows = []
+    for (method, npc), config in configs.items():
+        result = finetune(config, resume="auto")
+        last = last_evaluation(result.metrics, result.run_dir)
+        row = dict(method=method, npc=npc, lr=config.lr, epochs=result.metrics[-1]["epoch"],
+                   test_images=test_images, test_top1=last["test_top1"],
+                   test_top5=last["test_top5"], test_nll=last["test_nll"],
+                   train_top1=result.metrics[-1]["train_top1"],
+                   train_time_s=sum(r["epoch_time_s"] for r in result.metrics),
+                   run_dir=str(result.run_dir.resolve()))
+        if "val_top1" in last:
+            row["val_top1"] = last["val_top1"]
+        rows.append(row)
+        if report is not None:
+            report(row)
+    return rows
+
+
+def search(profile: str, pretrain_run: str, npcs, methods=METHODS,
+           report: Callable[[dict], None] | None = None, workers: int = 1,
+           **settings) -> list[dict]:
+    """The hyper-parameter search (`apl_core.tuning`): every candidate of every method at every
+    NPC, trained on the labelled images and scored on the validation part only (the test set
+    is not evaluated). One row per candidate: method, npc, lr, epochs, steps, val_top1,
+    train_top1 (the last epoch's, augmented), seconds and the run's name. Finished runs are
+    read back, so an interrupted search continues where it stopped."""
+    _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
+    runs = []
     for npc in npcs:
         for method in methods:
-            config = method_config(method, npc, profile, pretrain_run, pretrained, **settings)
-            result = finetune(config, resume="auto")
-            last = last_evaluation(result.metrics, result.run_dir)
-            row = dict(method=method, npc=npc, test_images=test_images,
-                       test_top1=last["test_top1"],
-                       test_top5=last["test_top5"], test_nll=last["test_nll"],
-                       train_top1=result.metrics[-1]["train_top1"],
-                       epochs=result.metrics[-1]["epoch"],
-                       train_time_s=sum(r["epoch_time_s"] for r in result.metrics),
-                       run_dir=str(result.run_dir.resolve()))
-            if "val_top1" in last:
-                row["val_top1"] = last["val_top1"]
-            rows.append(row)
-            if report is not None:
-                report(row)
+            base = method_config(method, npc, profile, pretrain_run, pretrained, tuned=False,
+                                 **{**settings, "evaluate_test": False})
+            if not base.val_per_class:
+                raise ValueError(f"the {profile} profile has no validation part to search on: "
+                                 f"give val_per_class > 0")
+            runs += [(method, npc, base.replace(**c)) for c in candidates(base)]
+    if workers > 1:
+        train_all([config for *_, config in runs], workers)
+    rows = []
+    for method, npc, config in runs:
+        result = finetune(config, resume="auto")
+        last = result.metrics[-1]
+        rows.append(dict(method=method, npc=npc, lr=config.lr, epochs=config.epochs,
+                         steps=last["step"], val_top1=last["val_top1"],
+                         train_top1=last["train_top1"],
+                         seconds=sum(r["epoch_time_s"] for r in result.metrics),
+                         run=result.run_dir.name))
+        if report is not None:
+            report(rows[-1])
     return rows
 
 

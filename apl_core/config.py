@@ -206,6 +206,9 @@ class FinetuneConfig(_Common):
 
     model: str = "apl"  # apl | s-cnn | s-resnet
     pretrained: str = ""  # checkpoint path or run name; empty with model='apl' means BENCHMARK
+    # learned positional embeddings added to the tokens (ViT-style): the baseline the method
+    # argues against; on a pretrained model they are new and learned during fine-tuning
+    positional_embedding: bool = False
     # with no checkpoint, the APL architecture is built from these (ignored when pretrained)
     architecture: dict = field(default_factory=dict)
     head_only: bool = False
@@ -216,8 +219,9 @@ class FinetuneConfig(_Common):
     npc: int = 500  # labelled images per class; 500 is STL-10's whole train split
     val_per_class: int = 0  # held out from the labelled split for model selection
     test_per_class: int = 0  # 0: every test image
-    label_seed: int = 42
+    label_seed: int = 42  # draws the labelled subset and the validation part
     eval_every: int = 2
+    evaluate_test: bool = True  # False: a hyper-parameter search, which must not see the test set
     select_best: bool = False  # keep the weights with the best validation accuracy
     crop_scale: float = 0.8
     num_classes: int = 10
@@ -233,11 +237,12 @@ class FinetuneConfig(_Common):
         super()._validate()
         if self.model not in FINETUNE_MODELS:
             _fail("model", self.model, f"choose one of {FINETUNE_MODELS}")
-        if self.model != "apl" and (self.pretrained or self.head_only or self.freeze_encoder):
+        if self.model != "apl" and (self.pretrained or self.head_only or self.freeze_encoder
+                                    or self.positional_embedding):
             _fail(
                 "model", self.model,
-                "the CNN baselines train from scratch: pretrained, head_only and "
-                "freeze_encoder apply to model='apl' only",
+                "the CNN baselines train from scratch: pretrained, head_only, freeze_encoder "
+                "and positional_embedding apply to model='apl' only",
             )
         if not 0 <= self.dropout < 1:
             _fail("dropout", self.dropout, "must be in [0, 1)")

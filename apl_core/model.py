@@ -1,7 +1,8 @@
 """The APL transformer: patch encoder -> PatchDropout -> post-LayerNorm blocks, with no
 positional information anywhere, so the model only sees the set of tokens and is
-permutation-equivariant. Two heads sit on top of it: `PositionHead` (pretraining, one
-linear layer shared by all tokens) and `ClassHead` (fine-tuning, global average pooling).
+permutation-equivariant. Two models put a head on it: `APLPretrainModel` (pretraining, one
+position classifier shared by all tokens) and `APLClassifier` (fine-tuning, a class head on
+the mean over tokens).
 """
 from __future__ import annotations
 
@@ -186,7 +187,9 @@ class Block(nn.Module):
 
 
 class APLTransformer(nn.Module):
-    """Images -> contextualised token features (B, T, D). No positional information.
+    """Images -> contextualised token features (B, T, D). No positional information, unless
+    positional_embedding adds a learned one to each token as a ViT does (the baseline APL is
+    compared with).
 
     head_multiple pads the attention heads (see SelfAttention); not a run option: whether it
     pays on a GPU is unmeasured, so runs use the default, unpadded."""
@@ -194,11 +197,15 @@ class APLTransformer(nn.Module):
     def __init__(self, image_size: int = 96, grid: int = 7, crop: int = 1,
                  encoder: str = "flatten", blocks: int = 4, heads: int = 16,
                  hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1,
-                 head_multiple: int = 1):
+                 head_multiple: int = 1, positional_embedding: bool = False):
         super().__init__()
         self.image_size, self.grid, self.crop = image_size, grid, crop
         self.encoder = build_encoder(encoder, crop)
         self.dim = token_dim(image_size, grid, crop, encoder)
+        self.position_embedding = None
+        if positional_embedding:  # ViT's initialisation
+            self.position_embedding = nn.Parameter(
+                nn.init.trunc_normal_(torch.zeros(1, grid**2, self.dim), std=0.02))
         self.patch_dropout = PatchDropout(patch_dropout)
         self.blocks = nn.ModuleList(
             Block(self.dim, heads, hidden_mult, dropout, head_multiple) for _ in range(blocks)
@@ -212,9 +219,13 @@ class APLTransformer(nn.Module):
         return extract_patches(images, self.grid, self.crop)
 
     def contextualize(self, patches: torch.Tensor, return_attention: bool = False):
-        """Cropped patches (B, T, 3, s, s), in any order -> (features (B, T, D), keep mask
-        (B, T), attention weights: one (B, H, T, T) per block when asked, else [])."""
-        x, keep = self.patch_dropout(self.encoder(patches))
+        """Cropped patches (B, T, 3, s, s), in any order (in grid order with a positional
+        embedding) -> (features (B, T, D), keep mask (B, T), attention weights: one
+        (B, H, T, T) per block when asked, else [])."""
+        x = self.encoder(patches)
+        if self.position_embedding is not None:
+            x = x + self.position_embedding
+        x, keep = self.patch_dropout(x)
         attention = []
         for block in self.blocks:
             x, weights = block(x, return_attention)
@@ -253,14 +264,27 @@ class APLPretrainModel(nn.Module):
 
 
 class APLClassifier(nn.Module):
-    """Transformer + global average pooling over tokens + a class head."""
+    """Transformer + global average pooling over tokens + a class head.
+
+    frozen_transformer: the linear probe. Only the head trains, and the transformer stays in
+    evaluation mode (no dropout, no PatchDropout) even while the head trains, as linear probes
+    are run: the head then fits the features the frozen model computes."""
 
     def __init__(self, transformer: APLTransformer, num_classes: int = 10,
-                 mlp_head: bool = False):
+                 mlp_head: bool = False, frozen_transformer: bool = False):
         super().__init__()
         self.transformer = transformer
         d = transformer.dim
         self.class_head = mlp(d, num_classes) if mlp_head else nn.Linear(d, num_classes)
+        self.frozen_transformer = frozen_transformer
+        if frozen_transformer:
+            self.transformer.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> APLClassifier:
+        super().train(mode)
+        if self.frozen_transformer:
+            self.transformer.eval()
+        return self
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features, _, _ = self.transformer(images)
@@ -283,9 +307,11 @@ def build_pretrain_model(config: PretrainConfig, head_multiple: int = 1) -> APLP
 def build_classifier(config: FinetuneConfig, architecture: PretrainConfig,
                      head_multiple: int = 1) -> APLClassifier:
     """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
-    with the fine-tuning dropout and PatchDropout."""
+    with the fine-tuning dropout, PatchDropout and positional embedding; frozen for a
+    linear probe (head_only)."""
     transformer = APLTransformer(**{
         **architecture_kwargs(architecture),
         "dropout": config.dropout, "patch_dropout": config.patch_dropout,
-    }, head_multiple=head_multiple)
-    return APLClassifier(transformer, config.num_classes, config.mlp_head)
+    }, head_multiple=head_multiple, positional_embedding=config.positional_embedding)
+    return APLClassifier(transformer, config.num_classes, config.mlp_head,
+                         frozen_transformer=config.head_only)

@@ -4,6 +4,11 @@ them, and the report written as markdown.
     pretraining_summary   notebook 02's run: what it trained and what it reached
     finetuning_results    notebook 04's runs: the last evaluation of each (method, NPC)
     claim_checks          each statement of the claim, yes or no, with the measured margin
+    search_table          how the search chose each method's settings (apl_core.tuning)
+    seed_table, margin_table, seed_checks
+                          the comparison over seeds that draw their own labels
+                          (benchmarks/claim_seeds.py): means, per-seed paired margins, and the
+                          claim checked on the smallest seed's margin
     write_report          report.md: the provenance line, the tables and the figures
 
 A difference counts only beyond the noise of the test set: the standard error of an accuracy
@@ -18,11 +23,14 @@ import math
 from pathlib import Path
 
 from .rundir import last_evaluation, read_metrics
+from .tuning import RESULTS_DIR, choose
 from .viz import markdown_table
 
 CHANCE = 0.1  # 10 classes
 PAIRS = (
     ("APL fine-tune", "BENCHMARK", "APL fine-tune beats BENCHMARK (same model, random init)"),
+    ("APL fine-tune", "BENCHMARK + positions", "APL fine-tune, without positions, beats the "
+     "same transformer with positional embeddings from scratch (a ViT)"),
     ("APL linear probe", "BENCHMARK linear probe",
      "a linear probe on APL features beats one on random-init features"),
 )
@@ -115,12 +123,14 @@ def pretraining_summary(run_dir: str | Path) -> dict:
 
 def finetuning_results(sweep_rows: list[dict]) -> list[dict]:
     """Each run of notebook 04's sweep ({"method", "npc", "run_dir"}) with the test top-1 of its
-    last evaluation (`rundir.last_evaluation`) and its training minutes."""
+    last evaluation (`rundir.last_evaluation`), the last epoch's training top-1 and its
+    training minutes."""
     rows = []
     for entry in sweep_rows:
         metrics = read_metrics(entry["run_dir"])
         rows.append({"method": entry["method"], "npc": entry["npc"],
                      "test_top1": last_evaluation(metrics, entry["run_dir"])["test_top1"],
+                     "train_top1": metrics[-1]["train_top1"],
                      "minutes": sum(r["epoch_time_s"] for r in metrics) / 60})
     return rows
 
@@ -130,13 +140,107 @@ def accuracy_by_run(rows: list[dict]) -> dict[tuple[str, int], float]:
 
 
 def accuracy_table(rows: list[dict]) -> str:
-    """Methods as rows, NPCs as columns, test top-1 in percent."""
-    accuracy = accuracy_by_run(rows)
-    npcs = sorted({n for _, n in accuracy})
-    table = [{"method": m, **{f"NPC {n}": 100 * accuracy[(m, n)] for n in npcs
-                              if (m, n) in accuracy}}
+    """Methods as rows, NPCs as columns: test top-1 (%) and, in brackets, the last epoch's
+    training top-1 (augmented), so that under- and over-fitting show."""
+    npcs = sorted({r["npc"] for r in rows})
+    table = [{"method": m, **{f"NPC {r['npc']}: test (train)":
+                              f"{100 * r['test_top1']:.1f} ({100 * r['train_top1']:.0f})"
+                              for r in rows if r["method"] == m}}
              for m in dict.fromkeys(r["method"] for r in rows)]
-    return markdown_table(table, formats={f"NPC {n}": ".1f" for n in npcs})
+    return markdown_table(table, columns=["method", *(f"NPC {n}: test (train)" for n in npcs)])
+
+
+def search_table(search: dict) -> str:
+    """Per method and NPC, the settings the search chose and their validation top-1, with
+    the range over all candidates (how much the choice mattered)."""
+    chosen = choose(search["rows"])
+    npcs = sorted({r["npc"] for r in search["rows"]})
+    table = []
+    for method in dict.fromkeys(r["method"] for r in search["rows"]):
+        row = {"method": method}
+        for npc in npcs:
+            runs = [r for r in search["rows"] if (r["method"], r["npc"]) == (method, npc)]
+            pick = chosen.get((method, npc))
+            if pick:
+                best = max(r["val_top1"] for r in runs)
+                worst = min(r["val_top1"] for r in runs)
+                row[f"NPC {npc}"] = (f"lr {pick['lr']:g}, {pick['epochs']} ep: "
+                                     f"{100 * best:.1f} ({100 * worst:.0f}-{100 * best:.0f})")
+        table.append(row)
+    return markdown_table(table, columns=["method", *(f"NPC {n}" for n in npcs)])
+
+
+# ---------------------------------------------------------------- seeds
+
+def load_seeds(profile: str) -> dict | None:
+    """The committed comparison over seeds of `profile` (benchmarks/claim_seeds.py), or None."""
+    path = RESULTS_DIR / f"{profile}_seeds.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _spread(values: list[float]) -> tuple[float, float]:
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
+
+
+def seed_table(seeds: dict) -> str:
+    """Test top-1 (%) per method and NPC: mean ± standard deviation over the seeds."""
+    table = []
+    for method in seeds["methods"]:
+        row = {"method": method}
+        for npc in seeds["npcs"]:
+            mean, sd = _spread([s["test_top1"][f"{method}|{npc}"] for s in seeds["seeds"]])
+            row[f"NPC {npc}"] = f"{100 * mean:.1f} ± {100 * sd:.1f}"
+        table.append(row)
+    return markdown_table(table, columns=["method", *(f"NPC {n}" for n in seeds["npcs"])])
+
+
+def seed_margins(seeds: dict) -> list[dict]:
+    """Each margin the claim rests on (PAIRS at every NPC, and kNN), per seed, paired: the
+    two methods of a seed share its labelled images and pretraining."""
+    margins = []
+    for a, b, _ in PAIRS:
+        for npc in seeds["npcs"]:
+            margins.append({"margin": f"{a} - {b}", "npc": npc, "per_seed": [
+                s["test_top1"][f"{a}|{npc}"] - s["test_top1"][f"{b}|{npc}"]
+                for s in seeds["seeds"]]})
+    knn = [list(s["knn"].values()) for s in seeds["seeds"]]
+    margins.append({"margin": "kNN: APL - random-init features", "npc": max(seeds["npcs"]),
+                    "per_seed": [apl - random for apl, random in knn]})
+    return margins
+
+
+def margin_table(seeds: dict) -> str:
+    """Every paired margin (points) per seed, its mean ± sd and the smallest seed's."""
+    rows = []
+    for m in seed_margins(seeds):
+        mean, sd = _spread(m["per_seed"])
+        rows.append({"margin (points)": m["margin"], "NPC": m["npc"],
+                     "per seed": ", ".join(f"{100 * v:+.1f}" for v in m["per_seed"]),
+                     "mean ± sd": f"{100 * mean:+.1f} ± {100 * sd:.1f}",
+                     "smallest": f"{100 * min(m['per_seed']):+.1f}"})
+    return markdown_table(rows)
+
+
+def seed_checks(seeds: dict) -> list[dict]:
+    """The claim over seeds: a gain holds when the smallest seed's paired margin reaches
+    gain_margin at every NPC (not the mean: one bad draw of labels is enough to doubt it)."""
+    gain = gain_margin(seeds["seeds"][0]["test_images"])
+    n = len(seeds["seeds"])
+    checks = []
+    by_margin: dict[str, list[dict]] = {}
+    for m in seed_margins(seeds):
+        by_margin.setdefault(m["margin"], []).append(m)
+    for margin, entries in by_margin.items():
+        smallest = {e["npc"]: min(e["per_seed"]) for e in entries}
+        checks.append(_check(
+            f"over {n} seeds that draw their own labels: {margin} >= {100 * gain:.0f} points "
+            f"on every seed" + (" at every NPC" if len(entries) > 1 else ""),
+            all(v >= gain for v in smallest.values()),
+            "smallest seed's margin " + ", ".join(f"{100 * v:+.1f} (NPC {npc})"
+                                                  for npc, v in smallest.items())))
+    return checks
 
 
 def knn_table(knn: dict[str, float]) -> str:
@@ -147,21 +251,35 @@ def knn_table(knn: dict[str, float]) -> str:
 FIGURES = (("Pretraining curves", "pretraining_curves.png"),
            ("Position confusion (held-out)", "confusion.png"),
            ("Puzzles reassembled by the model", "reassembled_puzzles.png"),
-           ("Test accuracy vs labelled images per class", "accuracy_vs_npc.png"))
+           ("Test accuracy vs labelled images per class", "accuracy_vs_npc.png"),
+           ("Validation accuracy of every candidate of the search", "search.png"))
 
 
 def write_report(report_dir: str | Path, provenance: str, pretraining: dict, rows: list[dict],
-                 sweep: dict, checks: list[dict]) -> Path:
+                 sweep: dict, checks: list[dict], search: dict | None = None,
+                 seeds: dict | None = None) -> Path:
     """report_dir/report.md: the provenance line, the pretraining, fine-tuning, kNN and claim
-    tables, and the figures of FIGURES that are in report_dir. Returns its path."""
+    tables, the search and the seeds when given (each says where it comes from), and the
+    figures of FIGURES that are in report_dir. Returns its path."""
     report_dir = Path(report_dir)
+    extra = []
+    if search:
+        extra += [f"## How each method's settings were chosen ({search['profile']} profile: "
+                  f"validation top-1 (%) of the chosen candidate, range over all)",
+                  search_table(search)]
+    if seeds:
+        extra += [f"## Over {len(seeds['seeds'])} seeds that draw their own labels "
+                  f"({seeds['profile']} profile, `{seeds['command']}`)", seed_table(seeds),
+                  margin_table(seeds)]
     text = "\n\n".join([
         "# APL reproduction report", provenance,
         "## Pretraining (APL puzzle, held-out images)",
         markdown_table([pretraining["row"]], formats=PERCENT),
-        "## Fine-tuning: test top-1 accuracy (%) at the last epoch", accuracy_table(rows),
+        "## Fine-tuning: test top-1 (%) at the last epoch, training top-1 in brackets",
+        accuracy_table(rows),
         f"## kNN (k = {sweep['knn_k']}) on frozen features, NPC {sweep['knn_npc']}",
         knn_table(sweep["knn"]),
+        *extra,
         "## The claim, checked", markdown_table(checks),
         "## Figures", *[f"### {title}\n\n![{title}]({file})" for title, file in FIGURES
                         if (report_dir / file).exists()],

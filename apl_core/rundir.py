@@ -53,8 +53,9 @@ def run_name(config: Config) -> str:
             parts.append("from-" + _source_name(c.pretrained))
         else:
             parts.append("benchmark")
-        parts += [flag for flag, on in (("probe", c.head_only), ("frozenenc", c.freeze_encoder),
-                                        ("mlphead", c.mlp_head)) if on]
+        parts += [flag for flag, on in (("posemb", c.positional_embedding), ("probe", c.head_only),
+                                        ("frozenenc", c.freeze_encoder), ("mlphead", c.mlp_head))
+                  if on]
         parts.append(f"npc{c.npc}")
     if not (isinstance(c, FinetuneConfig) and c.model != "apl"):
         parts += [f"do{_fmt(c.dropout)}", f"pdo{_fmt(c.patch_dropout)}"]

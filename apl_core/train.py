@@ -343,23 +343,28 @@ def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
     model = build_classifier(config, transformer_config)
     if pretrained is not None:
         prefix = "transformer."
-        model.transformer.load_state_dict(
-            {k[len(prefix):]: v for k, v in pretrained["model"].items() if k.startswith(prefix)})
-    if config.head_only:  # the linear probe: only the new head learns
-        for name, param in model.named_parameters():
-            param.requires_grad = name.startswith("class_head.")
-    elif config.freeze_encoder:  # a learned patch encoder stays as pretrained
+        weights = {k[len(prefix):]: v for k, v in pretrained["model"].items()
+                   if k.startswith(prefix)}
+        # a positional embedding is new to the pretrained model: it keeps its initialisation
+        missing, _ = model.transformer.load_state_dict(weights, strict=False)
+        unexpected = set(weights) - set(model.transformer.state_dict())
+        if set(missing) - {"position_embedding"} or unexpected:
+            raise ValueError(f"pretrained={config.pretrained!r} does not fit the transformer: "
+                             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    if config.freeze_encoder and not config.head_only:  # a learned encoder stays as pretrained
         model.transformer.encoder.requires_grad_(False)
-    architecture.update(mlp_head=config.mlp_head, **{
-        name: getattr(transformer_config, name) for name in ARCHITECTURE_FIELDS
-        if name != "mlp_head"})
+    architecture.update(mlp_head=config.mlp_head,
+                        positional_embedding=config.positional_embedding, **{
+                            name: getattr(transformer_config, name)
+                            for name in ARCHITECTURE_FIELDS if name != "mlp_head"})
     return model, architecture
 
 
 def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
     """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (docs/method.md, 'Fine-tuning
-    recipe'); `resume` as in `pretrain`. Evaluates on the whole test set every eval_every
-    epochs and at the last one."""
+    recipe'); `resume` as in `pretrain`. Evaluates on the whole test set (unless
+    evaluate_test is off) and the validation part every eval_every epochs and at the last
+    one."""
     config, run_dir, checkpoint = open_run(config, resume)
     if (done := _finished(run_dir, checkpoint, config)) is not None:
         return done
@@ -369,15 +374,17 @@ def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
         check_architecture(checkpoint["architecture"], architecture, run_dir / "last.pt")
     train_set, val_set, test_set = finetune_sets(config)
     model.to(rt.device)
-    test_loader = _loader(test_set, config, rt, train=False)
+    test_loader = _loader(test_set, config, rt, train=False) if config.evaluate_test else None
     val_loader = _loader(val_set, config, rt, train=False) if val_set is not None else None
 
     def evaluate_epoch(epoch: int) -> dict:
         if epoch % config.eval_every and epoch != config.epochs:
             return {}
-        test = evaluate(model, class_loss, test_loader, rt.dtype, rt.context, rt.device)
-        metrics = {"test_top1": test["top1"], "test_top3": test["top3"],
-                   "test_top5": test["top5"], "test_nll": test["loss"]}
+        metrics = {}
+        if config.evaluate_test:
+            test = evaluate(model, class_loss, test_loader, rt.dtype, rt.context, rt.device)
+            metrics.update(test_top1=test["top1"], test_top3=test["top3"],
+                           test_top5=test["top5"], test_nll=test["loss"])
         if val_loader is not None:
             metrics["val_top1"] = evaluate(model, class_loss, val_loader, rt.dtype, rt.context,
                                            rt.device)["top1"]

@@ -133,12 +133,14 @@ def test_finetune_values_on_the_edge_are_accepted():
 
 
 @pytest.mark.parametrize("option", [dict(head_only=True), dict(freeze_encoder=True),
-                                    dict(pretrained="runs/pretrain/x")])
+                                    dict(pretrained="runs/pretrain/x"),
+                                    dict(positional_embedding=True)])
 def test_baselines_refuse_pretrained_options(option):
     for model in ("s-cnn", "s-resnet"):
         with pytest.raises(ValueError, match=f"model='{model}' is invalid: the CNN baselines "
-                                             "train from scratch: pretrained, head_only and "
-                                             "freeze_encoder apply to model='apl' only"):
+                                             "train from scratch: pretrained, head_only, "
+                                             "freeze_encoder and positional_embedding apply to "
+                                             "model='apl' only"):
             FinetuneConfig(model=model, **option)
     assert FinetuneConfig(model="apl", **option).model == "apl"
 

@@ -27,6 +27,45 @@ def test_permuting_tokens_permutes_position_logits(encoder):
     torch.testing.assert_close(shuffled, logits[:, permutation], atol=1e-4, rtol=1e-4)
 
 
+def test_positional_embedding_makes_the_model_see_token_order():
+    """The ViT baseline: a learned embedding per grid position, added to each token, so the
+    model is no longer equivariant to the order of its tokens."""
+    torch.manual_seed(0)
+    transformer = APLTransformer(**SMALL, positional_embedding=True).eval()
+    assert transformer.position_embedding.shape == (1, 16, transformer.dim)
+    assert 0 < transformer.position_embedding.std() < 0.05  # ViT's initialisation, std 0.02
+    assert any(p is transformer.position_embedding for p in transformer.parameters())
+    patches = transformer.patches(torch.randn(2, 3, 32, 32))
+    permutation = torch.randperm(16)
+    with torch.no_grad():
+        features, _, _ = transformer.contextualize(patches)
+        shuffled, _, _ = transformer.contextualize(patches[:, permutation])
+        transformer.position_embedding.zero_()
+        zero, _, _ = transformer.contextualize(patches[:, permutation])
+        unpermuted, _, _ = transformer.contextualize(patches)
+    assert not torch.allclose(shuffled, features[:, permutation], atol=1e-3)
+    torch.testing.assert_close(zero, unpermuted[:, permutation], atol=1e-4, rtol=1e-4)
+    assert APLTransformer(**SMALL).position_embedding is None
+
+
+def test_linear_probe_keeps_the_frozen_transformer_in_evaluation_mode():
+    """A probe trains its head on the features the frozen model computes: no dropout, no
+    PatchDropout in the transformer even in training mode; the full fine-tune keeps both."""
+    images = torch.randn(4, 3, 32, 32)
+    probe = APLClassifier(APLTransformer(**SMALL, dropout=0.5, patch_dropout=0.5), 10,
+                          frozen_transformer=True).train()
+    assert probe.training and probe.class_head.training
+    assert not any(m.training for m in probe.transformer.modules())
+    assert {n for n, p in probe.named_parameters() if p.requires_grad} == {
+        "class_head.weight", "class_head.bias"}
+    torch.testing.assert_close(probe(images), probe(images))
+    assert not probe.eval().training and not probe.train().transformer.training
+    full = APLClassifier(APLTransformer(**SMALL, dropout=0.5, patch_dropout=0.5), 10).train()
+    assert all(m.training for m in full.transformer.modules())
+    assert all(p.requires_grad for p in full.parameters())
+    assert not torch.allclose(full(images), full(images))
+
+
 def test_output_shapes():
     config = PretrainConfig(**SMALL)
     model = build_pretrain_model(config)

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from apl_core.report import (
-    accuracy_table, claim_checks, finetuning_results, gain_margin, noise_margin,
-    pretraining_summary, write_report,
+    accuracy_table, claim_checks, finetuning_results, gain_margin, margin_table, noise_margin,
+    pretraining_summary, search_table, seed_checks, seed_table, write_report,
 )
 
 
@@ -89,34 +89,90 @@ def test_finetuning_results_take_the_last_evaluation_not_the_best(tmp_path):
     run = fake_run(tmp_path / "ft", {}, [
         {"epoch": 1, "epoch_time_s": 6.0, "test_top1": 0.5},
         {"epoch": 2, "epoch_time_s": 6.0},
-        {"epoch": 3, "epoch_time_s": 6.0, "test_top1": 0.4}])
+        {"epoch": 3, "epoch_time_s": 6.0, "test_top1": 0.4, "train_top1": 0.9}])
     rows = finetuning_results([{"method": "APL fine-tune", "npc": 10, "run_dir": str(run)}])
-    assert rows == [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.4, "minutes": 0.3}]
+    assert rows == [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.4, "train_top1": 0.9,
+                     "minutes": 0.3}]
     unfinished = fake_run(tmp_path / "cut", {}, [{"epoch": 1, "epoch_time_s": 6.0}])
     with pytest.raises(ValueError, match="no test evaluation.*rerun notebook 04"):
         finetuning_results([{"method": "BENCHMARK", "npc": 10, "run_dir": str(unfinished)}])
 
 
-def test_accuracy_table_has_one_row_per_method_and_one_column_per_npc():
-    rows = [{"method": m, "npc": n, "test_top1": acc}
-            for m, n, acc in [("APL", 10, 0.25), ("APL", 30, 0.5), ("BENCH", 10, 0.125)]]
+def test_accuracy_table_has_one_row_per_method_and_test_and_train_per_npc():
+    rows = [{"method": m, "npc": n, "test_top1": acc, "train_top1": train}
+            for m, n, acc, train in [("APL", 10, 0.25, 0.9), ("APL", 30, 0.5, 0.8),
+                                     ("BENCH", 10, 0.125, 0.126)]]
     lines = accuracy_table(rows).splitlines()
-    assert lines[0] == "| method | NPC 10 | NPC 30 |"
-    assert lines[2:] == ["| APL | 25.0 | 50.0 |", "| BENCH | 12.5 | – |"]
+    assert lines[0] == "| method | NPC 10: test (train) | NPC 30: test (train) |"
+    assert lines[2:] == ["| APL | 25.0 (90) | 50.0 (80) |", "| BENCH | 12.5 (13) | – |"]
+
+
+def search_results():
+    rows = [dict(method=m, npc=n, lr=lr, epochs=e, val_top1=v)
+            for m, n, lr, e, v in [("APL", 10, 1e-4, 50, 0.20), ("APL", 10, 3e-4, 50, 0.31),
+                                   ("APL", 10, 1e-4, 150, 0.25), ("CNN", 10, 1e-3, 50, 0.12)]]
+    return {"profile": "quick", "rows": rows}
+
+
+def test_search_table_shows_the_choice_and_how_much_it_mattered():
+    lines = search_table(search_results()).splitlines()
+    assert lines[0] == "| method | NPC 10 |"
+    assert lines[2:] == ["| APL | lr 0.0003, 50 ep: 31.0 (20-31) |",
+                         "| CNN | lr 0.001, 50 ep: 12.0 (12-12) |"]
+
+
+def seeds_results(margins=(0.15, 0.12, 0.03)):
+    """Three seeds: APL fine-tune ahead of both BENCHMARKs by `margins` at every NPC."""
+    seeds = []
+    for seed, margin in enumerate(margins):
+        test = {}
+        for npc in (10, 100):
+            test.update({f"APL fine-tune|{npc}": 0.3 + margin, f"BENCHMARK|{npc}": 0.3,
+                         f"BENCHMARK + positions|{npc}": 0.3, f"APL linear probe|{npc}": 0.4,
+                         f"BENCHMARK linear probe|{npc}": 0.1})
+        seeds.append({"seed": seed, "test_top1": test, "test_images": 1000,
+                      "knn": {"APL": 0.3, "random": 0.1 + 0.01 * seed}})
+    return {"profile": "quick", "command": "python benchmarks/claim_seeds.py", "npcs": [10, 100],
+            "methods": ["APL fine-tune", "BENCHMARK", "BENCHMARK + positions",
+                        "APL linear probe", "BENCHMARK linear probe"], "seeds": seeds}
+
+
+def test_seed_tables_give_mean_and_spread_and_every_paired_margin():
+    table = seed_table(seeds_results())
+    assert "| APL fine-tune | 40.0 ± 6.2 | 40.0 ± 6.2 |" in table
+    assert "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |" in table
+    margins = margin_table(seeds_results())
+    assert ("| APL fine-tune - BENCHMARK | 10 | +15.0, +12.0, +3.0 | +10.0 ± 6.2 | +3.0 |"
+            in margins)
+    assert "| kNN: APL - random-init features | 100 | +20.0, +19.0, +18.0 |" in margins
+
+
+def test_the_claim_over_seeds_rests_on_the_smallest_seed():
+    weak = {c["statement"]: c for c in seed_checks(seeds_results((0.15, 0.12, 0.03)))}
+    strong = {c["statement"]: c for c in seed_checks(seeds_results((0.15, 0.12, 0.06)))}
+    key = ("over 3 seeds that draw their own labels: APL fine-tune - BENCHMARK >= 5 points "
+           "on every seed at every NPC")
+    assert weak[key]["holds"] == "no" and "+3.0 (NPC 10)" in weak[key]["measured"]
+    assert strong[key]["holds"] == "yes"  # the mean is 10 points in both: it does not decide
+    assert [c["holds"] for c in strong.values()] == ["yes", "yes", "yes", "yes"]
 
 
 def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path):
     pre = {"row": {"dataset": "synthetic", "held-out top-1": 0.75, "chance": 0.0625,
                    "minutes": 4.0}}
-    rows = [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.3}]
+    rows = [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.3, "train_top1": 0.5}]
     sweep = {"knn_k": 20, "knn_npc": 100, "knn": {"APL features": 0.3, "random features": 0.1}}
     checks = [{"statement": "the puzzle is learned", "holds": "yes", "measured": "75%"}]
     (tmp_path / "confusion.png").write_bytes(b"png")
-    path = write_report(tmp_path, "profile **quick**, device **cpu**", pre, rows, sweep, checks)
+    path = write_report(tmp_path, "profile **quick**, device **cpu**", pre, rows, sweep, checks,
+                        search=search_results(), seeds=seeds_results())
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert text.startswith("# APL reproduction report\n\nprofile **quick**, device **cpu**")
-    for expected in ("| synthetic | 75.0% | 6.2% | 4.0 |", "| APL fine-tune | 30.0 |",
+    for expected in ("| synthetic | 75.0% | 6.2% | 4.0 |", "| APL fine-tune | 30.0 (50) |",
+                     "| APL | lr 0.0003, 50 ep: 31.0 (20-31) |",
+                     "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |",
+                     "| APL fine-tune - BENCHMARK | 10 | +15.0, +12.0, +3.0 |",
                      "## kNN (k = 20) on frozen features, NPC 100", "| APL features | 30.0% |",
                      "| the puzzle is learned | yes | 75% |", "![Position confusion (held-out)]"
                      "(confusion.png)"):

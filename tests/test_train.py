@@ -168,6 +168,33 @@ def test_pretrained_run_by_name(pretrained_run):
                        pretrained["transformer.blocks.0.attn.qkv.weight"])
 
 
+def test_positions_added_to_a_pretrained_model_are_new_the_rest_is_loaded(pretrained_run):
+    config = smoke_finetune_config(pretrained_run.run_dir.parents[1], epochs=1,
+                                   pretrained=pretrained_run.run_dir.name,
+                                   positional_embedding=True)
+    model, architecture = build_finetune_model(config)
+    assert architecture["positional_embedding"]
+    pretrained = read_checkpoint(pretrained_run.checkpoint)["model"]
+    for name, value in model.transformer.state_dict().items():
+        if name != "position_embedding":
+            assert torch.equal(value, pretrained["transformer." + name]), name
+    assert model.transformer.position_embedding.requires_grad
+    assert 0 < model.transformer.position_embedding.std() < 0.05
+
+
+def test_a_run_without_the_test_set_evaluates_only_validation(tmp_path, monkeypatch):
+    """evaluate_test=False (the hyper-parameter search): no test image is scored."""
+    scored = []
+    evaluate = train.evaluate
+    monkeypatch.setattr(train, "evaluate", lambda model, loss, loader, *args:
+                        scored.append(len(loader.data)) or evaluate(model, loss, loader, *args))
+    config = smoke_finetune_config(tmp_path, epochs=2, val_per_class=3, evaluate_test=False,
+                                   architecture=SMOKE_ARCHITECTURE)
+    rows = finetune(config).metrics
+    assert all("val_top1" in row and not any(k.startswith("test") for k in row) for row in rows)
+    assert scored == [30, 30]  # the validation part, each epoch; never the 200 test images
+
+
 def test_from_scratch_models_train_on_the_same_recipe(tmp_path, monkeypatch):
     """BENCHMARK and the CNN baselines: the same optimizer and settings, the same schedule, the
     same loss, and the same labelled images, batch for batch."""

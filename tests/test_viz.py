@@ -77,6 +77,11 @@ CASES = {
                                                     viz.random_order(G)),
     "npc": lambda: viz.npc_figure([dict(method=m, npc=n, test_top1=0.3 + n / 1000)
                                    for m in ("a", "b") for n in (10, 50)]),
+    "search": lambda: viz.search_figure({"lr_factors": (0.3, 1, 3), "step_budgets": (2, 6),
+                                         "rows": [dict(method=m, npc=n, lr=lr, epochs=e,
+                                                       val_top1=0.2 + lr * e)
+                                                  for m in ("a", "b") for n in (10, 30)
+                                                  for e in (1, 3) for lr in (0.03, 0.1, 0.3)]}),
     "bars": lambda: viz.bar_figure({"a": 0.5, "b": 0.3}, "accuracy (%)", "model", "kNN",
                                    chance=0.1),
 }

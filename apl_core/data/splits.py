@@ -13,6 +13,9 @@ from .imageset import ImageSet
 from .sources import load_split
 
 KNN_QUERIES = 2000  # test images (stratified) scored by the kNN monitor in pretraining
+# The test subset (test_per_class) is drawn with this seed whatever the label seed, so runs that
+# draw their own labelled images are still compared on the same test images.
+TEST_SEED = 42
 
 def stratified_indices(labels: torch.Tensor, per_class: int, seed: int = 42,
                        exclude: torch.Tensor | None = None) -> torch.Tensor:
@@ -78,7 +81,8 @@ def load_labelled_split(dataset: str, split: str, data_dir: str, image_size: int
 
 
 def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, ImageSet]:
-    """(labelled training images, validation images or None, test images)."""
+    """(labelled training images, validation images or None, test images). label_seed draws
+    the first two; the test images are the same for every label seed (TEST_SEED)."""
     labelled = load_labelled_split(**data_source(config, "train"))
     if labelled.labels is None:
         raise ValueError(f"dataset {config.dataset!r} has no labels to fine-tune on")
@@ -91,7 +95,7 @@ def finetune_sets(config: FinetuneConfig) -> tuple[ImageSet, ImageSet | None, Im
     test = load_labelled_split(**data_source(config, "test"))
     if config.test_per_class:
         test = test.subset(stratified_indices(test.labels, config.test_per_class,
-                                              seed=config.label_seed))
+                                              seed=TEST_SEED))
     val = labelled.subset(val_index) if len(val_index) else None
     return labelled.subset(train_index), val, test
 
