@@ -167,6 +167,7 @@ def test_smoke_numbers_are_sane(smoke_course):
     for row in r04["rows"]:  # the notebook reports each run's own last evaluation
         last = [m for m in read_metrics(row["run_dir"]) if "test_top1" in m][-1]
         assert (row["test_top1"], row["test_nll"]) == (last["test_top1"], last["test_nll"])
+        assert row["train_top1"] == read_metrics(row["run_dir"])[-1]["train_top1"]
     assert r04["test_images"] == 200  # smoke: 20 per class
     for acc in r04["knn"].values():
         assert 0 <= acc <= 1
@@ -180,6 +181,11 @@ def test_smoke_numbers_are_sane(smoke_course):
     statements = [c["statement"] for c in results(out, "05_reproduction_report")["checks"]]
     assert any("APL fine-tune beats BENCHMARK" in s for s in statements)
     assert any("linear probe on APL features beats one on random-init" in s for s in statements)
+    assert any("positional embeddings from scratch" in s for s in statements)
+    # the committed quick search and seeds are shown for reference, not checked as smoke's
+    assert "## How each method's settings were chosen (quick profile" in text
+    assert (report / "search.png").is_file() and "search.png" in text
+    assert not any("seeds that draw their own labels" in s for s in statements)
     summary = json.loads((out / "course_summary.json").read_text())
     assert [n["notebook"] for n in summary["notebooks"]] == list(course.NOTEBOOKS)
 

@@ -29,10 +29,10 @@ def test_every_method_searches_a_10x_learning_rate_span_and_two_step_budgets():
             assert all((e - 1) * steps_per_epoch < s
                        for e, s in zip(lengths, tuning.STEP_BUDGETS))
             assert all(c["eval_every"] == c["epochs"] for c in grid)
-    # NPC 10 at batch 32 is 4 steps an epoch: not 20 epochs (80 steps) but 50 and 150
+    # NPC 10 at batch 32 is 4 steps an epoch: not 20 epochs (80 steps) but 25 and 75
     short, long = sorted({c["epochs"] for c in tuning.candidates(
         profile_config("quick", "finetune", npc=10))})
-    assert (short, long) == (50, 150)
+    assert (short, long) == (25, 75)
 
 
 def test_choice_is_the_best_validation_accuracy_first_of_equals():
