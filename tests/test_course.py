@@ -1,9 +1,24 @@
-"""`python -m apl_core course`: a bad argument is one line before any notebook runs."""
+"""`python -m apl_core course`: a bad argument is one line before any notebook runs, and a course
+killed during notebook 02's pretraining resumes it."""
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
 import pytest
 
 from apl_core import course
+from apl_core.checkpoint import read_checkpoint
+from apl_core.rundir import read_metrics
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -56,3 +71,54 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(tmp_path, capsys, n
     lines = course_error_lines(capsys, "--out", str(blocker / "out"))
     assert lines == [f"--out {blocker / 'out'}: cannot create or write the output folder (Not a "
                      f"directory: {blocker / 'out'}); give a folder you can write to"]
+
+
+def first_epoch_logged(out: Path) -> Path | None:
+    """The pretraining run under OUT/runs once it has logged an epoch (and saved last.pt)."""
+    for metrics in (out / "runs" / "pretrain").glob("*/metrics.jsonl"):
+        if read_metrics(metrics.parent):
+            return metrics.parent
+    return None
+
+
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` (Linux): here the kernel that runs the notebook."""
+    return [int(child) for path in Path(f"/proc/{pid}/task").glob("*/children")
+            for child in path.read_text().split()]
+
+
+@pytest.mark.slow  # two smoke runs of notebook 02
+def test_a_course_killed_during_pretraining_resumes_it(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "apl_core", "course", "--profile", "smoke", "--only", "02",
+               "--device", "cpu", "--out", str(out), "--data-dir", str(tmp_path / "data")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.py
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    kernels: list[int] = []
+    try:
+        deadline = time.monotonic() + 180
+        while (run_dir := first_epoch_logged(out)) is None:
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "no epoch logged after 180 s"
+            kernels = children(process.pid) or kernels
+            time.sleep(0.02)
+        for pid in [process.pid, *kernels]:  # the course and its kernel die at once
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+    assert read_checkpoint(run_dir / "last.pt")["epoch"] < 3, "the kill came after the last epoch"
+
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    executed = nbformat.read(out / "02_pretraining.ipynb", as_version=4)
+    text = "".join(o.get("text", "") for c in executed.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+    read_back, trained = map(int, re.search(
+        r"3 epochs: (\d) read back from the run directory, (\d) trained now", text).groups())
+    assert read_back >= 1 and read_back + trained == 3, "the run started again from epoch 1"
+    assert [row["epoch"] for row in read_metrics(run_dir)] == [1, 2, 3]
+    summary = json.loads((out / "figures" / "02_pretraining.json").read_text())
+    assert Path(summary["run_dir"]) == run_dir
