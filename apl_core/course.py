@@ -9,7 +9,9 @@ and passes the run locations from one notebook to the next. CUDA is used when pr
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
+import difflib
 import json
 import logging
 import os
@@ -17,6 +19,7 @@ import platform
 import re
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,10 +33,16 @@ NOTEBOOKS = (
     "05_reproduction_report",
 )
 PROFILE_NAMES = ("auto", *PROFILES)  # auto: chosen for the machine (default_profile)
+# The notebook parameters the course sets itself (-p NAME=VALUE may not), and how.
+COURSE_PARAMETERS = {"profile": "from --profile", "device": "from --device",
+                     "data_dir": "from --data-dir", "runs_dir": "from --runs-dir",
+                     "output_dir": "from --out", "report_dir": "from --out",
+                     "interactive": "to False: it runs headless"}
 
 
 class CourseError(RuntimeError):
-    """A notebook of the course failed; the message names it and its executed copy."""
+    """A bad course argument, or a failed notebook (the message names it and its executed
+    copy)."""
 
 
 def notebooks_dir() -> Path:
@@ -59,6 +68,80 @@ def select(only: str | None) -> list[str]:
                               f"{', '.join(n.split('_')[0] for n in NOTEBOOKS)}")
         chosen.extend(match)
     return [n for n in NOTEBOOKS if n in chosen]
+
+
+def declared_defaults(names: list[str]) -> dict[str, dict[str, object]]:
+    """parameter -> {notebook: its default value}, from the parameters cells of `names`."""
+    import papermill as pm
+
+    declared: dict[str, dict[str, object]] = {}
+    for name in names:
+        cell = pm.inspect_notebook(str(notebooks_dir() / f"{name}.ipynb"))
+        for parameter, spec in cell.items():
+            declared.setdefault(parameter, {})[name] = ast.literal_eval(spec["default"])
+    return declared
+
+
+def check_parameters(extra: dict, names: list[str]) -> dict:
+    """The extra notebook parameters, read and checked before any notebook runs: each must be
+    declared by one of `names` and have the type of its default there; a text value (-p
+    NAME=VALUE) is read as JSON unless that default is a string. CourseError, one line per
+    bad parameter, otherwise."""
+    declared = declared_defaults(names)
+    settable = sorted(set(declared) - set(COURSE_PARAMETERS))
+    values, problems = {}, []
+    for key, value in extra.items():
+        given = f"-p {key}={value if isinstance(value, str) else json.dumps(value)}"
+        if key in COURSE_PARAMETERS:
+            problems.append(f"{given}: the course sets {key} itself, {COURSE_PARAMETERS[key]}")
+            continue
+        if key not in declared:
+            close = difflib.get_close_matches(key, settable, n=3)
+            hint = (f"did you mean {' or '.join(close)}?" if close else
+                    f"the notebooks' parameters are {', '.join(settable)}")
+            problems.append(f"{given}: no notebook of this run declares {key}; {hint}")
+            continue
+        defaults = declared[key]
+        if isinstance(value, str) and not any(isinstance(d, str) for d in defaults.values()):
+            with contextlib.suppress(json.JSONDecodeError):
+                value = json.loads(value)
+        wrong = [(notebook, d) for notebook, d in defaults.items() if not _fits(value, d)]
+        if wrong:
+            notebook, default = wrong[0]
+            problems.append(f"{given}: notebook {notebook} expects {_KINDS[type(default)]}, "
+                            f"like its default {key}={json.dumps(default)}")
+        else:
+            values[key] = value
+    if problems:
+        raise CourseError("\n".join(problems))
+    return values
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+          list: "a JSON list", dict: "a JSON object"}
+
+
+def _fits(value, default) -> bool:
+    """Whether `value` may stand for `default`: the same type; an integer for a float."""
+    if default is None:
+        return True
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return type(value) is type(default)
+
+
+def output_folder(out: str | Path) -> Path:
+    """OUT, resolved, with figures/ and report/ created in it and checked writable."""
+    out = Path(out).resolve()
+    try:
+        for folder in (out, out / "figures", out / "report"):
+            folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as err:
+        raise CourseError(f"--out {out}: cannot create or write the output folder "
+                          f"({err.strerror}: {err.filename}); give a folder you can write "
+                          "to") from None
+    return out
 
 
 def notebook_parameters(name: str, base: dict, output_dir: Path) -> dict:
@@ -210,10 +293,10 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
     """Run the selected notebooks in order; returns one row per notebook (name, seconds, path)."""
     if profile not in PROFILE_NAMES:
         raise CourseError(f"profile {profile!r}: choose one of {PROFILE_NAMES}")
-    out = Path(out).resolve()
+    names = select(only)
+    extra = check_parameters(extra or {}, names)
+    out = output_folder(out)
     figures, report = out / "figures", out / "report"
-    for d in (out, figures, report):
-        d.mkdir(parents=True, exist_ok=True)
     from .train import resolve_device  # imports torch: only once the arguments are checked
 
     device = str(resolve_device(device))
@@ -223,9 +306,8 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
         profile=profile, device=device, data_dir=str(Path(data_dir).resolve()),
         runs_dir=str(Path(runs_dir).resolve() if runs_dir else out / "runs"),
         output_dir=str(figures), report_dir=str(report), interactive=False,
-        **(extra or {}),
+        **extra,
     )
-    names = select(only)
     print(f"APL course: profile={profile}, device={device}, {len(names)} notebook(s) -> {out}",
           flush=True)
     rows = []
@@ -255,13 +337,6 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
     return rows
 
 
-def _parse_value(text: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m apl_core course",
@@ -285,8 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=None,
                    help="where training runs go (default: OUT/runs); finished runs are reused")
     p.add_argument("--param", "-p", action="append", default=[], metavar="NAME=VALUE",
-                   help="extra notebook parameter for every notebook that declares it "
-                        "(value parsed as JSON when it can be), e.g. -p pretrain_epochs=5")
+                   help="extra notebook parameter for every notebook that declares it, "
+                        "of its default's type (read as JSON, or as text where the default "
+                        "is a string), e.g. -p epochs=5 -p overrides='{\"lr\": 0.001}'")
     p.add_argument("--verbose", "-v", action="store_true",
                    help="stream every cell's output and the kernel's warnings (default: one "
                         "line per notebook)")
@@ -305,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--param {item!r}: expected NAME=VALUE", file=sys.stderr)
             return 2
         key, value = item.split("=", 1)
-        extra[key.strip()] = _parse_value(value)
+        extra[key.strip()] = value
     if args.verbose:  # papermill logs the cells' output at INFO level
         logging.basicConfig(level=logging.INFO, format="%(message)s")
         logging.getLogger("papermill").setLevel(logging.INFO)

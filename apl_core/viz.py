@@ -3,11 +3,13 @@
 Every function takes plain data (tensors, arrays, lists of metric rows), draws one figure
 with a title, labelled axes and a colour bar or legend where colours carry meaning, and
 returns the `matplotlib.figure.Figure` (the notebooks show it and `save` it). The theme is
-set once, here, by `set_theme()`, which runs on import.
+set once, here, by `set_theme()`, which runs on import. `widgets_can_render()` tells notebook
+01 whether its slider panel can be shown.
 """
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -560,10 +562,31 @@ def save(fig: Figure, output_dir, name: str) -> Path:
     return path
 
 
+# ---------------------------------------------------------------- interactive panels
+
+def widgets_can_render() -> bool:
+    """Whether this kernel serves a notebook open in JupyterLab (or Jupyter Notebook), whose
+    page renders ipywidgets, rather than a headless run (papermill, nbconvert --execute,
+    nbclient): notebook 01 shows its sliders only then, the static figure always."""
+    # Why not widgets everywhere: nbclient, which papermill and nbconvert run on, imitates the
+    # Output widget of `interact` by sending what the function shows back to the kernel, and
+    # with a figure-sized output the cell never finishes (nbclient #312, papermill #723;
+    # notebook 01 hung in every papermill run). A Jupyter server names the notebook of each
+    # kernel it starts in JPY_SESSION_NAME; nbclient starts its kernels itself, their history
+    # kept in memory, which tells them apart also when papermill runs from a notebook's cell
+    # (its kernel inherits the variable).
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return (shell is not None and bool(os.environ.get("JPY_SESSION_NAME"))
+            and str(shell.history_manager.hist_file) != ":memory:")
+
+
 __all__ = [
     "set_theme", "to_display", "mosaic", "random_order", "puzzle_figure", "puzzle_grids_figure",
     "image_samples_figure", "training_curves", "confusion_heatmap", "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "patch_dropout_figure", "puzzle_stats_figure",
     "equivariance_figure", "npc_figure", "search_figure", "bar_figure",
     "markdown_table", "save",
+    "widgets_can_render",
 ]

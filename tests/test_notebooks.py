@@ -5,6 +5,9 @@ behind `make run`) into a temporary folder, then checks each notebook's figures 
 it recorded in output_dir/<notebook>.json.
 """
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
@@ -97,6 +100,34 @@ def test_course_prints_one_line_per_notebook_and_an_index(tmp_path, capsys):
     assert 'href="html/01_puzzle_construction.html"' in index
     page = (out / "html" / "01_puzzle_construction.html").read_text()
     assert "data:image/png;base64" in page  # the figures are embedded
+
+
+@pytest.mark.slow  # three papermill runs of notebook 01: ~45 s on 2 cores
+def test_notebook_01_finishes_under_the_papermill_command_line_every_time(tmp_path):
+    """`papermill 01_puzzle_construction.ipynb OUT -p profile smoke`, as a papermill user runs
+    it: its slider cell hung there (viz.widgets_can_render says why); three runs, each with a
+    time limit, so that an intermittent hang shows."""
+    notebook = NOTEBOOK_DIR / "01_puzzle_construction.ipynb"
+    work = tmp_path / "notebooks"  # the notebook's ../data and ../course_output: in tmp_path
+    work.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # see conftest.py
+    for run in range(3):
+        executed = tmp_path / f"run_{run}.ipynb"
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "papermill", str(notebook), str(executed),
+                 "-p", "profile", "smoke"], cwd=work, env=env, capture_output=True, text=True,
+                timeout=PAPERMILL_SECONDS)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"run {run + 1} of 3 hung: papermill had not finished notebook 01 "
+                        f"after {PAPERMILL_SECONDS} s")
+        assert done.returncode == 0, done.stderr[-3000:]
+        text = "".join(o.get("text", "") for c in nbformat.read(executed, as_version=4).cells
+                       if c.cell_type == "code" for o in c.get("outputs", []))
+        assert "no slider panel" in text
+
+
+PAPERMILL_SECONDS = 180  # one run takes about 15 s
 
 
 # ---------------------------------------------------------------- end to end, smoke profile

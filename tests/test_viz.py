@@ -1,9 +1,13 @@
 """Every figure function returns a Figure with a title, labelled axes and, where colours carry
-values, a labelled colour bar (checked through matplotlib's public API), on small fake inputs."""
+values, a labelled colour bar (checked through matplotlib's public API), on small fake inputs;
+and notebook 01's sliders are offered only where a page renders them."""
+import types
+
 import matplotlib
 
 matplotlib.use("Agg")
 
+import IPython  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -128,3 +132,26 @@ def test_markdown_table_formats_columns():
     lines = table.splitlines()
     assert lines[0] == "| a | b |"
     assert "12.3%" in lines[2] and "–" in lines[3]
+
+
+@pytest.mark.parametrize("session, history, renders", [
+    ("/home/me/01_puzzle_construction.ipynb", "/home/me/.ipython/history.sqlite", True),  # Lab
+    (None, ":memory:", False),  # papermill, nbconvert --execute, nbclient
+    ("/home/me/launcher.ipynb", ":memory:", False),  # papermill from a JupyterLab notebook
+    (None, "/home/me/.ipython/history.sqlite", False),  # a kernel no Jupyter server started
+])
+def test_widgets_render_only_in_a_kernel_a_jupyter_server_started(session, history, renders,
+                                                                  monkeypatch):
+    shell = types.SimpleNamespace(history_manager=types.SimpleNamespace(hist_file=history))
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    if session is None:
+        monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    else:
+        monkeypatch.setenv("JPY_SESSION_NAME", session)
+    assert viz.widgets_can_render() is renders
+
+
+def test_no_widgets_outside_ipython(monkeypatch):
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
+    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/01_puzzle_construction.ipynb")
+    assert not viz.widgets_can_render()
