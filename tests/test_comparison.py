@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from apl_core.comparison import METHODS, compare, knn_comparison, method_config
+from apl_core.comparison import METHODS, compare, knn_comparison, method_config, train_all
 from apl_core.data import finetune_sets
-from apl_core.rundir import read_metrics
+from apl_core.rundir import read_metrics, run_name
 from apl_core.train import load_pretrained
+from conftest import smoke_finetune_config
 
 SETTINGS = dict(device="cpu", precision="fp32", epochs=1, npc=10)
 
@@ -73,3 +74,15 @@ def test_knn_comparison_apl_against_random_features(pretrained_run):
     assert all(0 <= v <= 1 for v in knn.values()) and len(set(knn.values())) == 2
     with pytest.raises(ValueError, match="val_per_class"):
         knn_comparison("smoke", str(pretrained_run.run_dir), 10, queries="val", **kwargs)
+
+
+@pytest.mark.slow
+def test_train_all_finishes_every_run_in_worker_processes(tmp_path):
+    """The search's and the seeds' runs, two at a time: each run is finished and reads back
+    exactly as a run trained in this process would."""
+    configs = [smoke_finetune_config(tmp_path, model="s-cnn", epochs=1, lr=lr)
+               for lr in (1e-3, 3e-3)]
+    train_all(configs, workers=2)
+    for config in configs:
+        metrics = read_metrics(tmp_path / "finetune" / run_name(config))
+        assert [m["epoch"] for m in metrics] == [1] and "test_top1" in metrics[0]
