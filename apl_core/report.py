@@ -175,7 +175,18 @@ def search_table(search: dict) -> str:
 def load_seeds(profile: str) -> dict | None:
     """The committed comparison over seeds of `profile` (benchmarks/claim_seeds.py), or None."""
     path = RESULTS_DIR / f"{profile}_seeds.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        seeds = json.loads(path.read_text())
+        missing = {"profile", "npcs", "methods", "seeds"} - set(seeds)
+    except (ValueError, TypeError) as error:
+        missing = f"valid JSON ({error})"
+    if missing:
+        raise ValueError(f"{path} is not a seeds results file (it lacks {missing}); restore it "
+                         f"with git checkout, or rerun benchmarks/claim_seeds.py --profile "
+                         f"{profile}")
+    return seeds
 
 
 def _spread(values: list[float]) -> tuple[float, float]:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from apl_core import report
 from apl_core.report import (
     accuracy_table, claim_checks, finetuning_results, gain_margin, margin_table, noise_margin,
     pretraining_summary, search_table, seed_checks, seed_table, write_report,
@@ -178,3 +179,13 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
                      "(confusion.png)"):
         assert expected in text, expected
     assert "accuracy_vs_npc.png" not in text
+
+
+@pytest.mark.parametrize("text", ["{cut", json.dumps({"profile": "quick"}), "[1, 2]"])
+def test_a_damaged_seeds_file_names_itself_and_the_fix(tmp_path, monkeypatch, text):
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    assert report.load_seeds("quick") is None
+    (tmp_path / "quick_seeds.json").write_text(text)
+    with pytest.raises(ValueError, match="quick_seeds.json is not a seeds results file.*git "
+                                         "checkout.*claim_seeds.py --profile quick"):
+        report.load_seeds("quick")
