@@ -145,13 +145,14 @@ def output_folder(out: str | Path) -> Path:
 
 
 def notebook_parameters(name: str, base: dict, output_dir: Path) -> dict:
-    """The parameters of one notebook: the common ones, plus what earlier notebooks produced."""
+    """The parameters of one notebook: the common ones, plus what earlier notebooks produced,
+    unless given (-p pretrain_run=... analyses that run, not notebook 02's)."""
     params = dict(base)
     summary = output_dir / "02_pretraining.json"
     if name != "02_pretraining" and summary.exists():
-        params["pretrain_run"] = json.loads(summary.read_text())["run_dir"]
+        params.setdefault("pretrain_run", json.loads(summary.read_text())["run_dir"])
     if name == "05_reproduction_report":
-        params["finetune_results"] = str(output_dir / "04_fine_tuning.json")
+        params.setdefault("finetune_results", str(output_dir / "04_fine_tuning.json"))
     return params
 
 

@@ -122,3 +122,17 @@ def test_a_course_killed_during_pretraining_resumes_it(tmp_path):
     assert [row["epoch"] for row in read_metrics(run_dir)] == [1, 2, 3]
     summary = json.loads((out / "figures" / "02_pretraining.json").read_text())
     assert Path(summary["run_dir"]) == run_dir
+
+
+def test_a_given_pretrain_run_is_kept_over_notebook_02s(tmp_path):
+    (tmp_path / "02_pretraining.json").write_text(json.dumps({"run_dir": "runs/of-02"}))
+    base = {"profile": "smoke"}
+    assert course.notebook_parameters("03_attention_and_position_confusion", base,
+                                      tmp_path)["pretrain_run"] == "runs/of-02"
+    given = course.notebook_parameters("04_fine_tuning", {**base, "pretrain_run": "mine"},
+                                       tmp_path)
+    assert given["pretrain_run"] == "mine"
+    assert "pretrain_run" not in course.notebook_parameters("02_pretraining", base, tmp_path)
+    report = course.notebook_parameters("05_reproduction_report",
+                                        {**base, "finetune_results": "my.json"}, tmp_path)
+    assert report["finetune_results"] == "my.json"
