@@ -49,7 +49,7 @@ def method_config(method: str, npc: int, profile: str, pretrain_run: str,
     if method not in METHODS:
         raise ValueError(f"method={method!r} is invalid: choose from {METHODS}")
     values = dict(npc=npc, image_size=pretrained.image_size,
-                  label_seed=FinetuneConfig.label_seed + settings.get("seed", 0))
+                  label_seed=label_seed(settings.get("seed", 0)))
     probe = method.endswith("linear probe")
     if method in CNN_MODELS:
         values["model"] = CNN_MODELS[method]
@@ -63,14 +63,15 @@ def method_config(method: str, npc: int, profile: str, pretrain_run: str,
     return profile_config(profile, "probe" if probe else "finetune", **{**values, **settings})
 
 
-def train_all(configs: list[FinetuneConfig], workers: int = 1) -> None:
+def label_seed(seed: int) -> int:
+    """The label seed of a comparison's seed: 42 + seed, so seed 0 draws the original's 42."""
+    return FinetuneConfig.label_seed + seed
+
+
+def train_all(configs: list[FinetuneConfig], workers: int) -> None:
     """Finish every run of `configs` (finished runs are left as they are), in `workers`
     processes that share the CPU threads. Small models use two cores better as two runs at a
     time than as one run on two threads."""
-    if workers <= 1:
-        for config in configs:
-            finetune(config, resume="auto")
-        return
     threads = max(1, torch.get_num_threads() // workers)
     with concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"),
@@ -81,6 +82,16 @@ def train_all(configs: list[FinetuneConfig], workers: int = 1) -> None:
 
 def _finish(config: FinetuneConfig) -> None:
     finetune(config, resume="auto")
+
+
+def _results(configs: list[FinetuneConfig], workers: int):
+    """Each config's finished run, in order: with workers > 1 all are trained first, that many
+    at a time, and read back; otherwise each is trained as it is asked for (so progress can be
+    reported run by run)."""
+    if workers > 1:
+        train_all(configs, workers)
+    for config in configs:
+        yield finetune(config, resume="auto")
 
 
 def compare(profile: str, pretrain_run: str, npcs, methods=METHODS,
@@ -95,11 +106,9 @@ def compare(profile: str, pretrain_run: str, npcs, methods=METHODS,
                                             **settings)
                for npc in npcs for method in methods}
     test_images = len(finetune_sets(next(iter(configs.values())))[2])  # the same for every run
-    if workers > 1:
-        train_all(list(configs.values()), workers)
     rows = []
-    for (method, npc), config in configs.items():
-        result = finetune(config, resume="auto")
+    for ((method, npc), config), result in zip(configs.items(),
+                                               _results(list(configs.values()), workers)):
         last = last_evaluation(result.metrics, result.run_dir)
         row = dict(method=method, npc=npc, lr=config.lr, epochs=result.metrics[-1]["epoch"],
                    test_images=test_images, test_top1=last["test_top1"],
@@ -133,11 +142,8 @@ def search(profile: str, pretrain_run: str, npcs, methods=METHODS,
                 raise ValueError(f"the {profile} profile has no validation part to search on: "
                                  f"give val_per_class > 0")
             runs += [(method, npc, base.replace(**c)) for c in candidates(base)]
-    if workers > 1:
-        train_all([config for *_, config in runs], workers)
     rows = []
-    for method, npc, config in runs:
-        result = finetune(config, resume="auto")
+    for (method, npc, config), result in zip(runs, _results([c for *_, c in runs], workers)):
         last = result.metrics[-1]
         rows.append(dict(method=method, npc=npc, lr=config.lr, epochs=config.epochs,
                          steps=last["step"], val_top1=last["val_top1"],

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from pathlib import Path
 
 from .rundir import last_evaluation, read_metrics
-from .tuning import RESULTS_DIR, choose
+from .tuning import RESULTS_DIR, choose, load_results
 from .viz import markdown_table
 
 CHANCE = 0.1  # 10 classes
@@ -174,25 +175,14 @@ def search_table(search: dict) -> str:
 
 def load_seeds(profile: str) -> dict | None:
     """The committed comparison over seeds of `profile` (benchmarks/claim_seeds.py), or None."""
-    path = RESULTS_DIR / f"{profile}_seeds.json"
-    if not path.exists():
-        return None
-    try:
-        seeds = json.loads(path.read_text())
-        missing = {"profile", "npcs", "methods", "seeds"} - set(seeds)
-    except (ValueError, TypeError) as error:
-        missing = f"valid JSON ({error})"
-    if missing:
-        raise ValueError(f"{path} is not a seeds results file (it lacks {missing}); restore it "
-                         f"with git checkout, or rerun benchmarks/claim_seeds.py --profile "
-                         f"{profile}")
-    return seeds
+    return load_results(RESULTS_DIR / f"{profile}_seeds.json", "seeds",
+                        {"profile", "npcs", "methods", "seeds"},
+                        f"benchmarks/claim_seeds.py --profile {profile}")
 
 
 def _spread(values: list[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
-    return mean, math.sqrt(var)
+    """Mean and sample standard deviation (0 for a single seed)."""
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def seed_table(seeds: dict) -> str:

@@ -346,12 +346,11 @@ def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
         weights = {k[len(prefix):]: v for k, v in pretrained["model"].items()
                    if k.startswith(prefix)}
         # a positional embedding is new to the pretrained model: it keeps its initialisation
-        missing, _ = model.transformer.load_state_dict(weights, strict=False)
-        unexpected = set(weights) - set(model.transformer.state_dict())
+        missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
         if set(missing) - {"position_embedding"} or unexpected:
             raise ValueError(f"pretrained={config.pretrained!r} does not fit the transformer: "
                              f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    if config.freeze_encoder and not config.head_only:  # a learned encoder stays as pretrained
+    if config.freeze_encoder:  # a learned patch encoder stays as pretrained
         model.transformer.encoder.requires_grad_(False)
     architecture.update(mlp_head=config.mlp_head,
                         positional_embedding=config.positional_embedding, **{

@@ -41,9 +41,13 @@ def candidates(config: FinetuneConfig) -> list[dict]:
     for steps in STEP_BUDGETS:
         epochs = epochs_for_steps(steps, config)
         for factor in LR_FACTORS:
-            grid.append(dict(lr=float(f"{config.lr * factor:.3g}"), epochs=epochs,
-                             eval_every=epochs))
+            grid.append(_settings(float(f"{config.lr * factor:.3g}"), epochs))
     return grid
+
+
+def _settings(lr: float, epochs: int) -> dict:
+    """A candidate's settings: evaluated once, at the end (only the last evaluation counts)."""
+    return dict(lr=lr, epochs=epochs, eval_every=epochs)
 
 
 def choose(rows: list[dict]) -> dict[tuple[str, int], dict]:
@@ -54,30 +58,41 @@ def choose(rows: list[dict]) -> dict[tuple[str, int], dict]:
         key = (row["method"], row["npc"])
         if key not in best or row["val_top1"] > best[key]["val_top1"]:
             best[key] = row
-    return {key: dict(lr=row["lr"], epochs=row["epochs"], eval_every=row["epochs"])
-            for key, row in best.items()}
+    return {key: _settings(row["lr"], row["epochs"]) for key, row in best.items()}
 
 
 def search_path(profile: str) -> Path:
     return RESULTS_DIR / f"{profile}_search.json"
 
 
-def load_search(profile: str) -> dict | None:
-    """The committed search of `profile` (see benchmarks/search.py), or None if it has none."""
-    path = search_path(profile)
+def load_results(path: Path, kind: str, required: set[str], rerun: str) -> dict | None:
+    """Committed results of `kind` (a search, seeds) at `path`, or None if there are none. A
+    damaged file is an error that names it, what it lacks, and how to restore it."""
     if not path.exists():
         return None
     try:
-        search = json.loads(path.read_text())
-        rows = search["rows"]
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{path} is not a search results file ({error}); restore it with "
-                         f"git checkout, or rerun benchmarks/search.py --profile {profile}"
-                         ) from error
+        results = json.loads(path.read_text())
+        missing = (sorted(required - set(results)) if isinstance(results, dict)
+                   else "a JSON object")
+    except ValueError as error:
+        missing = f"valid JSON ({error})"
+    if missing:
+        raise ValueError(f"{path} is not a {kind} results file (it lacks {missing}); restore "
+                         f"it with git checkout, or rerun {rerun}")
+    return results
+
+
+def load_search(profile: str) -> dict | None:
+    """The committed search of `profile` (see benchmarks/search.py), or None if it has none."""
+    rerun = f"benchmarks/search.py --profile {profile}"
+    search = load_results(search_path(profile), "search", {"rows"}, rerun)
+    if search is None:
+        return None
+    rows = search["rows"]
     missing = {"method", "npc", "lr", "epochs", "val_top1"} - set(rows[0] if rows else {})
     if missing:
-        raise ValueError(f"{path}: its rows lack {sorted(missing)}; restore it with git "
-                         f"checkout, or rerun benchmarks/search.py --profile {profile}")
+        raise ValueError(f"{search_path(profile)}: its rows lack {sorted(missing)}; restore it "
+                         f"with git checkout, or rerun {rerun}")
     return search
 
 

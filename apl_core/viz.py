@@ -471,7 +471,7 @@ def search_figure(search: dict, chance: float | None = 0.1,
     npcs = sorted({r["npc"] for r in rows})
     methods = list(dict.fromkeys(r["method"] for r in rows))
     palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
-    factors = search.get("lr_factors") or sorted({r["lr"] for r in rows})
+    factors = search["lr_factors"]
     fig, axes = plt.subplots(1, len(npcs), figsize=(4.2 * len(npcs) + 2.5, 4.2), sharey=True,
                              squeeze=False)
     for ax, npc in zip(axes[0], npcs):
@@ -497,7 +497,7 @@ def search_figure(search: dict, chance: float | None = 0.1,
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles += [plt.Line2D([], [], color="k", ls="-"), plt.Line2D([], [], color="k", ls="--"),
                 plt.Line2D([], [], color="k", marker="o", ms=11, mfc="none", ls="none")]
-    budgets = search.get("step_budgets") or ("shorter", "longer")
+    budgets = search["step_budgets"]
     labels += [f"{budgets[0]} steps", f"{budgets[-1]} steps", "chosen"]
     fig.legend(handles, labels, loc="center right", fontsize=9, title="method, length")
     fig.suptitle(title)

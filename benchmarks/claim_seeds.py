@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from apl_core import report, tuning  # noqa: E402
-from apl_core.comparison import METHODS, compare, knn_comparison  # noqa: E402
+from apl_core.comparison import METHODS, compare, knn_comparison, label_seed  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
 from apl_core.course import machine_description  # noqa: E402
 from apl_core.train import pretrain, resolve_device  # noqa: E402
@@ -44,7 +44,7 @@ def run_seed(profile: str, seed: int, runs_dir: str, device: str, npcs, methods,
     rows = compare(profile, str(run.run_dir), npcs, methods, workers=workers, quiet=True,
                    seed=seed, **settings)
     knn = knn_comparison(profile, str(run.run_dir), max(npcs), seed=seed, **settings)
-    return {"seed": seed, "label_seed": 42 + seed,
+    return {"seed": seed, "label_seed": label_seed(seed),
             "position_top1": run.metrics[-1].get("val_top1"),
             "test_top1": {f"{r['method']}|{r['npc']}": r["test_top1"] for r in rows},
             "train_top1": {f"{r['method']}|{r['npc']}": r["train_top1"] for r in rows},
