@@ -1,6 +1,6 @@
 """What a trained model knows, for the notebooks: where it places every token, which
-positions it confuses, what it attends to, how it copes with missing patches, and how
-well its frozen features separate classes (kNN)."""
+positions it confuses, what it attends to and how far, how it copes with missing patches,
+and how well its frozen features separate classes (kNN and a linear probe)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -124,13 +124,28 @@ def attention_entropy(attention: list[torch.Tensor], query: int) -> list[float]:
             for a in attention]
 
 
-def attention_maps(model, images_uint8: torch.Tensor, device="cpu") -> list[torch.Tensor]:
-    """Attention weights of every block, (B, H, T, T) each, in eval mode, on the CPU."""
-    with _EvalMode(model):
+@torch.no_grad()
+def attention_maps(transformer, images_uint8: torch.Tensor, device="cpu") -> list[torch.Tensor]:
+    """Attention weights of every block, (B, H, T, T) each, with the tokens in grid order,
+    in eval mode, on the CPU."""
+    with _EvalMode(transformer):
         batch = normalize(images_uint8.to(device))
-        _, _, attention = model.position_logits(model.transformer.patches(batch),
-                                                return_attention=True)
+        _, _, attention = transformer.contextualize(transformer.patches(batch),
+                                                    return_attention=True)
     return [weights.float().cpu() for weights in attention]
+
+
+def mean_attention_distance(attention: list[torch.Tensor], grid: int) -> np.ndarray:
+    """(blocks, heads) mean attention distance in patches, as in the ViT paper's figure: the
+    distance between the centres of query and key cell, weighted by the attention and
+    averaged over queries and images. Attending to every cell alike gives the mean distance
+    between two cells; a local head stays near 1 (neighbours), a head on itself near 0.
+    attention: per block (B, H, T, T), tokens in grid order."""
+    index = torch.arange(grid * grid)
+    cells = torch.stack([index // grid, index % grid], dim=1).float()
+    distance = torch.cdist(cells, cells)  # (T, T) in patches
+    return np.array([(weights * distance).sum(-1).mean(dim=(0, 2)).numpy()
+                     for weights in attention])
 
 
 @torch.no_grad()
@@ -169,27 +184,65 @@ def accuracy_vs_patch_dropout(model, images: ImageSet | torch.Tensor,
     return rows
 
 
+def uniform_attention_distance(grid: int) -> float:
+    """The mean attention distance of a head that attends to every cell alike: the mean
+    distance between two cells of the grid (its own cell included)."""
+    t = grid * grid
+    return float(mean_attention_distance([torch.full((1, 1, t, t), 1 / t)], grid)[0, 0])
+
+
 @torch.no_grad()
-def features(transformer, images: torch.Tensor, device="cpu", batch_size: int = 256):
-    """(N, D) L2-normalised global-average-pooled token features, in eval mode."""
+def border_blanking(model, images: ImageSet | torch.Tensor, width: int = 1, device="cpu",
+                    batch_size: int = 256) -> dict[str, float]:
+    """Position top-1 with every patch intact, and with the `width` outermost pixels of every
+    patch blanked (set to 0, the normalised images' mid-grey): how much the model leans on
+    the pixels at the patch borders. With K = 0 neighbouring patches touch there, so matching
+    borders solves the puzzle without understanding the image."""
+    images = _uint8(images)
+    hits = torch.zeros(2)
+    with _EvalMode(model):
+        for start in range(0, len(images), batch_size):
+            patches = model.transformer.patches(
+                normalize(images[start:start + batch_size].to(device)))
+            blanked = torch.zeros_like(patches)
+            inner = (slice(None),) * 3 + (slice(width, -width),) * 2
+            blanked[inner] = patches[inner]
+            for i, version in enumerate((patches, blanked)):
+                logits, _, _ = model.position_logits(version)
+                targets = torch.arange(logits.shape[1], device=logits.device)
+                hits[i] += (logits.argmax(-1) == targets).sum().cpu()
+    tokens = len(images) * model.transformer.num_tokens
+    intact, blanked = (hits / tokens).tolist()
+    return {"intact": intact, "blanked": blanked}
+
+
+@torch.no_grad()
+def pooled_features(transformer, images: torch.Tensor, device="cpu",
+                    batch_size: int = 256) -> torch.Tensor:
+    """(N, D) global-average-pooled token features (what the class head sees), in eval mode,
+    in fp32."""
     out = []
     with _EvalMode(transformer):
         for start in range(0, len(images), batch_size):
             tokens, _, _ = transformer(normalize(images[start:start + batch_size].to(device)))
-            out.append(F.normalize(tokens.float().mean(dim=1), dim=-1))
+            out.append(tokens.float().mean(dim=1))
     return torch.cat(out)
 
 
+def features(transformer, images: torch.Tensor, device="cpu", batch_size: int = 256):
+    """(N, D) L2-normalised pooled features: the kNN's."""
+    return F.normalize(pooled_features(transformer, images, device, batch_size), dim=-1)
+
+
 @torch.no_grad()
-def knn_accuracy(transformer, train: ImageSet, test: ImageSet, k: int = 20,
-                 temperature: float = 0.07, device="cpu", batch_size: int = 256) -> float:
-    """Top-1 accuracy of a weighted k-nearest-neighbour vote on frozen features, as in DINO:
-    cosine similarity to the training images, the k most similar vote for their class with
-    weight exp(similarity / temperature). A cheap probe of representation quality."""
-    bank = features(transformer, train.images, device, batch_size)
-    queries = features(transformer, test.images, device, batch_size)
-    bank_labels = train.labels.to(bank.device)
-    classes = int(max(train.labels.max(), test.labels.max())) + 1
+def knn_vote(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
+             query_labels: torch.Tensor, k: int = 20, temperature: float = 0.07,
+             batch_size: int = 256) -> float:
+    """Top-1 accuracy of a weighted k-nearest-neighbour vote, as in DINO: on L2-normalised
+    features, the k training images most similar to a query vote for their class with
+    weight exp(cosine similarity / temperature)."""
+    bank_labels = bank_labels.to(bank.device)
+    classes = int(max(bank_labels.max(), query_labels.max())) + 1
     k = min(k, len(bank))
     correct = 0
     for start in range(0, len(queries), batch_size):
@@ -197,5 +250,67 @@ def knn_accuracy(transformer, train: ImageSet, test: ImageSet, k: int = 20,
         votes = torch.zeros(len(index), classes, device=bank.device)
         votes.scatter_add_(1, bank_labels[index], (similarity / temperature).exp())
         predicted = votes.argmax(1).cpu()
-        correct += (predicted == test.labels[start:start + batch_size]).sum().item()
+        correct += (predicted == query_labels[start:start + batch_size]).sum().item()
     return correct / len(queries)
+
+
+def knn_accuracy(transformer, train: ImageSet, test: ImageSet, k: int = 20,
+                 temperature: float = 0.07, device="cpu", batch_size: int = 256) -> float:
+    """`knn_vote` of the test images among the training images, on the transformer's frozen
+    features. A cheap probe of representation quality."""
+    bank = features(transformer, train.images, device, batch_size)
+    queries = features(transformer, test.images, device, batch_size)
+    return knn_vote(bank, train.labels, queries, test.labels, k, temperature, batch_size)
+
+
+# The L2 penalties the feature probe chooses from on the validation part: a 1000x span.
+PROBE_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+@dataclass
+class ProbeResult:
+    penalty: float  # chosen on the validation part
+    val_top1: dict[float, float]  # per penalty
+    test_top1: float  # of the chosen penalty only
+
+
+def feature_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                  test: tuple[torch.Tensor, torch.Tensor], penalties=PROBE_PENALTIES,
+                  iterations: int = 200) -> ProbeResult:
+    """A linear probe on fixed (features, labels): multinomial logistic regression on
+    features standardised with the training set's statistics, fitted to convergence with
+    L-BFGS (deterministic, seconds on a CPU), its L2 penalty chosen on `val`; only the chosen
+    one is scored on `test`. Unlike the fine-tuning engine's probe it sees every image
+    once, without augmentation, so it measures the features and nothing else."""
+    (x, y), (val_x, val_y), (test_x, test_y) = train, val, test
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+
+    def standardise(features: torch.Tensor) -> torch.Tensor:
+        return (features.double() - mean.double()) / std.double()
+
+    x, val_x, test_x = standardise(x), standardise(val_x), standardise(test_x)
+    classes = int(y.max()) + 1
+
+    def fit(penalty: float) -> nn.Linear:
+        head = nn.Linear(x.shape[1], classes).double()
+        nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+        optimizer = torch.optim.LBFGS(head.parameters(), max_iter=iterations,
+                                      line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = F.cross_entropy(head(x), y) + penalty * head.weight.square().sum()
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return head
+
+    def top1(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> float:
+        with torch.no_grad():
+            return (head(features).argmax(1) == labels).double().mean().item()
+
+    heads = {penalty: fit(penalty) for penalty in penalties}
+    val_top1 = {penalty: top1(head, val_x, val_y) for penalty, head in heads.items()}
+    best = max(penalties, key=lambda penalty: val_top1[penalty])  # the first of equals
+    return ProbeResult(best, val_top1, top1(heads[best], test_x, test_y))

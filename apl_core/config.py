@@ -15,6 +15,8 @@ DATASETS = ("stl10", "synthetic", "folder")
 ENCODERS = ("flatten", "cnn", "resnet18")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# standard: logits / sqrt(D/H); original: q, k and v each / D^(1/4) (model.SelfAttention)
+ATTENTION_SCALES = ("standard", "original")
 FINETUNE_MODELS = ("apl", "s-cnn", "s-resnet")
 UNREADABLE_IMAGES = ("skip", "error")  # what a folder dataset does with a file it cannot decode
 
@@ -144,6 +146,11 @@ class PretrainConfig(_Common):
     hidden_mult: int = 3
     dropout: float = 0.15
     patch_dropout: float = 0.1
+    patch_dropout_at_eval: bool = False  # the original's: drop patches when evaluating too
+    attention_scale: str = "standard"  # or "original": q, k and v each divided by D^(1/4)
+    # a learned positional embedding added to the tokens: the positional leak, a control that
+    # makes the puzzle trivial (notebook 06)
+    positional_embedding: bool = False
     mlp_head: bool = False
     # data
     num_images: int = 0  # 0: the whole unlabeled split; the original's SAMPLE mode is 8192
@@ -166,6 +173,8 @@ class PretrainConfig(_Common):
             )
         if self.encoder not in ENCODERS:
             _fail("encoder", self.encoder, f"choose one of {ENCODERS}")
+        if self.attention_scale not in ATTENTION_SCALES:
+            _fail("attention_scale", self.attention_scale, f"choose one of {ATTENTION_SCALES}")
         for name in ("blocks", "heads", "hidden_mult"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -216,6 +225,7 @@ class FinetuneConfig(_Common):
     freeze_encoder: bool = False
     dropout: float = 0.1
     patch_dropout: float = 0.1
+    patch_dropout_at_eval: bool = False  # the original's: test accuracy with patches dropped
     npc: int = 500  # labelled images per class; 500 is STL-10's whole train split
     val_per_class: int = 0  # held out from the labelled split for model selection
     test_per_class: int = 0  # 0: every test image
@@ -276,20 +286,29 @@ class FinetuneConfig(_Common):
 
 # The fields of PretrainConfig that fix the architecture a checkpoint holds.
 ARCHITECTURE_FIELDS = (
-    "grid", "crop", "encoder", "blocks", "heads", "hidden_mult", "mlp_head",
+    "grid", "crop", "encoder", "blocks", "heads", "hidden_mult", "attention_scale",
+    "positional_embedding", "mlp_head",
 )
 
 # Overrides per profile. paper = the defaults (docs/method.md), on STL-10. gpu = the paper's
 # model and recipe on the embedded dataset, for one GPU in minutes. quick = the embedded
 # dataset on a 2-core CPU within the course's 20 minutes; smoke = seconds, for tests.
+# controls: notebook 06's small pretrainings (apl_core.controls), the profile's pretraining
+# with `budget` on top, and the grids and crops it tries. On the 96-pixel profiles 3 heads
+# divide D = 3 (P - K)^2 at every grid and crop; 16 would not (unmeasured there).
+_LARGE_CONTROLS = {"budget": dict(num_images=20_000, epochs=20, heads=3),
+                   "grids": (4, 7, 12), "crops": (0, 1, 2)}
+
 PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {"pretrain": {}, "finetune": {}, "npcs": (10, 20, 50, 100, 200, 500)},
+    "paper": {"pretrain": {}, "finetune": {}, "npcs": (10, 20, 50, 100, 200, 500),
+              "controls": _LARGE_CONTROLS},
     "gpu": {
         "pretrain": dict(dataset="synthetic", num_images=50_000, holdout_images=1000,
                          epochs=40, knn_every=10),
         "finetune": dict(dataset="synthetic", batch_size=64, eval_every=10, val_per_class=50),
         "probe": dict(lr=2e-2),  # carried over from quick
         "npcs": (10, 20, 50, 100, 200, 500),
+        "controls": _LARGE_CONTROLS,
     },
     "quick": {
         # 48 x 48 images, G = 4, K = 1: 11 x 11 cropped patches, D = 363 = 3 x 11^2 (3 heads),
@@ -309,6 +328,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         # within 2 points of chance at every one of them.
         "probe": dict(lr=2e-2),
         "npcs": (10, 30, 100),
+        # 3,500 images x 4 epochs per control, about 40 s each on 2 cores
+        "controls": {"budget": dict(num_images=4000, epochs=4), "grids": (3, 4, 6),
+                     "crops": (0, 1, 2)},
     },
     "smoke": {
         "pretrain": dict(
@@ -321,6 +343,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             eval_every=1, npc=10, test_per_class=20, quiet=True,
         ),
         "npcs": (10,),
+        "controls": {"budget": dict(num_images=384, holdout_images=128, epochs=1),
+                     "grids": (2, 4), "crops": (0, 1)},
     },
 }
 

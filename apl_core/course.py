@@ -31,6 +31,7 @@ NOTEBOOKS = (
     "03_attention_and_position_confusion",
     "04_fine_tuning",
     "05_reproduction_report",
+    "06_why_it_works",
 )
 PROFILE_NAMES = ("auto", *PROFILES)  # auto: chosen for the machine (default_profile)
 # The notebook parameters the course sets itself (-p NAME=VALUE may not), and how.
@@ -151,7 +152,7 @@ def notebook_parameters(name: str, base: dict, output_dir: Path) -> dict:
     summary = output_dir / "02_pretraining.json"
     if name != "02_pretraining" and summary.exists():
         params.setdefault("pretrain_run", json.loads(summary.read_text())["run_dir"])
-    if name == "05_reproduction_report":
+    if name in ("05_reproduction_report", "06_why_it_works"):
         params.setdefault("finetune_results", str(output_dir / "04_fine_tuning.json"))
     return params
 

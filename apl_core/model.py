@@ -11,7 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig, token_dim
+from .config import (
+    ARCHITECTURE_FIELDS, ATTENTION_SCALES, FinetuneConfig, PretrainConfig, token_dim,
+)
 from .puzzle import extract_patches
 
 
@@ -62,19 +64,22 @@ def build_encoder(kind: str, crop: int) -> nn.Module:
 
 
 class PatchDropout(nn.Module):
-    """Zero each token of each image independently with probability p (training only).
+    """Zero each token of each image independently with probability p, while training.
 
     Dropped tokens stay in the sequence; the returned keep mask (B, T) tells the loss which
     tokens to score. No rescaling: a dropped token is an empty patch, not a noisy one.
+    at_eval=True drops in evaluation mode too, as the original's module, which has no
+    training switch, does: its test accuracies are measured with a share p of the patches
+    missing.
     """
 
-    def __init__(self, p: float = 0.1):
+    def __init__(self, p: float = 0.1, at_eval: bool = False):
         super().__init__()
-        self.p = p
+        self.p, self.at_eval = p, at_eval
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, t = tokens.shape[:2]
-        if not self.training or self.p == 0:
+        if not (self.training or self.at_eval) or self.p == 0:
             return tokens, torch.ones(b, t, dtype=torch.bool, device=tokens.device)
         keep = torch.rand(b, t, device=tokens.device) >= self.p
         return tokens * keep.unsqueeze(-1).to(tokens.dtype), keep
@@ -91,8 +96,13 @@ def resize_heads(weight: torch.Tensor, axis: int, old: int, new: int) -> torch.T
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention: fused q/k/v projection without bias, output projection
-    with bias, standard 1/sqrt(D/H) scaling (the original scales by 1/sqrt(D): a documented
-    deliberate difference).
+    with bias.
+
+    scale="standard" divides the logits by sqrt(D/H), the head dimension, as transformers
+    do. scale="original" is the original's: it divides q, k and v each by D^(1/4), the whole
+    token dimension, so the logits are divided by sqrt(D) and the attention's output by
+    D^(1/4) (about 4.6 for D = 432). Dividing v is the same as dividing the output, because
+    the output is linear in v, so both run on the same fused kernel.
 
     head_multiple > 1 stores every head padded with zero features up to a multiple of it (the
     paper model: D/H = 27 -> 32 with 8). GPU attention kernels want such head dimensions and
@@ -104,11 +114,17 @@ class SelfAttention(nn.Module):
     into either layout (an optimizer's state, shaped like the stored weights, does not).
     """
 
-    def __init__(self, dim: int, heads: int, head_multiple: int = 1):
+    def __init__(self, dim: int, heads: int, head_multiple: int = 1, scale: str = "standard"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"heads={heads} must divide the token dimension {dim}")
+        if scale not in ATTENTION_SCALES:
+            raise ValueError(f"attention_scale={scale!r} is invalid: choose one of "
+                             f"{ATTENTION_SCALES}")
         self.heads, self.head_dim = heads, dim // heads
+        # the real head dimension: the padding adds nothing to q.k
+        self.logit_scale = (dim if scale == "original" else self.head_dim) ** -0.5
+        self.value_scale = dim ** -0.25 if scale == "original" else 1.0
         self.stored_head_dim = -(-self.head_dim // head_multiple) * head_multiple
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
@@ -150,14 +166,15 @@ class SelfAttention(nn.Module):
         # about 10% faster on CPU; the copy shows up as ViewBackward0 -> clone in a profile).
         q, k, v = (part.transpose(1, 2) for part in
                    self.qkv(x).view(b, t, 3, self.heads, s).unbind(2))
-        scale = self.head_dim ** -0.5  # the real head dimension: padding adds nothing to q.k
         if return_attention:
             # scaled_dot_product_attention hides the weights; compute them only when asked.
-            weights = torch.softmax(q @ k.transpose(-2, -1) * scale, dim=-1)
+            weights = torch.softmax(q @ k.transpose(-2, -1) * self.logit_scale, dim=-1)
             out = weights @ v
         else:
             weights = None
-            out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.logit_scale)
+        if self.value_scale != 1.0:
+            out = out * self.value_scale
         # SDPA's fused kernels (CPU flash, CUDA flash and memory-efficient) return
         # (B, H, T, s) laid out as (B, T, H, s): this transpose + reshape is a view.
         out = self.proj(out.transpose(1, 2).reshape(b, t, self.heads * s))
@@ -169,9 +186,9 @@ class Block(nn.Module):
     x = LN1(x + Attn(x)); x = Dropout(x); x = LN2(x + FF(x)); x = Dropout(x)."""
 
     def __init__(self, dim: int, heads: int, hidden_mult: int, dropout: float,
-                 head_multiple: int = 1):
+                 head_multiple: int = 1, attention_scale: str = "standard"):
         super().__init__()
-        self.attn = SelfAttention(dim, heads, head_multiple)
+        self.attn = SelfAttention(dim, heads, head_multiple, attention_scale)
         self.norm1 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
             nn.Linear(dim, hidden_mult * dim), nn.ReLU(), nn.Linear(hidden_mult * dim, dim)
@@ -189,7 +206,8 @@ class Block(nn.Module):
 class APLTransformer(nn.Module):
     """Images -> contextualised token features (B, T, D). No positional information, unless
     positional_embedding adds a learned one to each token as a ViT does (the baseline APL is
-    compared with).
+    compared with, and notebook 06's positional leak). attention_scale and
+    patch_dropout_at_eval select the original's own behaviour (SelfAttention, PatchDropout).
 
     head_multiple pads the attention heads (see SelfAttention); not a run option: whether it
     pays on a GPU is unmeasured, so runs use the default, unpadded."""
@@ -197,7 +215,8 @@ class APLTransformer(nn.Module):
     def __init__(self, image_size: int = 96, grid: int = 7, crop: int = 1,
                  encoder: str = "flatten", blocks: int = 4, heads: int = 16,
                  hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1,
-                 head_multiple: int = 1, positional_embedding: bool = False):
+                 head_multiple: int = 1, positional_embedding: bool = False,
+                 attention_scale: str = "standard", patch_dropout_at_eval: bool = False):
         super().__init__()
         self.image_size, self.grid, self.crop = image_size, grid, crop
         self.encoder = build_encoder(encoder, crop)
@@ -206,9 +225,10 @@ class APLTransformer(nn.Module):
         if positional_embedding:  # ViT's initialisation
             self.position_embedding = nn.Parameter(
                 nn.init.trunc_normal_(torch.zeros(1, grid**2, self.dim), std=0.02))
-        self.patch_dropout = PatchDropout(patch_dropout)
+        self.patch_dropout = PatchDropout(patch_dropout, patch_dropout_at_eval)
         self.blocks = nn.ModuleList(
-            Block(self.dim, heads, hidden_mult, dropout, head_multiple) for _ in range(blocks)
+            Block(self.dim, heads, hidden_mult, dropout, head_multiple, attention_scale)
+            for _ in range(blocks)
         )
 
     @property
@@ -295,7 +315,7 @@ def architecture_kwargs(config: PretrainConfig) -> dict:
     """APLTransformer's arguments: the image size, the architecture (ARCHITECTURE_FIELDS but
     the head, which is not the transformer's) and the dropout rates."""
     names = ("image_size", *(n for n in ARCHITECTURE_FIELDS if n != "mlp_head"),
-             "dropout", "patch_dropout")
+             "dropout", "patch_dropout", "patch_dropout_at_eval")
     return {name: getattr(config, name) for name in names}
 
 
@@ -307,11 +327,13 @@ def build_pretrain_model(config: PretrainConfig, head_multiple: int = 1) -> APLP
 def build_classifier(config: FinetuneConfig, architecture: PretrainConfig,
                      head_multiple: int = 1) -> APLClassifier:
     """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
-    with the fine-tuning dropout, PatchDropout and positional embedding; frozen for a
-    linear probe (head_only)."""
+    with the fine-tuning dropout and PatchDropout, and a positional embedding when the
+    config adds one or the pretrained model has one; frozen for a linear probe (head_only)."""
     transformer = APLTransformer(**{
         **architecture_kwargs(architecture),
         "dropout": config.dropout, "patch_dropout": config.patch_dropout,
-    }, head_multiple=head_multiple, positional_embedding=config.positional_embedding)
+        "patch_dropout_at_eval": config.patch_dropout_at_eval,
+        "positional_embedding": config.positional_embedding or architecture.positional_embedding,
+    }, head_multiple=head_multiple)
     return APLClassifier(transformer, config.num_classes, config.mlp_head,
                          frozen_transformer=config.head_only)

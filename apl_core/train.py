@@ -315,6 +315,24 @@ def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
 
 # ---------------------------------------------------------------- fine-tuning
 
+def load_finetuned(path_or_run_name: str | Path, device: str = "cpu",
+                   runs_dir: str | Path = "runs") -> tuple[nn.Module, FinetuneConfig]:
+    """A fine-tuned model (eval mode) and its config, from a checkpoint path, run directory
+    or run name. The architecture comes from the checkpoint itself, so the pretrained run it
+    started from need not be at hand."""
+    checkpoint = load_checkpoint(path_or_run_name, runs_dir, "finetune")
+    if checkpoint["phase"] != "finetune":
+        raise ValueError(f"{path_or_run_name!r} is a {checkpoint['phase']} checkpoint, "
+                         f"not a fine-tuning one")
+    config = FinetuneConfig.from_dict(checkpoint["config"])
+    found = checkpoint["architecture"]
+    model, _ = build_finetune_model(config.replace(pretrained="", architecture={
+        name: found[name] for name in ARCHITECTURE_FIELDS if name in found}))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(resolve_device(device)).eval(), config
+
+
+
 def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
     """The model to fine-tune and its architecture (compared with last.pt on resume):
     a baseline, the APL classifier on a pretrained transformer, or BENCHMARK's fresh one."""
@@ -352,10 +370,9 @@ def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
                              f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
     if config.freeze_encoder:  # a learned patch encoder stays as pretrained
         model.transformer.encoder.requires_grad_(False)
-    architecture.update(mlp_head=config.mlp_head,
-                        positional_embedding=config.positional_embedding, **{
-                            name: getattr(transformer_config, name)
-                            for name in ARCHITECTURE_FIELDS if name != "mlp_head"})
+    architecture.update({name: getattr(transformer_config, name) for name in ARCHITECTURE_FIELDS},
+                        mlp_head=config.mlp_head,
+                        positional_embedding=model.transformer.position_embedding is not None)
     return model, architecture
 
 

@@ -527,6 +527,95 @@ def bar_figure(values: dict[str, float], xlabel: str, ylabel: str, title: str,
     return fig
 
 
+def controls_figure(rows: Sequence[dict], title: str = "What each control does to the "
+                    "puzzle and to the features") -> Figure:
+    """Notebook 06's summary, one bar per control: left, the pretext task (held-out position
+    top-1, its chance level ticked); right, the frozen features (kNN and linear-probe top-1),
+    with the random-init features as dashed floors. Rows from several seeds (a 'seed' key)
+    give the mean and a standard-deviation bar."""
+    import pandas as pd
+
+    data = pd.DataFrame(rows)
+    floor = data[data["position_top1"].isna()]
+    trained = data[data["position_top1"].notna()]
+    order = list(dict.fromkeys(trained["control"]))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.5 * len(order) + 2.2), sharey=True,
+                                      gridspec_kw={"width_ratios": (1, 1.4)})
+    pretext = trained.assign(value=100 * trained["position_top1"])
+    sns.barplot(pretext, x="value", y="control", order=order, ax=left, errorbar="sd",
+                color=sns.color_palette(PALETTE)[0])
+    chance = pretext.groupby("control", sort=False)["chance"].first().reindex(order)
+    left.scatter(100 * chance.to_numpy(), range(len(order)), marker="|", s=300, color="k",
+                 zorder=3, label="chance (1 / T)")
+    left.set(title="pretext: where does each patch go?", xlabel="held-out position top-1 (%)",
+             ylabel="", xlim=(0, 100))
+    left.legend(loc="lower right", fontsize=9)
+    features = trained.melt(id_vars=["control"], value_vars=["knn_top1", "probe_top1"],
+                            var_name="measure", value_name="top1")
+    features["top1"] *= 100
+    features["measure"] = features["measure"].map({"knn_top1": "kNN (k = 20)",
+                                                   "probe_top1": "linear probe"})
+    sns.barplot(features, x="top1", y="control", hue="measure", order=order, ax=right,
+                errorbar="sd", palette=PALETTE)
+    colors = sns.color_palette(PALETTE)
+    for measure, color in (("knn_top1", colors[0]), ("probe_top1", colors[1])):
+        if len(floor):
+            right.axvline(100 * floor[measure].mean(), color=color, ls="--", lw=1.2)
+    right.plot([], [], color="grey", ls="--", label="random init (same measure)")
+    right.set(title="features: what do they know about the class?",
+              xlabel="test top-1 on the labelled images (%)", ylabel="")
+    right.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def position_curves_figure(rows: Sequence[dict], controls: Sequence[str],
+                           title: str = "How fast the puzzle is solved") -> Figure:
+    """Held-out position top-1 after every epoch of pretraining, one line per control (rows
+    with 'control', 'position_curve' and 'chance'), with each one's chance level dotted."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = sns.color_palette(PALETTE, len(controls))
+    for control, color in zip(controls, colors):
+        row = next(r for r in rows if r["control"] == control)
+        epochs = range(1, len(row["position_curve"]) + 1)
+        ax.plot(epochs, [100 * v for v in row["position_curve"]], marker="o", color=color,
+                label=control)
+        ax.axhline(100 * row["chance"], color=color, ls=":", lw=1)
+    ax.plot([], [], color="grey", ls=":", label="chance (1 / T)")
+    ax.set(title=title, xlabel="epoch", ylabel="held-out position top-1 (%)", ylim=(0, 102))
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def attention_distance_figure(distances: dict[str, np.ndarray], uniform: float | None = None,
+                              title: str = "How far each head looks") -> Figure:
+    """Mean attention distance (in patches) of every head, one dot per head, against the
+    block, one colour per model (distances: name -> (blocks, heads) array), as in the ViT
+    paper's figure; the line joins each block's mean over heads. uniform: the distance of a
+    head that attends to every patch alike."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = sns.color_palette(PALETTE, len(distances))
+    width = 0.6 / max(1, len(distances))
+    for m, ((name, distance), color) in enumerate(zip(distances.items(), colors)):
+        distance = np.asarray(distance)
+        offset = (m - (len(distances) - 1) / 2) * width
+        blocks = np.arange(1, len(distance) + 1) + offset
+        for block, heads in zip(blocks, distance):
+            ax.scatter(np.full(len(heads), block), heads, color=color, s=22, alpha=0.8)
+        ax.plot(blocks, distance.mean(axis=1), color=color, label=name)
+    if uniform is not None:
+        ax.axhline(uniform, color="grey", ls=":", label="attending to all patches alike")
+    ax.set_xticks(range(1, max(len(np.asarray(d)) for d in distances.values()) + 1))
+    ax.set(title=title, xlabel="block", ylabel="mean attention distance (patches)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=9, title="model (dots: heads)")
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------- tables and files
 
 def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
@@ -586,7 +675,8 @@ __all__ = [
     "set_theme", "to_display", "mosaic", "random_order", "puzzle_figure", "puzzle_grids_figure",
     "image_samples_figure", "training_curves", "confusion_heatmap", "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "patch_dropout_figure", "puzzle_stats_figure",
-    "equivariance_figure", "npc_figure", "search_figure", "bar_figure",
+    "equivariance_figure", "npc_figure", "search_figure", "controls_figure",
+    "position_curves_figure", "attention_distance_figure", "bar_figure",
     "markdown_table", "save",
     "widgets_can_render",
 ]

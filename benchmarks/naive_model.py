@@ -15,8 +15,9 @@ DataLoader's workers.
 
 It computes the same function as `apl_core.model` given the same weights (`from_fast` copies
 them; tests/test_model.py checks it), so the two differ only in how they compute. One knob
-keeps the original's own scaling: scale="original" divides q and k by D^(1/4) each (logits by
-sqrt(D)) where ours uses the standard 1/sqrt(D/H); the speed does not depend on it.
+keeps the original's own scaling: scale="original" divides q, k and v by D^(1/4) each (the
+logits by sqrt(D), the output by D^(1/4)), as `attention_scale="original"` does in ours; the
+speed does not depend on it.
 """
 from __future__ import annotations
 
@@ -45,8 +46,9 @@ class NaiveSelfAttention(nn.Module):
         self.emb, self.heads, self.attention = emb, heads, attention
         s = emb // heads
         # standard 1/sqrt(s) on the logits, split as s^(-1/4) on q and on k (the original's
-        # style); "original" uses D instead of s
+        # style); "original" uses D instead of s and divides v by D^(1/4) too
         self.root = (emb if scale == "original" else s) ** 0.25
+        self.value_root = self.root if scale == "original" else 1.0
         self.toqueries = nn.Linear(emb, emb, bias=False)
         self.tokeys = nn.Linear(emb, emb, bias=False)
         self.tovalues = nn.Linear(emb, emb, bias=False)
@@ -64,12 +66,13 @@ class NaiveSelfAttention(nn.Module):
             for i in range(h):
                 q = queries[:, :, i].contiguous() / self.root
                 k = keys[:, :, i].contiguous() / self.root
+                v = values[:, :, i].contiguous() / self.value_root
                 w = F.softmax(torch.bmm(q, k.transpose(1, 2)), dim=2)
-                outs.append(torch.bmm(w, values[:, :, i].contiguous()))
+                outs.append(torch.bmm(w, v))
             return self.unifyheads(torch.cat(outs, dim=2))
         queries = queries.transpose(1, 2).contiguous().view(b * h, t, s) / self.root
         keys = keys.transpose(1, 2).contiguous().view(b * h, t, s) / self.root
-        values = values.transpose(1, 2).contiguous().view(b * h, t, s)
+        values = values.transpose(1, 2).contiguous().view(b * h, t, s) / self.value_root
         dot = F.softmax(torch.bmm(queries, keys.transpose(1, 2)), dim=2)
         out = torch.bmm(dot, values).view(b, h, t, s)
         out = out.transpose(1, 2).contiguous().view(b, t, s * h)

@@ -442,3 +442,62 @@ def test_attention_layer_returns_weights_only_when_asked():
 def test_heads_that_do_not_divide_the_token_dimension_are_refused():
     with pytest.raises(ValueError, match=r"^heads=5 must divide the token dimension 147$"):
         SelfAttention(147, 5)
+
+
+@pytest.mark.parametrize("attention", ["bmm", "loop"])
+def test_original_attention_scale_is_the_originals_including_the_value_path(attention):
+    """attention_scale="original" computes what the original's attention computes: q, k and v
+    each divided by D^(1/4) (the transcription in benchmarks/naive_model.py), and differs
+    from the standard scaling by more than rounding."""
+    torch.manual_seed(0)
+    config = PretrainConfig(**SMALL, dropout=0.0, patch_dropout=0.0, attention_scale="original")
+    ours = build_pretrain_model(config)
+    original = _naive_twin(ours, image_size=32, grid=4, crop=1, blocks=2, heads=3,
+                           hidden_mult=2, dropout=0.0, patch_dropout=0.0, attention=attention,
+                           scale="original")
+    images = torch.randn(3, 3, 32, 32)
+    logits, _ = ours(images)
+    torch.testing.assert_close(logits, original(images)[0], atol=1e-5, rtol=1e-5)
+    standard = build_pretrain_model(config.replace(attention_scale="standard"))
+    standard.load_state_dict(ours.state_dict())
+    assert (standard(images)[0] - logits).abs().max() > 1e-2
+    attention_module = ours.transformer.blocks[0].attn
+    d = ours.transformer.dim
+    assert attention_module.logit_scale == pytest.approx(d ** -0.5)
+    assert attention_module.value_scale == pytest.approx(d ** -0.25)
+
+
+def test_original_scale_returns_the_weights_it_uses():
+    """The attention weights shown in the notebooks are the ones the output is computed from,
+    with either scaling."""
+    torch.manual_seed(0)
+    transformer = APLTransformer(**SMALL, dropout=0.0, patch_dropout=0.0,
+                                 attention_scale="original").eval()
+    x = torch.randn(2, 16, transformer.dim)
+    attention = transformer.blocks[0].attn
+    fused, _ = attention(x)
+    explicit, weights = attention(x, return_attention=True)
+    torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 16))
+
+
+def test_unknown_attention_scale_is_refused():
+    with pytest.raises(ValueError, match="attention_scale='sqrt'.*standard"):
+        PretrainConfig(**SMALL, attention_scale="sqrt")
+
+
+def test_patch_dropout_at_eval_drops_patches_in_evaluation_mode_too():
+    """The original's PatchDropout has no training switch; at_eval=True reproduces it, the
+    default drops only while training."""
+    torch.manual_seed(0)
+    tokens = torch.ones(400, 16, 8)
+    standard, original = PatchDropout(0.25).eval(), PatchDropout(0.25, at_eval=True).eval()
+    kept, keep = standard(tokens)
+    assert keep.all() and torch.equal(kept, tokens)
+    kept, keep = original(tokens)
+    assert 0.7 < keep.float().mean() < 0.8
+    assert torch.equal(kept, tokens * keep.unsqueeze(-1))
+    model = build_pretrain_model(PretrainConfig(**SMALL, patch_dropout=0.25,
+                                                patch_dropout_at_eval=True)).eval()
+    _, keep = model(torch.randn(50, 3, 32, 32))
+    assert not keep.all()

@@ -337,3 +337,29 @@ def test_pretraining_on_a_folder_with_a_corrupt_file_warns_and_trains(tmp_path):
         result = pretrain(config)
     assert result.metrics[-1]["epoch"] == 1
     assert len(list((tmp_path / "runs" / "cache").glob("folder-unlabeled-32px-*.pt"))) == 1
+
+
+def test_a_finetuned_run_loads_back_without_its_pretrained_run(pretrained_run, tmp_path):
+    """load_finetuned rebuilds the model from the checkpoint alone (notebook 06 reads notebook
+    04's runs), with the positional embedding a leak-pretrained model carries."""
+    from apl_core.train import load_finetuned
+
+    config = smoke_finetune_config(tmp_path, epochs=1, pretrained=str(pretrained_run.checkpoint))
+    result = finetune(config)
+    model, loaded = load_finetuned(result.run_dir)
+    assert loaded == result.config and not model.training
+    saved = read_checkpoint(result.checkpoint)["model"]
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+    with pytest.raises(ValueError, match="is a pretrain checkpoint, not a fine-tuning one"):
+        load_finetuned(pretrained_run.checkpoint)
+
+    leak = pretrain(smoke_pretrain_config(tmp_path, epochs=1, positional_embedding=True))
+    tuned = finetune(smoke_finetune_config(tmp_path, epochs=1, pretrained=str(leak.checkpoint)))
+    model, _ = load_finetuned(tuned.run_dir)
+    assert torch.equal(model.transformer.position_embedding,
+                       read_checkpoint(tuned.checkpoint)["model"]["transformer.position_embedding"])
+    pretrained_embedding = read_checkpoint(leak.checkpoint)["model"][
+        "transformer.position_embedding"]
+    fresh, _ = build_finetune_model(smoke_finetune_config(tmp_path, epochs=1,
+                                                          pretrained=str(leak.checkpoint)))
+    assert torch.equal(fresh.transformer.position_embedding, pretrained_embedding)

@@ -1,0 +1,227 @@
+"""Why the method works (notebook 06): controls that change one thing in APL pretraining.
+
+Every control is the same small pretraining (the profile's `controls` budget) with one
+setting changed, evaluated the same way:
+
+    APL                  the method, with the profile's G and K
+    positional leak      a learned positional embedding added to the tokens: the transformer
+                         can read each token's position, so the puzzle needs no image content
+    K = k                another crop; K = 0 leaves neighbouring patches touching
+    G = g                another grid: a harder or easier puzzle
+    original scaling     the original's attention, q, k and v each divided by D^(1/4)
+
+and a random-init model of the APL architecture as the floor. For each: the held-out position
+top-1 (the pretext task), and the frozen features' kNN and linear-probe top-1 on the
+labelled images (`analysis.knn_vote`, `analysis.feature_probe`, the probe's penalty chosen
+on the validation part) and the mean attention distance of every block and head.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .analysis import (
+    attention_maps, border_blanking, feature_probe, knn_vote, mean_attention_distance,
+    pooled_features,
+)
+from .comparison import label_seed
+from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
+from .data import data_source, finetune_sets, load_split, split_holdout
+from .model import build_pretrain_model
+from .train import RunResult, load_finetuned, load_pretrained, pretrain, resolve_device
+from .tuning import RESULTS_DIR, load_results
+
+RANDOM_INIT = "random init"
+ATTENTION_IMAGES = 256  # test images whose attention is averaged
+
+
+def control_configs(profile: str, seed: int = 0, **settings) -> dict[str, PretrainConfig]:
+    """Every control's pretraining config, by name; `settings` (runs_dir, device, ...) apply
+    to all of them."""
+    profile_npcs(profile)  # a clear error for an unknown profile
+    controls = PROFILES[profile]["controls"]
+    base = profile_config(profile, "pretrain", **{**controls["budget"], "seed": seed,
+                                                  "knn_every": 0, **settings})
+    changes = {f"APL (G = {base.grid}, K = {base.crop})": {},
+               "positional leak": {"positional_embedding": True}}
+    changes.update({f"K = {k}": {"crop": k} for k in controls["crops"] if k != base.crop})
+    changes.update({f"G = {g}": {"grid": g} for g in controls["grids"] if g != base.grid})
+    changes["original scaling"] = {"attention_scale": "original"}
+    return {name: base.replace(**change) for name, change in changes.items()}
+
+
+@dataclass
+class LabelledFeatures:
+    """The labelled images the features are judged on: the probe's training images, its
+    validation part (for the penalty) and the test images."""
+
+    train: tuple[torch.Tensor, torch.Tensor]  # (uint8 images, labels)
+    val: tuple[torch.Tensor, torch.Tensor]
+    test: tuple[torch.Tensor, torch.Tensor]
+
+
+def labelled_sets(profile: str, seed: int = 0, **settings) -> LabelledFeatures:
+    """The profile's largest NPC of labelled images with seed's labels, its validation part
+    and the fixed test subset: the sets notebook 04 fine-tunes on at that NPC."""
+    keep = {k: v for k, v in settings.items() if k in ("data_dir", "device")}
+    config = profile_config(profile, "finetune", npc=max(profile_npcs(profile)),
+                            label_seed=label_seed(seed), **keep)
+    if not config.val_per_class:
+        config = config.replace(val_per_class=max(1, config.npc // 2))
+    train, val, test = finetune_sets(config)
+    return LabelledFeatures(*((part.images, part.labels) for part in (train, val, test)))
+
+
+def judge_features(transformer, sets: LabelledFeatures, device) -> dict:
+    """kNN top-1 (k = 20, the training images as the bank), the feature probe's test top-1
+    and chosen penalty, and the mean attention distance per block (averaged over heads) and
+    per block and head, in patches."""
+    pooled = {part: pooled_features(transformer, getattr(sets, part)[0], device).cpu()
+              for part in ("train", "val", "test")}
+    labels = {part: getattr(sets, part)[1] for part in pooled}
+    knn = knn_vote(F.normalize(pooled["train"], dim=-1), labels["train"],
+                   F.normalize(pooled["test"], dim=-1), labels["test"])
+    probe = feature_probe(*((pooled[part], labels[part]) for part in ("train", "val", "test")))
+    attention = attention_maps(transformer, sets.test[0][:ATTENTION_IMAGES], device)
+    distance = mean_attention_distance(attention, transformer.grid)
+    return {"knn_top1": knn, "probe_top1": probe.test_top1, "probe_penalty": probe.penalty,
+            "attention_distance": distance.mean(axis=1).tolist(),
+            "attention_distance_heads": distance.tolist()}
+
+
+def run_controls(profile: str, seed: int = 0, names=None, report=None,
+                 **settings) -> list[dict]:
+    """Pretrain every control (finished runs are read back, so a rerun costs only the
+    evaluation) and judge it; one row per control plus the random-init floor. names: a
+    subset of `control_configs`' names. report(row) is called after each control."""
+    configs = control_configs(profile, seed, **settings)
+    if names is not None:
+        unknown = sorted(set(names) - set(configs))
+        if unknown:
+            raise ValueError(f"unknown control(s) {unknown}; known: {list(configs)}")
+        configs = {name: configs[name] for name in names}
+    device = resolve_device(settings.get("device", "auto"))
+    sets = labelled_sets(profile, seed, **settings)
+    rows = []
+    for name, config in configs.items():
+        started = time.perf_counter()
+        result = pretrain(config, resume="auto")
+        model, _ = load_pretrained(result.checkpoint, device=device)
+        rows.append({**_row(name, config, result), **judge_features(model.transformer, sets, device),
+                     "seconds": time.perf_counter() - started})
+        if report is not None:
+            report(rows[-1])
+    base = next(iter(control_configs(profile, seed, **settings).values()))
+    torch.manual_seed(seed)
+    floor = build_pretrain_model(base).to(device)
+    rows.append({"control": RANDOM_INIT, "grid": base.grid, "crop": base.crop,
+                 "position_top1": None, "chance": 1 / base.num_tokens,
+                 **judge_features(floor.transformer, sets, device)})
+    return rows
+
+
+def _row(name: str, config: PretrainConfig, result: RunResult) -> dict:
+    last = result.metrics[-1]
+    return {"control": name, "grid": config.grid, "crop": config.crop,
+            "position_top1": last["val_top1"], "chance": 1 / config.num_tokens,
+            "position_curve": [row["val_top1"] for row in result.metrics],
+            "train_seconds": sum(row["epoch_time_s"] for row in result.metrics),
+            "run_dir": str(result.run_dir.resolve())}
+
+
+def border_reliance(rows: list[dict], device="cpu", images: int = 500) -> list[dict]:
+    """For every control of rows that differs only in K (and APL), the held-out position
+    top-1 with the patches intact and with their outermost pixel ring blanked
+    (`analysis.border_blanking`), on up to `images` of its own held-out images."""
+    apl = rows[0]
+    chosen = [row for row in rows
+              if row.get("run_dir") and row["grid"] == apl["grid"]
+              and (row is apl or row["control"].startswith("K ="))]
+    table = []
+    for row in sorted(chosen, key=lambda r: r["crop"]):
+        model, config = load_pretrained(row["run_dir"], device=device)
+        pretraining = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
+                                 seed=config.seed)
+        _, held_out = split_holdout(pretraining, config.holdout_images, config.seed)
+        result = border_blanking(model, held_out.images[:images], device=device)
+        table.append({"control": row["control"], "crop": row["crop"], **result,
+                      "drop": result["intact"] - result["blanked"]})
+    return table
+
+
+def finetuned_transformers(finetune_rows: list[dict], methods=("APL fine-tune", "BENCHMARK"),
+                           device="cpu") -> dict:
+    """The transformers of notebook 04's runs of `methods` at its largest NPC, by method."""
+    npc = max(row["npc"] for row in finetune_rows)
+    return {row["method"]: load_finetuned(row["run_dir"], device).transformer
+            for row in finetune_rows if row["npc"] == npc and row["method"] in methods}
+
+
+
+# ---------------------------------------------------------------- over seeds
+
+def results_path(profile: str) -> Path:
+    return RESULTS_DIR / f"{profile}_controls.json"
+
+
+def load_seeds(profile: str) -> dict | None:
+    """The committed controls over seeds (benchmarks/controls_seeds.py), None if there are
+    none for `profile`."""
+    return load_results(results_path(profile), "controls over seeds",
+                        {"profile", "machine", "command", "seeds"},
+                        f"python benchmarks/controls_seeds.py --profile {profile}")
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def seed_table(results: dict) -> list[dict]:
+    """Per control, the mean ± standard deviation over seeds (%) of the held-out position
+    top-1, the kNN and the linear probe's top-1."""
+    table = []
+    for control, rows in _by_control(results).items():
+        positions = [r["position_top1"] for r in rows if r["position_top1"] is not None]
+        table.append({"control": control, "seeds": len(rows),
+                      "position top-1": _mean_sd(positions) if positions else "–",
+                      "chance": f"{100 * rows[0]['chance']:.1f}",
+                      "kNN top-1": _mean_sd([r["knn_top1"] for r in rows]),
+                      "probe top-1": _mean_sd([r["probe_top1"] for r in rows])})
+    return table
+
+
+def margin_table(results: dict) -> list[dict]:
+    """Per control, its paired difference from APL on every seed (percentage points) in the
+    probe's and the kNN's top-1, and the mean: a difference smaller than the seeds' spread
+    is no difference."""
+    by_control = _by_control(results)
+    apl_name = next(iter(by_control))
+    apl = {row["seed"]: row for row in by_control[apl_name]}
+    table = []
+    for control, rows in by_control.items():
+        if control == apl_name:
+            continue
+        row = {"control": control}
+        for key, label in (("probe_top1", "probe"), ("knn_top1", "kNN")):
+            margins = [100 * (r[key] - apl[r["seed"]][key]) for r in rows]
+            row[f"{label} − APL, per seed"] = ", ".join(f"{m:+.1f}" for m in margins)
+            row[f"{label} mean"] = f"{statistics.mean(margins):+.1f}"
+        table.append(row)
+    return table
+
+
+def _by_control(results: dict) -> dict[str, list[dict]]:
+    """Every seed's row of each control, in the order the controls ran, with its seed."""
+    rows: dict[str, list[dict]] = {}
+    for seed in results["seeds"]:
+        for row in seed["rows"]:
+            rows.setdefault(row["control"], []).append({**row, "seed": seed["seed"]})
+    return rows
