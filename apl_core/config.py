@@ -1,4 +1,4 @@
-"""One dataclass per phase, validated at construction.
+"""One dataclass per phase, validated at construction; `Config` is either.
 
 Defaults are the original's settings (the paper profile: STL-10, 96 x 96, G = 7, K = 1).
 `PROFILES` holds the overrides of the smaller profiles that the notebooks and tests use.
@@ -272,6 +272,9 @@ class FinetuneConfig(_Common):
     def benchmark(self) -> bool:
         """The original's BENCHMARK: the APL architecture trained from random initialisation."""
         return self.model == "apl" and not self.pretrained
+
+
+Config = PretrainConfig | FinetuneConfig
 
 
 # The fields of PretrainConfig that fix the architecture a checkpoint holds.

@@ -34,7 +34,7 @@ from .baselines import SCNN, s_resnet18
 from .checkpoint import (
     check_architecture, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
-from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig
+from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig
 from .data import (
     BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
 )
@@ -46,8 +46,6 @@ from .objective import (
     TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
 )
 from .rundir import RunLog, open_run
-
-Config = PretrainConfig | FinetuneConfig
 
 
 @dataclass
