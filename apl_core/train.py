@@ -5,9 +5,10 @@
     train_one_epoch / evaluate           one pass over a loader
 
 What one batch costs in each phase (`position_loss`, `class_loss`) and the learning-rate
-schedule live in `apl_core.objective`. The rate is a pure function of training progress, so
-there is no scheduler object: a resumed run recomputes the rate from the epoch it continues at. Metric sums
-stay on the device during an epoch and are read once at its end (no host sync per step).
+schedule live in `apl_core.objective`; the device and the autocast precision are chosen in
+`apl_core.device`. The rate is a pure function of training progress, so there is no scheduler
+object: a resumed run recomputes the rate from the epoch it continues at. Metric sums stay on
+the device during an epoch and are read once at its end (no host sync per step).
 
 Each run lives in its run directory (`apl_core.rundir`). Starting a new run where a run with a
 checkpoint exists is an error: continue it with resume=True, or give another run_name.
@@ -38,6 +39,7 @@ from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig
 from .data import (
     BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
 )
+from .device import autocast, autocast_dtype, resolve_device
 from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
 )
@@ -54,40 +56,6 @@ class RunResult:
     checkpoint: Path  # run_dir / "last.pt"
     metrics: list[dict]  # one row per epoch, as in metrics.jsonl
     config: Config
-
-
-# ---------------------------------------------------------------- device, precision
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; an unavailable CUDA device is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
-    return device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX make bf16 matmuls faster than fp32; elsewhere bf16 only costs.
-    (get_cpu_capability() reports just 'AVX512', so ask torch.cpu's feature probes.)"""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision`, None for full fp32. 'auto' takes bf16 where the
-    device computes it fast, fp16 (with gradient scaling) on CUDA without bf16, else fp32."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 # ---------------------------------------------------------------- one epoch

@@ -275,19 +275,6 @@ def test_npc_larger_than_a_class_fails_before_training(tmp_path, monkeypatch):
         finetune(smoke_finetune_config(tmp_path, npc=100_000, architecture=SMOKE_ARCHITECTURE))
 
 
-def test_precision_choice(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
-    assert train.autocast_dtype("auto", cpu) is None
-    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: True)
-    assert train.autocast_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert train.autocast_dtype("auto", cuda) == torch.float16
-    assert train.autocast_dtype("fp32", cuda) is None
-    with pytest.raises(ValueError, match="fp16.*CUDA"):
-        train.autocast_dtype("fp16", cpu)
-
-
 def test_bf16_autocast_trains_on_cpu(tmp_path):
     result = pretrain(smoke_pretrain_config(tmp_path, precision="bf16", epochs=1,
                                             num_images=192, holdout_images=64))
