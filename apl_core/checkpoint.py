@@ -115,6 +115,16 @@ def load_checkpoint(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
     return read_checkpoint(resolve_checkpoint(path_or_run_name, runs_dir, phase))
 
 
+def load_pretrain_checkpoint(path_or_run_name: str | Path, runs_dir: str | Path = "runs") -> dict:
+    """The checkpoint of a pretraining run (see `resolve_checkpoint`); a fine-tuning checkpoint
+    is a ValueError."""
+    checkpoint = load_checkpoint(path_or_run_name, runs_dir, "pretrain")
+    if checkpoint["phase"] != "pretrain":
+        raise ValueError(f"{str(path_or_run_name)!r} is a {checkpoint['phase']} checkpoint, "
+                         f"not a pretraining one; give a pretraining run")
+    return checkpoint
+
+
 def check_architecture(found: dict, expected: dict, where: str | Path) -> None:
     """ValueError naming every field where the checkpoint's architecture differs from the
     one the config asks for (only the fields present in both are compared)."""

@@ -1,6 +1,7 @@
 """The training engine: APL pretraining and fine-tuning share one loop.
 
     pretrain(config) / finetune(config)   load the data, build the model, then call `fit`
+    load_pretrained                      a pretraining run's model, ready to analyse
     fit                                  the epoch loop: train, evaluate, checkpoint, log
     train_one_epoch / evaluate           one pass over a loader
 
@@ -31,11 +32,10 @@ from tqdm.auto import tqdm
 
 from .analysis import knn_accuracy
 from .augment import AugmentSpec
-from .baselines import SCNN, s_resnet18
 from .checkpoint import (
-    check_architecture, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+    check_architecture, load_pretrain_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
-from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig
+from .config import Config, FinetuneConfig, PretrainConfig
 from .data import (
     BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
 )
@@ -43,7 +43,9 @@ from .device import autocast, autocast_dtype, resolve_device
 from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
 )
-from .model import APLPretrainModel, build_classifier, build_pretrain_model
+from .model import (
+    APLPretrainModel, build_finetune_model, build_pretrain_model, pretrain_architecture,
+)
 from .objective import (
     TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
 )
@@ -226,12 +228,6 @@ def _loader(data: ImageSet, config: Config, rt: Runtime, train: bool) -> BatchLo
 
 # ---------------------------------------------------------------- pretraining
 
-def pretrain_architecture(config: PretrainConfig) -> dict:
-    """What a pretraining checkpoint's weights fit: image size and ARCHITECTURE_FIELDS."""
-    return {"image_size": config.image_size,
-            **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS}}
-
-
 def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     """APL pretraining (docs/method.md, 'Pretraining recipe'). resume: False (a new run), True
     (continue this config's run; error if there is none) or 'auto' (continue when there is
@@ -269,10 +265,7 @@ def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
 def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
                     device: str = "cpu") -> tuple[APLPretrainModel, PretrainConfig]:
     """A pretrained model (eval mode) and its config, from a checkpoint path or run name."""
-    checkpoint = load_checkpoint(path_or_run_name, runs_dir, "pretrain")
-    if checkpoint["phase"] != "pretrain":
-        raise ValueError(f"{path_or_run_name!r} is a {checkpoint['phase']} checkpoint, "
-                         f"not a pretraining one")
+    checkpoint = load_pretrain_checkpoint(path_or_run_name, runs_dir)
     config = PretrainConfig.from_dict(checkpoint["config"])
     model = build_pretrain_model(config)
     model.load_state_dict(checkpoint["model"])
@@ -280,50 +273,6 @@ def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
 
 
 # ---------------------------------------------------------------- fine-tuning
-
-def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
-    """The model to fine-tune and its architecture (compared with last.pt on resume):
-    a baseline, the APL classifier on a pretrained transformer, or BENCHMARK's fresh one."""
-    architecture = {"model": config.model, "image_size": config.image_size,
-                    "num_classes": config.num_classes}
-    if config.model == "s-cnn":
-        return SCNN(config.image_size, config.num_classes), architecture
-    if config.model == "s-resnet":
-        return s_resnet18(config.num_classes), architecture
-    pretrained = None
-    if config.pretrained:
-        pretrained = load_checkpoint(config.pretrained, config.runs_dir, "pretrain")
-        if pretrained["phase"] != "pretrain":
-            raise ValueError(f"pretrained={config.pretrained!r} is a {pretrained['phase']} "
-                             f"checkpoint; give a pretraining run")
-        check_architecture(pretrained["architecture"],
-                           {"image_size": config.image_size, **config.architecture},
-                           config.pretrained)
-        transformer_config = PretrainConfig.from_dict(pretrained["config"])
-    else:
-        try:
-            transformer_config = PretrainConfig(image_size=config.image_size, **config.architecture)
-        except ValueError as error:
-            raise ValueError(f"BENCHMARK builds the APL architecture from `architecture` "
-                             f"(else PretrainConfig's defaults): {error}") from error
-    model = build_classifier(config, transformer_config)
-    if pretrained is not None:
-        prefix = "transformer."
-        weights = {k[len(prefix):]: v for k, v in pretrained["model"].items()
-                   if k.startswith(prefix)}
-        # a positional embedding is new to the pretrained model: it keeps its initialisation
-        missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
-        if set(missing) - {"position_embedding"} or unexpected:
-            raise ValueError(f"pretrained={config.pretrained!r} does not fit the transformer: "
-                             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    if config.freeze_encoder:  # a learned patch encoder stays as pretrained
-        model.transformer.encoder.requires_grad_(False)
-    architecture.update(mlp_head=config.mlp_head,
-                        positional_embedding=config.positional_embedding, **{
-                            name: getattr(transformer_config, name)
-                            for name in ARCHITECTURE_FIELDS if name != "mlp_head"})
-    return model, architecture
-
 
 def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
     """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (docs/method.md, 'Fine-tuning

@@ -6,8 +6,9 @@ import torch
 
 import apl_core.checkpoint as checkpoint
 from apl_core.checkpoint import (
-    CheckpointError, check_architecture, list_runs, load_checkpoint, read_checkpoint,
-    resolve_checkpoint, restore_rng_state, rng_state, save_checkpoint, write_atomic,
+    CheckpointError, check_architecture, list_runs, load_checkpoint, load_pretrain_checkpoint,
+    read_checkpoint, resolve_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+    write_atomic,
 )
 
 
@@ -153,6 +154,15 @@ def test_architecture_mismatch_names_every_field():
 
 
 # ---------------------------------------------------------------- random generator states
+
+def test_only_a_pretraining_checkpoint_loads_as_one(tmp_path):
+    save_checkpoint(state(1.0), tmp_path / "pretrained.pt")
+    assert load_pretrain_checkpoint(tmp_path / "pretrained.pt")["phase"] == "pretrain"
+    save_checkpoint({**state(1.0), "phase": "finetune"}, tmp_path / "finetuned.pt")
+    with pytest.raises(ValueError, match="finetuned.pt' is a finetune checkpoint, not a "
+                                         "pretraining one; give a pretraining run"):
+        load_pretrain_checkpoint(tmp_path / "finetuned.pt")
+
 
 def test_restoring_the_rng_state_repeats_the_random_draws(tmp_path):
     save_checkpoint({**state(1.0), "rng": rng_state()}, tmp_path / "last.pt")
