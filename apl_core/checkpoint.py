@@ -115,6 +115,20 @@ def load_checkpoint(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
     return read_checkpoint(resolve_checkpoint(path_or_run_name, runs_dir, phase))
 
 
+PHASE_NAMES = {"pretrain": "pretraining", "finetune": "fine-tuning"}
+
+
+def load_phase_checkpoint(path_or_run_name: str | Path, phase: str,
+                          runs_dir: str | Path = "runs") -> dict:
+    """The checkpoint of a `phase` run ('pretrain' or 'finetune', see `resolve_checkpoint`);
+    a checkpoint of the other phase is a ValueError."""
+    checkpoint = load_checkpoint(path_or_run_name, runs_dir, phase)
+    if checkpoint["phase"] != phase:
+        raise ValueError(f"{str(path_or_run_name)!r} is a {checkpoint['phase']} checkpoint, "
+                         f"not a {PHASE_NAMES[phase]} one; give a {PHASE_NAMES[phase]} run")
+    return checkpoint
+
+
 def check_architecture(found: dict, expected: dict, where: str | Path) -> None:
     """ValueError naming every field where the checkpoint's architecture differs from the
     one the config asks for (only the fields present in both are compared)."""

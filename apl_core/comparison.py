@@ -21,9 +21,10 @@ import torch
 from .analysis import knn_accuracy
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig, profile_config
 from .data import finetune_sets
+from .device import resolve_device
 from .model import build_pretrain_model
 from .rundir import last_evaluation
-from .train import finetune, load_pretrained, resolve_device
+from .train import finetune, load_pretrained
 from .tuning import candidates, tuned_settings
 
 METHODS = (

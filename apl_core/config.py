@@ -1,4 +1,4 @@
-"""One dataclass per phase, validated at construction.
+"""One dataclass per phase, validated at construction; `Config` is either.
 
 Defaults are the original's settings (the paper profile: STL-10, 96 x 96, G = 7, K = 1).
 `PROFILES` holds the overrides of the smaller profiles that the notebooks and tests use.
@@ -132,6 +132,16 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     return value
 
 
+def _check_dropout_and_crop_scale(config: Config) -> None:
+    """Fields both phases have, each phase with its own default (so they are not _Common's)."""
+    if not 0 <= config.dropout < 1:
+        _fail("dropout", config.dropout, "must be in [0, 1)")
+    if not 0 <= config.patch_dropout < 1:
+        _fail("patch_dropout", config.patch_dropout, "PatchDropout p must be in [0, 1)")
+    if not 0 < config.crop_scale <= 1:
+        _fail("crop_scale", config.crop_scale, "must be in (0, 1]")
+
+
 @dataclass
 class PretrainConfig(_Common):
     """APL-G,K pretraining (docs/method.md, 'Pretraining recipe')."""
@@ -186,16 +196,11 @@ class PretrainConfig(_Common):
                 "heads", self.heads,
                 f"must divide the token dimension D = {d}; head counts that would: {divisors}",
             )
-        if not 0 <= self.dropout < 1:
-            _fail("dropout", self.dropout, "must be in [0, 1)")
-        if not 0 <= self.patch_dropout < 1:
-            _fail("patch_dropout", self.patch_dropout, "PatchDropout p must be in [0, 1)")
+        _check_dropout_and_crop_scale(self)
         if self.num_images < 0:
             _fail("num_images", self.num_images, "must be >= 0 (0: the whole split)")
         if self.holdout_images < 0:
             _fail("holdout_images", self.holdout_images, "must be >= 0")
-        if not 0 < self.crop_scale <= 1:
-            _fail("crop_scale", self.crop_scale, "must be in (0, 1]")
         if self.knn_every < 0:
             _fail("knn_every", self.knn_every, "must be >= 0 (0: never)")
 
@@ -254,10 +259,7 @@ class FinetuneConfig(_Common):
                 "the CNN baselines train from scratch: pretrained, head_only, freeze_encoder "
                 "and positional_embedding apply to model='apl' only",
             )
-        if not 0 <= self.dropout < 1:
-            _fail("dropout", self.dropout, "must be in [0, 1)")
-        if not 0 <= self.patch_dropout < 1:
-            _fail("patch_dropout", self.patch_dropout, "PatchDropout p must be in [0, 1)")
+        _check_dropout_and_crop_scale(self)
         for name in ("npc", "eval_every", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -265,8 +267,6 @@ class FinetuneConfig(_Common):
         for name in ("val_per_class", "test_per_class"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "must be >= 0")
-        if not 0 < self.crop_scale <= 1:
-            _fail("crop_scale", self.crop_scale, "must be in (0, 1]")
         if self.select_best and not self.val_per_class:
             _fail("select_best", self.select_best,
                   "selecting on validation needs a validation part: set val_per_class > 0")
@@ -282,6 +282,9 @@ class FinetuneConfig(_Common):
     def benchmark(self) -> bool:
         """The original's BENCHMARK: the APL architecture trained from random initialisation."""
         return self.model == "apl" and not self.pretrained
+
+
+Config = PretrainConfig | FinetuneConfig
 
 
 # The fields of PretrainConfig that fix the architecture a checkpoint holds.

@@ -33,7 +33,8 @@ from .comparison import label_seed
 from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
 from .data import data_source, finetune_sets, load_split, split_holdout
 from .model import build_pretrain_model
-from .train import RunResult, load_finetuned, load_pretrained, pretrain, resolve_device
+from .device import resolve_device
+from .train import RunResult, load_finetuned, load_pretrained, pretrain
 from .tuning import RESULTS_DIR, load_results
 
 RANDOM_INIT = "random init"

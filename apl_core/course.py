@@ -299,7 +299,7 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
     extra = check_parameters(extra or {}, names)
     out = output_folder(out)
     figures, report = out / "figures", out / "report"
-    from .train import resolve_device  # imports torch: only once the arguments are checked
+    from .device import resolve_device  # imports torch: only once the arguments are checked
 
     device = str(resolve_device(device))
     if profile == "auto":

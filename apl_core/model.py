@@ -3,6 +3,11 @@ positional information anywhere, so the model only sees the set of tokens and is
 permutation-equivariant. Two models put a head on it: `APLPretrainModel` (pretraining, one
 position classifier shared by all tokens) and `APLClassifier` (fine-tuning, a class head on
 the mean over tokens).
+
+`build_pretrain_model` and `build_classifier` build them from a config. `build_finetune_model`
+builds what a fine-tuning run trains (a CNN baseline, or the classifier on a pretrained run's
+transformer or on BENCHMARK's fresh one) with the architecture its checkpoints record, as
+`pretrain_architecture` gives a pretraining run's.
 """
 from __future__ import annotations
 
@@ -11,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
+from .baselines import SCNN, s_resnet18
+from .checkpoint import check_architecture, load_phase_checkpoint
 from .config import (
     ARCHITECTURE_FIELDS, ATTENTION_SCALES, FinetuneConfig, PretrainConfig, token_dim,
 )
@@ -337,3 +344,49 @@ def build_classifier(config: FinetuneConfig, architecture: PretrainConfig,
     }, head_multiple=head_multiple)
     return APLClassifier(transformer, config.num_classes, config.mlp_head,
                          frozen_transformer=config.head_only)
+
+
+def pretrain_architecture(config: PretrainConfig) -> dict:
+    """What a pretraining checkpoint's weights fit: image size and ARCHITECTURE_FIELDS."""
+    return {"image_size": config.image_size,
+            **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS}}
+
+
+def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
+    """The model to fine-tune and its architecture (compared with last.pt on resume):
+    a baseline, the APL classifier on a pretrained transformer, or BENCHMARK's fresh one."""
+    architecture = {"model": config.model, "image_size": config.image_size,
+                    "num_classes": config.num_classes}
+    if config.model == "s-cnn":
+        return SCNN(config.image_size, config.num_classes), architecture
+    if config.model == "s-resnet":
+        return s_resnet18(config.num_classes), architecture
+    pretrained = None
+    if config.pretrained:
+        pretrained = load_phase_checkpoint(config.pretrained, "pretrain", config.runs_dir)
+        check_architecture(pretrained["architecture"],
+                           {"image_size": config.image_size, **config.architecture},
+                           config.pretrained)
+        transformer_config = PretrainConfig.from_dict(pretrained["config"])
+    else:
+        try:
+            transformer_config = PretrainConfig(image_size=config.image_size, **config.architecture)
+        except ValueError as error:
+            raise ValueError(f"BENCHMARK builds the APL architecture from `architecture` "
+                             f"(else PretrainConfig's defaults): {error}") from error
+    model = build_classifier(config, transformer_config)
+    if pretrained is not None:
+        prefix = "transformer."
+        weights = {k[len(prefix):]: v for k, v in pretrained["model"].items()
+                   if k.startswith(prefix)}
+        # a positional embedding is new to the pretrained model: it keeps its initialisation
+        missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
+        if set(missing) - {"position_embedding"} or unexpected:
+            raise ValueError(f"pretrained={config.pretrained!r} does not fit the transformer: "
+                             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    if config.freeze_encoder:  # a learned patch encoder stays as pretrained
+        model.transformer.encoder.requires_grad_(False)
+    architecture.update({name: getattr(transformer_config, name) for name in ARCHITECTURE_FIELDS},
+                        mlp_head=config.mlp_head,
+                        positional_embedding=model.transformer.position_embedding is not None)
+    return model, architecture

@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FinetuneConfig, PretrainConfig
+from .config import Config
 from .puzzle import position_targets
 
-Config = PretrainConfig | FinetuneConfig
 TOP_K = (1, 3, 5)
 
 

@@ -14,9 +14,7 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 from .checkpoint import list_runs, read_checkpoint, write_atomic
-from .config import FinetuneConfig, PretrainConfig
-
-Config = PretrainConfig | FinetuneConfig
+from .config import Config, FinetuneConfig, PretrainConfig
 
 
 def _fmt(value: float) -> str:

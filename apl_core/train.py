@@ -1,13 +1,15 @@
 """The training engine: APL pretraining and fine-tuning share one loop.
 
     pretrain(config) / finetune(config)   load the data, build the model, then call `fit`
+    load_pretrained                      a pretraining run's model, ready to analyse
     fit                                  the epoch loop: train, evaluate, checkpoint, log
     train_one_epoch / evaluate           one pass over a loader
 
 What one batch costs in each phase (`position_loss`, `class_loss`) and the learning-rate
-schedule live in `apl_core.objective`. The rate is a pure function of training progress, so
-there is no scheduler object: a resumed run recomputes the rate from the epoch it continues at. Metric sums
-stay on the device during an epoch and are read once at its end (no host sync per step).
+schedule live in `apl_core.objective`; the device and the autocast precision are chosen in
+`apl_core.device`. The rate is a pure function of training progress, so there is no scheduler
+object: a resumed run recomputes the rate from the epoch it continues at. Metric sums stay on
+the device during an epoch and are read once at its end (no host sync per step).
 
 Each run lives in its run directory (`apl_core.rundir`). Starting a new run where a run with a
 checkpoint exists is an error: continue it with resume=True, or give another run_name.
@@ -30,24 +32,24 @@ from tqdm.auto import tqdm
 
 from .analysis import knn_accuracy
 from .augment import AugmentSpec
-from .baselines import SCNN, s_resnet18
 from .checkpoint import (
-    check_architecture, load_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+    check_architecture, load_phase_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
-from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig
+from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig
 from .data import (
     BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
 )
+from .device import autocast, autocast_dtype, resolve_device
 from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
 )
-from .model import APLPretrainModel, build_classifier, build_pretrain_model
+from .model import (
+    APLPretrainModel, build_finetune_model, build_pretrain_model, pretrain_architecture,
+)
 from .objective import (
     TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
 )
 from .rundir import RunLog, open_run
-
-Config = PretrainConfig | FinetuneConfig
 
 
 @dataclass
@@ -56,40 +58,6 @@ class RunResult:
     checkpoint: Path  # run_dir / "last.pt"
     metrics: list[dict]  # one row per epoch, as in metrics.jsonl
     config: Config
-
-
-# ---------------------------------------------------------------- device, precision
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; an unavailable CUDA device is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
-    return device
-
-
-def cpu_has_fast_bf16() -> bool:
-    """AVX512-BF16 or AMX make bf16 matmuls faster than fp32; elsewhere bf16 only costs.
-    (get_cpu_capability() reports just 'AVX512', so ask torch.cpu's feature probes.)"""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision`, None for full fp32. 'auto' takes bf16 where the
-    device computes it fast, fp16 (with gradient scaling) on CUDA without bf16, else fp32."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else None
-    if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 # ---------------------------------------------------------------- one epoch
@@ -260,12 +228,6 @@ def _loader(data: ImageSet, config: Config, rt: Runtime, train: bool) -> BatchLo
 
 # ---------------------------------------------------------------- pretraining
 
-def pretrain_architecture(config: PretrainConfig) -> dict:
-    """What a pretraining checkpoint's weights fit: image size and ARCHITECTURE_FIELDS."""
-    return {"image_size": config.image_size,
-            **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS}}
-
-
 def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     """APL pretraining (docs/method.md, 'Pretraining recipe'). resume: False (a new run), True
     (continue this config's run; error if there is none) or 'auto' (continue when there is
@@ -303,10 +265,7 @@ def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
 def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
                     device: str = "cpu") -> tuple[APLPretrainModel, PretrainConfig]:
     """A pretrained model (eval mode) and its config, from a checkpoint path or run name."""
-    checkpoint = load_checkpoint(path_or_run_name, runs_dir, "pretrain")
-    if checkpoint["phase"] != "pretrain":
-        raise ValueError(f"{path_or_run_name!r} is a {checkpoint['phase']} checkpoint, "
-                         f"not a pretraining one")
+    checkpoint = load_phase_checkpoint(path_or_run_name, "pretrain", runs_dir)
     config = PretrainConfig.from_dict(checkpoint["config"])
     model = build_pretrain_model(config)
     model.load_state_dict(checkpoint["model"])
@@ -320,60 +279,13 @@ def load_finetuned(path_or_run_name: str | Path, device: str = "cpu",
     """A fine-tuned model (eval mode) and its config, from a checkpoint path, run directory
     or run name. The architecture comes from the checkpoint itself, so the pretrained run it
     started from need not be at hand."""
-    checkpoint = load_checkpoint(path_or_run_name, runs_dir, "finetune")
-    if checkpoint["phase"] != "finetune":
-        raise ValueError(f"{path_or_run_name!r} is a {checkpoint['phase']} checkpoint, "
-                         f"not a fine-tuning one")
+    checkpoint = load_phase_checkpoint(path_or_run_name, "finetune", runs_dir)
     config = FinetuneConfig.from_dict(checkpoint["config"])
     found = checkpoint["architecture"]
     model, _ = build_finetune_model(config.replace(pretrained="", architecture={
         name: found[name] for name in ARCHITECTURE_FIELDS if name in found}))
     model.load_state_dict(checkpoint["model"])
     return model.to(resolve_device(device)).eval(), config
-
-
-
-def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
-    """The model to fine-tune and its architecture (compared with last.pt on resume):
-    a baseline, the APL classifier on a pretrained transformer, or BENCHMARK's fresh one."""
-    architecture = {"model": config.model, "image_size": config.image_size,
-                    "num_classes": config.num_classes}
-    if config.model == "s-cnn":
-        return SCNN(config.image_size, config.num_classes), architecture
-    if config.model == "s-resnet":
-        return s_resnet18(config.num_classes), architecture
-    pretrained = None
-    if config.pretrained:
-        pretrained = load_checkpoint(config.pretrained, config.runs_dir, "pretrain")
-        if pretrained["phase"] != "pretrain":
-            raise ValueError(f"pretrained={config.pretrained!r} is a {pretrained['phase']} "
-                             f"checkpoint; give a pretraining run")
-        check_architecture(pretrained["architecture"],
-                           {"image_size": config.image_size, **config.architecture},
-                           config.pretrained)
-        transformer_config = PretrainConfig.from_dict(pretrained["config"])
-    else:
-        try:
-            transformer_config = PretrainConfig(image_size=config.image_size, **config.architecture)
-        except ValueError as error:
-            raise ValueError(f"BENCHMARK builds the APL architecture from `architecture` "
-                             f"(else PretrainConfig's defaults): {error}") from error
-    model = build_classifier(config, transformer_config)
-    if pretrained is not None:
-        prefix = "transformer."
-        weights = {k[len(prefix):]: v for k, v in pretrained["model"].items()
-                   if k.startswith(prefix)}
-        # a positional embedding is new to the pretrained model: it keeps its initialisation
-        missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
-        if set(missing) - {"position_embedding"} or unexpected:
-            raise ValueError(f"pretrained={config.pretrained!r} does not fit the transformer: "
-                             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    if config.freeze_encoder:  # a learned patch encoder stays as pretrained
-        model.transformer.encoder.requires_grad_(False)
-    architecture.update({name: getattr(transformer_config, name) for name in ARCHITECTURE_FIELDS},
-                        mlp_head=config.mlp_head,
-                        positional_embedding=model.transformer.position_embedding is not None)
-    return model, architecture
 
 
 def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:

@@ -2,12 +2,14 @@
 
 Every function takes plain data (tensors, arrays, lists of metric rows), draws one figure
 with a title, labelled axes and a colour bar or legend where colours carry meaning, and
-returns the `matplotlib.figure.Figure` (the notebooks show it and `save` it). The theme is
-set once, here, by `set_theme()`, which runs on import. `widgets_can_render()` tells notebook
-01 whether its slider panel can be shown.
+returns the `matplotlib.figure.Figure` (the notebooks show it and `save` it). The course's look,
+`theme()`, is a style context rather than a global setting (importing this module changes
+none): each figure is made in it and, being a `ThemedFigure`, drawn in it whenever it is shown
+or saved. `widgets_can_render()` tells notebook 01 whether its slider panel can be shown.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -19,6 +21,7 @@ import seaborn as sns
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.rcsetup import cycler
 
 from .puzzle import crop_offset, extract_patches, unpatchify
 
@@ -27,14 +30,52 @@ HEATMAP = "rocket_r"  # sequential, light = low: probabilities, counts, attentio
 ACCURACY_MAP = "viridis"
 
 
-def set_theme() -> None:
-    """The one place that sets the course's look (seaborn theme, palette, figure defaults)."""
-    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE,
-                  rc={"figure.dpi": 100, "savefig.dpi": 120, "savefig.bbox": "tight",
-                      "axes.titleweight": "bold", "figure.titleweight": "bold"})
+# ---------------------------------------------------------------- the look
+
+# The settings of seaborn's set_theme(context="notebook", style="whitegrid", palette=PALETTE),
+# plus the figure defaults.
+THEME = {
+    **sns.plotting_context("notebook"),
+    **sns.axes_style("whitegrid"),
+    "axes.prop_cycle": cycler("color", sns.color_palette(PALETTE)),
+    "figure.dpi": 100, "savefig.dpi": 120, "savefig.bbox": "tight",
+    "axes.titleweight": "bold", "figure.titleweight": "bold",
+}
+# What set_theme made of the colour code "k"; codes are not settings that a context can hold.
+DARK = (0.1, 0.1, 0.1)
 
 
-set_theme()
+def theme():
+    """The course's look, as a context: `with theme(): ...` draws in it."""
+    return plt.rc_context(THEME)
+
+
+def _themed(make_figure):
+    """`make_figure` run inside `theme()`: its artists take the theme's settings."""
+    @functools.wraps(make_figure)
+    def themed(*args, **kwargs):
+        with theme():
+            return make_figure(*args, **kwargs)
+    return themed
+
+
+class ThemedFigure(Figure):
+    """A figure that is also drawn, and measured for a tight bounding box, in `theme()`: a
+    notebook shows it after the function that made it has returned, and the ticks an axis
+    places, their labels' size and so the figure's extent are read from the settings then."""
+
+    def draw(self, renderer):
+        with theme():
+            super().draw(renderer)
+
+    def get_tightbbox(self, *args, **kwargs):
+        with theme():
+            return super().get_tightbbox(*args, **kwargs)
+
+
+def _subplots(*args, **kwargs):
+    """plt.subplots, making a ThemedFigure."""
+    return plt.subplots(*args, FigureClass=ThemedFigure, **kwargs)
 
 
 # ---------------------------------------------------------------- images and mosaics
@@ -123,12 +164,13 @@ def _draw_cuts(ax, size: int, grid: int, crop: int) -> None:
         ax.axvspan(grid * patch - 0.5, size - 0.5, color="black", alpha=0.5)
 
 
+@_themed
 def puzzle_figure(image, grid: int, crop: int, seed: int = 0, title: str | None = None) -> Figure:
     """The image with its cuts, its cropped patches in order, and the shuffled puzzle."""
     shown = to_display(image)
     size = shown.shape[0]
     order = random_order(grid, seed)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    fig, axes = _subplots(1, 3, figsize=(12, 4.4))
     axes[0].imshow(shown)
     _draw_cuts(axes[0], size, grid, crop)
     _image_axes(axes[0], f"image {size}x{size}, cut {grid}x{grid}", size)
@@ -141,11 +183,12 @@ def puzzle_figure(image, grid: int, crop: int, seed: int = 0, title: str | None 
     return fig
 
 
+@_themed
 def puzzle_grids_figure(image, grids: Iterable[int], crop: int, seed: int = 0,
                         title: str | None = None) -> Figure:
     """One column per grid size G: the patches in order (top) and shuffled (bottom)."""
     grids = list(grids)
-    fig, axes = plt.subplots(2, len(grids), figsize=(3.2 * len(grids), 6.8), squeeze=False)
+    fig, axes = _subplots(2, len(grids), figsize=(3.2 * len(grids), 6.8), squeeze=False)
     for j, g in enumerate(grids):
         axes[0, j].imshow(mosaic(image, g, crop))
         _image_axes(axes[0, j], f"G={g}: T={g * g}, in order", unit="mosaic px")
@@ -156,11 +199,12 @@ def puzzle_grids_figure(image, grids: Iterable[int], crop: int, seed: int = 0,
     return fig
 
 
+@_themed
 def image_samples_figure(images, labels=None, classes=None, n: int = 8,
                          title: str = "Samples of the dataset") -> Figure:
     """A row of images, with their class names when given."""
     n = min(n, len(images))
-    fig, axes = plt.subplots(1, n, figsize=(1.8 * n, 2.4), squeeze=False)
+    fig, axes = _subplots(1, n, figsize=(1.8 * n, 2.4), squeeze=False)
     for i in range(n):
         ax = axes[0, i]
         ax.imshow(to_display(images[i]))
@@ -189,10 +233,11 @@ def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
     return xs, ys
 
 
+@_themed
 def training_curves(metrics: Sequence[dict], chance: float | None = None,
                     title: str = "APL pretraining") -> Figure:
     """Loss, position top-1 accuracy (train and held-out) and learning rate per epoch."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = _subplots(1, 3, figsize=(14, 4))
     colors = sns.color_palette(PALETTE)
     for key, label, color in (("train_loss", "train", colors[0]),
                               ("val_loss", "held-out", colors[1])):
@@ -226,6 +271,7 @@ def training_curves(metrics: Sequence[dict], chance: float | None = None,
 
 # ---------------------------------------------------------------- position analysis
 
+@_themed
 def confusion_heatmap(confusion, normalize: bool = True,
                       title: str = "Position confusion on held-out images") -> Figure:
     """T x T confusion (rows: true position, columns: predicted), rows normalised to shares."""
@@ -234,7 +280,7 @@ def confusion_heatmap(confusion, normalize: bool = True,
     if normalize:
         c = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
     side = min(12, 4 + 0.18 * t)
-    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    fig, ax = _subplots(figsize=(side + 1.5, side))
     step = max(1, t // 16)
     sns.heatmap(c, ax=ax, cmap=HEATMAP, square=True, vmin=0, vmax=1 if normalize else None,
                 xticklabels=step, yticklabels=step,
@@ -244,11 +290,12 @@ def confusion_heatmap(confusion, normalize: bool = True,
     return fig
 
 
+@_themed
 def position_accuracy_grid(per_position_accuracy, grid: int, chance: float | None = None,
                            title: str = "Top-1 accuracy of each position") -> Figure:
     """Per-position accuracy drawn where the positions sit in the image (G x G)."""
     acc = torch.as_tensor(per_position_accuracy, dtype=torch.float64).numpy().reshape(grid, grid)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * grid + 1.5, 1.0 + 0.75 * grid))
+    fig, ax = _subplots(figsize=(1.0 + 0.75 * grid + 1.5, 1.0 + 0.75 * grid))
     sns.heatmap(100 * acc, ax=ax, cmap=ACCURACY_MAP, vmin=0, vmax=100, square=True,
                 annot=grid <= 10, fmt=".0f", annot_kws={"fontsize": 8},
                 cbar_kws={"label": "top-1 accuracy (%)"})
@@ -266,6 +313,7 @@ def _cell_map(weights: np.ndarray, grid: int, patch: int, size: int) -> np.ndarr
     return out
 
 
+@_themed
 def attention_figure(image, attention: Sequence, query: int, grid: int,
                      max_heads: int = 6, title: str | None = None) -> Figure:
     """Where one query patch looks: its attention weights over the grid, drawn over the image,
@@ -283,7 +331,7 @@ def attention_figure(image, attention: Sequence, query: int, grid: int,
     show = list(range(min(heads, max_heads)))
     cols = len(show) + 1
     rows = len(maps)
-    fig, axes = plt.subplots(rows, cols, figsize=(2.3 * cols + 1, 2.3 * rows + 0.6),
+    fig, axes = _subplots(rows, cols, figsize=(2.3 * cols + 1, 2.3 * rows + 0.6),
                              squeeze=False)
     gray = shown.mean(axis=-1)
     vmax = max(float(a[:, query].max()) for a in maps)
@@ -314,6 +362,7 @@ def attention_figure(image, attention: Sequence, query: int, grid: int,
     return fig
 
 
+@_themed
 def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
                       title: str | None = None) -> Figure:
     """For each image: the shuffled puzzle, the model's reassembly (token t placed at the
@@ -327,7 +376,7 @@ def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
     n = len(images)
     size = to_display(images[0]).shape[0] // grid - crop
     gap = 1 if size < 10 else 2
-    fig, axes = plt.subplots(3, n, figsize=(2.6 * n, 8.0), squeeze=False)
+    fig, axes = _subplots(3, n, figsize=(2.6 * n, 8.0), squeeze=False)
     for i in range(n):
         t = grid * grid
         shuffled = random_order(grid, seed + i)
@@ -361,11 +410,12 @@ def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
     return fig
 
 
+@_themed
 def patch_dropout_figure(rows: Sequence[dict], chance: float | None = None,
                          title: str = "Position accuracy as patches are dropped") -> Figure:
     """Position accuracy against the share p of patches zeroed at test time. Rows:
     {'p', 'kept_accuracy', 'dropped_accuracy'} (analysis.accuracy_vs_patch_dropout)."""
-    fig, ax = plt.subplots(figsize=(7, 4.4))
+    fig, ax = _subplots(figsize=(7, 4.4))
     labels = {"kept_accuracy": "patches kept: placed correctly",
               "dropped_accuracy": "patches dropped (zeroed): placed correctly"}
     for key, label in labels.items():
@@ -382,12 +432,13 @@ def patch_dropout_figure(rows: Sequence[dict], chance: float | None = None,
     return fig
 
 
+@_themed
 def puzzle_stats_figure(stats: Sequence, title: str | None = None) -> Figure:
     """Token dimension and information loss against G, one line per crop K.
     `stats`: PuzzleStats (or their `as_row()` dicts) of one image size."""
     rows = [s if isinstance(s, dict) else s.as_row() for s in stats]
     crops = sorted({r["crop"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = _subplots(1, 2, figsize=(11, 4))
     for k in crops:
         pts = sorted((r["grid"], r["token_dim"], 100 * r["information_loss"])
                      for r in rows if r["crop"] == k)
@@ -405,6 +456,7 @@ def puzzle_stats_figure(stats: Sequence, title: str | None = None) -> Figure:
     return fig
 
 
+@_themed
 def equivariance_figure(logits, logits_shuffled, order,
                         title: str = "No positional information: shuffle in, shuffle out"
                         ) -> Figure:
@@ -416,7 +468,7 @@ def equivariance_figure(logits, logits_shuffled, order,
     back = torch.empty_like(b)
     back[order] = b
     vmin, vmax = float(a.min()), float(a.max())
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
+    fig, axes = _subplots(1, 3, figsize=(15, 4.6))
     panels = ((a, "tokens in order", "token t (row-major)"),
               (b, "tokens shuffled", "input slot (shuffled tokens)"),
               (back, "shuffled output, rows put back", "token t (row-major)"))
@@ -433,10 +485,11 @@ def equivariance_figure(logits, logits_shuffled, order,
 
 # ---------------------------------------------------------------- fine-tuning
 
+@_themed
 def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | None = 0.1,
                title: str = "Test accuracy against labelled images per class") -> Figure:
     """Accuracy vs NPC (log x), one line per method. Rows: {'method', 'npc', metric}."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = _subplots(figsize=(7.5, 4.8))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
     markers = "osD^vPX*"
@@ -462,6 +515,7 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
     return fig
 
 
+@_themed
 def search_figure(search: dict, chance: float | None = 0.1,
                   title: str = "How each method's settings were chosen") -> Figure:
     """The hyper-parameter search: one panel per NPC, each method's validation top-1 against
@@ -472,7 +526,7 @@ def search_figure(search: dict, chance: float | None = 0.1,
     methods = list(dict.fromkeys(r["method"] for r in rows))
     palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
     factors = search["lr_factors"]
-    fig, axes = plt.subplots(1, len(npcs), figsize=(4.2 * len(npcs) + 2.5, 4.2), sharey=True,
+    fig, axes = _subplots(1, len(npcs), figsize=(4.2 * len(npcs) + 2.5, 4.2), sharey=True,
                              squeeze=False)
     for ax, npc in zip(axes[0], npcs):
         for method in methods:
@@ -495,8 +549,8 @@ def search_figure(search: dict, chance: float | None = 0.1,
         ax.set(title=f"NPC {npc}", xlabel="learning rate (x the method's starting rate)",
                ylabel="validation top-1 accuracy (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    handles += [plt.Line2D([], [], color="k", ls="-"), plt.Line2D([], [], color="k", ls="--"),
-                plt.Line2D([], [], color="k", marker="o", ms=11, mfc="none", ls="none")]
+    handles += [plt.Line2D([], [], color=DARK, ls="-"), plt.Line2D([], [], color=DARK, ls="--"),
+                plt.Line2D([], [], color=DARK, marker="o", ms=11, mfc="none", ls="none")]
     budgets = search["step_budgets"]
     labels += [f"{budgets[0]} steps", f"{budgets[-1]} steps", "chosen"]
     fig.legend(handles, labels, loc="center right", fontsize=9, title="method, length")
@@ -505,12 +559,13 @@ def search_figure(search: dict, chance: float | None = 0.1,
     return fig
 
 
+@_themed
 def bar_figure(values: dict[str, float], xlabel: str, ylabel: str, title: str,
                percent: bool = True, chance: float | None = None) -> Figure:
     """Horizontal bars, one per labelled value (e.g. kNN accuracy of each model)."""
     names = list(values)
     vals = [100 * values[k] if percent else values[k] for k in names]
-    fig, ax = plt.subplots(figsize=(7, 0.55 * len(names) + 1.6))
+    fig, ax = _subplots(figsize=(7, 0.55 * len(names) + 1.6))
     colors = sns.color_palette(PALETTE, len(names))
     ax.barh(names, vals, color=colors)
     for y, v in enumerate(vals):
@@ -527,6 +582,7 @@ def bar_figure(values: dict[str, float], xlabel: str, ylabel: str, title: str,
     return fig
 
 
+@_themed
 def controls_figure(rows: Sequence[dict], title: str = "What each control does to the "
                     "puzzle and to the features") -> Figure:
     """Notebook 06's summary, one bar per control: left, the pretext task (held-out position
@@ -539,13 +595,13 @@ def controls_figure(rows: Sequence[dict], title: str = "What each control does t
     floor = data[data["position_top1"].isna()]
     trained = data[data["position_top1"].notna()]
     order = list(dict.fromkeys(trained["control"]))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 0.5 * len(order) + 2.2), sharey=True,
+    fig, (left, right) = _subplots(1, 2, figsize=(12, 0.5 * len(order) + 2.6), sharey=True,
                                       gridspec_kw={"width_ratios": (1, 1.4)})
     pretext = trained.assign(value=100 * trained["position_top1"])
     sns.barplot(pretext, x="value", y="control", order=order, ax=left, errorbar="sd",
                 color=sns.color_palette(PALETTE)[0])
     chance = pretext.groupby("control", sort=False)["chance"].first().reindex(order)
-    left.scatter(100 * chance.to_numpy(), range(len(order)), marker="|", s=300, color="k",
+    left.scatter(100 * chance.to_numpy(), range(len(order)), marker="|", s=300, color=DARK,
                  zorder=3, label="chance (1 / T)")
     left.set(title="pretext: where does each patch go?", xlabel="held-out position top-1 (%)",
              ylabel="", xlim=(0, 100))
@@ -570,11 +626,12 @@ def controls_figure(rows: Sequence[dict], title: str = "What each control does t
     return fig
 
 
+@_themed
 def position_curves_figure(rows: Sequence[dict], controls: Sequence[str],
                            title: str = "How fast the puzzle is solved") -> Figure:
     """Held-out position top-1 after every epoch of pretraining, one line per control (rows
     with 'control', 'position_curve' and 'chance'), with each one's chance level dotted."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    fig, ax = _subplots(figsize=(7.5, 4.5))
     colors = sns.color_palette(PALETTE, len(controls))
     for control, color in zip(controls, colors):
         row = next(r for r in rows if r["control"] == control)
@@ -590,13 +647,14 @@ def position_curves_figure(rows: Sequence[dict], controls: Sequence[str],
     return fig
 
 
+@_themed
 def attention_distance_figure(distances: dict[str, np.ndarray], uniform: float | None = None,
                               title: str = "How far each head looks") -> Figure:
     """Mean attention distance (in patches) of every head, one dot per head, against the
     block, one colour per model (distances: name -> (blocks, heads) array), as in the ViT
     paper's figure; the line joins each block's mean over heads. uniform: the distance of a
     head that attends to every patch alike."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = _subplots(figsize=(7.5, 4.8))
     colors = sns.color_palette(PALETTE, len(distances))
     width = 0.6 / max(1, len(distances))
     for m, ((name, distance), color) in enumerate(zip(distances.items(), colors)):
@@ -642,6 +700,7 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
     return "\n".join(lines)
 
 
+@_themed
 def save(fig: Figure, output_dir, name: str) -> Path:
     """Write `fig` as output_dir/name.png and return the path."""
     out = Path(output_dir)
@@ -672,7 +731,7 @@ def widgets_can_render() -> bool:
 
 
 __all__ = [
-    "set_theme", "to_display", "mosaic", "random_order", "puzzle_figure", "puzzle_grids_figure",
+    "theme", "to_display", "mosaic", "random_order", "puzzle_figure", "puzzle_grids_figure",
     "image_samples_figure", "training_curves", "confusion_heatmap", "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "patch_dropout_figure", "puzzle_stats_figure",
     "equivariance_figure", "npc_figure", "search_figure", "controls_figure",

@@ -69,6 +69,7 @@ from apl_core.augment import AugmentSpec  # noqa: E402
 from apl_core.config import profile_config  # noqa: E402
 from apl_core.course import cpu_name  # noqa: E402
 from apl_core.data import BatchLoader, ImageSet  # noqa: E402
+from apl_core.device import autocast_dtype, resolve_device  # noqa: E402
 from apl_core.distributed import DistContext  # noqa: E402
 from apl_core.model import build_classifier, build_pretrain_model  # noqa: E402
 
@@ -665,13 +666,13 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = engine.resolve_device(args.device)
+    device = resolve_device(args.device)
     if args.batch_size is None:
         args.batch_size = 1024 if device.type == "cuda" else 64
     pre, ft = build_configs(args, device)
     dtypes = []
     for name in args.precision.split(","):
-        dtype = engine.autocast_dtype(name.strip(), device)
+        dtype = autocast_dtype(name.strip(), device)
         if dtype not in dtypes:
             dtypes.append(dtype)
     sizes = (1024, 2048, 4096) if device.type == "cpu" else (4096, 8192, 16384)

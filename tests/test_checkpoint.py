@@ -6,8 +6,9 @@ import torch
 
 import apl_core.checkpoint as checkpoint
 from apl_core.checkpoint import (
-    CheckpointError, check_architecture, list_runs, load_checkpoint, read_checkpoint,
-    resolve_checkpoint, restore_rng_state, rng_state, save_checkpoint, write_atomic,
+    CheckpointError, check_architecture, list_runs, load_checkpoint, load_phase_checkpoint,
+    read_checkpoint, resolve_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+    write_atomic,
 )
 
 
@@ -153,6 +154,18 @@ def test_architecture_mismatch_names_every_field():
 
 
 # ---------------------------------------------------------------- random generator states
+
+def test_a_checkpoint_loads_only_as_its_own_phase(tmp_path):
+    save_checkpoint(state(1.0), tmp_path / "pretrained.pt")
+    assert load_phase_checkpoint(tmp_path / "pretrained.pt", "pretrain")["phase"] == "pretrain"
+    save_checkpoint({**state(1.0), "phase": "finetune"}, tmp_path / "finetuned.pt")
+    with pytest.raises(ValueError, match="finetuned.pt' is a finetune checkpoint, not a "
+                                         "pretraining one; give a pretraining run"):
+        load_phase_checkpoint(tmp_path / "finetuned.pt", "pretrain")
+    with pytest.raises(ValueError, match="pretrained.pt' is a pretrain checkpoint, not a "
+                                         "fine-tuning one; give a fine-tuning run"):
+        load_phase_checkpoint(tmp_path / "pretrained.pt", "finetune")
+
 
 def test_restoring_the_rng_state_repeats_the_random_draws(tmp_path):
     save_checkpoint({**state(1.0), "rng": rng_state()}, tmp_path / "last.pt")

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 import apl_core.train as train
-from apl_core.checkpoint import read_checkpoint
-from apl_core.config import PretrainConfig
+from apl_core.checkpoint import read_checkpoint, save_checkpoint
+from apl_core.config import FinetuneConfig, PretrainConfig
+from apl_core.model import build_finetune_model
 from apl_core.rundir import read_metrics, run_name
-from apl_core.train import build_finetune_model, finetune, learning_rate, pretrain
+from apl_core.train import finetune, learning_rate, pretrain
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
 TIMING = ("images_per_s", "epoch_time_s")
@@ -275,17 +276,13 @@ def test_npc_larger_than_a_class_fails_before_training(tmp_path, monkeypatch):
         finetune(smoke_finetune_config(tmp_path, npc=100_000, architecture=SMOKE_ARCHITECTURE))
 
 
-def test_precision_choice(monkeypatch):
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: False)
-    assert train.autocast_dtype("auto", cpu) is None
-    monkeypatch.setattr(train, "cpu_has_fast_bf16", lambda: True)
-    assert train.autocast_dtype("auto", cpu) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert train.autocast_dtype("auto", cuda) == torch.float16
-    assert train.autocast_dtype("fp32", cuda) is None
-    with pytest.raises(ValueError, match="fp16.*CUDA"):
-        train.autocast_dtype("fp16", cpu)
+def test_a_finetune_checkpoint_is_not_taken_for_a_pretrained_model(tmp_path):
+    path = tmp_path / "last.pt"
+    save_checkpoint({"phase": "finetune", "model": {}}, path)
+    with pytest.raises(ValueError, match="is a finetune checkpoint, not a pretraining one"):
+        train.load_pretrained(path)
+    with pytest.raises(ValueError, match="is a finetune checkpoint, not a pretraining one"):
+        build_finetune_model(FinetuneConfig(pretrained=str(path)))
 
 
 def test_bf16_autocast_trains_on_cpu(tmp_path):

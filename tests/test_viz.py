@@ -1,7 +1,13 @@
 """Every figure function returns a Figure with a title, labelled axes and, where colours carry
 values, a labelled colour bar (checked through matplotlib's public API), on small fake inputs;
-and notebook 01's sliders are offered only where a page renders them."""
+the course's look is seaborn's theme, applied to the figures without changing any global
+setting; and notebook 01's sliders are offered only where a page renders them."""
+import io
+import os
+import subprocess
+import sys
 import types
+from pathlib import Path
 
 import matplotlib
 
@@ -10,6 +16,7 @@ matplotlib.use("Agg")
 import IPython  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
+import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
@@ -97,6 +104,48 @@ def test_figure_has_title_and_labels(name, tmp_path):
     assert_titled_and_labelled(name, fig)
     path = viz.save(fig, tmp_path, name)
     assert path.is_file() and path.stat().st_size > 1000
+
+
+def test_importing_viz_changes_no_matplotlib_setting():
+    check = ("import matplotlib\nbefore = dict(matplotlib.rcParams)\nfrom apl_core import viz\n"
+             "assert dict(matplotlib.rcParams) == before")
+    root = str(Path(__file__).resolve().parent.parent)
+    paths = [root, os.environ.get("PYTHONPATH")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
+    subprocess.run([sys.executable, "-c", check], check=True, env=env)
+
+
+def test_the_theme_is_seaborns_with_the_course_figure_defaults():
+    with plt.rc_context():
+        sns.set_theme(context="notebook", style="whitegrid", palette=viz.PALETTE)
+        seaborns = dict(plt.rcParams)
+        dark = matplotlib.colors.to_rgb("k")
+        sns.set_color_codes("reset")
+    with viz.theme():
+        themed = dict(plt.rcParams)
+    figure_defaults = {"figure.dpi", "savefig.dpi", "savefig.bbox", "axes.titleweight",
+                       "figure.titleweight"}
+    assert {k: v for k, v in themed.items() if k not in figure_defaults} == \
+        {k: v for k, v in seaborns.items() if k not in figure_defaults}
+    assert dark == viz.DARK
+
+
+def shown(fig) -> bytes:
+    """The PNG a notebook shows (IPython's inline backend draws it so, after the cell)."""
+    out = io.BytesIO()
+    fig.canvas.print_figure(out, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return out.getvalue()
+
+
+def test_a_figure_is_shown_as_drawn_in_the_theme_and_leaves_the_settings_as_they_were():
+    before = dict(plt.rcParams)
+    fig = CASES["curves"]()  # its tick labels and how many fit depend on the theme's sizes
+    assert dict(plt.rcParams) == before
+    outside = shown(fig)
+    with viz.theme():
+        assert shown(fig) == outside
+    assert fig.axes[0].title.get_fontweight() == "bold"
+    assert dict(plt.rcParams) == before
 
 
 def test_to_display_accepts_the_three_value_ranges():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import FinetuneConfig, PretrainConfig
+from ..config import Config, FinetuneConfig, PretrainConfig
 from .imageset import ImageSet
 from .sources import load_split
 
@@ -62,7 +62,7 @@ def labelled_split(labels: torch.Tensor, npc: int, val_per_class: int = 0,
     return train, val
 
 
-def data_source(config: PretrainConfig | FinetuneConfig, split: str) -> dict:
+def data_source(config: Config, split: str) -> dict:
     """The arguments of `load_split` for `split` of the config's data: a folder of your own
     images is decoded once into runs_dir/cache."""
     cache = str(Path(config.runs_dir) / "cache") if config.dataset == "folder" else None

@@ -1,0 +1,42 @@
+"""Where and in what precision a run computes.
+
+    resolve_device      a device name ('auto', 'cpu', 'cuda', 'cuda:N') -> torch.device
+    autocast_dtype      a precision ('auto', 'fp32', 'bf16', 'fp16') -> the autocast dtype
+    cpu_has_fast_bf16   whether this CPU computes bf16 faster than fp32
+    autocast            the autocast context for a device and dtype (disabled for fp32)
+"""
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use 'cpu' or 'auto'")
+    return device
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AVX512-BF16 or AMX make bf16 matmuls faster than fp32; elsewhere bf16 only costs.
+    (get_cpu_capability() reports just 'AVX512', so ask torch.cpu's feature probes.)"""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision`, None for full fp32. 'auto' takes bf16 where the
+    device computes it fast, fp16 (with gradient scaling) on CUDA without bf16, else fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
