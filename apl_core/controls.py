@@ -159,7 +159,7 @@ def finetuned_transformers(finetune_rows: list[dict], methods=("APL fine-tune", 
                            device="cpu") -> dict:
     """The transformers of notebook 04's runs of `methods` at its largest NPC, by method."""
     npc = max(row["npc"] for row in finetune_rows)
-    return {row["method"]: load_finetuned(row["run_dir"], device).transformer
+    return {row["method"]: load_finetuned(row["run_dir"], device)[0].transformer
             for row in finetune_rows if row["npc"] == npc and row["method"] in methods}
 
 
@@ -226,3 +226,18 @@ def _by_control(results: dict) -> dict[str, list[dict]]:
         for row in seed["rows"]:
             rows.setdefault(row["control"], []).append({**row, "seed": seed["seed"]})
     return rows
+
+
+def border_table(results: dict) -> list[dict]:
+    """Per K control, the position top-1 lost when the border ring is blanked, per seed and
+    on average (percentage points)."""
+    drops: dict[str, list[dict]] = {}
+    for seed in results["seeds"]:
+        for row in seed.get("borders", []):
+            drops.setdefault(row["control"], []).append(row)
+    return [{"control": control, "K": rows[0]["crop"],
+             "intact": _mean_sd([r["intact"] for r in rows]),
+             "ring blanked": _mean_sd([r["blanked"] for r in rows]),
+             "drop, per seed": ", ".join(f"{100 * r['drop']:.1f}" for r in rows),
+             "drop mean": f"{100 * statistics.mean(r['drop'] for r in rows):.1f}"}
+            for control, rows in drops.items()]

@@ -206,7 +206,7 @@ def _stderr_to(path: Path):
 
 # The figures the README shows, as `make figures` publishes them to docs/figures/.
 README_FIGURES = ("01_puzzle_photo", "01_dataset_puzzle", "03_confusion", "03_attention",
-                  "03_reassembled_puzzles", "04_accuracy_vs_npc")
+                  "03_reassembled_puzzles", "04_accuracy_vs_npc", "06_controls_seeds")
 
 
 def cpu_name() -> str:

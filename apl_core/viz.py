@@ -604,7 +604,7 @@ def controls_figure(rows: Sequence[dict], title: str = "What each control does t
     left.scatter(100 * chance.to_numpy(), range(len(order)), marker="|", s=300, color=DARK,
                  zorder=3, label="chance (1 / T)")
     left.set(title="pretext: where does each patch go?", xlabel="held-out position top-1 (%)",
-             ylabel="", xlim=(0, 100))
+             ylabel="control", xlim=(0, 100))
     left.legend(loc="lower right", fontsize=9)
     features = trained.melt(id_vars=["control"], value_vars=["knn_top1", "probe_top1"],
                             var_name="measure", value_name="top1")
@@ -619,7 +619,7 @@ def controls_figure(rows: Sequence[dict], title: str = "What each control does t
             right.axvline(100 * floor[measure].mean(), color=color, ls="--", lw=1.2)
     right.plot([], [], color="grey", ls="--", label="random init (same measure)")
     right.set(title="features: what do they know about the class?",
-              xlabel="test top-1 on the labelled images (%)", ylabel="")
+              xlabel="test top-1 on the labelled images (%)", ylabel="control")
     right.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3)
     fig.suptitle(title)
     fig.tight_layout()

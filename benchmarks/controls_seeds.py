@@ -1,7 +1,8 @@
 """Notebook 06's controls over several seeds: do their differences hold beyond one draw?
 
 For each seed s, every control of `apl_core.controls` is pretrained with seed s and judged
-on the labelled images of label seed 42 + s (the test images are the same for every seed).
+on the labelled images of label seed 42 + s (the test images are the same for every seed),
+and the K controls get the border test (`controls.border_reliance`).
 Writes every seed's rows to apl_core/results/<profile>_controls.json, which notebook 06 and
 the README show, and prints each control's mean and standard deviation over the seeds and
 its paired difference from APL per seed. Runs are cached in --runs-dir, so an interrupted
@@ -45,9 +46,10 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         rows = controls.run_controls(args.profile, seed, runs_dir=args.runs_dir, device=device,
                                      quiet=True)
+        borders = controls.border_reliance(rows, device=device)
         seeds.append({"seed": seed, "rows": [{k: v for k, v in row.items() if k != "run_dir"}
                                              for row in rows],
-                      "minutes": (time.perf_counter() - started) / 60})
+                      "borders": borders, "minutes": (time.perf_counter() - started) / 60})
         print(f"seed {seed}: {seeds[-1]['minutes']:.1f} min", flush=True)
     results = {"profile": args.profile, "machine": machine_description(device),
                "torch": torch.__version__, "date": datetime.date.today().isoformat(),
@@ -60,6 +62,7 @@ def main(argv=None) -> None:
     print(f"wrote {out}")
     print(markdown_table(controls.seed_table(results)))
     print(markdown_table(controls.margin_table(results)))
+    print(markdown_table(controls.border_table(results)))
 
 
 if __name__ == "__main__":

@@ -89,3 +89,33 @@ def test_the_positional_leak_solves_the_puzzle_without_looking_at_the_image():
     on noise; without one the model can only guess (chance 1/16)."""
     assert _position_accuracy_after_training(positional_embedding=True) > 0.9
     assert _position_accuracy_after_training(positional_embedding=False) < 0.2
+
+
+def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
+    from apl_core.controls import border_table, margin_table, seed_table
+
+    def row(control, seed, probe):
+        return {"control": control, "position_top1": 0.4, "chance": 1 / 16,
+                "knn_top1": 0.1, "probe_top1": probe + seed / 100}
+
+    results = {"seeds": [
+        {"seed": seed, "rows": [row("APL", seed, 0.20), row("leak", seed, 0.25 - 0.1 * seed)],
+         "borders": [{"control": "K = 0", "crop": 0, "intact": 0.5, "blanked": 0.2,
+                      "drop": 0.3}]}
+        for seed in (0, 1)]}
+    assert [r["probe top-1"] for r in seed_table(results)] == ["20.5 ± 0.7", "20.5 ± 7.8"]
+    (leak,) = margin_table(results)
+    assert leak["probe − APL, per seed"] == "+5.0, -5.0" and leak["probe mean"] == "+0.0"
+    assert border_table(results) == [{"control": "K = 0", "K": 0, "intact": "50.0 ± 0.0",
+                                      "ring blanked": "20.0 ± 0.0", "drop, per seed": "30.0, 30.0",
+                                      "drop mean": "30.0"}]
+
+
+def test_committed_controls_cover_every_control_on_three_seeds():
+    from apl_core.controls import load_seeds
+
+    committed = load_seeds("quick")
+    assert [s["seed"] for s in committed["seeds"]] == [0, 1, 2]
+    names = [*control_configs("quick"), RANDOM_INIT]
+    for seed in committed["seeds"]:
+        assert [row["control"] for row in seed["rows"]] == names

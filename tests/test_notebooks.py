@@ -15,13 +15,14 @@ import pytest
 
 from apl_core import course
 from apl_core.comparison import METHODS
+from apl_core.controls import RANDOM_INIT, control_configs
 from apl_core.rundir import read_metrics
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_course_has_its_five_notebooks():
+def test_the_course_has_its_six_notebooks():
     assert [p.stem for p in NOTEBOOKS] == list(course.NOTEBOOKS)
 
 
@@ -142,6 +143,8 @@ EXPECTED_FIGURES = {
                                             "03_patch_dropout"],
     "04_fine_tuning": ["04_accuracy_vs_npc", "04_knn"],
     "05_reproduction_report": [],
+    "06_why_it_works": ["06_controls", "06_leak_curves", "06_attention_distance",
+                        "06_controls_seeds"],
 }
 
 
@@ -217,6 +220,11 @@ def test_smoke_numbers_are_sane(smoke_course):
     assert "## How each method's settings were chosen (quick profile" in text
     assert (report / "search.png").is_file() and "search.png" in text
     assert not any("seeds that draw their own labels" in s for s in statements)
+    r06 = results(out, "06_why_it_works")
+    assert [row["control"] for row in r06["rows"]] == [*control_configs("smoke"), RANDOM_INIT]
+    assert {"APL, notebook 02", "APL fine-tune, notebook 04", "BENCHMARK, notebook 04",
+            "positional leak", "random init"} <= set(r06["attention_distance"])
+    assert [b["crop"] for b in r06["borders"]] == [0, 1]
     summary = json.loads((out / "course_summary.json").read_text())
     assert [n["notebook"] for n in summary["notebooks"]] == list(course.NOTEBOOKS)
 

@@ -93,6 +93,15 @@ CASES = {
                                                        val_top1=0.2 + lr * e)
                                                   for m in ("a", "b") for n in (10, 30)
                                                   for e in (1, 3) for lr in (0.03, 0.1, 0.3)]}),
+    "controls": lambda: viz.controls_figure(
+        [dict(control=c, seed=s, position_top1=p, chance=1 / T, knn_top1=0.2 + s / 100,
+              probe_top1=0.3 - s / 100) for s in (0, 1)
+         for c, p in (("APL", 0.4), ("leak", 1.0), ("random init", None))]),
+    "position_curves": lambda: viz.position_curves_figure(
+        [dict(control=c, chance=1 / T, position_curve=[0.1, 0.3, v]) for c, v in
+         (("APL", 0.4), ("leak", 1.0))], ["APL", "leak"]),
+    "attention_distance": lambda: viz.attention_distance_figure(
+        {"a": torch.rand(2, 3).numpy(), "b": torch.rand(2, 3).numpy()}, uniform=1.5),
     "bars": lambda: viz.bar_figure({"a": 0.5, "b": 0.3}, "accuracy (%)", "model", "kNN",
                                    chance=0.1),
 }
