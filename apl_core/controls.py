@@ -214,7 +214,7 @@ def margin_table(results: dict) -> list[dict]:
         for key, label in (("probe_top1", "probe"), ("knn_top1", "kNN")):
             margins = [100 * (r[key] - apl[r["seed"]][key]) for r in rows]
             row[f"{label} − APL, per seed"] = ", ".join(f"{m:+.1f}" for m in margins)
-            row[f"{label} mean"] = f"{statistics.mean(margins):+.1f}"
+            row[f"{label} mean"] = f"{round(statistics.mean(margins), 1) + 0.0:+.1f}"  # no -0.0
         table.append(row)
     return table
 
