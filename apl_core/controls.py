@@ -32,8 +32,8 @@ from .analysis import (
 from .comparison import label_seed
 from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
 from .data import data_source, finetune_sets, load_split, split_holdout
-from .model import build_pretrain_model
 from .device import resolve_device
+from .model import build_pretrain_model
 from .train import RunResult, load_finetuned, load_pretrained, pretrain
 from .tuning import RESULTS_DIR, load_results
 
@@ -72,7 +72,7 @@ def labelled_sets(profile: str, seed: int = 0, **settings) -> LabelledFeatures:
     keep = {k: v for k, v in settings.items() if k in ("data_dir", "device")}
     config = profile_config(profile, "finetune", npc=max(profile_npcs(profile)),
                             label_seed=label_seed(seed), **keep)
-    if not config.val_per_class:
+    if not config.val_per_class:  # the probe chooses its penalty on a validation part
         config = config.replace(val_per_class=max(1, config.npc // 2))
     train, val, test = finetune_sets(config)
     return LabelledFeatures(*((part.images, part.labels) for part in (train, val, test)))
@@ -113,12 +113,13 @@ def run_controls(profile: str, seed: int = 0, names=None, report=None,
         started = time.perf_counter()
         result = pretrain(config, resume="auto")
         model, _ = load_pretrained(result.checkpoint, device=device)
-        rows.append({**_row(name, config, result), **judge_features(model.transformer, sets, device),
+        judged = judge_features(model.transformer, sets, device)
+        rows.append({**_row(name, config, result), **judged,
                      "seconds": time.perf_counter() - started})
         if report is not None:
             report(rows[-1])
     base = next(iter(control_configs(profile, seed, **settings).values()))
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the floor's weights: the seed's, as BENCHMARK's would be
     floor = build_pretrain_model(base).to(device)
     rows.append({"control": RANDOM_INIT, "grid": base.grid, "crop": base.crop,
                  "position_top1": None, "chance": 1 / base.num_tokens,
