@@ -9,6 +9,9 @@ them, and the report written as markdown.
                           the comparison over seeds that draw their own labels
                           (benchmarks/claim_seeds.py): means, per-seed paired margins, and the
                           claim checked on the smallest seed's margin
+    FIGURES, copy_notebook_figures
+                          the report's figures: those notebook 05 draws, and those of other
+                          notebooks it copies next to report.md
     write_report          report.md: the provenance line, the tables and the figures
 
 A difference counts only beyond the noise of the test set: the standard error of an accuracy
@@ -20,8 +23,10 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 from .rundir import last_evaluation, read_metrics
 from .tuning import RESULTS_DIR, choose, load_results
@@ -249,11 +254,33 @@ def knn_table(knn: dict[str, float]) -> str:
                           formats={"kNN top-1": ".1%"})
 
 
-FIGURES = (("Pretraining curves", "pretraining_curves.png"),
-           ("Position confusion (held-out)", "confusion.png"),
-           ("Puzzles reassembled by the model", "reassembled_puzzles.png"),
-           ("Test accuracy vs labelled images per class", "accuracy_vs_npc.png"),
-           ("Validation accuracy of every candidate of the search", "search.png"))
+class ReportFigure(NamedTuple):
+    """One figure of report.md: its title, its file in report_dir, and the figure of another
+    notebook (output_dir/<source>.png) that is copied to it, or None where notebook 05 draws
+    it."""
+    title: str
+    file: str
+    source: str | None
+
+
+FIGURES = (
+    ReportFigure("The puzzle on a photo", "puzzle_photo.png", "01_puzzle_photo"),
+    ReportFigure("Pretraining curves", "pretraining_curves.png", None),
+    ReportFigure("Position confusion (held-out)", "confusion.png", "03_confusion"),
+    ReportFigure("Attention of one query patch", "attention.png", "03_attention"),
+    ReportFigure("Puzzles reassembled by the model", "reassembled_puzzles.png",
+                 "03_reassembled_puzzles"),
+    ReportFigure("Test accuracy vs labelled images per class", "accuracy_vs_npc.png", None),
+    ReportFigure("Validation accuracy of every candidate of the search", "search.png", None),
+)
+
+
+def copy_notebook_figures(output_dir: str | Path, report_dir: str | Path) -> list[Path]:
+    """Copy the FIGURES that other notebooks drew from output_dir into report_dir, those that
+    exist; returns the copies."""
+    drawn = [(Path(output_dir) / f"{figure.source}.png", Path(report_dir) / figure.file)
+             for figure in FIGURES if figure.source]
+    return [Path(shutil.copy(source, copy)) for source, copy in drawn if source.is_file()]
 
 
 def write_report(report_dir: str | Path, provenance: str, pretraining: dict, rows: list[dict],
@@ -282,8 +309,8 @@ def write_report(report_dir: str | Path, provenance: str, pretraining: dict, row
         knn_table(sweep["knn"]),
         *extra,
         "## The claim, checked", markdown_table(checks),
-        "## Figures", *[f"### {title}\n\n![{title}]({file})" for title, file in FIGURES
-                        if (report_dir / file).exists()],
+        "## Figures", *[f"### {figure.title}\n\n![{figure.title}]({figure.file})"
+                        for figure in FIGURES if (report_dir / figure.file).exists()],
     ]) + "\n"
     path = report_dir / "report.md"
     path.write_text(text)

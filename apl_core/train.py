@@ -2,6 +2,7 @@
 
     pretrain(config) / finetune(config)   load the data, build the model, then call `fit`
     load_pretrained                      a pretraining run's model, ready to analyse
+    profile_pretrain_run                 the run notebooks 03-05 analyse when none is given
     fit                                  the epoch loop: train, evaluate, checkpoint, log
     train_one_epoch / evaluate           one pass over a loader
 
@@ -19,6 +20,7 @@ current epoch on.
 """
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -35,7 +37,7 @@ from .augment import AugmentSpec
 from .checkpoint import (
     check_architecture, load_phase_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
-from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig
+from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig, profile_config
 from .data import (
     BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
 )
@@ -270,6 +272,19 @@ def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
     model = build_pretrain_model(config)
     model.load_state_dict(checkpoint["model"])
     return model.to(resolve_device(device)).eval(), config
+
+
+def profile_pretrain_run(profile: str, pretrain_run: str = "", summary: str | Path | None = None,
+                         **settings) -> str:
+    """The pretraining run a notebook analyses: `pretrain_run` when given; else the run that
+    notebook 02 recorded in `summary` (its 02_pretraining.json), when that file exists; else
+    the profile's own run with `settings` (data_dir, runs_dir, device, ...), read back when
+    finished and trained now otherwise."""
+    if pretrain_run:
+        return pretrain_run
+    if summary is not None and Path(summary).is_file():
+        return json.loads(Path(summary).read_text())["run_dir"]
+    return str(pretrain(profile_config(profile, "pretrain", **settings), resume="auto").run_dir)
 
 
 # ---------------------------------------------------------------- fine-tuning

@@ -107,6 +107,13 @@ def _as_float_image(image) -> torch.Tensor:
     return torch.from_numpy(to_display(image).transpose(2, 0, 1).copy())
 
 
+def mosaic_cells(image_size: int, grid: int, crop: int) -> tuple[int, int]:
+    """The side of a cropped patch in a mosaic and the gap between patches (thin gaps between
+    small patches): cell (r, c) starts at (r, c) * (side + gap)."""
+    side = image_size // grid - crop
+    return side, 1 if side < 10 else 2
+
+
 def mosaic(image, grid: int, crop: int, order: Sequence[int] | torch.Tensor | None = None,
            gap: int | None = None) -> np.ndarray:
     """The cropped patches of `image` laid out on the G x G grid with white gaps.
@@ -115,8 +122,8 @@ def mosaic(image, grid: int, crop: int, order: Sequence[int] | torch.Tensor | No
     a permutation shows the shuffled puzzle. Returns an (H, W, 3) array in [0, 1].
     """
     x = _as_float_image(image).unsqueeze(0)
-    if gap is None:  # thin gaps between small patches
-        gap = 1 if x.shape[-1] // grid - crop < 10 else 2
+    if gap is None:
+        _, gap = mosaic_cells(x.shape[-1], grid, crop)
     tokens = extract_patches(x, grid, crop).flatten(2)  # (1, T, D)
     if order is not None:
         order = torch.as_tensor(order, dtype=torch.long)
@@ -200,6 +207,38 @@ def puzzle_grids_figure(image, grids: Iterable[int], crop: int, seed: int = 0,
 
 
 @_themed
+def patch_dropout_mask_figure(image, keep, grid: int, crop: int, p: float,
+                              title: str | None = None) -> Figure:
+    """One image's patches in order, and the same patches after PatchDropout: each dropped
+    one (keep[t] False) zeroed, which is mid-grey in the normalised colours, and crossed out.
+    keep: the (T,) keep mask that `model.PatchDropout` returned for this image."""
+    keep = torch.as_tensor(keep, dtype=torch.bool).flatten().cpu()
+    if len(keep) != grid * grid:
+        raise ValueError(f"keep has {len(keep)} entries; a {grid} x {grid} grid has "
+                         f"{grid * grid} patches")
+    side, gap = mosaic_cells(to_display(image).shape[0], grid, crop)
+    in_order = mosaic(image, grid, crop, gap=gap)
+    corners = [(r * (side + gap), c * (side + gap))  # (y, x) of each dropped patch's cell
+               for r, c in (divmod(t, grid) for t in torch.nonzero(~keep).flatten().tolist())]
+    after = in_order.copy()
+    for y, x in corners:
+        after[y:y + side, x:x + side] = 0.5
+    fig, axes = _subplots(1, 2, figsize=(9, 4.8))
+    axes[0].imshow(in_order)
+    _image_axes(axes[0], "the image's patches, in order", unit="mosaic px")
+    axes[1].imshow(after)
+    for y, x in corners:
+        left, right, top, bottom = x - 0.5, x + side - 0.5, y - 0.5, y + side - 0.5
+        axes[1].plot((left, right), (top, bottom), color="red", lw=2)
+        axes[1].plot((left, right), (bottom, top), color="red", lw=2)
+    _image_axes(axes[1], "what the blocks get: dropped patches zeroed", unit="mosaic px")
+    fig.suptitle(title or f"PatchDropout with p = {p:g}: {int((~keep).sum())} of {len(keep)} "
+                          f"patches of this image dropped (grey, crossed)")
+    fig.tight_layout()
+    return fig
+
+
+@_themed
 def image_samples_figure(images, labels=None, classes=None, n: int = 8,
                          title: str = "Samples of the dataset") -> Figure:
     """A row of images, with their class names when given."""
@@ -276,15 +315,35 @@ def confusion_heatmap(confusion, normalize: bool = True,
                       title: str = "Position confusion on held-out images") -> Figure:
     """T x T confusion (rows: true position, columns: predicted), rows normalised to shares."""
     c = torch.as_tensor(confusion, dtype=torch.float64).numpy()
-    t = c.shape[0]
     if normalize:
         c = c / np.maximum(c.sum(axis=1, keepdims=True), 1)
+    return _position_heatmap(c, 1 if normalize else None,
+                             "share of the row's tokens" if normalize else "tokens", title)
+
+
+@_themed
+def position_probabilities_figure(probabilities,
+                                  title: str = "Where the model puts each patch of one image"
+                                  ) -> Figure:
+    """One image's (T, T) predicted position distributions (row t: the softmax of the logits
+    of the patch that truly sits at t; columns: positions), with how many rows peak on t."""
+    probs = torch.as_tensor(probabilities, dtype=torch.float64)
+    t = len(probs)
+    right = int((probs.argmax(-1) == torch.arange(t)).sum())
+    return _position_heatmap(probs.numpy(), 1, "predicted probability",
+                             f"{title}\n{right} of {t} patches placed right (top-1)")
+
+
+def _position_heatmap(matrix: np.ndarray, vmax: float | None, colour_label: str,
+                      title: str) -> Figure:
+    """A T x T heatmap, rows: true position, columns: predicted, from 0 to vmax (None: the
+    largest value), with a labelled colour bar."""
+    t = matrix.shape[0]
     side = min(12, 4 + 0.18 * t)
     fig, ax = _subplots(figsize=(side + 1.5, side))
     step = max(1, t // 16)
-    sns.heatmap(c, ax=ax, cmap=HEATMAP, square=True, vmin=0, vmax=1 if normalize else None,
-                xticklabels=step, yticklabels=step,
-                cbar_kws={"label": "share of the row's tokens" if normalize else "tokens"})
+    sns.heatmap(matrix, ax=ax, cmap=HEATMAP, square=True, vmin=0, vmax=vmax,
+                xticklabels=step, yticklabels=step, cbar_kws={"label": colour_label})
     ax.set(title=title, xlabel="predicted position", ylabel="true position t")
     fig.tight_layout()
     return fig
@@ -374,8 +433,7 @@ def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
     """
     assignment = torch.as_tensor(assignment, dtype=torch.long)
     n = len(images)
-    size = to_display(images[0]).shape[0] // grid - crop
-    gap = 1 if size < 10 else 2
+    size, gap = mosaic_cells(to_display(images[0]).shape[0], grid, crop)
     fig, axes = _subplots(3, n, figsize=(2.6 * n, 8.0), squeeze=False)
     for i in range(n):
         t = grid * grid
@@ -731,8 +789,10 @@ def widgets_can_render() -> bool:
 
 
 __all__ = [
-    "theme", "to_display", "mosaic", "random_order", "puzzle_figure", "puzzle_grids_figure",
-    "image_samples_figure", "training_curves", "confusion_heatmap", "position_accuracy_grid",
+    "theme", "to_display", "mosaic_cells", "mosaic", "random_order", "puzzle_figure",
+    "puzzle_grids_figure", "patch_dropout_mask_figure", "image_samples_figure",
+    "training_curves", "confusion_heatmap", "position_probabilities_figure",
+    "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "patch_dropout_figure", "puzzle_stats_figure",
     "equivariance_figure", "npc_figure", "search_figure", "controls_figure",
     "position_curves_figure", "attention_distance_figure", "bar_figure",

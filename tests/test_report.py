@@ -181,6 +181,22 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
     assert "accuracy_vs_npc.png" not in text
 
 
+def test_the_figures_of_other_notebooks_are_copied_and_shown_in_the_report(tmp_path):
+    figures, report_dir = tmp_path / "figures", tmp_path / "report"
+    figures.mkdir()
+    report_dir.mkdir()
+    for name in ("03_confusion", "03_attention", "04_knn"):
+        (figures / f"{name}.png").write_bytes(name.encode())
+    copies = report.copy_notebook_figures(figures, report_dir)
+    assert copies == [report_dir / "confusion.png", report_dir / "attention.png"]
+    assert (report_dir / "attention.png").read_bytes() == b"03_attention"
+    pre = {"row": {"dataset": "synthetic"}}
+    sweep = {"knn_k": 20, "knn_npc": 100, "knn": {}}
+    text = write_report(report_dir, "profile **quick**", pre, [], sweep, []).read_text()
+    assert "![Attention of one query patch](attention.png)" in text
+    assert "puzzle_photo.png" not in text
+
+
 @pytest.mark.parametrize("text", ["{cut", json.dumps({"profile": "quick"}), "[1, 2]"])
 def test_a_damaged_seeds_file_names_itself_and_the_fix(tmp_path, monkeypatch, text):
     monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)

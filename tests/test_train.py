@@ -2,6 +2,7 @@
 input fails before any work."""
 from __future__ import annotations
 
+import json
 import math
 import re
 
@@ -14,7 +15,7 @@ from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.model import build_finetune_model
 from apl_core.rundir import read_metrics, run_name
-from apl_core.train import finetune, learning_rate, pretrain
+from apl_core.train import finetune, learning_rate, pretrain, profile_pretrain_run
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
 TIMING = ("images_per_s", "epoch_time_s")
@@ -58,6 +59,20 @@ def test_auto_resume_returns_a_finished_run_at_once(pretrained_run, monkeypatch)
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
     result = pretrain(pretrained_run.config, resume="auto")
     assert result.metrics == pretrained_run.metrics
+
+
+def test_the_pretrain_run_to_analyse_is_the_given_one_then_02s_then_the_profiles(
+        pretrained_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
+    runs_dir = pretrained_run.run_dir.parents[1]
+    settings = dict(runs_dir=str(runs_dir), device="cpu", precision="fp32", epochs=4,
+                    knn_every=2)  # the settings of the pretrained_run fixture
+    summary = tmp_path / "02_pretraining.json"
+    assert profile_pretrain_run("smoke", "runs/given", summary, **settings) == "runs/given"
+    assert profile_pretrain_run("smoke", "", summary, **settings) == \
+        str(pretrained_run.run_dir)  # no summary yet: the profile's run, read back
+    summary.write_text(json.dumps({"run_dir": "runs/of-02"}))
+    assert profile_pretrain_run("smoke", "", summary, **settings) == "runs/of-02"
 
 
 def test_new_run_over_an_existing_one_is_refused(pretrained_run):

@@ -44,7 +44,8 @@ def metrics():
 
 
 # Figures whose colours carry a value: each needs a labelled colour bar.
-COLOUR_BARS = {"attention", "confusion", "equivariance", "per_position"}
+COLOUR_BARS = {"attention", "confusion", "equivariance", "per_position",
+               "position_probabilities"}
 # Image grids label their outer row and column only (the inner panels share the axes).
 IMAGE_GRIDS = {"attention", "reassembly", "samples"}
 
@@ -69,10 +70,14 @@ def assert_titled_and_labelled(name, fig):
 CASES = {
     "puzzle": lambda: viz.puzzle_figure(image(), G, K),
     "grids": lambda: viz.puzzle_grids_figure(image(), [2, 3], K),
+    "patch_dropout_mask": lambda: viz.patch_dropout_mask_figure(
+        image(), torch.arange(T) % 4 != 1, G, K, p=0.25),
     "samples": lambda: viz.image_samples_figure(torch.stack([image(i) for i in range(3)]),
                                                 torch.tensor([0, 1, 2]), ["a", "b", "c"]),
     "curves": lambda: viz.training_curves(metrics(), chance=1 / T),
     "confusion": lambda: viz.confusion_heatmap(torch.randint(0, 9, (T, T))),
+    "position_probabilities": lambda: viz.position_probabilities_figure(
+        torch.softmax(torch.randn(T, T), -1)),
     "per_position": lambda: viz.position_accuracy_grid(torch.rand(T), G, chance=1 / T),
     "attention": lambda: viz.attention_figure(
         image(), [torch.softmax(torch.randn(2, T, T), -1) for _ in range(2)], query=4, grid=G),
@@ -177,6 +182,31 @@ def test_mosaic_places_patch_order_and_rejects_non_permutations():
     assert abs(swapped[:p, :p] - in_order[:p, p:2 * p]).max() < 1e-6
     with pytest.raises(ValueError, match="permutation"):
         viz.mosaic(img, G, 0, order=[0] * T)
+
+
+def test_the_patch_dropout_mask_greys_and_crosses_exactly_the_dropped_patches():
+    keep = torch.ones(T, dtype=torch.bool)
+    keep[[1, 5]] = False
+    fig = viz.patch_dropout_mask_figure(image(), keep, G, K, p=0.1)
+    after = fig.axes[1].images[0].get_array()
+    side, gap = viz.mosaic_cells(N, G, K)
+
+    def cell(t):
+        y, x = (side + gap) * torch.tensor(divmod(t, G))
+        return after[y:y + side, x:x + side]
+
+    assert [t for t in range(T) if (cell(t) == 0.5).all()] == [1, 5]
+    assert len(fig.axes[1].lines) == 4  # two strokes per cross
+    assert "2 of 9 patches" in fig.get_suptitle()
+    with pytest.raises(ValueError, match="a 3 x 3 grid has 9 patches"):
+        viz.patch_dropout_mask_figure(image(), keep[:4], G, K, p=0.1)
+
+
+def test_position_probabilities_count_the_rows_that_peak_on_their_own_position():
+    probs = torch.eye(T)
+    probs[0] = probs[1]  # the patch at position 0 is put at 1
+    fig = viz.position_probabilities_figure(probs)
+    assert f"{T - 1} of {T} patches placed right" in fig.axes[0].get_title()
 
 
 def test_random_order_is_seeded_and_never_identity():
