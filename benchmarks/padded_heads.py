@@ -34,8 +34,9 @@ def resize_heads(weight: torch.Tensor, axis: int, old: int, new: int) -> torch.T
 
 
 class PaddedSelfAttention(nn.Module):
-    """An unpadded `SelfAttention` with its heads padded to a multiple of `multiple`: it takes
-    over the layer's q/k/v and output projections, padding their weights, and its scaling."""
+    """`SelfAttention` with its heads padded to a multiple of `multiple`, made from an unpadded
+    layer: it takes over the layer's q/k/v and output projections, padding their weights, and
+    its scaling."""
 
     def __init__(self, attention: SelfAttention, multiple: int):
         super().__init__()
