@@ -92,15 +92,6 @@ class PatchDropout(nn.Module):
         return tokens * keep.unsqueeze(-1).to(tokens.dtype), keep
 
 
-def resize_heads(weight: torch.Tensor, axis: int, old: int, new: int) -> torch.Tensor:
-    """Change every head's run of features along `axis` from `old` to `new`: pad zeros at the
-    end of each head, or cut them off. The axis holds whole heads (qkv: [q | k | v], each
-    head-major), so it splits into (axis size / old) heads of `old` features."""
-    heads = weight.movedim(axis, -1).unflatten(-1, (-1, old))
-    heads = F.pad(heads, (0, new - old)) if new > old else heads[..., :new]
-    return heads.flatten(-2).movedim(-1, axis).contiguous()
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention: fused q/k/v projection without bias, output projection
     with bias.
@@ -110,18 +101,9 @@ class SelfAttention(nn.Module):
     token dimension, so the logits are divided by sqrt(D) and the attention's output by
     D^(1/4) (about 4.6 for D = 432). Dividing v is the same as dividing the output, because
     the output is linear in v, so both run on the same fused kernel.
-
-    head_multiple > 1 stores every head padded with zero features up to a multiple of it (the
-    paper model: D/H = 27 -> 32 with 8). GPU attention kernels want such head dimensions and
-    otherwise pad q, k and v on every call; padding the weights once costs nothing per call.
-    The padded q/k/v features are zero, so they add nothing to q.k and give zero outputs, which
-    zero output-projection columns ignore; every gradient of the padding is therefore exactly
-    zero and Adam/AdamW (with or without weight decay) keep it zero: same function, same
-    training. state_dict() and load_state_dict() use the unpadded layout, so checkpoints load
-    into either layout (an optimizer's state, shaped like the stored weights, does not).
     """
 
-    def __init__(self, dim: int, heads: int, head_multiple: int = 1, scale: str = "standard"):
+    def __init__(self, dim: int, heads: int, scale: str = "standard"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"heads={heads} must divide the token dimension {dim}")
@@ -129,42 +111,14 @@ class SelfAttention(nn.Module):
             raise ValueError(f"attention_scale={scale!r} is invalid: choose one of "
                              f"{ATTENTION_SCALES}")
         self.heads, self.head_dim = heads, dim // heads
-        # the real head dimension: the padding adds nothing to q.k
         self.logit_scale = (dim if scale == "original" else self.head_dim) ** -0.5
         self.value_scale = dim ** -0.25 if scale == "original" else 1.0
-        self.stored_head_dim = -(-self.head_dim // head_multiple) * head_multiple
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
-        if self.stored_head_dim != self.head_dim:
-            # pad the weights the unpadded layers drew, so a seed gives the same model
-            with torch.no_grad():
-                self.qkv.weight = nn.Parameter(self.stored(self.qkv.weight, 0))
-                self.proj.weight = nn.Parameter(self.stored(self.proj.weight, 1))
-            self.qkv.out_features = 3 * self.heads * self.stored_head_dim
-            self.proj.in_features = self.heads * self.stored_head_dim
-            self.register_state_dict_post_hook(SelfAttention._unpad_state)
-            self.register_load_state_dict_pre_hook(SelfAttention._pad_state)
-
-    def stored(self, weight: torch.Tensor, axis: int) -> torch.Tensor:
-        """The stored (padded) layout of an unpadded qkv (axis 0) or proj (axis 1) weight."""
-        return resize_heads(weight, axis, self.head_dim, self.stored_head_dim)
-
-    def real(self, weight: torch.Tensor, axis: int) -> torch.Tensor:
-        """The unpadded layout of a stored qkv (axis 0) or proj (axis 1) weight or gradient."""
-        return resize_heads(weight, axis, self.stored_head_dim, self.head_dim)
-
-    def _unpad_state(self, state_dict, prefix, local_metadata) -> None:
-        for name, axis in (("qkv.weight", 0), ("proj.weight", 1)):
-            state_dict[prefix + name] = self.real(state_dict[prefix + name], axis)
-
-    def _pad_state(self, state_dict, prefix, *args) -> None:
-        for name, axis in (("qkv.weight", 0), ("proj.weight", 1)):
-            if prefix + name in state_dict:  # a missing key is load_state_dict's to report
-                state_dict[prefix + name] = self.stored(state_dict[prefix + name], axis)
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         b, t, _ = x.shape
-        s = self.stored_head_dim
+        s = self.head_dim
         # (B, T, 3 H s) -> q, k, v as (B, H, T, s) strided views, no copy. unbind(2) rather
         # than permute(2, 0, 3, 1, 4) + unbind(0): the same views, but autograd then stacks
         # the three gradients straight into the (B, T, 3, H, s) layout of the qkv output
@@ -193,9 +147,9 @@ class Block(nn.Module):
     x = LN1(x + Attn(x)); x = Dropout(x); x = LN2(x + FF(x)); x = Dropout(x)."""
 
     def __init__(self, dim: int, heads: int, hidden_mult: int, dropout: float,
-                 head_multiple: int = 1, attention_scale: str = "standard"):
+                 attention_scale: str = "standard"):
         super().__init__()
-        self.attn = SelfAttention(dim, heads, head_multiple, attention_scale)
+        self.attn = SelfAttention(dim, heads, attention_scale)
         self.norm1 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
             nn.Linear(dim, hidden_mult * dim), nn.ReLU(), nn.Linear(hidden_mult * dim, dim)
@@ -214,15 +168,12 @@ class APLTransformer(nn.Module):
     """Images -> contextualised token features (B, T, D). No positional information, unless
     positional_embedding adds a learned one to each token as a ViT does (the baseline APL is
     compared with, and notebook 06's positional leak). attention_scale and
-    patch_dropout_at_eval select the original's own behaviour (SelfAttention, PatchDropout).
-
-    head_multiple pads the attention heads (see SelfAttention); not a run option: whether it
-    pays on a GPU is unmeasured, so runs use the default, unpadded."""
+    patch_dropout_at_eval select the original's own behaviour (SelfAttention, PatchDropout)."""
 
     def __init__(self, image_size: int = 96, grid: int = 7, crop: int = 1,
                  encoder: str = "flatten", blocks: int = 4, heads: int = 16,
                  hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1,
-                 head_multiple: int = 1, positional_embedding: bool = False,
+                 positional_embedding: bool = False,
                  attention_scale: str = "standard", patch_dropout_at_eval: bool = False):
         super().__init__()
         self.image_size, self.grid, self.crop = image_size, grid, crop
@@ -234,7 +185,7 @@ class APLTransformer(nn.Module):
                 nn.init.trunc_normal_(torch.zeros(1, grid**2, self.dim), std=0.02))
         self.patch_dropout = PatchDropout(patch_dropout, patch_dropout_at_eval)
         self.blocks = nn.ModuleList(
-            Block(self.dim, heads, hidden_mult, dropout, head_multiple, attention_scale)
+            Block(self.dim, heads, hidden_mult, dropout, attention_scale)
             for _ in range(blocks)
         )
 
@@ -326,13 +277,12 @@ def architecture_kwargs(config: PretrainConfig) -> dict:
     return {name: getattr(config, name) for name in names}
 
 
-def build_pretrain_model(config: PretrainConfig, head_multiple: int = 1) -> APLPretrainModel:
-    transformer = APLTransformer(**architecture_kwargs(config), head_multiple=head_multiple)
+def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:
+    transformer = APLTransformer(**architecture_kwargs(config))
     return APLPretrainModel(transformer, config.mlp_head)
 
 
-def build_classifier(config: FinetuneConfig, architecture: PretrainConfig,
-                     head_multiple: int = 1) -> APLClassifier:
+def build_classifier(config: FinetuneConfig, architecture: PretrainConfig) -> APLClassifier:
     """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
     with the fine-tuning dropout and PatchDropout, and a positional embedding when the
     config adds one or the pretrained model has one; frozen for a linear probe (head_only)."""
@@ -341,7 +291,7 @@ def build_classifier(config: FinetuneConfig, architecture: PretrainConfig,
         "dropout": config.dropout, "patch_dropout": config.patch_dropout,
         "patch_dropout_at_eval": config.patch_dropout_at_eval,
         "positional_embedding": config.positional_embedding or architecture.positional_embedding,
-    }, head_multiple=head_multiple)
+    })
     return APLClassifier(transformer, config.num_classes, config.mlp_head,
                          frozen_transformer=config.head_only)
 

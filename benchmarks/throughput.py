@@ -63,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from naive_model import (NaiveClassifier, NaivePretrainModel, OriginalDataset,  # noqa: E402
                          from_fast, naive_kwargs, original_finetune_step,
                          original_pretrain_step, original_scaler)
+from padded_heads import pad_heads  # noqa: E402
 
 from apl_core import train as engine  # noqa: E402
 from apl_core.augment import AugmentSpec  # noqa: E402
@@ -306,8 +307,9 @@ def measure_phase(phase, pre, ft, args, device, dtypes, ceilings, report):
 
     def fresh_model(head_multiple=1):
         torch.manual_seed(0)
-        model = (build_pretrain_model(pre, head_multiple) if phase == "pretrain"
-                 else build_classifier(ft, pre, head_multiple))
+        model = build_pretrain_model(pre) if phase == "pretrain" else build_classifier(ft, pre)
+        if head_multiple > 1:
+            pad_heads(model, head_multiple)
         return model.to(device)
 
     def loss_of_batch(model, x):
@@ -638,8 +640,8 @@ def parse_args(argv=None):
                         help="the phases whose steps are timed (empty: none)")
     parser.add_argument("--head-multiple", default="1",
                         help="our model with its attention heads padded to a multiple of this "
-                             "(model.SelfAttention; 8: 27 -> 32), or a comma list to compare, "
-                             "e.g. 1,8")
+                             "(benchmarks/padded_heads.py; 8: 27 -> 32), or a comma list to "
+                             "compare, e.g. 1,8")
     parser.add_argument("--no-original", action="store_true",
                         help="skip the original's step and data path")
     parser.add_argument("--original-attention", default="bmm", choices=("bmm", "loop"),

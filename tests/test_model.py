@@ -282,104 +282,6 @@ def test_attention_splits_heads_as_the_fused_projection_orders_them():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
-def _padded_and_unpadded():
-    """The SMALL pretraining model (head dimension 49) twice from one seed: unpadded, and
-    with its heads stored padded to 56 (head_multiple=8); dropout off."""
-    config = PretrainConfig(**SMALL, dropout=0.0, patch_dropout=0.0)
-    models = []
-    for head_multiple in (1, 8):
-        torch.manual_seed(0)
-        models.append(build_pretrain_model(config, head_multiple))
-    return models
-
-
-def _padding_is_zero(attn) -> bool:
-    """True if the padded features of the stored qkv and proj weights are exactly zero."""
-    return all(torch.equal(attn.stored(attn.real(weight, axis), axis), weight)
-               for weight, axis in ((attn.qkv.weight, 0), (attn.proj.weight, 1)))
-
-
-@pytest.mark.parametrize("return_attention", [False, True])
-def test_padded_heads_compute_the_same_function_and_gradients(return_attention):
-    """Heads padded with zero features (27 -> 32 on the paper model, 49 -> 56 here): the same
-    logits, attention weights and gradients of the real weights; the padding's gradients are
-    exactly zero."""
-    unpadded, padded = _padded_and_unpadded()
-    attn = padded.transformer.blocks[0].attn
-    assert (attn.head_dim, attn.stored_head_dim) == (49, 56)
-    assert attn.qkv.weight.shape == (3 * 3 * 56, 147) and attn.proj.weight.shape == (147, 3 * 56)
-    patches = unpadded.transformer.patches(torch.randn(4, 3, 32, 32))
-    outputs = [model.position_logits(patches, return_attention) for model in (unpadded, padded)]
-    (logits, _, attention), (padded_logits, _, padded_attention) = outputs
-    torch.testing.assert_close(padded_logits, logits, atol=1e-5, rtol=1e-5)
-    assert len(padded_attention) == len(attention) == (2 if return_attention else 0)
-    for ours, theirs in zip(padded_attention, attention):
-        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=1e-5)
-    for model, (out, _, _) in zip((unpadded, padded), outputs):
-        model.zero_grad()
-        out.square().sum().backward()
-    gradients = dict(unpadded.named_parameters())
-    for name, parameter in padded.named_parameters():
-        grad = parameter.grad
-        if name.endswith(("attn.qkv.weight", "attn.proj.weight")):
-            block = padded.transformer.blocks[int(name.split(".")[2])].attn
-            axis = 0 if "qkv" in name else 1
-            assert torch.equal(block.stored(block.real(grad, axis), axis), grad), name
-            grad = block.real(grad, axis)
-        torch.testing.assert_close(grad, gradients[name].grad, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("optimizer, weight_decay", [("adam", 1e-4), ("adamw", 0.05)])
-def test_padded_heads_stay_zero_while_training(optimizer, weight_decay):
-    """Adam (L2 weight decay) and AdamW (decoupled) leave the padding exactly zero step after
-    step, and the real weights follow the unpadded model's training."""
-    kind = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-    models = _padded_and_unpadded()
-    optimizers = [kind(model.parameters(), lr=1e-3, weight_decay=weight_decay)
-                  for model in models]
-    torch.manual_seed(1)
-    batches = [torch.randn(4, 3, 32, 32) for _ in range(5)]
-    targets = position_targets(4, 16)
-    for images in batches:
-        for model, opt in zip(models, optimizers):
-            logits, _ = model(images)
-            loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    unpadded, padded = models
-    assert all(_padding_is_zero(block.attn) for block in padded.transformer.blocks)
-    trained = unpadded.state_dict()
-    for name, value in padded.state_dict().items():
-        torch.testing.assert_close(value, trained[name], atol=1e-5, rtol=1e-4)
-
-
-def test_padded_heads_state_dict_round_trips():
-    """state_dict() is the unpadded layout, so a padded model's checkpoint loads into an
-    unpadded model and back, and an unpadded one loads padded (with zero padding)."""
-    unpadded, padded = _padded_and_unpadded()
-    state = padded.state_dict()
-    assert {name: value.shape for name, value in state.items()} == \
-        {name: value.shape for name, value in unpadded.state_dict().items()}
-    other_unpadded, other_padded = _padded_and_unpadded()
-    for p in (*other_unpadded.parameters(), *other_padded.parameters()):
-        torch.nn.init.normal_(p)  # overwrite everything, padding included
-    other_unpadded.load_state_dict(state)
-    other_padded.load_state_dict(unpadded.state_dict())
-    assert all(_padding_is_zero(block.attn) for block in other_padded.transformer.blocks)
-    for model in (other_unpadded, other_padded):
-        for name, value in model.state_dict().items():
-            assert torch.equal(value, state[name]), name
-    padded.load_state_dict(other_padded.state_dict())
-    images = torch.randn(2, 3, 32, 32)
-    for model in (unpadded, padded, other_unpadded, other_padded):
-        model.eval()
-    with torch.no_grad():
-        expected = unpadded(images)[0]
-        for model in (padded, other_unpadded, other_padded):
-            torch.testing.assert_close(model(images)[0], expected, atol=1e-5, rtol=1e-5)
-
-
 def test_original_benchmark_step_trains_on_the_original_data_path():
     """The original's data path (benchmarks/naive_model.py) cuts the tokens the model would cut
     from the augmented image, and the original's step trains on them: finite logged numbers,
@@ -407,29 +309,6 @@ def test_original_benchmark_step_trains_on_the_original_data_path():
                                             tokens)
     assert math.isfinite(loss) and 0 <= accuracy <= 1
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
-
-
-def test_heads_are_stored_unpadded_unless_asked():
-    """The default layout is the real one: checkpoints' optimizer states and the CPU speed
-    (padding costs 2-6 % there) depend on it; head_multiple reaches every attention layer."""
-    config = PretrainConfig(**SMALL)  # D = 147, 3 heads of 49
-    layers = {
-        "SelfAttention": SelfAttention(147, 3),
-        "Block": Block(147, 3, hidden_mult=2, dropout=0.0).attn,
-        "APLTransformer": APLTransformer(**architecture_kwargs(config)).blocks[0].attn,
-        "build_pretrain_model": build_pretrain_model(config).transformer.blocks[0].attn,
-        "build_classifier": build_classifier(FinetuneConfig(), config).transformer.blocks[0].attn,
-    }
-    for name, attn in layers.items():
-        assert attn.qkv.weight.shape == (3 * 147, 147), name
-        assert attn.proj.weight.shape == (147, 147), name
-    padded = [build_pretrain_model(config, head_multiple=8).transformer,
-              build_classifier(FinetuneConfig(), config, head_multiple=8).transformer]
-    for attn in (transformer.blocks[-1].attn for transformer in padded):
-        # 49 -> 56 features per head; the layers describe their stored sizes
-        assert attn.qkv.weight.shape == (3 * 3 * 56, 147) and attn.proj.weight.shape == (147, 168)
-        assert (attn.qkv.out_features, attn.qkv.in_features) == attn.qkv.weight.shape
-        assert (attn.proj.out_features, attn.proj.in_features) == attn.proj.weight.shape
 
 
 def test_attention_layer_returns_weights_only_when_asked():
