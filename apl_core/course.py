@@ -1,10 +1,11 @@
-"""Run the course headless: notebooks 01-05 in order with papermill.
+"""Run the course headless: notebooks 01-06 in order with papermill.
 
     python -m apl_core course --profile auto --out course_output
 
 writes into OUT the executed notebooks, their figures (OUT/figures), the report
 (OUT/report) and the training runs (OUT/runs, reused when the course is run again),
 and passes the run locations from one notebook to the next. CUDA is used when present.
+What a finished course publishes (index.html, the README's figures) is `apl_core.publish`'s.
 """
 from __future__ import annotations
 
@@ -15,15 +16,14 @@ import difflib
 import json
 import logging
 import os
-import platform
 import re
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from .config import PROFILES
+from .publish import missing_readme_figures, publish_figures, write_index
 
 NOTEBOOKS = (
     "01_puzzle_construction",
@@ -204,80 +204,6 @@ def _stderr_to(path: Path):
             os.close(saved)
 
 
-# The figures the README shows, as `make figures` publishes them to docs/figures/.
-README_FIGURES = ("01_puzzle_photo", "01_dataset_puzzle", "03_confusion", "03_attention",
-                  "03_reassembled_puzzles", "04_accuracy_vs_npc", "06_controls_seeds")
-
-
-def cpu_name() -> str:
-    """The processor's model name ('AMD EPYC'), from /proc/cpuinfo where there is one."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_description(device: str) -> str:
-    """'NVIDIA H200' or 'AMD EPYC (2 threads)': what the numbers of a run were measured on."""
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{cpu_name()} ({torch.get_num_threads()} threads)"
-
-
-def publish_figures(out: Path, dest: Path, profile: str, device: str) -> None:
-    """Copy README_FIGURES from OUT/figures to `dest` with a PROVENANCE.md that says which
-    profile, machine and date made them."""
-    dest.mkdir(parents=True, exist_ok=True)
-    missing = [n for n in README_FIGURES if not (out / "figures" / f"{n}.png").is_file()]
-    if missing:
-        raise CourseError(f"cannot publish figures: {missing} were not drawn; run the whole "
-                          f"course (without --only)")
-    for name in README_FIGURES:
-        shutil.copy(out / "figures" / f"{name}.png", dest / f"{name}.png")
-    import torch
-
-    stamp = time.strftime("%Y-%m-%d")
-    (dest / "PROVENANCE.md").write_text(
-        f"Drawn by `make figures`: the {profile} profile on {machine_description(device)}, "
-        f"torch {torch.__version__}, {stamp}.\n")
-
-
-def write_index(out: Path, rows: list[dict], profile: str, device: str) -> Path:
-    """OUT/index.html: every executed notebook as HTML (figures embedded) under OUT/html/,
-    linked from one page, so the course can be read in a browser without Jupyter."""
-    import html
-
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter()
-    pages = out / "html"
-    pages.mkdir(exist_ok=True)
-    items = []
-    for row in rows:
-        body, _ = exporter.from_filename(row["executed"])
-        page = pages / f"{row['notebook']}.html"
-        page.write_text(body, encoding="utf-8")
-        items.append(f'<li><a href="html/{page.name}">{html.escape(row["notebook"])}</a> '
-                     f'({row["seconds"]:.0f} s)</li>')
-    figure = out / "figures" / "04_accuracy_vs_npc.png"
-    extra = (f'<p><img src="figures/{figure.name}" alt="accuracy vs NPC" width="720"></p>'
-             if figure.exists() else "")
-    index = out / "index.html"
-    index.write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>APL course</title><style>"
-        "body{font-family:sans-serif;max-width:760px;margin:2em auto;line-height:1.5}"
-        "</style></head><body><h1>APL course: the executed notebooks</h1>"
-        f"<p>profile <b>{html.escape(profile)}</b>, device <b>{html.escape(device)}</b>. "
-        "Each notebook as a web page, with its figures and outputs:</p>"
-        f"<ol>{''.join(items)}</ol>{extra}</body></html>\n", encoding="utf-8")
-    return index
-
-
 def default_profile(device: str, data_dir: str | Path) -> str:
     """'auto': paper on a GPU with STL-10 on disk, gpu on a GPU without it, else quick."""
     if not device.startswith("cuda"):
@@ -330,6 +256,10 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
                    runs=base["runs_dir"], index=str(index))
     (out / "course_summary.json").write_text(json.dumps(summary, indent=2))
     if publish:
+        missing = missing_readme_figures(out)
+        if missing:
+            raise CourseError(f"cannot publish figures: {missing} were not drawn; run the "
+                              f"whole course (without --only)")
         publish_figures(out, Path(publish), profile, device)
         print(f"figures for the README copied to {publish}")
     print(f"course finished in {total / 60:.1f} min: {len(rows)} notebook(s) in {out}\n"
@@ -342,7 +272,7 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m apl_core course",
-        description="Execute the course notebooks 01-05 in order with papermill, headless.",
+        description="Execute the course notebooks 01-06 in order with papermill, headless.",
     )
     p.add_argument("--profile", default="auto", choices=PROFILE_NAMES,
                    help="smoke: seconds per notebook (tests); quick: the embedded dataset, "

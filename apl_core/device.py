@@ -4,8 +4,12 @@
     autocast_dtype      a precision ('auto', 'fp32', 'bf16', 'fp16') -> the autocast dtype
     cpu_has_fast_bf16   whether this CPU computes bf16 faster than fp32
     autocast            the autocast context for a device and dtype (disabled for fp32)
+    machine_description what a run's numbers were measured on ('AMD EPYC (2 threads)')
 """
 from __future__ import annotations
+
+import platform
+from pathlib import Path
 
 import torch
 
@@ -40,3 +44,21 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def cpu_name() -> str:
+    """The processor's model name ('AMD EPYC'), from /proc/cpuinfo where there is one."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_description(device: str) -> str:
+    """'NVIDIA H200' or 'AMD EPYC (2 threads)': what the numbers of a run were measured on."""
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{cpu_name()} ({torch.get_num_threads()} threads)"

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from apl_core import controls, tuning  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
-from apl_core.course import machine_description  # noqa: E402
+from apl_core.device import machine_description  # noqa: E402
 from apl_core.train import resolve_device  # noqa: E402
 from apl_core.viz import markdown_table  # noqa: E402
 

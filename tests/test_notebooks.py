@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from apl_core import course
+from apl_core import course, publish
 from apl_core.comparison import METHODS
 from apl_core.controls import RANDOM_INIT, control_configs
 from apl_core.rundir import read_metrics
@@ -248,8 +248,8 @@ def test_rerunning_a_notebook_reuses_the_finished_runs(smoke_course):
 @pytest.mark.slow
 def test_publish_figures_says_what_made_them(smoke_course, tmp_path):
     out, _ = smoke_course
-    course.publish_figures(out, tmp_path / "figures", "smoke", "cpu")
-    for name in course.README_FIGURES:
+    publish.publish_figures(out, tmp_path / "figures", "smoke", "cpu")
+    for name in publish.README_FIGURES:
         assert (tmp_path / "figures" / f"{name}.png").read_bytes() == \
             (out / "figures" / f"{name}.png").read_bytes()
     provenance = (tmp_path / "figures" / "PROVENANCE.md").read_text()
