@@ -100,12 +100,11 @@ def run_controls(profile: str, seed: int = 0, names=None, report=None,
     """Pretrain every control (finished runs are read back, so a rerun costs only the
     evaluation) and judge it; one row per control plus the random-init floor. names: a
     subset of `control_configs`' names. report(row) is called after each control."""
-    configs = control_configs(profile, seed, **settings)
-    if names is not None:
-        unknown = sorted(set(names) - set(configs))
-        if unknown:
-            raise ValueError(f"unknown control(s) {unknown}; known: {list(configs)}")
-        configs = {name: configs[name] for name in names}
+    every = control_configs(profile, seed, **settings)
+    unknown = sorted(set(names or ()) - set(every))
+    if unknown:
+        raise ValueError(f"unknown control(s) {unknown}; known: {list(every)}")
+    configs = every if names is None else {name: every[name] for name in names}
     device = resolve_device(settings.get("device", "auto"))
     sets = labelled_sets(profile, seed, **settings)
     rows = []
@@ -118,7 +117,7 @@ def run_controls(profile: str, seed: int = 0, names=None, report=None,
                      "seconds": time.perf_counter() - started})
         if report is not None:
             report(rows[-1])
-    base = next(iter(control_configs(profile, seed, **settings).values()))
+    base = next(iter(every.values()))
     torch.manual_seed(seed)  # the floor's weights: the seed's, as BENCHMARK's would be
     floor = build_pretrain_model(base).to(device)
     rows.append({"control": RANDOM_INIT, "grid": base.grid, "crop": base.crop,

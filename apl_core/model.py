@@ -118,7 +118,6 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         b, t, _ = x.shape
-        s = self.head_dim
         # (B, T, 3 H s) -> q, k, v as (B, H, T, s) strided views, no copy. unbind(2) rather
         # than permute(2, 0, 3, 1, 4) + unbind(0): the same views, but autograd then stacks
         # the three gradients straight into the (B, T, 3, H, s) layout of the qkv output
@@ -126,7 +125,7 @@ class SelfAttention(nn.Module):
         # copies again to undo the permutation (measured: the attention's forward + backward
         # about 10% faster on CPU; the copy shows up as ViewBackward0 -> clone in a profile).
         q, k, v = (part.transpose(1, 2) for part in
-                   self.qkv(x).view(b, t, 3, self.heads, s).unbind(2))
+                   self.qkv(x).view(b, t, 3, self.heads, -1).unbind(2))
         if return_attention:
             # scaled_dot_product_attention hides the weights; compute them only when asked.
             weights = torch.softmax(q @ k.transpose(-2, -1) * self.logit_scale, dim=-1)
@@ -137,8 +136,9 @@ class SelfAttention(nn.Module):
         if self.value_scale != 1.0:
             out = out * self.value_scale
         # SDPA's fused kernels (CPU flash, CUDA flash and memory-efficient) return
-        # (B, H, T, s) laid out as (B, T, H, s): this transpose + reshape is a view.
-        out = self.proj(out.transpose(1, 2).reshape(b, t, self.heads * s))
+        # (B, H, T, s) laid out as (B, T, H, s): this transpose + reshape is a view. s is the
+        # size the projections store (benchmarks/padded_heads.py pads it).
+        out = self.proj(out.transpose(1, 2).reshape(b, t, -1))
         return out, weights
 
 

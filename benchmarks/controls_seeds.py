@@ -23,10 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from apl_core import controls, tuning  # noqa: E402
+from apl_core import controls  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
-from apl_core.device import machine_description  # noqa: E402
-from apl_core.train import resolve_device  # noqa: E402
+from apl_core.device import machine_description, resolve_device  # noqa: E402
 from apl_core.viz import markdown_table  # noqa: E402
 
 
@@ -57,7 +56,7 @@ def main(argv=None) -> None:
                "command": f"python benchmarks/controls_seeds.py --profile {args.profile} "
                           f"--seeds {' '.join(map(str, args.seeds))}",
                "seeds": seeds}
-    out = Path(args.out) if args.out else tuning.RESULTS_DIR / f"{args.profile}_controls.json"
+    out = Path(args.out) if args.out else controls.results_path(args.profile)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     print(markdown_table(controls.seed_table(results)))

@@ -71,22 +71,8 @@ class PaddedSelfAttention(nn.Module):
             if prefix + name in state_dict:  # a missing key is load_state_dict's to report
                 state_dict[prefix + name] = self.padded(state_dict[prefix + name], axis)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        """SelfAttention.forward at the padded head size: the same strided views, no copy."""
-        b, t, _ = x.shape
-        s = self.padded_head_dim
-        q, k, v = (part.transpose(1, 2) for part in
-                   self.qkv(x).view(b, t, 3, self.heads, s).unbind(2))
-        if return_attention:
-            weights = torch.softmax(q @ k.transpose(-2, -1) * self.logit_scale, dim=-1)
-            out = weights @ v
-        else:
-            weights = None
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.logit_scale)
-        if self.value_scale != 1.0:
-            out = out * self.value_scale
-        out = self.proj(out.transpose(1, 2).reshape(b, t, self.heads * s))
-        return out, weights
+    # the model's forward reads the head size off the projections, so it runs padded as is
+    forward = SelfAttention.forward
 
 
 def pad_heads(model: nn.Module, multiple: int) -> nn.Module:
