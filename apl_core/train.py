@@ -2,7 +2,7 @@
 
     pretrain(config) / finetune(config)   load the data, build the model, then call `fit`
     load_pretrained                      a pretraining run's model, ready to analyse
-    profile_pretrain_run                 the run notebooks 03-05 analyse when none is given
+    profile_pretrain_run                 the run notebooks 03-06 analyse when none is given
     fit                                  the epoch loop: train, evaluate, checkpoint, log
     train_one_epoch / evaluate           one pass over a loader
 
