@@ -22,6 +22,7 @@ import collections
 import pathlib
 import subprocess
 import sys
+import time
 
 EQUIVALENT_LIST = pathlib.Path(__file__).with_name("mutation_equivalent.txt")
 DETECTED = ("killed", "timeout")
@@ -87,8 +88,10 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="do not run, report the last run")
     args = parser.parse_args()
     if not args.report:
+        started = time.perf_counter()
         subprocess.run([sys.executable, "-m", "mutmut", "run", *args.mutants], check=True,
                        stdout=subprocess.DEVNULL)
+        print(f"mutmut run: {(time.perf_counter() - started) / 60:.1f} min")
     report(results(), equivalent_mutants())
 
 

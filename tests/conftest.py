@@ -2,6 +2,10 @@
 the fine-tuning, checkpoint and analysis tests (smoke profile: seconds on a 2-core CPU)."""
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -31,3 +35,30 @@ def pretrained_run(tmp_path_factory):
     """4 epochs of smoke pretraining (G = 4: T = 16 positions), kNN-probed every 2 epochs."""
     runs = tmp_path_factory.mktemp("runs")
     return pretrain(smoke_pretrain_config(runs, epochs=4, knn_every=2))
+
+
+def mutation_test_file(mutant: str) -> str:
+    """The test file that judges a mutant of apl_core.<module> (`make mutation`): the module's
+    own, tests/test_<module>.py; the data package's modules share tests/test_data.py."""
+    module = mutant.split(".")[1]
+    return f"test_{module}.py"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under `make mutation` (mutmut names the mutant in MUTANT_UNDER_TEST), run a mutant
+    against its module's own test file only, cheapest tests first. Without this every
+    training test that happens to call a function would run on its mutants: hours instead
+    of minutes, and a module would be credited with kills its own tests do not make."""
+    mutant = os.environ.get("MUTANT_UNDER_TEST", "")
+    if "__mutmut_" not in mutant:
+        return
+    own = mutation_test_file(mutant)
+    durations = {}
+    stats = Path("mutmut-stats.json")  # mutmut runs the tests inside mutants/
+    if stats.is_file():
+        durations = json.loads(stats.read_text())["duration_by_test"]
+    kept = [item for item in items if item.path.name == own]
+    config.hook.pytest_deselected(items=[item for item in items if item.path.name != own])
+    # the session's pretraining fixture costs seconds once, so tests without it go first
+    items[:] = sorted(kept, key=lambda item: ("pretrained_run" in item.fixturenames,
+                                              durations.get(item.nodeid, 0.0)))

@@ -314,25 +314,6 @@ def test_run_reports_the_scheduled_rates(pretrained_run):
         pytest.approx(learning_rate(epoch, config)) for epoch in range(config.epochs)]
 
 
-def test_run_name_changes_with_every_setting_that_changes_the_result(pretrained_run):
-    base = smoke_finetune_config("runs", pretrained=str(pretrained_run.run_dir))
-    name = run_name(base)
-    for change in (dict(test_per_class=7), dict(val_per_class=3), dict(crop_scale=0.5),
-                   dict(label_seed=1), dict(warmup_frac=0.2), dict(select_best=True,
-                   val_per_class=3), dict(architecture={**SMOKE_ARCHITECTURE, "heads": 1})):
-        assert run_name(base.replace(**change)) != name, change
-    for same in (dict(device="cuda"), dict(runs_dir="elsewhere"), dict(quiet=False),
-                 dict(pretrained=str(pretrained_run.checkpoint)),
-                 dict(pretrained=pretrained_run.run_dir.name)):
-        assert run_name(base.replace(**same)) == name, same
-
-
-def test_benchmark_run_name_depends_on_its_architecture():
-    small = smoke_finetune_config("runs", architecture=SMOKE_ARCHITECTURE)
-    wider = small.replace(architecture={**SMOKE_ARCHITECTURE, "blocks": 3})
-    assert run_name(small) != run_name(wider)
-
-
 def test_pretraining_on_a_folder_with_a_corrupt_file_warns_and_trains(tmp_path):
     from PIL import Image
 
