@@ -51,6 +51,11 @@ def gain_margin(test_images: int) -> float:
     return max(0.05, noise_margin(test_images))
 
 
+def _points(share: float) -> str:
+    """A threshold in points as the check uses it: 5, 3.16, 12.5 (never rounded below it)."""
+    return f"{100 * share:.3g}"
+
+
 def _check(statement: str, holds: bool, detail: str) -> dict:
     return {"statement": statement, "holds": "yes" if holds else "no", "measured": detail}
 
@@ -76,14 +81,14 @@ def claim_checks(accuracy: dict[tuple[str, int], float], knn: dict[str, float],
     for n in npcs:
         best = max((m for m in methods if (m, n) in accuracy), key=lambda m: accuracy[(m, n)])
         checks.append(_check(f"the classes are learned at all at NPC {n}: the best method beats "
-                             f"chance (10%) by more than {100 * margin:.0f} points",
+                             f"chance (10%) by more than {_points(margin)} points",
                              accuracy[(best, n)] > CHANCE + margin,
                              f"best: {best}, {accuracy[(best, n)]:.1%}"))
     low = npcs[0]
     for a, b, what in PAIRS:
         if (a, low) in accuracy and (b, low) in accuracy:
             d = gap(a, b, low)
-            checks.append(_check(f"with few labels (NPC {low}), {what} by {100 * gain:.0f} "
+            checks.append(_check(f"with few labels (NPC {low}), {what} by {_points(gain)} "
                                  f"points or more", d >= gain, f"{100 * d:+.1f} points"))
             wins = [n for n in npcs if gap(a, b, n) >= gain]
             margins = ", ".join(f"{100 * gap(a, b, n):+.1f}" for n in npcs)
@@ -100,7 +105,7 @@ def claim_checks(accuracy: dict[tuple[str, int], float], knn: dict[str, float],
     if len(knn) == 2:
         (_, apl), (_, random) = list(knn.items())
         checks.append(_check(f"the features alone carry class information: kNN on APL features "
-                             f"beats kNN on random features by {100 * gain:.0f} points or more",
+                             f"beats kNN on random features by {_points(gain)} points or more",
                              apl - random >= gain, f"{apl:.1%} vs {random:.1%}"))
     return checks
 
@@ -241,7 +246,7 @@ def seed_checks(seeds: dict) -> list[dict]:
     for margin, entries in by_margin.items():
         smallest = {e["npc"]: min(e["per_seed"]) for e in entries}
         checks.append(_check(
-            f"over {n} seeds that draw their own labels: {margin} >= {100 * gain:.0f} points "
+            f"over {n} seeds that draw their own labels: {margin} >= {_points(gain)} points "
             f"on every seed" + (" at every NPC" if len(entries) > 1 else ""),
             all(v >= gain for v in smallest.values()),
             "smallest seed's margin " + ", ".join(f"{100 * v:+.1f} (NPC {npc})"

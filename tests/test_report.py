@@ -64,7 +64,7 @@ def test_the_puzzle_check_compares_with_three_times_chance():
     assert verdict(claim_checks(sweep(0.3, 0.1), {}, 0.18, 16, 1000), ["puzzle"]) == "no"
 
 
-# 64 test images: both margins are 1 / sqrt(64) = 12.5 points (shown rounded half to even, "12"),
+# 64 test images: both margins are 1 / sqrt(64) = 12.5 points,
 # exact in binary like every accuracy below, so the margins can sit exactly on the thresholds.
 AT_THRESHOLD = {("APL fine-tune", 10): 0.5, ("BENCHMARK", 10): 0.375,
                 ("BENCHMARK + positions", 10): 0.4375, ("APL linear probe", 10): 0.25,
@@ -76,15 +76,15 @@ AT_THRESHOLD = {("APL fine-tune", 10): 0.5, ("BENCHMARK", 10): 0.375,
 def test_claim_rows_state_each_threshold_and_a_margin_exactly_at_it_holds():
     checks = claim_checks(AT_THRESHOLD, {"APL features": 0.5, "random features": 0.375},
                           position_top1=3 / 16, positions=16, test_images=64)
-    by = "by 12 points or more"
+    by = "by 12.5 points or more"
     assert checks == [
         {"statement": "the puzzle is learned: held-out position accuracy far above chance (> 3x)",
          "holds": "no", "measured": "18.8% vs chance 6.2% (3.0x)"},
         {"statement": "the classes are learned at all at NPC 10: the best method beats chance "
-                      "(10%) by more than 12 points", "holds": "yes",
+                      "(10%) by more than 12.5 points", "holds": "yes",
          "measured": "best: S-CNN, 56.2%"},
         {"statement": "the classes are learned at all at NPC 30: the best method beats chance "
-                      "(10%) by more than 12 points", "holds": "yes",
+                      "(10%) by more than 12.5 points", "holds": "yes",
          "measured": "best: APL fine-tune, 75.0%"},
         {"statement": f"with few labels (NPC 10), APL fine-tune beats BENCHMARK (same model, "
                       f"random init) {by}", "holds": "yes", "measured": "+12.5 points"},
@@ -118,7 +118,7 @@ def test_accuracy_by_run_keys_each_runs_test_top1_by_method_and_npc():
 COMPETITIVE = ("competitive with the CNN baselines at NPC 10 (within 5 points of the best, {}, "
                "or better, with something above chance)")
 LEARNED = ("the classes are learned at all at NPC 10: the best method beats chance (10%) by more "
-           "than 3 points")
+           "than 3.16 points")
 AT_CHANCE_MARGIN = report.CHANCE + noise_margin(1000)  # 13.2%: not above it
 
 
@@ -262,15 +262,15 @@ def test_one_seed_has_no_spread_and_a_smallest_margin_exactly_at_the_gain_holds(
         margin_table(one_seed()))
     over = "over 1 seeds that draw their own labels:"
     assert seed_checks(one_seed()) == [
-        {"statement": f"{over} APL fine-tune - BENCHMARK >= 12 points on every seed at every NPC",
+        {"statement": f"{over} APL fine-tune - BENCHMARK >= 12.5 points on every seed at every NPC",
          "holds": "yes", "measured": "smallest seed's margin +12.5 (NPC 10), +12.5 (NPC 100)"},
-        {"statement": f"{over} APL fine-tune - BENCHMARK + positions >= 12 points on every seed "
+        {"statement": f"{over} APL fine-tune - BENCHMARK + positions >= 12.5 points on every seed "
                       f"at every NPC",
          "holds": "no", "measured": "smallest seed's margin +12.5 (NPC 10), +0.0 (NPC 100)"},
-        {"statement": f"{over} APL linear probe - BENCHMARK linear probe >= 12 points on every "
+        {"statement": f"{over} APL linear probe - BENCHMARK linear probe >= 12.5 points on every "
                       f"seed at every NPC",
          "holds": "yes", "measured": "smallest seed's margin +12.5 (NPC 10), +25.0 (NPC 100)"},
-        {"statement": f"{over} kNN: APL - random-init features >= 12 points on every seed",
+        {"statement": f"{over} kNN: APL - random-init features >= 12.5 points on every seed",
          "holds": "yes", "measured": "smallest seed's margin +12.5 (NPC 100)"},
     ]
 
