@@ -300,7 +300,7 @@ def test_synthetic_unknown_split_names_the_valid_ones():
 
 
 def test_synthetic_image_indices_stop_below_2_to_the_30():
-    """Above 2^30 the (index, split) keys of two images would collide."""
+    """From 2^30 on, 4 * index + split wraps around 2^32 and two images would share a scene."""
     last = 2**30 - 1
     assert data.synthetic_images(0, "test", torch.tensor([last]), 4).shape == (1, 3, 4, 4)
     with pytest.raises(ValueError, match=r"^image index 1073741824 is too large: "
