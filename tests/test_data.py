@@ -1,8 +1,10 @@
 """Data sources, labelled subsets and the batch loader (all offline)."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import importlib.util
 import http.server
 import io
 import socket
@@ -187,6 +189,9 @@ def test_synthetic_is_deterministic_per_image_and_seed():
     # image i does not depend on which other images are generated with it
     alone = data.synthetic_images(3, "train", torch.arange(25, 30), 32)
     assert torch.equal(alone, a.images[25:30])
+    # nor on the integer type that holds the indices (4 * 69 overflows uint8)
+    small_type = data.synthetic_images(3, "train", torch.arange(60, 70, dtype=torch.uint8), 8)
+    assert torch.equal(small_type, data.synthetic_images(3, "train", torch.arange(60, 70), 8))
     other_seed = load_split("synthetic", "train", image_size=32, limit=40, seed=4)
     other_split = load_split("synthetic", "test", image_size=32, limit=40, seed=3)
     for other in (other_seed, other_split):
@@ -240,6 +245,67 @@ def test_synthetic_images_have_a_sky_above_and_structure():
     top, bottom = images[:, :, :8].mean(dim=(1, 2, 3)), images[:, :, -8:].mean(dim=(1, 2, 3))
     assert (top > bottom).float().mean() > 0.7  # the sky is mostly brighter than the ground
     assert images.std(dim=(2, 3)).mean() > 20  # not flat images
+
+
+
+def load_script(name: str):
+    path = Path(__file__).parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_synthetic_dataset_is_the_one_the_results_were_measured_on():
+    """The generator still draws the images every committed result (apl_core/results/*.json,
+    the README's numbers) was measured on: one image of each class (train 0-9: every shape,
+    the striped disk's stripes) and two of the unlabeled and test splits, each with its sky,
+    sun, clouds, ground, stones, shadow and noise, against tests/data/synthetic_reference.png.
+
+    A changed generator makes those results stale. If the change is meant, regenerate the
+    reference with `PYTHONPATH=. python tests/scripts/synthetic_reference.py` and rerun the
+    seeds. The tolerance only absorbs last-ulp differences of sin/exp/hypot between CPUs
+    (AVX2 vs AVX-512; none showed between torch's default, AVX2 and AVX-512 kernels): a pixel
+    value may be off by one grey level, and only a few may be off at all."""
+    from PIL import Image
+
+    script = load_script("synthetic_reference")
+    reference = script.from_strip(torch.from_numpy(np.array(Image.open(script.REFERENCE))))
+    images = script.reference_images()
+    assert images.dtype == torch.uint8 and images.shape == reference.shape == (14, 3, 32, 32)
+    difference = (images.short() - reference.short()).abs()
+    assert difference.max() <= 1, f"{int((difference > 1).sum())} pixel values changed"
+    assert (difference > 0).float().mean() < 0.001
+
+
+def test_synthetic_split_limit_size_and_chunks_give_the_same_images():
+    first = data.synthetic_images(0, "train", torch.arange(12), 8)
+    split = data.synthetic_split("train", image_size=8, size=12, chunk=5)
+    assert torch.equal(split.images, first)  # the chunks do not change the images
+    assert split.labels.tolist() == [i % 10 for i in range(12)]
+    assert torch.equal(data.synthetic_split("train", image_size=8, size=12, limit=5).images,
+                       first[:5])
+    assert len(data.synthetic_split("train", image_size=8, size=12, limit=1)) == 1
+    assert len(data.synthetic_split("train", image_size=8, size=12, limit=50)) == 12
+    assert torch.equal(data.synthetic_split("train", image_size=8, limit=3).images, first[:3])
+    default_size = data.synthetic_split("test", limit=1).images
+    assert default_size.shape == (1, 3, 96, 96)  # STL-10's size
+    assert torch.equal(default_size, data.synthetic_images(0, "test", torch.arange(1), 96))
+
+
+def test_synthetic_unknown_split_names_the_valid_ones():
+    with pytest.raises(ValueError, match=r"^split='val' is invalid: choose one of "
+                                         r"\('unlabeled', 'train', 'test'\)$"):
+        data.synthetic_split("val")
+
+
+def test_synthetic_image_indices_stop_below_2_to_the_30():
+    """From 2^30 on, 4 * index + split wraps around 2^32 and two images would share a scene."""
+    last = 2**30 - 1
+    assert data.synthetic_images(0, "test", torch.tensor([last]), 4).shape == (1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"^image index 1073741824 is too large: "
+                                         r"indices < 2\^30$"):
+        data.synthetic_images(0, "test", torch.tensor([3, last + 1]), 4)
 
 
 # --- folders of the user's own images -------------------------------------------------------
@@ -351,10 +417,26 @@ def test_stratified_indices_are_balanced_reproducible_and_nested():
 
 def test_too_many_per_class_names_class_count_and_maximum():
     labels = labels_of([20, 20, 12, 20])
-    with pytest.raises(ValueError, match=r"class 2 has only 12 images.*available is 12"):
+    with pytest.raises(ValueError, match=r"^per_class=13 is too many: class 2 has only 12 "
+                                         r"images; the largest number per class available is 12$"):
         stratified_indices(labels, 13)
-    with pytest.raises(ValueError, match=r"class 2 has only 7 images \(after the excluded"):
+    assert len(stratified_indices(labels, 12)) == 48  # every image of the smallest class
+    with pytest.raises(ValueError, match=r"^per_class=10 is too many: class 2 has only 7 images "
+                                         r"\(after the excluded ones\); the largest number "
+                                         r"per class available is 7$"):
         labelled_split(labels, npc=10, val_per_class=5)
+    with pytest.raises(ValueError, match=r"^per_class=-1 must be >= 0$"):
+        stratified_indices(labels, -1)
+
+
+def test_stratified_indices_of_no_images_and_a_plain_exclude_list():
+    for per_class in (0, 3):
+        none = stratified_indices(torch.zeros(0, dtype=torch.long), per_class)
+        assert none.dtype == torch.int64 and none.shape == (0,)
+    labels = labels_of([4, 4])
+    assert torch.equal(stratified_indices(labels, 4, exclude=[]), torch.arange(8))
+    kept = stratified_indices(labels, 3, exclude=[0, 1]).tolist()
+    assert 0 not in kept and 1 not in kept and len(kept) == 6
 
 
 def test_labelled_split_is_disjoint_and_reproducible():
@@ -367,6 +449,133 @@ def test_labelled_split_is_disjoint_and_reproducible():
     assert torch.equal(train, again[0]) and torch.equal(val, again[1])
     train_only, no_val = labelled_split(labels, npc=20)
     assert len(no_val) == 0 and torch.equal(train_only, stratified_indices(labels, 20, seed=42))
+    # the validation images are drawn with seed + 1, the training images then with seed
+    train, val = labelled_split(labels, npc=20, val_per_class=5, seed=7)
+    assert torch.equal(val, stratified_indices(labels, 5, seed=8))
+    assert torch.equal(train, stratified_indices(labels, 20, seed=7, exclude=val))
+
+
+def hand_made_set(per_class: list[int]) -> ImageSet:
+    """Image i is 1 x 1 pixels of value i % 256 (so it can be traced), labels as labels_of."""
+    labels = labels_of(per_class)
+    images = (torch.arange(len(labels)) % 256).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 1, 1)
+    return ImageSet(images.clone(), labels, [f"class {c}" for c in range(len(per_class))])
+
+
+@pytest.fixture
+def labelled_data(monkeypatch):
+    """finetune_sets and knn_sets read hand-made train and test splits (by split name)."""
+    splits = {"train": hand_made_set([12, 10, 11]), "test": hand_made_set([700, 680, 690])}
+    monkeypatch.setattr(data.splits, "load_labelled_split", lambda split, **_: splits[split])
+    return splits
+
+
+def same_images(a: ImageSet, b: ImageSet) -> bool:
+    return (torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+            and a.classes == b.classes)
+
+
+def test_finetune_sets_draw_labels_by_label_seed_and_test_images_by_test_seed(labelled_data):
+    from apl_core.config import FinetuneConfig
+
+    train, test = labelled_data["train"], labelled_data["test"]
+    config = FinetuneConfig(dataset="synthetic", num_classes=3, npc=4, val_per_class=3,
+                            label_seed=5, test_per_class=20)
+    labelled, val, test_subset = data.finetune_sets(config)
+    train_index, val_index = labelled_split(train.labels, 4, 3, seed=5)
+    assert same_images(labelled, train.subset(train_index))
+    assert same_images(val, train.subset(val_index))
+    assert same_images(test_subset, test.subset(stratified_indices(test.labels, 20, seed=42)))
+    other_seed = data.finetune_sets(dataclasses.replace(config, label_seed=6))
+    assert not torch.equal(other_seed[0].images, labelled.images)
+    assert same_images(other_seed[2], test_subset)  # every label seed is tested on the same images
+    without_val = data.finetune_sets(FinetuneConfig(dataset="synthetic", num_classes=3, npc=4))
+    assert without_val[1] is None and without_val[2] is test  # test_per_class=0: all of it
+    assert same_images(without_val[0], train.subset(stratified_indices(train.labels, 4)))
+
+
+def test_finetune_sets_name_a_wrong_num_classes(labelled_data):
+    from apl_core.config import FinetuneConfig
+
+    with pytest.raises(ValueError, match=r"^num_classes=10 but dataset 'synthetic' has 3 "
+                                         r"classes; set num_classes=3$"):
+        data.finetune_sets(FinetuneConfig(dataset="synthetic", npc=2))
+
+
+def test_knn_sets_bank_is_the_train_split_queries_a_stratified_test_subset(labelled_data):
+    from apl_core.config import PretrainConfig
+
+    config = PretrainConfig(dataset="synthetic", seed=3)
+    bank, queries = data.knn_sets(config)
+    assert bank is labelled_data["train"]
+    test = labelled_data["test"]
+    # 2000 queries over 3 classes: 666 per class, as the smallest class allows
+    assert torch.bincount(queries.labels).tolist() == [666] * 3
+    assert same_images(queries, test.subset(stratified_indices(test.labels, 666, seed=3)))
+    labelled_data["test"] = hand_made_set([30, 9, 40])
+    _, few = data.knn_sets(config)
+    assert torch.bincount(few.labels).tolist() == [9] * 3  # no more than the smallest class
+
+
+def test_a_dataset_without_labels_cannot_fine_tune_and_skips_the_knn_monitor(
+        labelled_data, capsys):
+    from apl_core.config import FinetuneConfig, PretrainConfig
+
+    labelled_data["train"] = ImageSet(labelled_data["train"].images, None, [])
+    with pytest.raises(ValueError, match=r"^dataset 'folder' has no labels to fine-tune on$"):
+        data.finetune_sets(FinetuneConfig(dataset="folder"))
+    assert data.knn_sets(PretrainConfig(dataset="folder")) is None
+    assert capsys.readouterr().out == ("note: dataset 'folder' has no labels; "
+                                       "the kNN monitor is skipped\n")
+
+
+def test_data_source_reads_the_configs_data_and_caches_a_folder_under_runs_dir(tmp_path):
+    from apl_core.config import FinetuneConfig, PretrainConfig
+
+    folder = FinetuneConfig(dataset="folder", data_dir="photos", image_size=16,
+                            runs_dir=str(tmp_path), unreadable_images="error")
+    assert data.data_source(folder, "test") == dict(
+        dataset="folder", split="test", data_dir="photos", image_size=16,
+        unreadable_images="error", cache_dir=str(tmp_path / "cache"))
+    synthetic = PretrainConfig(dataset="synthetic", runs_dir=str(tmp_path))
+    assert data.data_source(synthetic, "unlabeled") == dict(
+        dataset="synthetic", split="unlabeled", data_dir="data", image_size=96,
+        unreadable_images="skip", cache_dir=None)
+
+
+def test_load_labelled_split_keeps_a_split_in_memory_and_honours_its_options(tmp_path):
+    for c, name in enumerate(["cats", "dogs"]):
+        write_image(tmp_path / "train" / name / "0.png", (100 * c, 50, 200))
+    (tmp_path / "train" / "dogs" / "1.jpg").write_bytes(b"broken")
+    with pytest.warns(UserWarning, match="skipped 1"):
+        first = data.load_labelled_split("folder", "train", str(tmp_path), 8)
+    assert first.labels.tolist() == [0, 1] and first.images.shape == (2, 3, 8, 8)
+    assert data.load_labelled_split("folder", "train", str(tmp_path), 8) is first
+    assert not (tmp_path / "cache").exists()
+    with pytest.warns(UserWarning, match="skipped 1"):
+        cached = data.load_labelled_split("folder", "train", str(tmp_path), 8, "skip",
+                                          str(tmp_path / "cache"))
+    assert torch.equal(cached.images, first.images)
+    assert len(list((tmp_path / "cache").glob("folder-train-8px-*.pt"))) == 1
+    with pytest.raises(data.UnreadableImageError, match=r"1\.jpg"):
+        data.load_labelled_split("folder", "train", str(tmp_path), 8, "error")
+
+
+def test_split_holdout_is_a_seeded_random_part_kept_in_order():
+    images = numbered_set(20)
+    train, held_out = data.split_holdout(images, 6, seed=3)
+    assert len(held_out) == 6 and len(train) == 14
+    assert sorted(train.labels.tolist() + held_out.labels.tolist()) == list(range(20))
+    assert held_out.labels.tolist() == sorted(held_out.labels.tolist())
+    assert train.labels.tolist() == sorted(train.labels.tolist())
+    assert torch.equal(held_out.images[:, 0, 0, 0], held_out.labels.to(torch.uint8))
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(3))
+    assert held_out.labels.tolist() == sorted(order[:6].tolist())
+    assert data.split_holdout(images, 6, seed=4)[1].labels.tolist() != held_out.labels.tolist()
+    assert len(data.split_holdout(images, 19, seed=3)[0]) == 1
+    with pytest.raises(ValueError, match=r"^holdout_images=20 leaves no training images out of "
+                                         r"20; lower holdout_images or raise num_images$"):
+        data.split_holdout(images, 20, seed=3)
 
 
 # --- the batch loader --------------------------------------------------------------------
@@ -418,7 +627,7 @@ def test_distributed_chunks_concatenate_to_the_single_process_batches():
         BatchLoader(dataset, 16, shuffle=True, drop_last=True, world_size=3)
 
 
-@pytest.mark.parametrize("n", [65, 66, 100])
+@pytest.mark.parametrize("n", [65, 66, 68, 100])
 def test_training_ranks_always_take_the_same_number_of_steps(n):
     """Uneven step counts would hang DDP's gradient all-reduce."""
     ranks = [BatchLoader(numbered_set(n), 64, shuffle=True, drop_last=False, rank=r, world_size=4)
@@ -449,3 +658,75 @@ def test_loader_applies_augmentation_reproducibly():
     plain = BatchLoader(dataset, 16, shuffle=True, drop_last=False, seed=2)
     assert not torch.equal(a[0][0], next(iter(plain))[0])
     assert torch.equal(a[0][1], next(iter(plain))[1])
+
+
+def test_loader_checks_its_batch_size_and_rank():
+    assert len(BatchLoader(numbered_set(3), 1, shuffle=False, drop_last=False)) == 3
+    with pytest.raises(ValueError, match=r"^batch_size=0 must be >= 1$"):
+        BatchLoader(numbered_set(3), 0, shuffle=False, drop_last=False)
+    for rank, world_size in ((1, 1), (2, 2), (-1, 2), (0, 0)):
+        with pytest.raises(ValueError, match=rf"^rank={rank} must satisfy 0 <= rank < "
+                                             rf"world_size={world_size}$"):
+            BatchLoader(numbered_set(4), 4, shuffle=False, drop_last=False, rank=rank,
+                        world_size=world_size)
+
+
+def shuffled_orders(loader: BatchLoader, epochs: int) -> list[list[int]]:
+    return [torch.cat([labels for _, labels in loader]).tolist() for _ in range(epochs)]
+
+
+def test_shuffled_order_is_the_one_committed_runs_were_trained_on():
+    """Seed 0 (the default), epochs 0 and 1: the order every committed result saw."""
+    loader = BatchLoader(numbered_set(10), 10, shuffle=True, drop_last=False)
+    assert shuffled_orders(loader, 2) == [[5, 1, 7, 9, 3, 8, 2, 4, 0, 6],
+                                          [3, 0, 7, 2, 9, 4, 5, 6, 1, 8]]
+
+
+def test_each_pass_moves_on_to_the_next_epoch_and_the_seed_changes_the_order():
+    loader = BatchLoader(numbered_set(40), 8, shuffle=True, drop_last=False, seed=5)
+    passes = shuffled_orders(loader, 3)
+    assert loader.epoch == 3
+    for epoch, order in enumerate(passes):
+        fresh = BatchLoader(numbered_set(40), 8, shuffle=True, drop_last=False, seed=5)
+        fresh.set_epoch(epoch)
+        assert shuffled_orders(fresh, 1) == [order]
+    other_seed = BatchLoader(numbered_set(40), 8, shuffle=True, drop_last=False, seed=6)
+    assert shuffled_orders(other_seed, 1)[0] != passes[0]
+
+
+def test_augmentation_draws_differ_by_seed_epoch_and_rank():
+    """Both ranks get the same image, so only the augmentation's random draws tell them apart."""
+    from apl_core.augment import AugmentSpec
+
+    image = load_split("synthetic", "train", image_size=16, limit=1).images
+    same = ImageSet(image.expand(2, -1, -1, -1).clone(), None, [])
+
+    def augmented(seed, epoch, rank):
+        loader = BatchLoader(same, 2, shuffle=False, drop_last=False, augment=AugmentSpec(),
+                             seed=seed, rank=rank, world_size=2)
+        loader.set_epoch(epoch)
+        return next(iter(loader))[0]
+
+    reference = augmented(1, 0, 0)
+    assert torch.equal(reference, augmented(1, 0, 0))
+    for other in (augmented(2, 0, 0), augmented(1, 1, 0), augmented(1, 0, 1)):
+        assert not torch.equal(reference, other)
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_resident_split_gives_the_same_batches(labelled):
+    """The split copied to the device once (forced here on the CPU; the default on CUDA only)
+    yields the same batches as gathering each batch; unlabeled images give labels None."""
+    dataset = numbered_set(20)
+    if not labelled:
+        dataset = ImageSet(dataset.images, None, [])
+    default = BatchLoader(dataset, 8, shuffle=True, drop_last=False, seed=1)
+    resident = BatchLoader(dataset, 8, shuffle=True, drop_last=False, seed=1, resident=True)
+    assert default.resident is False and resident.resident is True
+    for (images, labels), (same_images, same_labels) in zip(default, resident, strict=True):
+        assert torch.equal(images, same_images)
+        if labelled:
+            assert torch.equal(labels, same_labels)
+            assert torch.equal(images[:, 0, 0, 0], labels * 2 / 255 - 1)
+        else:
+            assert labels is None and same_labels is None
