@@ -51,7 +51,8 @@ def results() -> dict[str, str]:
 
 
 def module_of(mutant: str) -> str:
-    return ".".join(mutant.split(".")[:2])
+    """apl_core.data.splits.x_labelled_split__mutmut_3 -> apl_core.data.splits"""
+    return mutant.rsplit(".", 1)[0]
 
 
 def report(statuses: dict[str, str], equivalent: dict[str, str]) -> None:
@@ -68,11 +69,11 @@ def report(statuses: dict[str, str], equivalent: dict[str, str]) -> None:
         else:
             row["left"] += 1
     columns = ("all", "killed", "equivalent", "left", "not checked")
-    print(f"{'module':<22}" + "".join(f"{c:>12}" for c in columns) + f"{'score':>8}")
+    print(f"{'module':<26}" + "".join(f"{c:>12}" for c in columns) + f"{'score':>8}")
     for module, row in sorted(counts.items()):
         scored = row["all"] - row["equivalent"]
         score = f"{row['killed'] / scored:.1%}" if scored else "-"
-        print(f"{module:<22}" + "".join(f"{row[c]:>12}" for c in columns) + f"{score:>8}")
+        print(f"{module:<26}" + "".join(f"{row[c]:>12}" for c in columns) + f"{score:>8}")
     print("score: killed / (all - equivalent); left: survivors not listed as equivalent "
           "(`python -m mutmut show NAME`)")
     for name in sorted(equivalent):

@@ -167,3 +167,28 @@ def test_padded_heads_state_dict_round_trips():
         expected = unpadded(images)[0]
         for model in (padded, other_unpadded, other_padded):
             torch.testing.assert_close(model(images)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mutation_scores_counts_each_module_and_leaves_out_the_listed_equivalents(capsys,
+                                                                                  tmp_path):
+    import mutation_scores
+    listed = tmp_path / "equivalent.txt"
+    listed.write_text("# a comment\napl_core.data.loader.x_f__mutmut_2  a default argument\n"
+                      "apl_core.report.x_g__mutmut_9  gone since\n")
+    assert mutation_scores.equivalent_mutants(listed) == {
+        "apl_core.data.loader.x_f__mutmut_2": "a default argument",
+        "apl_core.report.x_g__mutmut_9": "gone since"}
+    statuses = {"apl_core.data.loader.x_f__mutmut_1": "killed",
+                "apl_core.data.loader.x_f__mutmut_2": "survived",
+                "apl_core.data.loader.x_f__mutmut_3": "timeout",
+                "apl_core.data.splits.x_h__mutmut_1": "survived",
+                "apl_core.model.xǁBlockǁforward__mutmut_1": "not checked"}
+    mutation_scores.report(statuses, mutation_scores.equivalent_mutants(listed))
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines}
+    # all, killed, equivalent, left, not checked, score
+    assert rows["apl_core.data.loader"] == ["3", "2", "1", "0", "0", "100.0%"]
+    assert rows["apl_core.data.splits"] == ["1", "0", "0", "1", "0", "0.0%"]
+    assert rows["apl_core.model"] == ["1", "0", "0", "0", "1", "0.0%"]
+    assert lines[-1] == (f"warning: {mutation_scores.EQUIVALENT_LIST.name} lists apl_core.report.x_g__mutmut_9, which no "
+                         f"longer exists")
