@@ -124,13 +124,16 @@ def test_defaults_look_under_runs_pretrain_of_the_working_directory(tmp_path, mo
     assert list_runs() == ["a"]
     assert resolve_checkpoint("a").resolve() == tmp_path / "runs/pretrain/a/last.pt"
     assert load_checkpoint("a")["phase"] == "pretrain"
+    assert load_phase_checkpoint("a", "pretrain")["phase"] == "pretrain"
 
 
 def test_finetune_runs_are_found_under_their_own_phase(tmp_path):
     for name in ("b", "a"):
-        save_checkpoint(state(1.0), make_dir(tmp_path / "finetune" / name) / "last.pt")
+        save_checkpoint({**state(1.0), "phase": "finetune"},
+                        make_dir(tmp_path / "finetune" / name) / "last.pt")
     assert list_runs(tmp_path, "finetune") == ["a", "b"] and list_runs(tmp_path) == []
     assert load_checkpoint("b", tmp_path, "finetune")["epoch"] == 1
+    assert load_phase_checkpoint("b", "finetune", tmp_path)["phase"] == "finetune"
     with pytest.raises(FileNotFoundError, match=r"finetune: \['a', 'b'\]"):
         resolve_checkpoint("c", tmp_path, "finetune")
 

@@ -63,6 +63,7 @@ CROP_RULE = "K must satisfy 0 <= K < image_size // grid = 96 // 7 = 13"
     ("optimizer", "sgd", "choose one of ('adam', 'adamw')"),
     ("precision", "fp8", "choose one of ('auto', 'fp32', 'bf16', 'fp16')"),
     ("encoder", "vit", "choose one of ('flatten', 'cnn', 'resnet18')"),
+    ("attention_scale", "sqrt", "choose one of ('standard', 'original')"),
     ("device", "tpu", "use 'auto', 'cpu', 'cuda' or 'cuda:N'"),
 ])
 def test_invalid_values_name_field_value_and_what_is_allowed(field, value, allowed):
@@ -84,6 +85,17 @@ def test_invalid_values_name_field_value_and_what_is_allowed(field, value, allow
 def test_values_on_the_edge_of_the_allowed_ranges_are_accepted(values):
     config = PretrainConfig(**values)
     assert {name: getattr(config, name) for name in values} == values
+
+
+def test_token_dimension_of_each_encoder():
+    """flatten: the cropped patch's pixels, 3 (P - K)^2; the CNN and ResNet-18 encoders: their
+    channel counts, whatever the patch size."""
+    assert PretrainConfig(image_size=32, grid=4, crop=1, heads=3).token_dim == 3 * 7**2
+    for encoder, dim in (("cnn", 128), ("resnet18", 512)):
+        for size, grid, crop in ((96, 7, 1), (32, 4, 0)):
+            config = PretrainConfig(image_size=size, grid=grid, crop=crop, encoder=encoder,
+                                    heads=4)
+            assert config.token_dim == dim, (encoder, size)
 
 
 @pytest.mark.parametrize("size,grid,crop,dim,suggested", [

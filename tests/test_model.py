@@ -4,13 +4,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from apl_core.baselines import SCNN
+from apl_core.checkpoint import save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.model import (APLClassifier, APLPretrainModel, APLTransformer, Block,
                             PatchDropout, SelfAttention, architecture_kwargs, build_classifier,
-                            build_encoder, build_pretrain_model, mlp)
+                            build_encoder, build_finetune_model, build_pretrain_model, mlp,
+                            pretrain_architecture)
 from apl_core.puzzle import position_targets
 
 SMALL = dict(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2)
+SMALL_ARCHITECTURE = {name: value for name, value in SMALL.items() if name != "image_size"}
 
 
 @pytest.mark.parametrize("encoder", ["flatten", "cnn", "resnet18"])
@@ -46,6 +50,21 @@ def test_positional_embedding_makes_the_model_see_token_order():
     assert not torch.allclose(shuffled, features[:, permutation], atol=1e-3)
     torch.testing.assert_close(zero, unpermuted[:, permutation], atol=1e-4, rtol=1e-4)
     assert APLTransformer(**SMALL).position_embedding is None
+
+
+def test_positional_embedding_is_added_to_each_token():
+    """Token i gets embedding i added before the blocks: the model with the embedding computes
+    what the same model without it computes on the tokens shifted by the embedding."""
+    torch.manual_seed(0)
+    with_positions = APLTransformer(**SMALL, positional_embedding=True).eval()
+    without = APLTransformer(**SMALL).eval()
+    without.load_state_dict(with_positions.state_dict(), strict=False)
+    with torch.no_grad():
+        with_positions.position_embedding.normal_()
+        patches = with_positions.patches(torch.randn(2, 3, 32, 32))
+        shifted = patches + with_positions.position_embedding.view(1, 16, *patches.shape[2:])
+        torch.testing.assert_close(with_positions.contextualize(patches)[0],
+                                   without.contextualize(shifted)[0])
 
 
 def test_linear_probe_keeps_the_frozen_transformer_in_evaluation_mode():
@@ -121,6 +140,20 @@ def test_classifier_trains_with_the_finetuning_dropout_not_the_pretraining_one()
     model = build_classifier(FinetuneConfig(dropout=0.4, patch_dropout=0.25), pretrained)
     assert all(b.dropout.p == 0.4 for b in model.transformer.blocks)
     assert model.transformer.patch_dropout.p == 0.25
+
+
+def test_classifier_keeps_a_pretrained_positional_embedding_and_freezes_a_probe():
+    """The embedding is there when the fine-tuning config adds one or the pretrained model has
+    one; head_only freezes the transformer."""
+    plain, leak = PretrainConfig(**SMALL), PretrainConfig(**SMALL, positional_embedding=True)
+    for tune, architecture, embedded in ((FinetuneConfig(), plain, False),
+                                         (FinetuneConfig(), leak, True),
+                                         (FinetuneConfig(positional_embedding=True), plain, True)):
+        transformer = build_classifier(tune, architecture).transformer
+        assert (transformer.position_embedding is not None) == embedded
+    probe = build_classifier(FinetuneConfig(head_only=True), plain)
+    assert not any(p.requires_grad for p in probe.transformer.parameters())
+    assert all(p.requires_grad for p in build_classifier(FinetuneConfig(), plain).parameters())
 
 
 def test_module_defaults_are_the_configs_defaults():
@@ -280,6 +313,8 @@ def test_attention_splits_heads_as_the_fused_projection_orders_them():
         per_head.append(torch.softmax(q @ k.transpose(1, 2) / s**0.5, dim=-1) @ v)
     expected = attention.proj(torch.cat(per_head, dim=-1))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    # the head size is a size to slice and pad by (benchmarks/padded_heads.py): an integer
+    assert attention.head_dim == s and isinstance(attention.head_dim, int)
 
 
 def test_original_benchmark_step_trains_on_the_original_data_path():
@@ -361,8 +396,10 @@ def test_original_scale_returns_the_weights_it_uses():
 
 
 def test_unknown_attention_scale_is_refused():
-    with pytest.raises(ValueError, match="attention_scale='sqrt'.*standard"):
-        PretrainConfig(**SMALL, attention_scale="sqrt")
+    with pytest.raises(ValueError) as error:
+        SelfAttention(6, 2, "sqrt")
+    assert str(error.value) == ("attention_scale='sqrt' is invalid: choose one of "
+                                "('standard', 'original')")
 
 
 def test_patch_dropout_at_eval_drops_patches_in_evaluation_mode_too():
@@ -380,3 +417,144 @@ def test_patch_dropout_at_eval_drops_patches_in_evaluation_mode_too():
                                                 patch_dropout_at_eval=True)).eval()
     _, keep = model(torch.randn(50, 3, 32, 32))
     assert not keep.all()
+
+
+# ---------------------------------------------------------------- what a fine-tuning run trains
+
+def test_pretrain_architecture_is_what_the_weights_fit():
+    """The image size and the architecture fields, not the recipe (lr, dropout, ...)."""
+    config = PretrainConfig(**SMALL, attention_scale="original", mlp_head=True, lr=1e-2,
+                            dropout=0.3)
+    assert pretrain_architecture(config) == {
+        "image_size": 32, "grid": 4, "crop": 1, "encoder": "flatten", "blocks": 2, "heads": 3,
+        "hidden_mult": 2, "attention_scale": "original", "positional_embedding": False,
+        "mlp_head": True}
+
+
+def save_pretrained(runs_dir, name="tiny", weights=None, **changes):
+    """A pretraining run's last.pt as train.pretrain writes it, without the training: the
+    untrained model's weights (or `weights`), under runs_dir/pretrain/name."""
+    torch.manual_seed(0)
+    config = PretrainConfig(**{**SMALL, **changes})
+    model = build_pretrain_model(config)
+    run = runs_dir / "pretrain" / name
+    run.mkdir(parents=True)
+    save_checkpoint({"phase": "pretrain", "config": config.to_dict(),
+                     "architecture": pretrain_architecture(config),
+                     "model": model.state_dict() if weights is None else weights},
+                    run / "last.pt")
+    return model
+
+
+def test_finetuning_starts_from_the_pretrained_transformer_of_a_run_name(tmp_path):
+    """The pretrained run's transformer, weights and architecture (from its checkpoint, not
+    the fine-tuning config), under the fine-tuning config's own head."""
+    pretrained = save_pretrained(tmp_path, attention_scale="original", mlp_head=True)
+    config = FinetuneConfig(image_size=32, num_classes=7, pretrained="tiny",
+                            runs_dir=str(tmp_path))
+    model, architecture = build_finetune_model(config)
+    assert architecture == {
+        "model": "apl", "image_size": 32, "num_classes": 7, "grid": 4, "crop": 1,
+        "encoder": "flatten", "blocks": 2, "heads": 3, "hidden_mult": 2,
+        "attention_scale": "original", "positional_embedding": False, "mlp_head": False}
+    assert isinstance(model, APLClassifier) and isinstance(model.class_head, torch.nn.Linear)
+    assert model.class_head.out_features == 7
+    weights = pretrained.state_dict()
+    assert all(torch.equal(value, weights["transformer." + name])
+               for name, value in model.transformer.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_positions_added_to_a_pretrained_model_are_new_the_rest_is_loaded(tmp_path):
+    """positional_embedding=True on a model pretrained without one: the embedding keeps its
+    initialisation and trains, every other weight is loaded; a model pretrained with one
+    keeps its own."""
+    pretrained = save_pretrained(tmp_path).state_dict()
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path),
+                            positional_embedding=True)
+    model, architecture = build_finetune_model(config)
+    assert architecture["positional_embedding"]
+    for name, value in model.transformer.state_dict().items():
+        if name != "position_embedding":
+            assert torch.equal(value, pretrained["transformer." + name]), name
+    assert model.transformer.position_embedding.requires_grad
+    assert 0 < model.transformer.position_embedding.std() < 0.05
+    leak = save_pretrained(tmp_path, "leak", positional_embedding=True)
+    model, architecture = build_finetune_model(config.replace(pretrained="leak"))
+    assert architecture["positional_embedding"]
+    assert torch.equal(model.transformer.position_embedding,
+                       leak.transformer.position_embedding)
+
+
+def test_finetuning_options_freeze_the_pretrained_parts_they_name(tmp_path):
+    save_pretrained(tmp_path, encoder="cnn", heads=4)
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path),
+                            architecture={**SMALL_ARCHITECTURE, "encoder": "cnn", "heads": 4})
+    model, _ = build_finetune_model(config.replace(freeze_encoder=True))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in model.named_parameters()
+                      if name.startswith("transformer.encoder.")}
+    model, _ = build_finetune_model(config.replace(head_only=True))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"class_head.weight", "class_head.bias"}
+
+
+def test_a_pretrained_run_of_another_architecture_is_refused_with_the_field(tmp_path):
+    save_pretrained(tmp_path)
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"^checkpoint tiny holds another architecture "
+                                         r"\(blocks: checkpoint has 2, config asks for 3\)"):
+        build_finetune_model(config.replace(architecture={**SMALL_ARCHITECTURE, "blocks": 3}))
+    with pytest.raises(ValueError, match=r"^checkpoint tiny holds another architecture "
+                                         r"\(image_size: checkpoint has 32, config asks for 48\)"):
+        build_finetune_model(config.replace(image_size=48))
+
+
+@pytest.mark.parametrize("change,missing,unexpected", [
+    ("drop", ["blocks.1.attn.proj.bias"], []),
+    ("add", [], ["extra"]),
+])
+def test_pretrained_weights_that_do_not_fit_the_transformer_are_refused(
+        tmp_path, change, missing, unexpected):
+    weights = build_pretrain_model(PretrainConfig(**SMALL)).state_dict()
+    if change == "drop":
+        del weights["transformer.blocks.1.attn.proj.bias"]
+    else:
+        weights["transformer.extra"] = torch.zeros(1)
+    save_pretrained(tmp_path, weights=weights)
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path))
+    with pytest.raises(ValueError) as error:
+        build_finetune_model(config)
+    assert str(error.value) == (f"pretrained='tiny' does not fit the transformer: "
+                                f"missing {missing}, unexpected {unexpected}")
+
+
+def test_benchmark_is_a_fresh_apl_classifier_on_the_configured_architecture():
+    config = FinetuneConfig(image_size=32, num_classes=7,
+                            architecture={**SMALL_ARCHITECTURE, "blocks": 1})
+    model, architecture = build_finetune_model(config)
+    assert architecture == {
+        "model": "apl", "image_size": 32, "num_classes": 7, "grid": 4, "crop": 1,
+        "encoder": "flatten", "blocks": 1, "heads": 3, "hidden_mult": 2,
+        "attention_scale": "standard", "positional_embedding": False, "mlp_head": False}
+    assert isinstance(model, APLClassifier) and len(model.transformer.blocks) == 1
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    # the architecture dict is checked when the config is made; changed later, it is checked here
+    config.architecture["heads"] = 5
+    with pytest.raises(ValueError) as error:
+        build_finetune_model(config)
+    assert str(error.value) == (
+        "BENCHMARK builds the APL architecture from `architecture` (else PretrainConfig's "
+        "defaults): heads=5 is invalid: must divide the token dimension D = 147; head counts "
+        "that would: [1, 3, 7, 21, 49]")
+
+
+@pytest.mark.parametrize("name", ["s-cnn", "s-resnet"])
+def test_cnn_baselines_are_built_for_the_image_size_and_classes(name):
+    model, architecture = build_finetune_model(FinetuneConfig(model=name, image_size=32,
+                                                              num_classes=7))
+    assert architecture == {"model": name, "image_size": 32, "num_classes": 7}
+    assert isinstance(model, SCNN) == (name == "s-cnn")
+    assert not isinstance(model, APLClassifier)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
