@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from apl_core import comparison
 from apl_core.comparison import (
@@ -139,12 +140,13 @@ def test_method_config_probes_take_the_profiles_probe_settings_and_the_searchs_c
 
 
 def _fake_run(config, tmp_path, step=0):
-    """A finished run's RunResult: epoch 1 evaluated (its numbers follow config.lr), epoch 2
-    not, as with eval_every=1 on a 2-epoch run whose last evaluation was skipped."""
+    """A finished run's RunResult: 3 epochs, the second evaluated on the test set (its numbers
+    follow config.lr), the last on the validation part only."""
     metrics = [
-        dict(epoch=1, step=step, train_top1=0.1, epoch_time_s=1.5, test_top1=config.lr,
+        dict(epoch=1, step=step, train_top1=0.1, epoch_time_s=1.0),
+        dict(epoch=2, step=2 * step, train_top1=0.15, epoch_time_s=1.5, test_top1=config.lr,
              test_top5=2 * config.lr, test_nll=3 * config.lr, val_top1=config.lr / 2),
-        dict(epoch=2, step=2 * step, train_top1=0.2, epoch_time_s=2.0, val_top1=config.lr / 4),
+        dict(epoch=3, step=3 * step, train_top1=0.2, epoch_time_s=2.0, val_top1=config.lr / 4),
     ]
     run_dir = tmp_path / f"run-{config.npc}-{config.lr}-{config.epochs}"
     return RunResult(run_dir, run_dir / "last.pt", metrics, config)
@@ -152,14 +154,14 @@ def _fake_run(config, tmp_path, step=0):
 
 @pytest.fixture
 def fake_training(monkeypatch, tmp_path):
-    """compare and search without training: a stand-in pretraining run (PRETRAINED at the
-    smoke size, whose images the real runs' tests load too) and fake finished runs; records
-    the lookups and the workers asked for."""
+    """compare and search without training: a stand-in pretraining run (PRETRAINED, looked up
+    by name), test sets of test_per_class images per class (without making the images) and
+    fake finished runs; records the lookups and the workers asked for."""
     calls = {"load_pretrained": [], "workers": []}
 
     def load(run, runs_dir="runs", device="cpu"):
         calls["load_pretrained"].append((run, runs_dir))
-        return None, PRETRAINED.replace(image_size=32)
+        return None, PRETRAINED
 
     def results(configs, workers):
         calls["workers"].append(workers)
@@ -167,6 +169,8 @@ def fake_training(monkeypatch, tmp_path):
 
     monkeypatch.setattr(comparison, "load_pretrained", load)
     monkeypatch.setattr(comparison, "_results", results)
+    monkeypatch.setattr(comparison, "finetune_sets", lambda config: (
+        None, None, [None] * (config.test_per_class * config.num_classes)))
     return calls
 
 
@@ -182,23 +186,25 @@ def test_compare_makes_a_row_per_method_and_npc_from_each_runs_last_evaluation(
         ("APL linear probe", 10), ("S-CNN", 10), ("APL linear probe", 20), ("S-CNN", 20)]
     lr = method_config("S-CNN", 20, "smoke", "pre", PRETRAINED).lr  # the profile's
     assert rows[3] == dict(
-        method="S-CNN", npc=20, lr=lr, epochs=2, test_images=30, test_top1=lr,
-        test_top5=2 * lr, test_nll=3 * lr, train_top1=0.2, train_time_s=3.5,
+        method="S-CNN", npc=20, lr=lr, epochs=3, test_images=30, test_top1=lr,
+        test_top5=2 * lr, test_nll=3 * lr, train_top1=0.2, train_time_s=4.5,
         run_dir=str((tmp_path / f"run-20-{lr}-2").resolve()), val_top1=lr / 2)
 
 
 def test_compare_rows_have_no_validation_accuracy_without_a_validation_part(
         fake_training, monkeypatch, tmp_path):
     def results(configs, workers):
+        fake_training["workers"].append(workers)
         for config in configs:
             run = _fake_run(config, tmp_path)
-            del run.metrics[0]["val_top1"]
+            del run.metrics[1]["val_top1"]
             yield run
 
     monkeypatch.setattr(comparison, "_results", results)
     rows = compare("smoke", "pre", [10], ("S-CNN",), test_per_class=3)
     assert "val_top1" not in rows[0] and rows[0]["test_top1"] == rows[0]["lr"]
-    assert fake_training["load_pretrained"] == [("pre", "runs")]
+    # by default from runs/, one run at a time
+    assert fake_training == {"load_pretrained": [("pre", "runs")], "workers": [1]}
 
 
 def test_search_scores_every_candidate_on_the_validation_part_only(fake_training, tmp_path):
@@ -209,13 +215,12 @@ def test_search_scores_every_candidate_on_the_validation_part_only(fake_training
     assert reported == rows
     expected = []
     for method in ("APL fine-tune", "S-CNN"):
-        base = method_config(method, 10, "smoke", "pre", PRETRAINED.replace(image_size=32),
-                             tuned=False, runs_dir=str(tmp_path), device="cpu",
-                             val_per_class=2)
+        base = method_config(method, 10, "smoke", "pre", PRETRAINED, tuned=False,
+                             runs_dir=str(tmp_path), device="cpu", val_per_class=2)
         for candidate in candidates(base):
             lr, epochs = candidate["lr"], candidate["epochs"]
-            expected.append(dict(method=method, npc=10, lr=lr, epochs=epochs, steps=20,
-                                 val_top1=lr / 4, train_top1=0.2, seconds=3.5,
+            expected.append(dict(method=method, npc=10, lr=lr, epochs=epochs, steps=30,
+                                 val_top1=lr / 4, train_top1=0.2, seconds=4.5,
                                  run=f"run-10-{lr}-{epochs}"))
     assert rows == expected
 
@@ -224,6 +229,7 @@ def test_search_runs_untuned_configs_that_never_see_the_test_set(fake_training, 
     seen = []
 
     def results(configs, workers):
+        fake_training["workers"].append(workers)
         seen.extend(configs)
         return iter([])
 
@@ -233,7 +239,7 @@ def test_search_runs_untuned_configs_that_never_see_the_test_set(fake_training, 
     assert [(c.lr, c.epochs, c.eval_every) for c in seen] == \
         [(c["lr"], c["epochs"], c["eval_every"]) for c in candidates(base)]
     assert all(not c.evaluate_test and c.val_per_class == 2 for c in seen)
-    assert fake_training["load_pretrained"] == [("pre", "runs")]
+    assert fake_training == {"load_pretrained": [("pre", "runs")], "workers": [1]}
 
 
 def test_search_needs_a_validation_part(fake_training):
@@ -296,3 +302,49 @@ def test_train_all_finishes_each_run_in_workers_that_share_the_threads(monkeypat
 def test_knn_comparison_names_the_valid_queries():
     with pytest.raises(ValueError, match="queries='train' is invalid: use 'test' or 'val'"):
         knn_comparison("smoke", "pre", 10, queries="train")
+
+
+def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(monkeypatch):
+    """On the labelled images of the NPC (the bank) and the chosen queries, with the features
+    of the pretraining run (looked up by name in runs_dir) and of the same architecture with
+    seeded random weights."""
+    from apl_core.analysis import knn_accuracy
+    from apl_core.data import ImageSet
+    from apl_core.model import build_pretrain_model
+
+    pre = profile_config("smoke", "pretrain", image_size=16, grid=2, crop=1, blocks=1)
+    torch.manual_seed(0)
+    pretrained = build_pretrain_model(pre).eval()  # stands in for the trained run
+    looked_up, asked = [], []
+
+    def load(run, runs_dir="runs", device="cpu"):
+        looked_up.append((run, runs_dir))
+        return pretrained, pre
+
+    def sets(config):
+        asked.append((config.npc, config.val_per_class, config.pretrained))
+        # a colour per class under strong noise: neither features place every image
+        labels = torch.arange(60) % 10
+        colours = torch.randint(0, 256, (10, 3), generator=torch.Generator().manual_seed(1))
+        noise = torch.randint(-100, 100, (60, 3, 16, 16),
+                              generator=torch.Generator().manual_seed(0))
+        images = (colours[labels][..., None, None] + noise).clamp(0, 255).to(torch.uint8)
+        return [ImageSet(images[i::3], labels[i::3], list("abcdefghij")) for i in range(3)]
+
+    monkeypatch.setattr(comparison, "load_pretrained", load)
+    monkeypatch.setattr(comparison, "finetune_sets", sets)
+    labelled, val, test = sets(profile_config("smoke", "finetune"))
+    torch.manual_seed(3)
+    random_model = build_pretrain_model(pre)
+    for queries, query_set in (("val", val), ("test", test)):
+        knn = knn_comparison("smoke", "pre", 2, k=3, seed=3, queries=queries, runs_dir="elsewhere",
+                             device="cpu", val_per_class=2)
+        assert knn == {name: knn_accuracy(m.transformer, labelled, query_set, k=3)
+                       for name, m in (("APL-pretrained features", pretrained),
+                                       ("random-init features", random_model))}, queries
+    assert looked_up == [("pre", "elsewhere")] * 2 and asked[1:] == [(2, 2, "pre")] * 2
+    by_default = knn_comparison("smoke", "pre", 2, seed=3)
+    assert by_default == {name: knn_accuracy(m.transformer, labelled, test)
+                          for name, m in (("APL-pretrained features", pretrained),
+                                          ("random-init features", random_model))}
+    assert looked_up[-1] == ("pre", "runs")
