@@ -285,6 +285,7 @@ def test_position_analysis_counts_scripted_predictions_exactly():
     assert result.accuracy == 10 / 16
     assert result.assignment.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [1, 2, 0, 3],
                                           [3, 1, 2, 0]]
+    assert result.assignment.dtype == torch.int64, "positions index tensors"
     assert result.solved_share == 0.5 and result.assigned_accuracy == 11 / 16
     assert model.modes == [False, False] and model.training, "eval mode for the analysis only"
     as_set = position_analysis(model.eval(), ImageSet(_id_images(4), None, []))
@@ -295,6 +296,10 @@ def test_position_accuracy_of_a_single_image():
     result = position_analysis(ScriptedModel(_scripted_log_probs()[1:2]), _id_images(1))
     assert result.per_position_accuracy.tolist() == [0.0, 1.0, 1.0, 1.0]
     assert result.accuracy == 0.75 and result.solved_share == 1.0
+    # the last position is never predicted here: the matrix is T x T all the same
+    swapped = position_analysis(ScriptedModel(_scripted_log_probs()[3:4]), _id_images(1))
+    assert swapped.confusion.tolist() == [[0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0],
+                                          [1, 0, 0, 0]]
 
 
 def test_grid_errors_of_a_perfect_prediction_and_a_one_cell_grid():
@@ -516,3 +521,15 @@ def test_feature_probe_chooses_the_first_of_equally_good_penalties():
     train, val, test = (_clusters(n, 3, 8, seed) for n, seed in ((30, 0), (30, 1), (30, 2)))
     assert feature_probe(train, val, test, penalties=(1e-2, 1e-4, 1e-3)).penalty == 1e-2
     assert feature_probe(train, val, test, penalties=(1e-3, 1e-2)).penalty == 1e-3
+
+
+def test_knn_accuracy_asks_20_neighbours_by_default():
+    # 10 bank images of the query's class just nearer than 10 of another: the 21st tips it
+    greens = [140] * 10 + [141] * 10 + [142]
+    colours = torch.tensor([[255, g, 128] for g in greens], dtype=torch.uint8)
+    bank = ImageSet(colours.view(21, 3, 1, 1).expand(21, 3, 4, 4).contiguous(),
+                    torch.tensor([0] * 10 + [1] * 11), ["a", "b"])
+    query = ImageSet(torch.tensor([255, 128, 128], dtype=torch.uint8).view(1, 3, 1, 1)
+                     .expand(1, 3, 4, 4).contiguous(), torch.tensor([0]), ["a", "b"])
+    assert knn_accuracy(ColourFeatures(), bank, query) == 1.0
+    assert knn_accuracy(ColourFeatures(), bank, query, k=21) == 0.0

@@ -329,11 +329,13 @@ def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(mo
         noise = torch.randint(-100, 100, (60, 3, 16, 16),
                               generator=torch.Generator().manual_seed(0))
         images = (colours[labels][..., None, None] + noise).clamp(0, 255).to(torch.uint8)
-        return [ImageSet(images[i::3], labels[i::3], list("abcdefghij")) for i in range(3)]
+        labelled, val, test = (ImageSet(images[i::3], labels[i::3], list("abcdefghij"))
+                               for i in range(3))
+        return labelled, val if config.val_per_class else None, test
 
     monkeypatch.setattr(comparison, "load_pretrained", load)
     monkeypatch.setattr(comparison, "finetune_sets", sets)
-    labelled, val, test = sets(profile_config("smoke", "finetune"))
+    labelled, val, test = sets(profile_config("smoke", "finetune", val_per_class=2))
     torch.manual_seed(3)
     random_model = build_pretrain_model(pre)
     for queries, query_set in (("val", val), ("test", test)):
@@ -348,3 +350,6 @@ def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(mo
                           for name, m in (("APL-pretrained features", pretrained),
                                           ("random-init features", random_model))}
     assert looked_up[-1] == ("pre", "runs")
+    with pytest.raises(ValueError, match="queries='val' needs a validation part: set "
+                                         "val_per_class > 0"):
+        knn_comparison("smoke", "pre", 2, queries="val")
