@@ -313,7 +313,7 @@ def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(mo
     from apl_core.model import build_pretrain_model
 
     pre = profile_config("smoke", "pretrain", image_size=16, grid=2, crop=1, blocks=1)
-    torch.manual_seed(0)
+    torch.manual_seed(5)
     pretrained = build_pretrain_model(pre).eval()  # stands in for the trained run
     looked_up, asked = [], []
 
@@ -345,10 +345,13 @@ def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(mo
                        for name, m in (("APL-pretrained features", pretrained),
                                        ("random-init features", random_model))}, queries
     assert looked_up == [("pre", "elsewhere")] * 2 and asked[1:] == [(2, 2, "pre")] * 2
-    by_default = knn_comparison("smoke", "pre", 2, seed=3)
+    torch.manual_seed(0)
+    random_model = build_pretrain_model(pre)
+    by_default = knn_comparison("smoke", "pre", 2)  # seed 0, the test images
     assert by_default == {name: knn_accuracy(m.transformer, labelled, test)
                           for name, m in (("APL-pretrained features", pretrained),
                                           ("random-init features", random_model))}
+    assert knn_comparison("smoke", "pre", 2, seed=1) != by_default
     assert looked_up[-1] == ("pre", "runs")
     with pytest.raises(ValueError, match="queries='val' needs a validation part: set "
                                          "val_per_class > 0"):
