@@ -353,6 +353,6 @@ def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(mo
                                           ("random-init features", random_model))}
     assert knn_comparison("smoke", "pre", 2, seed=1) != by_default
     assert looked_up[-1] == ("pre", "runs")
-    with pytest.raises(ValueError, match="queries='val' needs a validation part: set "
-                                         "val_per_class > 0"):
+    with pytest.raises(ValueError, match="^queries='val' needs a validation part: set "
+                                         "val_per_class > 0$"):
         knn_comparison("smoke", "pre", 2, queries="val")
