@@ -8,8 +8,10 @@ import torch
 from torch import nn
 
 from apl_core.analysis import (
-    accuracy_vs_patch_dropout, attention_maps, knn_accuracy, position_analysis, solve_puzzles,
+    accuracy_vs_patch_dropout, attention_maps, knn_accuracy, knn_vote, position_analysis,
+    solve_puzzles,
 )
+from apl_core.augment import normalize
 from apl_core.data import ImageSet, load_split, split_holdout
 from apl_core.model import PatchDropout
 from apl_core.train import load_pretrained
@@ -232,3 +234,302 @@ def test_border_blanking_finds_a_model_that_reads_only_the_borders():
     result = border_blanking(BorderReader(), images)
     assert result["intact"] == 1.0
     assert result["blanked"] == pytest.approx(1 / T)  # only token 0 (border 0) is still placed
+
+
+# A G = 2 grid (T = 4) with scripted predictions, for results known exactly.
+T4 = 4
+
+
+def _scripted_log_probs() -> torch.Tensor:
+    """(4, T4, T4) log-probabilities: 0.7 on one position per token, 0.1 elsewhere.
+    Image 0 is right everywhere; image 1 puts tokens 0 and 1 both at position 1 (token 0
+    only just: one-to-one, it takes position 0); image 2 rotates tokens 0 -> 1 -> 2 -> 0;
+    image 3 swaps tokens 0 and 3."""
+    targets = torch.tensor([[0, 1, 2, 3], [1, 1, 2, 3], [1, 2, 0, 3], [3, 1, 2, 0]])
+    probs = torch.full((4, T4, T4), 0.1).scatter(-1, targets[..., None], 0.7)
+    probs[1, 0] = torch.tensor([0.3, 0.4, 0.2, 0.1])
+    probs[1, 1] = torch.tensor([0.05, 0.9, 0.03, 0.02])
+    return probs.log()
+
+
+def _id_images(n: int) -> torch.Tensor:
+    """uint8 images whose first pixel holds their index, the rest mid-grey."""
+    images = torch.full((n, 3, 4, 4), 128, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return images
+
+
+class ScriptedModel(nn.Module):
+    """Reads the image's index off its first (normalised) pixel and returns that image's
+    scripted logits; records whether it was in training mode."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits, self.modes = logits, []
+        self.transformer = nn.Module()
+        self.transformer.patches = lambda images: images
+
+    def position_logits(self, patches, return_attention=False):
+        self.modes.append(self.training)
+        index = ((patches[:, 0, 0, 0] + 1) * 255 / 2).round().long()
+        return self.logits[index], torch.ones(len(index), T4, dtype=torch.bool), []
+
+
+def test_position_analysis_counts_scripted_predictions_exactly():
+    log_probs = _scripted_log_probs()
+    model = ScriptedModel(log_probs).train()
+    result = position_analysis(model, _id_images(4), batch_size=3)
+    assert torch.allclose(result.probs, log_probs.exp())
+    assert result.confusion.tolist() == [[1, 2, 0, 1], [0, 3, 1, 0], [1, 0, 3, 0], [1, 0, 0, 3]]
+    assert result.per_position_accuracy.tolist() == [0.25, 0.75, 0.75, 0.75]
+    assert result.accuracy == 10 / 16
+    assert result.assignment.tolist() == [[0, 1, 2, 3], [0, 1, 2, 3], [1, 2, 0, 3],
+                                          [3, 1, 2, 0]]
+    assert result.assignment.dtype == torch.int64, "positions index tensors"
+    assert result.solved_share == 0.5 and result.assigned_accuracy == 11 / 16
+    assert model.modes == [False, False] and model.training, "eval mode for the analysis only"
+    as_set = position_analysis(model.eval(), ImageSet(_id_images(4), None, []))
+    assert as_set.confusion.tolist() == result.confusion.tolist() and not model.training
+
+
+def test_position_accuracy_of_a_single_image():
+    result = position_analysis(ScriptedModel(_scripted_log_probs()[1:2]), _id_images(1))
+    assert result.per_position_accuracy.tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert result.accuracy == 0.75 and result.solved_share == 1.0
+    # the last position is never predicted here: the matrix is T x T all the same
+    swapped = position_analysis(ScriptedModel(_scripted_log_probs()[3:4]), _id_images(1))
+    assert swapped.confusion.tolist() == [[0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0],
+                                          [1, 0, 0, 0]]
+
+
+def test_grid_errors_of_a_perfect_prediction_and_a_one_cell_grid():
+    from apl_core.analysis import grid_errors
+
+    perfect = grid_errors(torch.arange(9).repeat(2, 1), grid=3)
+    assert perfect == {"row_accuracy": 1.0, "column_accuracy": 1.0, "error_distance": 0.0,
+                       "random_distance": pytest.approx(2.0),
+                       "neighbour_share_of_errors": 0.0, "mirror_share_of_errors": 0.0}
+    # one cell: no wrong guess exists, so no pair of distinct cells either
+    assert grid_errors(torch.zeros(3, 1, dtype=torch.long), grid=1)["random_distance"] == 0.0
+
+
+def test_attention_entropy_averages_over_heads_and_images():
+    from apl_core.analysis import attention_entropy
+
+    # image 0: head 0 uniform, head 1 one-hot; image 1: both heads one-hot
+    uniform, one_hot = torch.full((4, 4), 0.25), torch.eye(4)
+    attention = torch.stack([torch.stack([uniform, one_hot]), torch.stack([one_hot, one_hot])])
+    entropy = attention_entropy([attention, attention.flip(1)], query=2)
+    assert entropy == pytest.approx([math.log(4) / 4] * 2)
+
+
+def test_uniform_attention_distance_is_the_mean_distance_between_two_cells():
+    from apl_core.analysis import uniform_attention_distance
+
+    # G = 2: of the 16 ordered pairs, 4 are a cell with itself, 8 neighbours, 4 diagonal
+    assert uniform_attention_distance(2) == pytest.approx((8 + 4 * math.sqrt(2)) / 16)
+
+
+class ScriptedTransformer(nn.Module):
+    """Its 'attention' and token features are the normalised pixels, in float64."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes = []
+        self.patches = lambda images: images
+
+    def contextualize(self, patches, return_attention=False):
+        self.modes.append(self.training)
+        attention = [patches.double(), 2 * patches.double()] if return_attention else []
+        return patches, None, attention
+
+    def forward(self, images):
+        self.modes.append(self.training)
+        return images.flatten(2).transpose(1, 2).double(), None, []  # a token per pixel
+
+
+def test_attention_maps_are_every_blocks_weights_in_fp32_in_eval_mode():
+    images = random_images(2, size=4)
+    transformer = ScriptedTransformer().train()
+    maps = attention_maps(transformer, images)
+    expected = normalize(images)
+    assert [m.dtype for m in maps] == [torch.float32] * 2
+    assert torch.allclose(maps[0], expected) and torch.allclose(maps[1], 2 * expected)
+    assert transformer.modes == [False] and transformer.training
+
+
+def test_pooled_features_average_the_tokens_in_fp32_in_eval_mode():
+    from apl_core.analysis import features, pooled_features
+
+    images = random_images(5, size=4)
+    transformer = ScriptedTransformer().train()
+    pooled = pooled_features(transformer, images, batch_size=2)
+    mean_colour = normalize(images).mean(dim=(2, 3))
+    assert pooled.dtype == torch.float32 and torch.allclose(pooled, mean_colour, atol=1e-6)
+    assert transformer.modes == [False] * 3 and transformer.training
+    normalised = features(transformer, images, batch_size=2)
+    assert torch.allclose(normalised, mean_colour / mean_colour.norm(dim=1, keepdim=True),
+                          atol=1e-6)
+
+
+def _vote(similarities, labels, **kwargs):
+    """knn_vote of one query (label 0) whose similarity to each bank item is given."""
+    bank = torch.tensor(similarities)[:, None]
+    return knn_vote(bank, torch.tensor(labels), torch.ones(1, 1), torch.zeros(1, dtype=int),
+                    **kwargs)
+
+
+def test_knn_vote_weighs_near_neighbours_exponentially():
+    # one close neighbour of class 0 outvotes two farther ones of class 1 at temperature
+    # 0.07 (e^(0.9/0.07) > 2 e^(0.5/0.07)), not at temperature 1 nor in a plain count
+    assert _vote([0.9, 0.5, 0.5], [0, 1, 1]) == 1.0
+    assert _vote([0.9, 0.5, 0.5], [0, 1, 1], temperature=1.0) == 0.0
+
+
+def test_knn_vote_asks_20_neighbours_by_default_and_at_most_the_whole_bank():
+    # 10 neighbours of class 0 just closer than 10 of class 1: the 21st (class 1) would tip it
+    similarities = [0.3] * 10 + [0.2999] * 10 + [0.2998]
+    labels = [0] * 10 + [1] * 11
+    assert _vote(similarities, labels) == 1.0 and _vote(similarities, labels, k=21) == 0.0
+    assert _vote([0.9, 0.5, 0.5], [0, 1, 1], k=50, temperature=1.0) == 0.0
+
+
+def test_knn_vote_scores_every_query_in_batches():
+    bank = torch.eye(3)
+    queries = torch.eye(3)[[0, 1, 2, 0, 1]]
+    query_labels = torch.tensor([0, 1, 2, 1, 1])
+    assert knn_vote(bank, torch.arange(3), queries, query_labels, k=1, batch_size=2) == 0.8
+
+
+class DropoutRecorder(nn.Module):
+    """Places a kept token t at t unless t is a multiple of 3, a dropped (zeroed) one at t only
+    if t is even; records the keep masks. Its ordinary dropout would scramble the placements."""
+
+    def __init__(self):
+        super().__init__()
+        self.transformer = nn.Module()
+        self.transformer.patch_dropout = PatchDropout(0.25)
+        self.dropout = nn.Dropout(0.9)
+        self.transformer.patches = lambda images: images.flatten(1)[:, :T, None]
+        self.keeps = []
+
+    def position_logits(self, patches, return_attention=False):
+        tokens, keep = self.transformer.patch_dropout(patches)
+        self.keeps.append(keep)
+        t = torch.arange(T)
+        right = torch.where(keep, t % 3 != 0, t % 2 == 0)
+        placed = torch.where(right, t, (t + 1) % T)
+        logits = self.dropout(torch.nn.functional.one_hot(placed, T).float() + 0.01)
+        return logits, keep, []
+
+
+def test_accuracy_vs_patch_dropout_scores_kept_and_dropped_tokens_apart():
+    model = DropoutRecorder().train()
+    rng = torch.get_rng_state()
+    rows = accuracy_vs_patch_dropout(model, random_images(5), ps=(0.0, 0.5, 1.0), batch_size=2)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert model.training and model.transformer.patch_dropout.p == 0.25
+    assert [row["p"] for row in rows] == [0.0, 0.5, 1.0]
+    keep = torch.cat(model.keeps[3:6])  # p = 0.5: three batches of 2, 2 and 1 images
+    t = torch.arange(T)
+    assert rows[1] == {
+        "p": 0.5,
+        "kept_accuracy": pytest.approx((keep & (t % 3 != 0)).sum().item() / keep.sum().item()),
+        "dropped_accuracy": pytest.approx((~keep & (t % 2 == 0)).sum().item()
+                                          / (~keep).sum().item())}
+    assert rows[0] == {"p": 0.0, "kept_accuracy": pytest.approx(10 / 16),
+                       "dropped_accuracy": None}
+    assert rows[2] == {"p": 1.0, "kept_accuracy": 0.0, "dropped_accuracy": 0.5}
+
+
+def test_accuracy_vs_patch_dropout_by_default_tries_p_0_to_0_9_with_seed_0():
+    images = random_images(2)
+    rows = accuracy_vs_patch_dropout(DropoutRecorder(), images)
+    assert [row["p"] for row in rows] == pytest.approx([i / 10 for i in range(10)])
+    assert rows == accuracy_vs_patch_dropout(DropoutRecorder(), images, seed=0)
+    assert rows != accuracy_vs_patch_dropout(DropoutRecorder(), images, seed=1)
+
+
+class PixelReader(nn.Module):
+    """Places token t at t if one pixel (channel, row, column) of its 4 x 4 patch is not
+    blank (0), else at position 0."""
+
+    def __init__(self, pixel):
+        super().__init__()
+        self.pixel = pixel
+        self.transformer = nn.Module()
+        self.transformer.num_tokens = T
+        self.transformer.patches = lambda images: images.view(len(images), T, 3, 4, 4)
+
+    def position_logits(self, patches, return_attention=False):
+        seen = patches[(..., *self.pixel)] != 0  # (B, T)
+        return torch.where(seen[..., None], torch.eye(T), torch.eye(T)[0]), None, []
+
+
+@pytest.mark.parametrize("pixel, blanked", [
+    ((0, 1, 1), 1.0), ((2, 2, 2), 1.0),  # inside: kept
+    ((0, 0, 1), 1 / T), ((1, 3, 2), 1 / T), ((2, 1, 0), 1 / T), ((0, 2, 3), 1 / T),
+])
+def test_border_blanking_blanks_the_outermost_pixel_of_every_patch_only(pixel, blanked):
+    from apl_core.analysis import border_blanking
+
+    images = torch.full((5, 3, 16, 16), 255, dtype=torch.uint8)  # normalised: 1 everywhere
+    result = border_blanking(PixelReader(pixel), images, batch_size=2)
+    assert result == {"intact": 1.0, "blanked": pytest.approx(blanked)}
+
+
+def test_knn_accuracy_passes_k_and_temperature_on():
+    # pooled colour features: the query (red) is nearest to one red image, then two orange
+    # images of another class
+    colours = torch.tensor([[250, 10, 10], [250, 120, 10], [250, 120, 10]], dtype=torch.uint8)
+    images = colours.view(3, 3, 1, 1).expand(3, 3, 4, 4).contiguous()
+    bank = ImageSet(images, torch.tensor([0, 1, 1]), ["red", "orange"])
+    query = ImageSet(torch.full((1, 3, 4, 4), 10, dtype=torch.uint8).index_fill_(
+        1, torch.tensor([0]), 255), torch.tensor([0]), ["red", "orange"])
+    assert knn_accuracy(ColourFeatures(), bank, query, batch_size=1) == 1.0
+    assert knn_accuracy(ColourFeatures(), bank, query, k=3, temperature=10.0) == 0.0
+    assert knn_accuracy(ColourFeatures(), bank, query, k=1, temperature=10.0) == 1.0
+
+
+def test_feature_probe_does_not_depend_on_the_features_units():
+    from apl_core.analysis import feature_probe
+
+    train, val, test = (_clusters(n, 4, 8, seed, spread=2.0)
+                        for n, seed in ((40, 0), (40, 1), (40, 2)))
+    result = feature_probe(train, val, test, penalties=(1e-3, 1e-1))
+    assert 0.5 < result.test_top1 < 1
+    for scale, shift in ((1e-3, 5.0), (1e3, -7.0)):
+        rescaled = [(x * scale + shift, y) for x, y in (train, val, test)]
+        assert feature_probe(*rescaled, penalties=(1e-3, 1e-1)) == result
+
+
+def test_a_too_large_probe_penalty_predicts_the_majority_class_and_is_not_chosen():
+    from apl_core.analysis import feature_probe
+
+    x, y = _clusters(40, 2, 4, seed=0)
+    unbalanced = torch.cat([torch.arange(0, 24, 2), torch.tensor([1, 3])])  # 12 vs 2 images
+    train, val = (x[unbalanced], y[unbalanced]), (x[24:], y[24:])  # val: 8 of each class
+    test = val
+    result = feature_probe(train, val, test, penalties=(1e3, 1e-3))
+    assert result.val_top1 == {1e3: 0.5, 1e-3: 1.0}
+    assert result.penalty == 1e-3 and result.test_top1 == 1.0
+
+
+def test_feature_probe_chooses_the_first_of_equally_good_penalties():
+    from apl_core.analysis import feature_probe
+
+    train, val, test = (_clusters(n, 3, 8, seed) for n, seed in ((30, 0), (30, 1), (30, 2)))
+    assert feature_probe(train, val, test, penalties=(1e-2, 1e-4, 1e-3)).penalty == 1e-2
+    assert feature_probe(train, val, test, penalties=(1e-3, 1e-2)).penalty == 1e-3
+
+
+def test_knn_accuracy_asks_20_neighbours_by_default():
+    # 10 bank images of the query's class just nearer than 10 of another: the 21st tips it
+    greens = [140] * 10 + [141] * 10 + [142]
+    colours = torch.tensor([[255, g, 128] for g in greens], dtype=torch.uint8)
+    bank = ImageSet(colours.view(21, 3, 1, 1).expand(21, 3, 4, 4).contiguous(),
+                    torch.tensor([0] * 10 + [1] * 11), ["a", "b"])
+    query = ImageSet(torch.tensor([255, 128, 128], dtype=torch.uint8).view(1, 3, 1, 1)
+                     .expand(1, 3, 4, 4).contiguous(), torch.tensor([0]), ["a", "b"])
+    assert knn_accuracy(ColourFeatures(), bank, query) == 1.0
+    assert knn_accuracy(ColourFeatures(), bank, query, k=21) == 0.0
