@@ -261,16 +261,17 @@ def _id_images(n: int) -> torch.Tensor:
 
 class ScriptedModel(nn.Module):
     """Reads the image's index off its first (normalised) pixel and returns that image's
-    scripted logits; records whether it was in training mode."""
+    scripted logits; records whether it was in training mode and computing gradients."""
 
     def __init__(self, logits: torch.Tensor):
         super().__init__()
-        self.logits, self.modes = logits, []
+        self.logits, self.modes, self.grads = logits, [], []
         self.transformer = nn.Module()
         self.transformer.patches = lambda images: images
 
     def position_logits(self, patches, return_attention=False):
         self.modes.append(self.training)
+        self.grads.append(torch.is_grad_enabled())
         index = ((patches[:, 0, 0, 0] + 1) * 255 / 2).round().long()
         return self.logits[index], torch.ones(len(index), T4, dtype=torch.bool), []
 
@@ -288,6 +289,7 @@ def test_position_analysis_counts_scripted_predictions_exactly():
     assert result.assignment.dtype == torch.int64, "positions index tensors"
     assert result.solved_share == 0.5 and result.assigned_accuracy == 11 / 16
     assert model.modes == [False, False] and model.training, "eval mode for the analysis only"
+    assert model.grads == [False, False] and torch.is_grad_enabled(), "no gradients, only there"
     as_set = position_analysis(model.eval(), ImageSet(_id_images(4), None, []))
     assert as_set.confusion.tolist() == result.confusion.tolist() and not model.training
 
@@ -335,16 +337,18 @@ class ScriptedTransformer(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.modes = []
+        self.modes, self.grads = [], []
         self.patches = lambda images: images
 
     def contextualize(self, patches, return_attention=False):
         self.modes.append(self.training)
+        self.grads.append(torch.is_grad_enabled())
         attention = [patches.double(), 2 * patches.double()] if return_attention else []
         return patches, None, attention
 
     def forward(self, images):
         self.modes.append(self.training)
+        self.grads.append(torch.is_grad_enabled())
         return images.flatten(2).transpose(1, 2).double(), None, []  # a token per pixel
 
 
@@ -356,6 +360,7 @@ def test_attention_maps_are_every_blocks_weights_in_fp32_in_eval_mode():
     assert [m.dtype for m in maps] == [torch.float32] * 2
     assert torch.allclose(maps[0], expected) and torch.allclose(maps[1], 2 * expected)
     assert transformer.modes == [False] and transformer.training
+    assert transformer.grads == [False] and torch.is_grad_enabled()
 
 
 def test_pooled_features_average_the_tokens_in_fp32_in_eval_mode():
@@ -367,6 +372,7 @@ def test_pooled_features_average_the_tokens_in_fp32_in_eval_mode():
     mean_colour = normalize(images).mean(dim=(2, 3))
     assert pooled.dtype == torch.float32 and torch.allclose(pooled, mean_colour, atol=1e-6)
     assert transformer.modes == [False] * 3 and transformer.training
+    assert transformer.grads == [False] * 3 and torch.is_grad_enabled()
     normalised = features(transformer, images, batch_size=2)
     assert torch.allclose(normalised, mean_colour / mean_colour.norm(dim=1, keepdim=True),
                           atol=1e-6)
