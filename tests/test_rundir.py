@@ -28,6 +28,8 @@ def test_run_names_of_the_smoke_profile_are_stable():
         "synthetic32-G4K1-flatten-b2h3m2-n1024-do0.15-pdo0.1-lr0.002-bs64-e3-s0-c0c4a68a"
     assert run_name(smoke_finetune_config("runs")) == \
         "synthetic32-benchmark-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-2c20a86d"
+    assert run_name(smoke_finetune_config("runs", pretrained="runs/pretrain/a-run")) == \
+        "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-3f57db82"
 
 
 def test_pretraining_run_name_shows_the_settings_that_differ():

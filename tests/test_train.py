@@ -146,6 +146,16 @@ def test_training_loaders_shuffle_and_augment_evaluation_loaders_see_each_image_
         (30, 16, False, False, cpu, None, 4, 0, 1),  # validation part
         (100, 16, True, False, cpu, (0.8, 1.0), 4, 0, 1)]  # fine-tuning: every image
 
+    finetune(smoke_finetune_config(tmp_path, val_per_class=3, evaluate_test=False,
+                                   architecture=SMOKE_ARCHITECTURE))
+    assert [len(loader.data) for loader in built[5:]] == [30, 100]  # no test images loaded
+
+    def images(loaders) -> set[bytes]:
+        return {image.numpy().tobytes() for loader in loaders for image in loader.data.images}
+
+    pretrain(smoke_pretrain_config(tmp_path, seed=4, **TINY))
+    assert images(built[:2]) != images(built[-2:])  # the seed draws the images themselves
+
 
 def test_batch_size_larger_than_the_training_images_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"^batch_size=128 is larger than the 64 training "
@@ -205,9 +215,12 @@ def test_resume_into_another_architecture_names_the_field(tiny_run):
 
 def test_load_pretrained_gives_the_trained_model_in_eval_mode(tiny_run, monkeypatch):
     weights = read_checkpoint(tiny_run.checkpoint)["model"]
-    monkeypatch.chdir(tiny_run.run_dir.parents[2])  # runs/ is the default runs_dir
-    for source in (tiny_run.checkpoint, tiny_run.run_dir.name):
-        model, config = load_pretrained(source)
+    runs_dir = tiny_run.run_dir.parents[1]
+    loaded = [load_pretrained(tiny_run.checkpoint),
+              load_pretrained(tiny_run.run_dir.name, runs_dir=runs_dir)]
+    monkeypatch.chdir(runs_dir.parent)
+    loaded.append(load_pretrained(tiny_run.run_dir.name))  # runs/ is the default runs_dir
+    for model, config in loaded:
         assert config == tiny_run.config and not model.training
         assert model.state_dict().keys() == weights.keys()
         assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
@@ -489,7 +502,8 @@ def test_select_best_keeps_the_first_best_validation_epoch(tmp_path, monkeypatch
     assert best["model"].keys() == last["model"].keys()
 
 
-def test_resuming_finetuning_continues_its_run_in_its_own_architecture(tmp_path):
+def test_resuming_finetuning_continues_its_run_in_its_own_architecture(tmp_path,
+                                                                         monkeypatch):
     config = smoke_finetune_config(tmp_path, epochs=1, architecture=SMOKE_ARCHITECTURE,
                                    run_name="benchmark")
     done = finetune(config)
@@ -500,6 +514,8 @@ def test_resuming_finetuning_continues_its_run_in_its_own_architecture(tmp_path)
                  resume=True)
     resumed = finetune(config.replace(epochs=2), resume=True)
     assert resumed.metrics[0] == done.metrics[0] and resumed.metrics[1]["epoch"] == 2
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
+    assert finetune(config.replace(epochs=2), resume="auto") == resumed
 
 
 def test_missing_pretrained_checkpoint_says_where_it_looked(tmp_path):
@@ -534,16 +550,24 @@ def test_a_finetune_checkpoint_is_not_taken_for_a_pretrained_model(tmp_path):
 
 
 def test_bf16_autocast_trains_and_evaluates_on_cpu(tmp_path, monkeypatch):
-    autocast, real_loss = set(), train.position_loss
+    autocast = set()
 
-    def loss(model, images, labels):
-        autocast.add((model.training, torch.is_autocast_enabled("cpu")
-                      and torch.get_autocast_dtype("cpu")))
-        return real_loss(model, images, labels)
+    def recording(loss_fn):
+        def loss(model, images, labels):
+            autocast.add((loss_fn.__name__, model.training, len(images),
+                          torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+            return loss_fn(model, images, labels)
+        return loss
 
-    monkeypatch.setattr(train, "position_loss", loss)
+    monkeypatch.setattr(train, "position_loss", recording(train.position_loss))
+    monkeypatch.setattr(train, "class_loss", recording(train.class_loss))
     result = pretrain(smoke_pretrain_config(tmp_path, precision="bf16", epochs=1, **TINY))
-    assert autocast == {(True, torch.bfloat16), (False, torch.bfloat16)}
+    finetune(smoke_finetune_config(tmp_path, precision="bf16", epochs=1, val_per_class=3,
+                                   batch_size=100, architecture=SMOKE_ARCHITECTURE))
+    bf16 = torch.bfloat16
+    assert autocast == {("position_loss", True, 32, bf16), ("position_loss", False, 32, bf16),
+                        ("class_loss", True, 100, bf16), ("class_loss", False, 100, bf16),
+                        ("class_loss", False, 30, bf16)}  # train, test and validation batches
     assert math.isfinite(result.metrics[0]["train_loss"])
     weights = read_checkpoint(result.checkpoint)["model"]
     assert all(w.dtype == torch.float32 for w in weights.values())  # autocast, fp32 weights
@@ -582,9 +606,10 @@ def test_a_finetuned_run_loads_back_without_its_pretrained_run(tiny_run, tmp_pat
     runs = tmp_path / "runs"
     config = smoke_finetune_config(runs, epochs=1, pretrained=str(tiny_run.checkpoint))
     result = finetune(config)
-    monkeypatch.chdir(tmp_path)  # runs/ is the default runs_dir
-    for source in (result.run_dir, result.run_dir.name):
-        model, loaded = load_finetuned(source)
+    found = [load_finetuned(result.run_dir), load_finetuned(result.run_dir.name, runs_dir=runs)]
+    monkeypatch.chdir(tmp_path)
+    found.append(load_finetuned(result.run_dir.name))  # runs/ is the default runs_dir
+    for model, loaded in found:
         assert loaded == result.config and not model.training
         saved = read_checkpoint(result.checkpoint)["model"]
         assert model.state_dict().keys() == saved.keys()
@@ -594,11 +619,12 @@ def test_a_finetuned_run_loads_back_without_its_pretrained_run(tiny_run, tmp_pat
 
     leak = pretrain(smoke_pretrain_config(runs, epochs=1, positional_embedding=True, **TINY))
     tuned = finetune(smoke_finetune_config(runs, epochs=1, pretrained=str(leak.checkpoint)))
-    model, _ = load_finetuned(tuned.run_dir)
-    assert torch.equal(model.transformer.position_embedding,
-                       read_checkpoint(tuned.checkpoint)["model"]["transformer.position_embedding"])
     pretrained_embedding = read_checkpoint(leak.checkpoint)["model"][
         "transformer.position_embedding"]
     fresh, _ = build_finetune_model(smoke_finetune_config(runs, epochs=1,
                                                           pretrained=str(leak.checkpoint)))
     assert torch.equal(fresh.transformer.position_embedding, pretrained_embedding)
+    leak.checkpoint.unlink()  # the pretrained run is gone: the fine-tuned one still loads
+    model, _ = load_finetuned(tuned.run_dir)
+    assert torch.equal(model.transformer.position_embedding,
+                       read_checkpoint(tuned.checkpoint)["model"]["transformer.position_embedding"])
