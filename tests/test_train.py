@@ -157,6 +157,21 @@ def test_training_loaders_shuffle_and_augment_evaluation_loaders_see_each_image_
     assert images(built[:2]) != images(built[-2:])  # the seed draws the images themselves
 
 
+def test_pretraining_loads_num_images_of_the_unlabeled_split_drawn_with_its_seed(
+        tmp_path, monkeypatch):
+    asked = []
+
+    def load_split(**kwargs):
+        asked.append(kwargs)
+        raise KeyboardInterrupt  # the arguments are all this needs
+
+    monkeypatch.setattr(train, "load_split", load_split)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(smoke_pretrain_config(tmp_path, seed=3, **TINY))
+    assert asked == [dict(dataset="synthetic", split="unlabeled", data_dir="data", image_size=32,
+                          unreadable_images="skip", cache_dir=None, limit=192, seed=3)]
+
+
 def test_batch_size_larger_than_the_training_images_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match=r"^batch_size=128 is larger than the 64 training "
                                          r"images; lower batch_size or raise num_images$"):
