@@ -2,27 +2,247 @@
 input fails before any work."""
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import os
 import re
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 import apl_core.train as train
 from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.model import build_finetune_model
+from apl_core.distributed import DistContext
+from apl_core.model import build_finetune_model, pretrain_architecture
 from apl_core.rundir import read_metrics, run_name
-from apl_core.train import finetune, learning_rate, pretrain, profile_pretrain_run
+from apl_core.train import (
+    RunResult, finetune, learning_rate, load_pretrained, pretrain, profile_pretrain_run,
+)
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
+# No tqdm monitor thread: `make mutation` forks each mutant's tests from the pytest process,
+# and a child forked while that thread held tqdm's lock waited on it for ever (fit__mutmut_67).
+tqdm.monitor_interval = 0
+
 TIMING = ("images_per_s", "epoch_time_s")
+# 192 images, 64 held out: 4 training steps of 32 images an epoch (a fraction of a second)
+TINY = dict(num_images=192, holdout_images=64, batch_size=32)
 
 
 def without_timing(rows):
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def record_bars(monkeypatch) -> list:
+    """The progress bars a run shows, in the order it opens them."""
+    bars = []
+    monkeypatch.setattr(train, "tqdm", lambda *args, **kwargs: bars.append(
+        tqdm(*args, **kwargs)) or bars[-1])
+    return bars
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One epoch of smoke pretraining on 128 images, under <tmp>/runs (read only)."""
+    runs = tmp_path_factory.mktemp("tiny") / "runs"
+    return pretrain(smoke_pretrain_config(runs, epochs=1, **TINY))
+
+
+# ---------------------------------------------------------------- one run, epoch by epoch
+
+def test_a_run_trains_every_weight_and_logs_each_epoch(tmp_path, monkeypatch, capsys):
+    clock = itertools.count()  # each reading of the clock is one second later
+    monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    bars = record_bars(monkeypatch)
+    steps, real_loss = [], train.position_loss
+
+    def recording_loss(model, images, labels):
+        loss, hits, count = real_loss(model, images, labels)
+        if model.training:
+            steps.append((loss.item() * count.item(), *hits.tolist(), count.item()))
+        return loss, hits, count
+
+    monkeypatch.setattr(train, "position_loss", recording_loss)
+    initial, real_fit = {}, train.fit
+
+    def fit(config, run_dir, resume_from, model, *args):
+        initial.update({k: v.clone() for k, v in model.state_dict().items()})
+        return real_fit(config, run_dir, resume_from, model, *args)
+
+    monkeypatch.setattr(train, "fit", fit)
+    config = smoke_pretrain_config(tmp_path, epochs=2, quiet=False, **TINY)
+    result = pretrain(config)
+
+    run_dir = tmp_path / "pretrain" / run_name(config)
+    rows = read_metrics(run_dir)
+    assert result == RunResult(run_dir, run_dir / "last.pt", rows, config.replace(
+        run_name=run_dir.name))
+    printed = capsys.readouterr()
+    assert printed.out == f"pretrain run: {run_dir}\n" and "pretrain: 100%" in printed.err
+    assert [list(row) for row in rows] == 2 * [[
+        "epoch", "step", "lr", "train_loss", "train_top1", "train_top3", "train_top5",
+        "val_loss", "val_top1", "val_top3", "val_top5", "images_per_s", "epoch_time_s"]]
+    assert [(row["epoch"], row["step"]) for row in rows] == [(1, 4), (2, 8)]
+    assert [row["lr"] for row in rows] == [learning_rate(e, config) for e in (0, 1)]
+    for row, epoch_steps in zip(rows, (steps[:4], steps[4:])):
+        loss, top1, top3, top5, count = map(sum, zip(*epoch_steps))  # means over all images
+        assert (row["train_loss"], row["train_top1"], row["train_top3"], row["train_top5"]) \
+            == pytest.approx((loss / count, top1 / count, top3 / count, top5 / count))
+        assert 0 <= row["val_top1"] <= row["val_top3"] <= row["val_top5"] <= 1
+        # 128 images in the one second training took; one more second to evaluate and save
+        assert (row["images_per_s"], row["epoch_time_s"]) == (128, 2)
+
+    last = read_checkpoint(run_dir / "last.pt")
+    assert {key: last[key] for key in ("phase", "epoch", "step", "row", "metrics")} == dict(
+        phase="pretrain", epoch=2, step=8, row=rows[-1], metrics=rows)
+    assert last["config"] == result.config.to_dict()
+    assert last["architecture"] == pretrain_architecture(config)
+    assert last["optimizer"]["param_groups"][0]["lr"] == rows[-1]["lr"]
+    assert last["scaler"] == {}  # fp32: no gradient scaling
+    assert len(last["rng"]) == 1  # one process
+    assert all(not torch.equal(last["model"][k], initial[k]) for k in initial)
+    assert not (run_dir / "best.pt").exists()  # pretraining keeps no best epoch
+
+    run, *epochs = bars
+    assert (run.desc, run.unit, run.n, run.total) == ("pretrain", "epoch", 2, 2)
+    assert [(bar.desc, bar.unit, bar.n, bar.total, bar.leave) for bar in epochs] == [
+        ("epoch 1", "batch", 4, 4, False), ("epoch 2", "batch", 4, 4, False)]
+    shown = ("train_loss", "train_top1", "val_top1", "images_per_s")
+    assert run.postfix == ", ".join(f"{key}={tqdm.format_num(round(rows[-1][key], 4))}"
+                                    for key in shown)
+
+
+def test_a_quiet_run_prints_nothing_and_leaves_no_file_open(tmp_path, capsys):
+    open_files = len(os.listdir("/proc/self/fd"))  # Linux: one entry per open file
+    pretrain(smoke_pretrain_config(tmp_path, epochs=1, **TINY))
+    assert capsys.readouterr() == ("", "")
+    assert len(os.listdir("/proc/self/fd")) == open_files  # metrics.jsonl, TensorBoard events
+
+
+def test_runtime_takes_the_device_precision_and_seed_of_the_config():
+    rt = train.runtime(smoke_pretrain_config("unused", precision="bf16", seed=7))
+    assert (rt.device, rt.dtype, rt.context) == (torch.device("cpu"), torch.bfloat16,
+                                                 DistContext())
+    assert torch.initial_seed() == 7
+
+
+def test_training_loaders_shuffle_and_augment_evaluation_loaders_see_each_image_once(
+        tmp_path, monkeypatch):
+    built, real_loader = [], train._loader
+    monkeypatch.setattr(train, "_loader", lambda *args, **kwargs: built.append(
+        real_loader(*args, **kwargs)) or built[-1])
+    monkeypatch.setattr(train, "fit", lambda *args: None)  # the loaders are all this needs
+    pretrain(smoke_pretrain_config(tmp_path, seed=3, **TINY))
+    finetune(smoke_finetune_config(tmp_path, seed=4, val_per_class=3, batch_size=16,
+                                   architecture=SMOKE_ARCHITECTURE))
+    options = [(len(b.data), b.batch_size, b.shuffle, b.drop_last, b.device,
+                b.augment and b.augment.scale, b.seed, b.rank, b.world_size) for b in built]
+    cpu = torch.device("cpu")
+    assert options == [
+        (64, 32, False, False, cpu, None, 3, 0, 1),  # held-out part
+        (128, 32, True, True, cpu, (0.6, 1.0), 3, 0, 1),  # pretraining: whole batches only
+        (200, 16, False, False, cpu, None, 4, 0, 1),  # test set
+        (30, 16, False, False, cpu, None, 4, 0, 1),  # validation part
+        (100, 16, True, False, cpu, (0.8, 1.0), 4, 0, 1)]  # fine-tuning: every image
+
+    finetune(smoke_finetune_config(tmp_path, val_per_class=3, evaluate_test=False,
+                                   architecture=SMOKE_ARCHITECTURE))
+    assert [len(loader.data) for loader in built[5:]] == [30, 100]  # no test images loaded
+
+    def images(loaders) -> set[bytes]:
+        return {image.numpy().tobytes() for loader in loaders for image in loader.data.images}
+
+    pretrain(smoke_pretrain_config(tmp_path, seed=4, **TINY))
+    assert images(built[:2]) != images(built[-2:])  # the seed draws the images themselves
+
+
+def test_pretraining_loads_num_images_of_the_unlabeled_split_drawn_with_its_seed(
+        tmp_path, monkeypatch):
+    asked = []
+
+    def load_split(**kwargs):
+        asked.append(kwargs)
+        raise KeyboardInterrupt  # the arguments are all this needs
+
+    monkeypatch.setattr(train, "load_split", load_split)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(smoke_pretrain_config(tmp_path, seed=3, **TINY))
+    assert asked == [dict(dataset="synthetic", split="unlabeled", data_dir="data", image_size=32,
+                          unreadable_images="skip", cache_dir=None, limit=192, seed=3)]
+
+
+def test_batch_size_larger_than_the_training_images_fails_before_training(tmp_path):
+    with pytest.raises(ValueError, match=r"^batch_size=128 is larger than the 64 training "
+                                         r"images; lower batch_size or raise num_images$"):
+        pretrain(smoke_pretrain_config(tmp_path, num_images=96, holdout_images=32,
+                                       batch_size=128))
+    rows = pretrain(smoke_pretrain_config(tmp_path, num_images=64, holdout_images=0,
+                                          batch_size=64, epochs=1)).metrics
+    assert rows[0]["step"] == 1 and not any(key.startswith("val_") for key in rows[0])
+
+
+def test_knn_monitor_runs_every_knn_every_epochs_and_at_the_last(tmp_path, monkeypatch):
+    bank, queries = object(), object()
+    asked = []
+    monkeypatch.setattr(train, "knn_sets", lambda config: asked.append(config) or (bank, queries))
+    probed = []
+
+    def knn_accuracy(encoder, *sets, device):
+        probed.append((encoder, sets, device))
+        return 0.5
+
+    monkeypatch.setattr(train, "knn_accuracy", knn_accuracy)
+    result = pretrain(smoke_pretrain_config(tmp_path, epochs=3, knn_every=2, **TINY))
+    assert [row.get("knn_top1") for row in result.metrics] == [None, 0.5, 0.5]
+    assert asked == [result.config]
+    model = train.load_pretrained(result.checkpoint)[0]
+    assert all(type(encoder) is type(model.transformer) and sets == (bank, queries)
+               and device == torch.device("cpu") for encoder, sets, device in probed)
+
+
+def test_compile_trains_the_compiled_model(tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    result = pretrain(smoke_pretrain_config(tmp_path, epochs=1, compile=True, **TINY))
+    assert len(compiled) == 1 and isinstance(compiled[0], train.APLPretrainModel)
+    assert result.metrics[0]["epoch"] == 1
+
+
+def test_auto_resume_returns_a_finished_run_at_once(tiny_run, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
+    for resume in ("auto", True):
+        assert pretrain(tiny_run.config, resume=resume) == tiny_run
+
+
+def test_new_run_over_an_existing_one_is_refused(tiny_run):
+    with pytest.raises(FileExistsError, match="resume"):
+        pretrain(tiny_run.config)
+
+
+def test_resume_into_another_architecture_names_the_field(tiny_run):
+    other = tiny_run.config.replace(grid=2, heads=3, epochs=2)
+    with pytest.raises(ValueError, match=re.escape(
+            f"checkpoint {tiny_run.checkpoint} holds another architecture (grid: checkpoint "
+            f"has 4, config asks for 2)")):
+        pretrain(other, resume=True)
+
+
+def test_load_pretrained_gives_the_trained_model_in_eval_mode(tiny_run, monkeypatch):
+    weights = read_checkpoint(tiny_run.checkpoint)["model"]
+    runs_dir = tiny_run.run_dir.parents[1]
+    loaded = [load_pretrained(tiny_run.checkpoint),
+              load_pretrained(tiny_run.run_dir.name, runs_dir=runs_dir)]
+    monkeypatch.chdir(runs_dir.parent)
+    loaded.append(load_pretrained(tiny_run.run_dir.name))  # runs/ is the default runs_dir
+    for model, config in loaded:
+        assert config == tiny_run.config and not model.training
+        assert model.state_dict().keys() == weights.keys()
+        assert all(torch.equal(value, weights[name]) for name, value in model.state_dict().items())
 
 
 # ---------------------------------------------------------------- pretraining
@@ -55,29 +275,18 @@ def test_last_checkpoint_loads_with_weights_only(pretrained_run):
     assert state["metrics"] == pretrained_run.metrics
 
 
-def test_auto_resume_returns_a_finished_run_at_once(pretrained_run, monkeypatch):
-    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
-    result = pretrain(pretrained_run.config, resume="auto")
-    assert result.metrics == pretrained_run.metrics
-
-
 def test_the_pretrain_run_to_analyse_is_the_given_one_then_02s_then_the_profiles(
-        pretrained_run, tmp_path, monkeypatch):
+        tiny_run, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
-    runs_dir = pretrained_run.run_dir.parents[1]
-    settings = dict(runs_dir=str(runs_dir), device="cpu", precision="fp32", epochs=4,
-                    knn_every=2)  # the settings of the pretrained_run fixture
+    settings = dict(runs_dir=str(tiny_run.run_dir.parents[1]), device="cpu", precision="fp32",
+                    epochs=1, **TINY)  # the settings of the tiny_run fixture
     summary = tmp_path / "02_pretraining.json"
     assert profile_pretrain_run("smoke", "runs/given", summary, **settings) == "runs/given"
-    assert profile_pretrain_run("smoke", "", summary, **settings) == \
-        str(pretrained_run.run_dir)  # no summary yet: the profile's run, read back
+    assert profile_pretrain_run("smoke", summary=summary, **settings) == \
+        str(tiny_run.run_dir)  # no summary yet: the profile's run, read back
     summary.write_text(json.dumps({"run_dir": "runs/of-02"}))
-    assert profile_pretrain_run("smoke", "", summary, **settings) == "runs/of-02"
-
-
-def test_new_run_over_an_existing_one_is_refused(pretrained_run):
-    with pytest.raises(FileExistsError, match="resume"):
-        pretrain(pretrained_run.config)
+    assert profile_pretrain_run("smoke", summary=summary, **settings) == "runs/of-02"
+    assert profile_pretrain_run("smoke", **settings) == str(tiny_run.run_dir)
 
 
 def test_resume_with_nothing_to_resume(tmp_path):
@@ -85,20 +294,18 @@ def test_resume_with_nothing_to_resume(tmp_path):
         pretrain(smoke_pretrain_config(tmp_path), resume=True)
 
 
-def test_resume_into_another_architecture_names_the_field(pretrained_run):
-    other = pretrained_run.config.replace(grid=2, heads=3, run_name=pretrained_run.run_dir.name,
-                                          epochs=5)
-    with pytest.raises(ValueError, match="grid: checkpoint has 4, config asks for 2"):
-        pretrain(other, resume=True)
-
-
-def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, monkeypatch):
-    config = dict(epochs=3, num_images=512, holdout_images=128, schedule_per_step=True,
-                  optimizer="adamw", weight_decay=0.05, grad_clip=0.5)
+def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, monkeypatch, capsys):
+    config = dict(epochs=3, schedule_per_step=True, optimizer="adamw", weight_decay=0.05,
+                  grad_clip=0.5, **TINY)
+    clipped, real_clip = [], torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: clipped.append(
+        (len(params), max_norm)) or real_clip(params, max_norm))
     whole = pretrain(smoke_pretrain_config(tmp_path / "whole", **config))
+    parameters = sum(1 for _ in train.load_pretrained(whole.checkpoint)[0].parameters())
+    assert clipped == 12 * [(parameters, 0.5)]  # every step clips all the weights' gradients
     steps = whole.metrics[0]["step"]  # per step: a row reports the rate of its last step
-    assert whole.metrics[0]["lr"] == pytest.approx(
-        learning_rate((steps - 1) / steps, whole.config))
+    assert [row["lr"] for row in whole.metrics] == [
+        learning_rate(epoch + (steps - 1) / steps, whole.config) for epoch in range(3)]
 
     saves = []
     real_save = train.save_checkpoint
@@ -114,11 +321,17 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         pretrain(interrupted)
     monkeypatch.setattr(train, "save_checkpoint", real_save)
-    assert read_checkpoint(tmp_path / "parts" / "pretrain" / run_name(interrupted) / "last.pt")[
-        "epoch"] == 2
-    resumed = pretrain(interrupted, resume=True)
+    run_dir = tmp_path / "parts" / "pretrain" / run_name(interrupted)
+    assert read_checkpoint(run_dir / "last.pt")["epoch"] == 2
+    capsys.readouterr()
+    bars = record_bars(monkeypatch)
+    resumed = pretrain(interrupted.replace(quiet=False), resume=True)
+    assert capsys.readouterr().out == (f"resuming {run_dir} with changed settings: quiet True -> "
+                                       f"False\npretrain run: {run_dir} (resuming after epoch 2)\n")
+    assert (bars[0].n, bars[0].total, [bar.desc for bar in bars[1:]]) == (3, 3, ["epoch 3"])
 
     assert without_timing(resumed.metrics) == without_timing(whole.metrics)
+    assert read_metrics(run_dir) == resumed.metrics
     whole_weights = read_checkpoint(whole.checkpoint)["model"]
     resumed_weights = read_checkpoint(resumed.checkpoint)["model"]
     assert whole_weights.keys() == resumed_weights.keys()
@@ -127,21 +340,35 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, monkeypatc
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    config = smoke_pretrain_config(tmp_path, epochs=3, num_images=512, holdout_images=128)
-    steps_per_epoch = (512 - 128) // config.batch_size
-    real_loss, training_steps = train.position_loss, []
+    real_loss = train.position_loss
 
-    def loss_that_explodes_in_epoch_two(model, images, labels):
-        loss, hits, count = real_loss(model, images, labels)
-        training_steps.extend([1] if model.training else [])
-        return (loss * math.nan if len(training_steps) > steps_per_epoch else loss), hits, count
+    def loss_that_explodes_at(step):
+        training_steps = []
 
-    monkeypatch.setattr(train, "position_loss", loss_that_explodes_in_epoch_two)
-    with pytest.raises(RuntimeError, match="epoch 2.*lower lr"):
+        def loss(model, images, labels):
+            loss, hits, count = real_loss(model, images, labels)
+            training_steps.extend([1] if model.training else [])
+            return (loss * math.nan if len(training_steps) >= step else loss), hits, count
+        return loss
+
+    monkeypatch.setattr(train, "position_loss", loss_that_explodes_at(5))  # in epoch 2
+    config = smoke_pretrain_config(tmp_path, epochs=3, **TINY)
+    last = tmp_path / "pretrain" / run_name(config) / "last.pt"
+    with pytest.raises(train.NonFiniteLossError) as error:
         pretrain(config)
-    last = read_checkpoint(tmp_path / "pretrain" / run_name(config) / "last.pt")
-    assert last["epoch"] == 1
-    assert all(torch.isfinite(value).all() for value in last["model"].values())
+    assert str(error.value) == (
+        f"the pretrain loss became nan in epoch 2; the run stopped and {last} still holds "
+        f"epoch 1. Try a lower lr (now 0.002), grad_clip > 0 (e.g. 1.0) or precision='fp32' "
+        f"(now 'fp32')")
+    checkpoint = read_checkpoint(last)
+    assert checkpoint["epoch"] == 1 and read_metrics(last.parent) == checkpoint["metrics"]
+    assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
+
+    monkeypatch.setattr(train, "position_loss", loss_that_explodes_at(1))
+    with pytest.raises(train.NonFiniteLossError, match="epoch 1; the run stopped and no "
+                                                       "checkpoint was written. Try"):
+        pretrain(config.replace(run_name="first"))
+    assert not (tmp_path / "pretrain" / "first" / "last.pt").exists()
 
 
 # ---------------------------------------------------------------- fine-tuning
@@ -260,13 +487,54 @@ def test_options_freeze_what_they_say():
     assert model.transformer.patch_dropout.p == 0.2
 
 
-def test_select_best_keeps_the_best_validation_weights(tmp_path):
-    config = smoke_finetune_config(tmp_path, epochs=3, val_per_class=5, select_best=True,
-                                   architecture=SMOKE_ARCHITECTURE)
-    result = finetune(config)
-    best = read_checkpoint(result.run_dir / "best.pt")
-    best_row = max(result.metrics, key=lambda row: row["val_top1"])  # first of the ties
-    assert best["epoch"] == best_row["epoch"] and best["row"] == best_row
+def scripted_evaluation(monkeypatch, val_top1s):
+    """evaluate() scores the validation part with these top-1s in turn, the test set alike."""
+    scores = iter(val_top1s)
+
+    def evaluate(model, loss_fn, loader, *args):
+        if len(loader.data) == 200:  # the test subset, 20 per class
+            return {"loss": 1.5, "top1": 0.25, "top3": 0.5, "top5": 0.75}
+        return {"loss": 2.0, "top1": next(scores), "top3": 1.0, "top5": 1.0}
+
+    monkeypatch.setattr(train, "evaluate", evaluate)
+
+
+def test_finetuning_evaluates_every_eval_every_epochs_and_at_the_last(tmp_path, monkeypatch):
+    scripted_evaluation(monkeypatch, [0.5, 0.5, 0.25])
+    result = finetune(smoke_finetune_config(tmp_path, epochs=5, eval_every=2, val_per_class=3,
+                                            architecture=SMOKE_ARCHITECTURE))
+    scored = dict(test_top1=0.25, test_top3=0.5, test_top5=0.75, test_nll=1.5)
+    assert [{k: v for k, v in row.items() if k.startswith(("test_", "val_"))}
+            for row in result.metrics] == [{}, {**scored, "val_top1": 0.5}, {},
+                                           {**scored, "val_top1": 0.5},
+                                           {**scored, "val_top1": 0.25}]
+    assert not (result.run_dir / "best.pt").exists()  # only select_best keeps one
+
+
+def test_select_best_keeps_the_first_best_validation_epoch(tmp_path, monkeypatch):
+    scripted_evaluation(monkeypatch, [0.5, 0.5, 0.25])  # epochs 2, 4 (a tie) and 5
+    result = finetune(smoke_finetune_config(tmp_path, epochs=5, eval_every=2, val_per_class=3,
+                                            select_best=True, architecture=SMOKE_ARCHITECTURE))
+    best, last = (read_checkpoint(result.run_dir / name) for name in ("best.pt", "last.pt"))
+    assert (best["phase"], best["epoch"], best["row"]) == ("finetune", 2, result.metrics[1])
+    assert (best["config"], best["architecture"]) == (last["config"], last["architecture"])
+    assert best["model"].keys() == last["model"].keys()
+
+
+def test_resuming_finetuning_continues_its_run_in_its_own_architecture(tmp_path,
+                                                                         monkeypatch):
+    config = smoke_finetune_config(tmp_path, epochs=1, architecture=SMOKE_ARCHITECTURE,
+                                   run_name="benchmark")
+    done = finetune(config)
+    with pytest.raises(ValueError, match=re.escape(
+            f"checkpoint {done.checkpoint} holds another architecture (blocks: checkpoint has "
+            f"2, config asks for 3)")):
+        finetune(config.replace(epochs=2, architecture={**SMOKE_ARCHITECTURE, "blocks": 3}),
+                 resume=True)
+    resumed = finetune(config.replace(epochs=2), resume=True)
+    assert resumed.metrics[0] == done.metrics[0] and resumed.metrics[1]["epoch"] == 2
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
+    assert finetune(config.replace(epochs=2), resume="auto") == resumed
 
 
 def test_missing_pretrained_checkpoint_says_where_it_looked(tmp_path):
@@ -300,9 +568,25 @@ def test_a_finetune_checkpoint_is_not_taken_for_a_pretrained_model(tmp_path):
         build_finetune_model(FinetuneConfig(pretrained=str(path)))
 
 
-def test_bf16_autocast_trains_on_cpu(tmp_path):
-    result = pretrain(smoke_pretrain_config(tmp_path, precision="bf16", epochs=1,
-                                            num_images=192, holdout_images=64))
+def test_bf16_autocast_trains_and_evaluates_on_cpu(tmp_path, monkeypatch):
+    autocast = set()
+
+    def recording(loss_fn):
+        def loss(model, images, labels):
+            autocast.add((loss_fn.__name__, model.training, len(images),
+                          torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
+            return loss_fn(model, images, labels)
+        return loss
+
+    monkeypatch.setattr(train, "position_loss", recording(train.position_loss))
+    monkeypatch.setattr(train, "class_loss", recording(train.class_loss))
+    result = pretrain(smoke_pretrain_config(tmp_path, precision="bf16", epochs=1, **TINY))
+    finetune(smoke_finetune_config(tmp_path, precision="bf16", epochs=1, val_per_class=3,
+                                   batch_size=100, architecture=SMOKE_ARCHITECTURE))
+    bf16 = torch.bfloat16
+    assert autocast == {("position_loss", True, 32, bf16), ("position_loss", False, 32, bf16),
+                        ("class_loss", True, 100, bf16), ("class_loss", False, 100, bf16),
+                        ("class_loss", False, 30, bf16)}  # train, test and validation batches
     assert math.isfinite(result.metrics[0]["train_loss"])
     weights = read_checkpoint(result.checkpoint)["model"]
     assert all(w.dtype == torch.float32 for w in weights.values())  # autocast, fp32 weights
@@ -332,27 +616,34 @@ def test_pretraining_on_a_folder_with_a_corrupt_file_warns_and_trains(tmp_path):
     assert len(list((tmp_path / "runs" / "cache").glob("folder-unlabeled-32px-*.pt"))) == 1
 
 
-def test_a_finetuned_run_loads_back_without_its_pretrained_run(pretrained_run, tmp_path):
+def test_a_finetuned_run_loads_back_without_its_pretrained_run(tiny_run, tmp_path,
+                                                               monkeypatch):
     """load_finetuned rebuilds the model from the checkpoint alone (notebook 06 reads notebook
     04's runs), with the positional embedding a leak-pretrained model carries."""
     from apl_core.train import load_finetuned
 
-    config = smoke_finetune_config(tmp_path, epochs=1, pretrained=str(pretrained_run.checkpoint))
+    runs = tmp_path / "runs"
+    config = smoke_finetune_config(runs, epochs=1, pretrained=str(tiny_run.checkpoint))
     result = finetune(config)
-    model, loaded = load_finetuned(result.run_dir)
-    assert loaded == result.config and not model.training
-    saved = read_checkpoint(result.checkpoint)["model"]
-    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
+    found = [load_finetuned(result.run_dir), load_finetuned(result.run_dir.name, runs_dir=runs)]
+    monkeypatch.chdir(tmp_path)
+    found.append(load_finetuned(result.run_dir.name))  # runs/ is the default runs_dir
+    for model, loaded in found:
+        assert loaded == result.config and not model.training
+        saved = read_checkpoint(result.checkpoint)["model"]
+        assert model.state_dict().keys() == saved.keys()
+        assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())
     with pytest.raises(ValueError, match="is a pretrain checkpoint, not a fine-tuning one"):
-        load_finetuned(pretrained_run.checkpoint)
+        load_finetuned(tiny_run.checkpoint)
 
-    leak = pretrain(smoke_pretrain_config(tmp_path, epochs=1, positional_embedding=True))
-    tuned = finetune(smoke_finetune_config(tmp_path, epochs=1, pretrained=str(leak.checkpoint)))
+    leak = pretrain(smoke_pretrain_config(runs, epochs=1, positional_embedding=True, **TINY))
+    tuned = finetune(smoke_finetune_config(runs, epochs=1, pretrained=str(leak.checkpoint)))
+    pretrained_embedding = read_checkpoint(leak.checkpoint)["model"][
+        "transformer.position_embedding"]
+    fresh, _ = build_finetune_model(smoke_finetune_config(runs, epochs=1,
+                                                          pretrained=str(leak.checkpoint)))
+    assert torch.equal(fresh.transformer.position_embedding, pretrained_embedding)
+    leak.checkpoint.unlink()  # the pretrained run is gone: the fine-tuned one still loads
     model, _ = load_finetuned(tuned.run_dir)
     assert torch.equal(model.transformer.position_embedding,
                        read_checkpoint(tuned.checkpoint)["model"]["transformer.position_embedding"])
-    pretrained_embedding = read_checkpoint(leak.checkpoint)["model"][
-        "transformer.position_embedding"]
-    fresh, _ = build_finetune_model(smoke_finetune_config(tmp_path, epochs=1,
-                                                          pretrained=str(leak.checkpoint)))
-    assert torch.equal(fresh.transformer.position_embedding, pretrained_embedding)
