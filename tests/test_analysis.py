@@ -304,6 +304,19 @@ def test_position_accuracy_of_a_single_image():
                                           [1, 0, 0, 0]]
 
 
+def test_grid_errors_tell_neighbours_and_mirrored_columns_apart():
+    from apl_core.analysis import grid_errors
+
+    # G = 3, cells (row, column). Three wrong tokens: 3 (1, 0) -> 5 (1, 2): same row, mirrored,
+    # 2 cells; 4 (1, 1) -> 7 (2, 1): a neighbour in another row; 8 (2, 2) -> 6 (2, 0): same
+    # row, mirrored, 2 cells.
+    errors = grid_errors(torch.tensor([[0, 1, 2, 5, 7, 5, 6, 7, 6]]), grid=3)
+    assert errors == {"row_accuracy": pytest.approx(8 / 9), "column_accuracy": pytest.approx(7 / 9),
+                      "error_distance": pytest.approx(5 / 3), "random_distance": pytest.approx(2.0),
+                      "neighbour_share_of_errors": pytest.approx(1 / 3),
+                      "mirror_share_of_errors": pytest.approx(2 / 3)}
+
+
 def test_grid_errors_of_a_perfect_prediction_and_a_one_cell_grid():
     from apl_core.analysis import grid_errors
 
@@ -458,7 +471,8 @@ def test_accuracy_vs_patch_dropout_by_default_tries_p_0_to_0_9_with_seed_0():
 
 class PixelReader(nn.Module):
     """Places token t at t if one pixel (channel, row, column) of its 4 x 4 patch is not
-    blank (0), else at position 0."""
+    blank (0), else at position 0, more surely the larger t is (so that the argmax along the
+    token axis instead of the position axis would not find the same hits)."""
 
     def __init__(self, pixel):
         super().__init__()
@@ -469,7 +483,8 @@ class PixelReader(nn.Module):
 
     def position_logits(self, patches, return_attention=False):
         seen = patches[(..., *self.pixel)] != 0  # (B, T)
-        return torch.where(seen[..., None], torch.eye(T), torch.eye(T)[0]), None, []
+        first = torch.eye(T)[0] * torch.arange(1, T + 1)[:, None]  # token t: t + 1 on position 0
+        return torch.where(seen[..., None], torch.eye(T), first), None, []
 
 
 @pytest.mark.parametrize("pixel, blanked", [
