@@ -92,17 +92,18 @@ def train_one_epoch(model, loss_fn: LossFn, loader, optimizer, scaler, epoch: in
             "images": images_seen * context.world_size}
 
 
-@torch.no_grad()
 def evaluate(model, loss_fn: LossFn, loader, dtype, context: DistContext,
              device: torch.device) -> dict:
     """Mean loss and top-1/3/5 over an evaluation loader (each image once), in eval mode:
-    no dropout, no PatchDropout."""
+    no dropout, no PatchDropout, no gradients."""
     model.eval()
     totals = torch.zeros(2 + len(TOP_K), device=device)
-    for images, labels in loader:
-        with autocast(device, dtype):
-            loss, hits, count = loss_fn(model, images, labels)
-        totals += torch.cat([(loss * count)[None], hits, count[None]])
+    # no_grad as a context, not a decorator: mutmut makes no mutants of decorated functions
+    with torch.no_grad():
+        for images, labels in loader:
+            with autocast(device, dtype):
+                loss, hits, count = loss_fn(model, images, labels)
+            totals += torch.cat([(loss * count)[None], hits, count[None]])
     return summarize(all_reduce_sum(totals, context))
 
 

@@ -647,3 +647,24 @@ def test_a_finetuned_run_loads_back_without_its_pretrained_run(tiny_run, tmp_pat
     model, _ = load_finetuned(tuned.run_dir)
     assert torch.equal(model.transformer.position_embedding,
                        read_checkpoint(tuned.checkpoint)["model"]["transformer.position_embedding"])
+
+
+def test_evaluate_averages_over_every_image_in_eval_mode_without_gradients():
+    """Each batch's loss is weighted by its number of images, hits are summed, and the model
+    runs in eval mode with gradients off."""
+    model = nn.Linear(1, 1).train()
+    seen = []
+
+    def scripted_loss(model, images, labels):
+        seen.append((model.training, torch.is_grad_enabled()))
+        count = torch.tensor(float(len(images)))
+        return images.mean() * model.weight.sum(), labels.float()[:3].sum() + torch.zeros(3), count
+
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    loader = [(torch.full((3, 1), 2.0), torch.tensor([1, 0, 1])),
+              (torch.full((1, 1), 6.0), torch.tensor([1]))]
+    result = train.evaluate(model, scripted_loss, loader, None, DistContext(), torch.device("cpu"))
+    # loss: (2 x 3 + 6 x 1) / 4 images; hits@k: (2 + 1) / 4 for every k here
+    assert result == {"loss": 3.0, "top1": 0.75, "top3": 0.75, "top5": 0.75}
+    assert seen == [(False, False), (False, False)] and torch.is_grad_enabled()
