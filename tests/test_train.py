@@ -401,30 +401,6 @@ def test_finetuning_from_pretrained_run(option, pretrained_run, tmp_path):
     assert torch.equal(tuned[key], pretrained[key]) == (option == "head_only")
 
 
-def test_pretrained_run_by_name(pretrained_run):
-    config = smoke_finetune_config(pretrained_run.run_dir.parents[1], epochs=1,
-                                   pretrained=pretrained_run.run_dir.name, head_only=True)
-    model, architecture = build_finetune_model(config)
-    assert architecture["grid"] == 4
-    pretrained = read_checkpoint(pretrained_run.checkpoint)["model"]
-    assert torch.equal(model.transformer.blocks[0].attn.qkv.weight,
-                       pretrained["transformer.blocks.0.attn.qkv.weight"])
-
-
-def test_positions_added_to_a_pretrained_model_are_new_the_rest_is_loaded(pretrained_run):
-    config = smoke_finetune_config(pretrained_run.run_dir.parents[1], epochs=1,
-                                   pretrained=pretrained_run.run_dir.name,
-                                   positional_embedding=True)
-    model, architecture = build_finetune_model(config)
-    assert architecture["positional_embedding"]
-    pretrained = read_checkpoint(pretrained_run.checkpoint)["model"]
-    for name, value in model.transformer.state_dict().items():
-        if name != "position_embedding":
-            assert torch.equal(value, pretrained["transformer." + name]), name
-    assert model.transformer.position_embedding.requires_grad
-    assert 0 < model.transformer.position_embedding.std() < 0.05
-
-
 def test_a_run_without_the_test_set_evaluates_only_validation(tmp_path, monkeypatch):
     """evaluate_test=False (the hyper-parameter search): no test image is scored."""
     scored = []
