@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 
 import pytest
 import torch
+from tqdm.auto import tqdm
 
 from apl_core.config import profile_config
 from apl_core.train import pretrain
@@ -15,6 +17,13 @@ from apl_core.train import pretrain
 # The test models are tiny: one thread is about as fast as two, and never stalls when other
 # processes (a notebook run, a second pytest) share the 2 cores; two threads then run 10x slower.
 torch.set_num_threads(1)
+
+# `make mutation` forks a process per mutant. tqdm's default lock includes a multiprocessing
+# lock, which forked processes share: one killed while holding it (a mutant's timeout) left
+# every later progress bar waiting for ever. A thread lock is each process's own; and no
+# monitor thread, which could hold it at the moment of a fork.
+tqdm.set_lock(threading.RLock())
+tqdm.monitor_interval = 0
 
 SMOKE_ARCHITECTURE = dict(grid=4, crop=1, encoder="flatten", blocks=2, heads=3, hidden_mult=2)
 

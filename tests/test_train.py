@@ -25,10 +25,6 @@ from apl_core.train import (
 )
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
-# No tqdm monitor thread: `make mutation` forks each mutant's tests from the pytest process,
-# and a child forked while that thread held tqdm's lock waited on it for ever (fit__mutmut_67).
-tqdm.monitor_interval = 0
-
 TIMING = ("images_per_s", "epoch_time_s")
 # 192 images, 64 held out: 4 training steps of 32 images an epoch (a fraction of a second)
 TINY = dict(num_images=192, holdout_images=64, batch_size=32)
