@@ -30,8 +30,7 @@ import torch  # noqa: E402
 from apl_core import report, tuning  # noqa: E402
 from apl_core.comparison import METHODS, compare, knn_comparison, label_seed  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
-from apl_core.device import machine_description  # noqa: E402
-from apl_core.device import resolve_device  # noqa: E402
+from apl_core.device import machine_description, resolve_device  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
 

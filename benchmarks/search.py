@@ -26,8 +26,7 @@ import torch  # noqa: E402
 from apl_core import tuning  # noqa: E402
 from apl_core.comparison import METHODS, search  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
-from apl_core.device import machine_description  # noqa: E402
-from apl_core.device import resolve_device  # noqa: E402
+from apl_core.device import machine_description, resolve_device  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
 

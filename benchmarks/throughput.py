@@ -68,9 +68,8 @@ from padded_heads import pad_heads  # noqa: E402
 from apl_core import train as engine  # noqa: E402
 from apl_core.augment import AugmentSpec  # noqa: E402
 from apl_core.config import profile_config  # noqa: E402
-from apl_core.device import cpu_name  # noqa: E402
 from apl_core.data import BatchLoader, ImageSet  # noqa: E402
-from apl_core.device import autocast_dtype, resolve_device  # noqa: E402
+from apl_core.device import autocast_dtype, cpu_name, resolve_device  # noqa: E402
 from apl_core.distributed import DistContext  # noqa: E402
 from apl_core.model import build_classifier, build_pretrain_model  # noqa: E402
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.util
 import http.server
 import io
 import socket
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -248,14 +248,6 @@ def test_synthetic_images_have_a_sky_above_and_structure():
 
 
 
-def load_script(name: str):
-    path = Path(__file__).parent / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_synthetic_dataset_is_the_one_the_results_were_measured_on():
     """The generator still draws the images every committed result (apl_core/results/*.json,
     the README's numbers) was measured on: one image of each class (train 0-9: every shape,
@@ -269,7 +261,8 @@ def test_synthetic_dataset_is_the_one_the_results_were_measured_on():
     value may be off by one grey level, and only a few may be off at all."""
     from PIL import Image
 
-    script = load_script("synthetic_reference")
+    sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+    import synthetic_reference as script
     reference = script.from_strip(torch.from_numpy(np.array(Image.open(script.REFERENCE))))
     images = script.reference_images()
     assert images.dtype == torch.uint8 and images.shape == reference.shape == (14, 3, 32, 32)

@@ -1,4 +1,6 @@
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,10 @@ from apl_core.model import (APLClassifier, APLPretrainModel, APLTransformer, Blo
                             build_encoder, build_finetune_model, build_pretrain_model, mlp,
                             pretrain_architecture)
 from apl_core.puzzle import position_targets
+
+# the textbook transcription of the original (benchmarks/naive_model.py) that the model is
+# checked against
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 SMALL = dict(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2)
 SMALL_ARCHITECTURE = {name: value for name, value in SMALL.items() if name != "image_size"}
@@ -255,9 +261,6 @@ def test_tiny_model_overfits_one_batch_of_the_puzzle():
 
 def _naive_twin(fast, phase="pretrain", **kwargs):
     """The textbook model of benchmarks/naive_model.py with `fast`'s weights."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from naive_model import NaiveClassifier, NaivePretrainModel, from_fast
     cls = NaivePretrainModel if phase == "pretrain" else NaiveClassifier
     return from_fast(cls(**kwargs), fast)
@@ -321,9 +324,6 @@ def test_original_benchmark_step_trains_on_the_original_data_path():
     """The original's data path (benchmarks/naive_model.py) cuts the tokens the model would cut
     from the augmented image, and the original's step trains on them: finite logged numbers,
     changed weights."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     from naive_model import (NaivePretrainModel, OriginalDataset, naive_patches,
                              original_pretrain_step, original_scaler)
     torch.manual_seed(0)
