@@ -564,12 +564,6 @@ def test_bf16_autocast_trains_and_evaluates_on_cpu(tmp_path, monkeypatch):
     assert all(w.dtype == torch.float32 for w in weights.values())  # autocast, fp32 weights
 
 
-def test_run_reports_the_scheduled_rates(pretrained_run):
-    config = pretrained_run.config
-    assert [row["lr"] for row in pretrained_run.metrics] == [
-        pytest.approx(learning_rate(epoch, config)) for epoch in range(config.epochs)]
-
-
 def test_pretraining_on_a_folder_with_a_corrupt_file_warns_and_trains(tmp_path):
     from PIL import Image
 
