@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 DATASETS = ("stl10", "synthetic", "folder")
 ENCODERS = ("flatten", "cnn", "resnet18")
-OPTIMIZERS = ("adam", "adamw")
+OPTIMIZERS = ("adam", "adamw", "sgd")  # sgd: Nesterov momentum 0.9, the CNNs' recipe
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # standard: logits / sqrt(D/H); original: q, k and v each / D^(1/4) (model.SelfAttention)
 ATTENTION_SCALES = ("standard", "original")
@@ -331,6 +331,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         # within 2 points of chance at every one of them.
         "probe": dict(lr=2e-2),
         "npcs": (10, 30, 100),
+        # the converged search (apl_core.search): optimizer steps of every searched run per NPC
+        # (100, 50 and 30 epochs at batch 32)
+        "max_steps": {10: 400, 30: 500, 100: 960},
         # 3,500 images x 4 epochs per control, about 40 s each on 2 cores
         "controls": {"budget": dict(num_images=4000, epochs=4), "grids": (3, 4, 6),
                      "crops": (0, 1, 2)},
@@ -346,6 +349,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             eval_every=1, npc=10, test_per_class=20, quiet=True,
         ),
         "npcs": (10,),
+        "max_steps": {10: 6},
         "controls": {"budget": dict(num_images=384, holdout_images=128, epochs=1),
                      "grids": (2, 4), "crops": (0, 1)},
     },

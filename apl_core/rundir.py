@@ -57,7 +57,7 @@ def run_name(config: Config) -> str:
         parts.append(f"npc{c.npc}")
     if not (isinstance(c, FinetuneConfig) and c.model != "apl"):
         parts += [f"do{_fmt(c.dropout)}", f"pdo{_fmt(c.patch_dropout)}"]
-    parts += ["adamw"] if c.optimizer == "adamw" else []
+    parts += [c.optimizer] if c.optimizer != "adam" else []
     parts.append(f"lr{_fmt(c.lr)}")
     parts += [f"wd{_fmt(c.weight_decay)}"] if c.weight_decay else []
     parts += [f"bs{c.batch_size}", f"e{c.epochs}", f"s{c.seed}"]

@@ -60,7 +60,7 @@ CROP_RULE = "K must satisfy 0 <= K < image_size // grid = 96 // 7 = 13"
     ("crop_scale", 1.5, "must be in (0, 1]"),
     ("knn_every", -1, "must be >= 0 (0: never)"),
     ("dataset", "imagenet", "choose one of ('stl10', 'synthetic', 'folder')"),
-    ("optimizer", "sgd", "choose one of ('adam', 'adamw')"),
+    ("optimizer", "rmsprop", "choose one of ('adam', 'adamw', 'sgd')"),
     ("precision", "fp8", "choose one of ('auto', 'fp32', 'bf16', 'fp16')"),
     ("encoder", "vit", "choose one of ('flatten', 'cnn', 'resnet18')"),
     ("attention_scale", "sqrt", "choose one of ('standard', 'original')"),

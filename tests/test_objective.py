@@ -191,6 +191,18 @@ def test_make_optimizer_kind_weight_decay_and_first_rate(kind, decoupled):
     assert group["weight_decay"] == 0.05
 
 
+def test_make_optimizer_sgd_is_nesterov_momentum_with_its_weight_decay():
+    config = PretrainConfig(optimizer="sgd", weight_decay=5e-4, lr=0.1, warmup_start=0.1)
+    params = [nn.Parameter(torch.ones(3))]
+    optimizer = make_optimizer(params, config, torch.device("cpu"))
+    assert type(optimizer) is torch.optim.SGD
+    group = optimizer.param_groups[0]
+    assert group["params"] == params
+    assert (group["momentum"], group["nesterov"], group["weight_decay"]) == (0.9, True, 5e-4)
+    assert group["lr"] == pytest.approx(0.01)
+    assert optimizer.defaults["foreach"] is True
+
+
 def test_make_optimizer_uses_fused_kernels_on_cuda():
     # only the flag is checked: building the optimizer does not touch the device
     params = [nn.Parameter(torch.ones(3))]

@@ -1,0 +1,273 @@
+"""The converged search: every trained method of notebook 04 with its field's recipe, its
+learning rate searched on a log scale until the best one lies inside the searched range, and
+its length read off the validation curve.
+
+    RECIPES          the optimizer, schedule and regularisation of each kind of model
+    START_RATES      the rate each method's search starts from (its recipe's usual rate)
+    searched_config  a method's config at one NPC: its recipe, max_steps long, validated often
+    initial_rates / next_rate   the learning-rate bracket
+    search_method    one (method, NPC): TRIALS runs, the next rate chosen from the last ones
+    trial_row        what a finished run contributes: its validation curve and best epoch
+    choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
+    TrialStore / run_search     the results file, and every (method, NPC) searched in parallel
+
+The protocol is the same for every method at a given NPC: TRIALS runs of the same number of
+optimizer steps (the profile's max_steps for that NPC), each validated about 20 times along
+the way, keeping the weights of its best validation epoch (select_best). The first three
+rates are the method's start rate times 10^-0.5, 1 and 10^0.5; each further rate extends the
+range past an edge that holds the best rate, or else halves the log-distance between the best
+rate and its better neighbour. The test set is never evaluated here (evaluate_test=False).
+
+A hand-written bracket rather than a general optimiser (Optuna's TPE, Hyperband): one
+variable on a log scale with five trials is a line search, and a bracket that moves toward an
+edge winner guarantees what the experiment needs (an interior best rate) where five samples of
+TPE do not; pruning runs early would judge them before their cosine schedule has annealed,
+which favours fast starters, and the length is chosen from each full validation curve anyway.
+Resuming trial by trial needs no database either: finished trials are read back from the
+results file (and finished runs from runs_dir).
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import fcntl
+import json
+import math
+import multiprocessing
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from .comparison import method_config
+from .config import PROFILES, FinetuneConfig
+from .rundir import run_name
+from .train import finetune, load_pretrained
+
+SEARCHED_METHODS = ("APL fine-tune", "BENCHMARK", "BENCHMARK + positions", "S-CNN",
+                    "S-ResNet-18")
+
+# Transformers, pretrained or not: AdamW with decoupled weight decay 0.05, linear warm-up over
+# the first 10 % of the steps, cosine decay to zero stepped per batch, gradients clipped at
+# norm 1 (DeiT's and MAE's fine-tuning recipe, without their augmentation stack). CNNs: SGD
+# with Nesterov momentum 0.9, weight decay 5e-4, a short warm-up and cosine decay to zero (the
+# standard ResNet recipe on small images).
+RECIPES = {
+    "transformer": dict(optimizer="adamw", weight_decay=0.05, warmup_frac=0.1,
+                        warmup_start=0.01, final_lr_frac=0.0, schedule_per_step=True,
+                        grad_clip=1.0),
+    "cnn": dict(optimizer="sgd", weight_decay=5e-4, warmup_frac=0.05, warmup_start=0.1,
+                final_lr_frac=0.0, schedule_per_step=True, grad_clip=0.0),
+}
+METHOD_RECIPES = {"APL fine-tune": "transformer", "BENCHMARK": "transformer",
+                  "BENCHMARK + positions": "transformer", "S-CNN": "cnn",
+                  "S-ResNet-18": "cnn"}
+# Fine-tuning a pretrained transformer starts lower than training one from scratch; SGD's
+# rates are an order of magnitude above Adam's (0.1 at batch 128 scaled to batch 32).
+START_RATES = {"APL fine-tune": 1e-4, "BENCHMARK": 3e-4, "BENCHMARK + positions": 3e-4,
+               "S-CNN": 0.03, "S-ResNet-18": 0.03}
+TRIALS = 5
+SPACING = 10 ** 0.5  # the first rates are half a decade apart
+EVALUATIONS = 20  # validation points per run, at least
+LATE_FRACTION = 0.8  # a best epoch past this share of the run says the run was too short
+
+
+def epochs_for_steps(steps: int, config: FinetuneConfig) -> int:
+    """Whole epochs of config's labelled images (npc per class, batch_size) that make at
+    least `steps` optimizer steps."""
+    steps_per_epoch = math.ceil(config.npc * config.num_classes / config.batch_size)
+    return math.ceil(steps / steps_per_epoch)
+
+
+def searched_config(base: FinetuneConfig, method: str, max_steps: int) -> FinetuneConfig:
+    """`base` (the method's config at one NPC) with the method's recipe, max_steps long,
+    validated at least EVALUATIONS times, keeping its best validation epoch, test unseen."""
+    if method not in METHOD_RECIPES:
+        raise ValueError(f"method={method!r} is not searched: choose from {SEARCHED_METHODS}")
+    epochs = epochs_for_steps(max_steps, base)
+    return base.replace(**RECIPES[METHOD_RECIPES[method]], lr=START_RATES[method],
+                        epochs=epochs, eval_every=max(1, epochs // EVALUATIONS),
+                        select_best=True, evaluate_test=False)
+
+
+def _rate(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
+def initial_rates(start: float) -> list[float]:
+    return [_rate(start / SPACING), _rate(start), _rate(start * SPACING)]
+
+
+def best_trial(trials: list[dict]) -> dict:
+    """The trial with the highest validation top-1; among equals the first tried."""
+    best = trials[0]
+    for trial in trials[1:]:
+        if trial["val_top1"] > best["val_top1"]:
+            best = trial
+    return best
+
+
+def next_rate(trials: list[dict]) -> float:
+    """The rate to try next: past the edge that holds the best rate, or else halfway (on a
+    log scale) between the best rate and its better neighbour."""
+    rates = sorted(trial["lr"] for trial in trials)
+    score = {trial["lr"]: trial["val_top1"] for trial in trials}
+    best = best_trial(trials)["lr"]
+    i = rates.index(best)
+    if i == 0:
+        return _rate(best / SPACING)
+    if i == len(rates) - 1:
+        return _rate(best * SPACING)
+    lower, higher = rates[i - 1], rates[i + 1]
+    neighbour = higher if score[higher] > score[lower] else lower
+    return _rate(math.sqrt(best * neighbour))
+
+
+def search_method(base: FinetuneConfig, run_trial: Callable[[FinetuneConfig], dict],
+                  trials: int = TRIALS) -> list[dict]:
+    """Every trial of one (method, NPC), in the order tried: `base` (a searched_config) at
+    the three initial rates around base.lr, then at next_rate until `trials` are done."""
+    done = [run_trial(base.replace(lr=rate)) for rate in initial_rates(base.lr)]
+    while len(done) < trials:
+        done.append(run_trial(base.replace(lr=next_rate(done))))
+    return done
+
+
+def trial_row(method: str, config: FinetuneConfig, metrics: list[dict]) -> dict:
+    """A finished run as the search records it: its settings, its validation curve, and its
+    best validation epoch (the first of equals) with the training top-1 of that epoch."""
+    evaluated = [row for row in metrics if "val_top1" in row]
+    if not evaluated:
+        raise ValueError(f"run {config.run_name or run_name(config)} has no validation "
+                         f"evaluation: a searched run needs val_per_class > 0")
+    best = evaluated[0]
+    for row in evaluated[1:]:
+        if row["val_top1"] > best["val_top1"]:
+            best = row
+    return dict(method=method, npc=config.npc, lr=config.lr, epochs=config.epochs,
+                steps=metrics[-1]["step"], best_epoch=best["epoch"], best_step=best["step"],
+                val_top1=best["val_top1"], train_top1=best["train_top1"],
+                val_curve=[[row["epoch"], row["val_top1"]] for row in evaluated],
+                seconds=sum(row["epoch_time_s"] for row in metrics),
+                run=config.run_name or run_name(config))
+
+
+def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
+    """Per (method, NPC): the best trial's rate and epoch, its validation and training top-1,
+    the rates searched, where the chosen rate sits among them ('lowest', 'interior',
+    'highest') and whether its best epoch falls in the last fifth of the run (`late`)."""
+    groups: dict[tuple[str, int], list[dict]] = {}
+    for trial in trials:
+        groups.setdefault((trial["method"], trial["npc"]), []).append(trial)
+    chosen = {}
+    for key, group in groups.items():
+        best = best_trial(group)
+        rates = sorted(trial["lr"] for trial in group)
+        position = ("lowest" if best["lr"] == rates[0] else
+                    "highest" if best["lr"] == rates[-1] else "interior")
+        chosen[key] = dict(lr=best["lr"], epochs=best["epochs"], best_epoch=best["best_epoch"],
+                           val_top1=best["val_top1"], train_top1=best["train_top1"],
+                           rates=rates, rate_position=position,
+                           late=best["best_epoch"] > LATE_FRACTION * best["epochs"],
+                           run=best["run"])
+    return chosen
+
+
+class TrialStore:
+    """The search's results file: a header and every finished trial, rewritten after each
+    trial under a lock (several processes add to it), so that a stopped search resumes trial
+    by trial, also from a committed file on another machine."""
+
+    def __init__(self, path: str | Path, header: dict):
+        self.path = Path(path)
+        self.header = header
+
+    def read(self) -> dict:
+        if not self.path.exists():
+            return {**self.header, "trials": []}
+        try:
+            results = json.loads(self.path.read_text())
+            trials = results["trials"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{self.path} is not a search results file ({error!r}); restore "
+                             f"it with git checkout, or delete it to search from scratch")
+        return {**results, "trials": trials}
+
+    def find(self, run: str) -> dict | None:
+        return next((t for t in self.read()["trials"] if t["run"] == run), None)
+
+    def add(self, trial: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            results = self.read()
+            trials = [t for t in results["trials"] if t["run"] != trial["run"]] + [trial]
+            results.update(self.header, trials=trials)
+            temporary = self.path.with_name(self.path.name + ".tmp")
+            temporary.write_text(json.dumps(results, indent=1) + "\n")
+            temporary.replace(self.path)
+
+
+def max_steps(profile: str) -> dict[int, int]:
+    """The optimizer steps of every searched run of `profile`, per NPC."""
+    steps = PROFILES[profile].get("max_steps") if profile in PROFILES else None
+    if not steps:
+        raise ValueError(f"the {profile!r} profile has no max_steps for a search; profiles "
+                         f"with one: {[p for p in PROFILES if PROFILES[p].get('max_steps')]}")
+    return steps
+
+
+def search_configs(profile: str, pretrain_run: str, npcs, methods=SEARCHED_METHODS,
+                   **settings) -> list[tuple[str, FinetuneConfig]]:
+    """(method, searched_config) for every method at every NPC, NPC by NPC: the profile's
+    fine-tuning settings with the labels of settings' seed (as notebook 04), the method's
+    recipe and the profile's max_steps at that NPC."""
+    _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
+    steps = max_steps(profile)
+    configs = []
+    for npc in npcs:
+        if npc not in steps:
+            raise ValueError(f"NPC {npc} has no max_steps in the {profile!r} profile "
+                             f"(it has {sorted(steps)})")
+        for method in methods:
+            base = method_config(method, npc, profile, pretrain_run, pretrained, tuned=False,
+                                 **settings)
+            if not base.val_per_class:
+                raise ValueError(f"the {profile!r} profile has no validation part to search "
+                                 f"on: give val_per_class > 0")
+            configs.append((method, searched_config(base, method, steps[npc])))
+    return configs
+
+
+def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, workers: int = 1,
+               report: Callable[[dict], None] | None = None) -> list[dict]:
+    """Search every (method, config) of `configs`, `workers` of them at a time (each with its
+    share of the CPU threads); trials found in `store` or finished in runs_dir are read back.
+    Returns every trial; `report(trial)` is called as each (method, NPC) finishes."""
+    threads = max(1, torch.get_num_threads() // workers)
+    trials = []
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(_search_one, method, config, store.path, store.header)
+                   for method, config in configs]
+        for future in futures:
+            for trial in future.result():
+                trials.append(trial)
+                if report is not None:
+                    report(trial)
+    return trials
+
+
+def _search_one(method: str, base: FinetuneConfig, path: Path, header: dict) -> list[dict]:
+    store = TrialStore(path, header)
+
+    def run_trial(config: FinetuneConfig) -> dict:
+        found = store.find(run_name(config))
+        if found is not None:
+            return found
+        result = finetune(config, resume="auto")
+        trial = trial_row(method, result.config, result.metrics)
+        store.add(trial)
+        return trial
+
+    return search_method(base, run_trial)

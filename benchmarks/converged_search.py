@@ -1,0 +1,90 @@
+"""Run the converged search (apl_core.search): every trained method of notebook 04 with its
+field's recipe, five learning rates bracketed until the best is interior, the length read
+off each run's validation curve.
+
+    python benchmarks/converged_search.py --profile quick --workers 2 --npcs 10 30 100
+
+Pretrains the profile's model with seed 0 (read back when finished), then searches every
+(method, NPC) on the labelled images of seed 0, scoring on the validation part only (the test
+set is never evaluated). Every finished trial (settings, validation curve, best epoch) is
+written at once to apl_core/results/<profile>_converged_search.json, so a stopped search
+resumes trial by trial from that file, or from the runs in --runs-dir. Prints each trial, then
+per (method, NPC) the choice and where it sits in its searched range.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from apl_core import search  # noqa: E402
+from apl_core.config import profile_config, profile_npcs  # noqa: E402
+from apl_core.device import machine_description, resolve_device  # noqa: E402
+from apl_core.train import pretrain  # noqa: E402
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "apl_core" / "results"
+
+
+def results_path(profile: str) -> Path:
+    return RESULTS_DIR / f"{profile}_converged_search.json"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--runs-dir", default="runs/search")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="(method, NPC) searches run at a time, sharing the CPU threads")
+    parser.add_argument("--npcs", type=int, nargs="+", default=None,
+                        help="the NPCs to search (default: the profile's sweep)")
+    parser.add_argument("--methods", nargs="+", default=list(search.SEARCHED_METHODS),
+                        choices=search.SEARCHED_METHODS, metavar="METHOD",
+                        help="the methods to search (default: all)")
+    parser.add_argument("--out", default="",
+                        help="the results file (default: apl_core/results/"
+                             "<profile>_converged_search.json)")
+    args = parser.parse_args(argv)
+    device = str(resolve_device(args.device))
+    npcs = args.npcs or list(profile_npcs(args.profile))
+    settings = dict(runs_dir=args.runs_dir, device=device, quiet=True)
+    run = pretrain(profile_config(args.profile, "pretrain", seed=0, **settings), resume="auto")
+    header = {
+        "profile": args.profile, "seed": 0, "pretrain_run": run.run_dir.name,
+        "protocol": {"trials": search.TRIALS, "spacing": search.SPACING,
+                     "start_rates": search.START_RATES, "recipes": search.RECIPES,
+                     "method_recipes": search.METHOD_RECIPES,
+                     "max_steps": {str(k): v for k, v in search.max_steps(args.profile).items()},
+                     "evaluations": search.EVALUATIONS, "late_fraction": search.LATE_FRACTION},
+        "machine": machine_description(device), "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(), "workers": args.workers,
+        "threads_per_run": max(1, torch.get_num_threads() // args.workers),
+        "command": f"python benchmarks/converged_search.py --profile {args.profile} "
+                   f"--workers {args.workers}",
+    }
+    store = search.TrialStore(Path(args.out) if args.out else results_path(args.profile), header)
+    configs = search.search_configs(args.profile, str(run.run_dir), npcs, args.methods,
+                                    **settings)
+
+    def report(trial):
+        print(f"NPC {trial['npc']:>4}  {trial['method']:<22} lr {trial['lr']:<8g} best epoch "
+              f"{trial['best_epoch']:>3}/{trial['epochs']:<3}  val top-1 {trial['val_top1']:.1%}"
+              f"  train top-1 {trial['train_top1']:.1%}  {trial['seconds']:.0f} s", flush=True)
+
+    trials = search.run_search(configs, store, args.workers, report)
+    print(f"\n{len(trials)} trials, {sum(t['seconds'] for t in trials) / 3600:.2f} run-hours at "
+          f"{header['threads_per_run']} thread(s) each on {header['machine']}; in {store.path}")
+    for (method, npc), chosen in search.choose(trials).items():
+        late = "  LATE: best epoch in the run's last fifth" if chosen["late"] else ""
+        print(f"chosen: NPC {npc:>4}  {method:<22} lr {chosen['lr']:g} ({chosen['rate_position']}"
+              f" of {chosen['rates']}), epoch {chosen['best_epoch']}/{chosen['epochs']}, "
+              f"val {chosen['val_top1']:.1%}{late}")
+
+
+if __name__ == "__main__":
+    main()

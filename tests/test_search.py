@@ -1,0 +1,253 @@
+"""The converged search (apl_core.search): each method's recipe, the learning-rate bracket
+that moves toward an edge winner, the length read off the validation curve, the choice and
+its edge checks, and a search that resumes trial by trial from its results file."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from apl_core.rundir import run_name
+from apl_core.config import FinetuneConfig
+from apl_core.search import (
+    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, choose, epochs_for_steps,
+    initial_rates, max_steps, next_rate, run_search, search_configs, search_method,
+    searched_config, trial_row,
+)
+
+from conftest import smoke_finetune_config
+
+
+def trial(lr, val, method="BENCHMARK", npc=10, best_epoch=8, epochs=10, **extra):
+    return dict(method=method, npc=npc, lr=lr, val_top1=val, best_epoch=best_epoch,
+                epochs=epochs, train_top1=0.5, run=f"{method}-{npc}-{lr}", **extra)
+
+
+# ---------------------------------------------------------------- recipes and lengths
+
+def test_epochs_for_steps_rounds_up_to_whole_epochs():
+    config = FinetuneConfig(npc=10, num_classes=10, batch_size=32)  # 100 images: 4 steps
+    assert epochs_for_steps(400, config) == 100
+    assert epochs_for_steps(401, config) == 101
+    assert epochs_for_steps(960, config.replace(npc=100)) == 30  # 32 steps an epoch
+
+
+@pytest.mark.parametrize("method,recipe", [("APL fine-tune", "transformer"),
+                                           ("BENCHMARK", "transformer"),
+                                           ("BENCHMARK + positions", "transformer"),
+                                           ("S-CNN", "cnn"), ("S-ResNet-18", "cnn")])
+def test_searched_config_applies_the_methods_recipe_and_hides_the_test_set(method, recipe):
+    base = FinetuneConfig(npc=30, batch_size=32, val_per_class=5, evaluate_test=True)
+    config = searched_config(base, method, 500)
+    assert {k: getattr(config, k) for k in RECIPES[recipe]} == RECIPES[recipe]
+    assert config.lr == START_RATES[method]
+    assert (config.epochs, config.eval_every) == (50, 2)  # 10 steps an epoch; 25 validations
+    assert config.select_best and not config.evaluate_test
+    assert config.npc == 30 and config.val_per_class == 5  # the rest of base is kept
+
+
+def test_transformers_are_clipped_with_decoupled_decay_and_cnns_use_nesterov_sgd():
+    assert RECIPES["transformer"]["optimizer"] == "adamw"
+    assert RECIPES["transformer"]["grad_clip"] > 0
+    assert RECIPES["cnn"]["optimizer"] == "sgd"
+    for recipe in RECIPES.values():
+        assert recipe["warmup_frac"] > 0 and recipe["schedule_per_step"]
+        assert recipe["final_lr_frac"] == 0.0
+
+
+def test_short_runs_are_validated_every_epoch():
+    config = searched_config(FinetuneConfig(npc=10, batch_size=32, val_per_class=5), "S-CNN", 30)
+    assert (config.epochs, config.eval_every) == (8, 1)
+
+
+def test_searched_config_refuses_a_method_that_is_not_searched():
+    with pytest.raises(ValueError, match="'APL linear probe' is not searched: choose from"):
+        searched_config(FinetuneConfig(), "APL linear probe", 100)
+
+
+def test_max_steps_names_the_profiles_that_have_them():
+    assert max_steps("quick") == {10: 400, 30: 500, 100: 960}
+    with pytest.raises(ValueError, match=r"'paper' profile has no max_steps for a search; "
+                                         r"profiles with one: \['quick', 'smoke'\]"):
+        max_steps("paper")
+    with pytest.raises(ValueError, match="'nope' profile has no max_steps"):
+        max_steps("nope")
+
+
+# ---------------------------------------------------------------- the bracket
+
+def test_the_first_rates_are_half_a_decade_apart_around_the_start():
+    assert initial_rates(1e-3) == [3.16e-4, 1e-3, 3.16e-3]
+
+
+def test_next_rate_goes_past_the_edge_that_holds_the_best():
+    lowest = [trial(1e-4, 0.30), trial(3.16e-4, 0.20), trial(1e-3, 0.10)]
+    assert next_rate(lowest) == 3.16e-5
+    highest = [trial(1e-4, 0.10), trial(3.16e-4, 0.20), trial(1e-3, 0.30)]
+    assert next_rate(highest) == 3.16e-3
+
+
+def test_next_rate_refines_toward_the_better_neighbour_of_an_interior_best():
+    better_above = [trial(1e-4, 0.10), trial(1e-3, 0.30), trial(1e-2, 0.20)]
+    assert next_rate(better_above) == pytest.approx(3.16e-3)
+    better_below = [trial(1e-4, 0.20), trial(1e-3, 0.30), trial(1e-2, 0.10)]
+    assert next_rate(better_below) == pytest.approx(3.16e-4)
+    # a tie between the neighbours refines toward the lower rate
+    tie = [trial(1e-4, 0.20), trial(1e-3, 0.30), trial(1e-2, 0.20)]
+    assert next_rate(tie) == pytest.approx(3.16e-4)
+
+
+def test_best_trial_is_the_first_tried_among_equals():
+    first, second = trial(1e-3, 0.3), trial(1e-4, 0.3)
+    assert best_trial([first, second]) is first
+    assert best_trial([trial(1e-3, 0.2), second]) is second
+
+
+def peaked_at(best_rate):
+    """A fake run whose validation top-1 peaks at best_rate on a log scale."""
+    tried = []
+
+    def run_trial(config):
+        tried.append(config)
+        val = 0.9 - 0.2 * abs(math.log10(config.lr / best_rate))
+        return trial(config.lr, val, npc=config.npc, epochs=config.epochs)
+
+    return run_trial, tried
+
+
+@pytest.mark.parametrize("best_rate", [2e-6, 2e-5, 1e-4, 8e-4, 5e-3])
+def test_a_search_ends_with_its_best_rate_inside_the_range_it_tried(best_rate):
+    base = searched_config(FinetuneConfig(npc=10, batch_size=32, val_per_class=5), "BENCHMARK", 400)
+    run_trial, tried = peaked_at(best_rate)
+    trials = search_method(base.replace(lr=1e-4), run_trial, trials=7)
+    assert len(trials) == len(tried) == 7
+    assert {(c.epochs, c.eval_every, c.npc) for c in tried} == {(100, 5, 10)}
+    assert [c.lr for c in tried[:3]] == [3.16e-5, 1e-4, 3.16e-4]
+    assert len({c.lr for c in tried}) == 7  # never the same rate twice
+    chosen = choose(trials)[("BENCHMARK", 10)]
+    assert chosen["rate_position"] == "interior"
+    assert abs(math.log10(chosen["lr"] / best_rate)) < 0.5
+
+
+def test_a_search_makes_the_same_number_of_trials_for_every_method():
+    base = searched_config(FinetuneConfig(npc=10, batch_size=32, val_per_class=5), "S-CNN", 400)
+    run_trial, tried = peaked_at(0.03)
+    assert len(search_method(base, run_trial)) == TRIALS == 5
+
+
+def test_an_edge_winner_after_every_trial_is_reported_as_such():
+    base = searched_config(FinetuneConfig(npc=10, batch_size=32, val_per_class=5), "BENCHMARK", 400)
+    run_trial, _ = peaked_at(1e-9)
+    chosen = choose(search_method(base, run_trial))[("BENCHMARK", 10)]
+    assert chosen["rate_position"] == "lowest" and chosen["lr"] == min(chosen["rates"])
+
+
+# ---------------------------------------------------------------- a finished run, and the choice
+
+def metrics(vals, train=None, every=1):
+    rows = []
+    for epoch in range(1, len(vals) * every + 1):
+        row = {"epoch": epoch, "step": 4 * epoch, "train_top1": (train or {}).get(epoch, 0.1),
+               "epoch_time_s": 1.5}
+        if epoch % every == 0:
+            row["val_top1"] = vals[epoch // every - 1]
+        rows.append(row)
+    return rows
+
+
+def test_trial_row_keeps_the_validation_curve_and_its_first_best_epoch():
+    config = FinetuneConfig(npc=10, lr=2e-4, epochs=6, run_name="r")
+    row = trial_row("BENCHMARK", config, metrics([0.2, 0.4, 0.4], train={4: 0.7}, every=2))
+    assert row == dict(method="BENCHMARK", npc=10, lr=2e-4, epochs=6, steps=24, best_epoch=4,
+                       best_step=16, val_top1=0.4, train_top1=0.7,
+                       val_curve=[[2, 0.2], [4, 0.4], [6, 0.4]], seconds=9.0, run="r")
+
+
+def test_trial_row_names_the_run_without_a_run_name():
+    config = FinetuneConfig(npc=10, epochs=1)
+    assert trial_row("BENCHMARK", config, metrics([0.3]))["run"] == run_name(config)
+
+
+def test_trial_row_of_a_run_never_validated_is_an_error():
+    rows = metrics([0.2])
+    del rows[0]["val_top1"]
+    with pytest.raises(ValueError, match="run r has no validation evaluation: a searched run "
+                                         "needs val_per_class > 0"):
+        trial_row("S-CNN", FinetuneConfig(run_name="r", epochs=1), rows)
+
+
+def test_choose_marks_where_the_chosen_rate_sits_and_late_best_epochs():
+    trials = [trial(1e-4, 0.2), trial(1e-3, 0.3, best_epoch=8), trial(1e-2, 0.1),
+              trial(1e-4, 0.5, method="S-CNN", best_epoch=9), trial(1e-3, 0.4, method="S-CNN"),
+              trial(1e-3, 0.1, npc=30), trial(1e-2, 0.2, npc=30)]
+    chosen = choose(trials)
+    assert chosen[("BENCHMARK", 10)] == dict(
+        lr=1e-3, epochs=10, best_epoch=8, val_top1=0.3, train_top1=0.5,
+        rates=[1e-4, 1e-3, 1e-2], rate_position="interior", late=False,
+        run="BENCHMARK-10-0.001")
+    assert chosen[("S-CNN", 10)]["rate_position"] == "lowest"
+    assert chosen[("S-CNN", 10)]["late"]  # epoch 9 of 10: the run's last fifth
+    assert chosen[("BENCHMARK", 30)]["rate_position"] == "highest"
+
+
+# ---------------------------------------------------------------- the results file
+
+def test_trial_store_adds_finds_and_replaces_trials(tmp_path):
+    path = tmp_path / "results" / "search.json"
+    store = TrialStore(path, {"profile": "smoke"})
+    assert store.read() == {"profile": "smoke", "trials": []} and store.find("a") is None
+    store.add(trial(1e-3, 0.2))
+    store.add(trial(1e-2, 0.3))
+    store.add(trial(1e-3, 0.25))  # the same run again: replaced, not repeated
+    assert [t["val_top1"] for t in store.read()["trials"]] == [0.3, 0.25]
+    assert store.find("BENCHMARK-10-0.01")["val_top1"] == 0.3
+    # another process's header (a later date, say) wins; the trials are kept
+    TrialStore(path, {"profile": "smoke", "date": "later"}).add(trial(1e-4, 0.1))
+    results = json.loads(path.read_text())
+    assert results["date"] == "later" and len(results["trials"]) == 3
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"profile": "quick"}', "[]"])
+def test_a_damaged_results_file_is_named_with_how_to_restore_it(tmp_path, text):
+    path = tmp_path / "search.json"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"{path} is not a search results file .*restore it "
+                                         f"with git checkout, or delete it"):
+        TrialStore(path, {}).find("a")
+
+
+# ---------------------------------------------------------------- the search on real runs
+
+def test_search_configs_build_each_method_at_each_npc(pretrained_run, tmp_path):
+    configs = search_configs("smoke", str(pretrained_run.run_dir), [10], ("BENCHMARK", "S-CNN"),
+                             runs_dir=str(pretrained_run.run_dir.parent.parent),
+                             val_per_class=2, device="cpu")
+    assert [(m, c.model, c.optimizer, c.epochs, c.select_best, c.evaluate_test)
+            for m, c in configs] == [("BENCHMARK", "apl", "adamw", 3, True, False),
+                                     ("S-CNN", "s-cnn", "sgd", 3, True, False)]
+    with pytest.raises(ValueError, match=r"NPC 30 has no max_steps in the 'smoke' profile "
+                                         r"\(it has \[10\]\)"):
+        search_configs("smoke", str(pretrained_run.run_dir), [30],
+                       runs_dir=str(pretrained_run.run_dir.parent.parent), val_per_class=2)
+    with pytest.raises(ValueError, match="'smoke' profile has no validation part"):
+        search_configs("smoke", str(pretrained_run.run_dir), [10],
+                       runs_dir=str(pretrained_run.run_dir.parent.parent))
+
+
+def test_run_search_trains_each_trial_once_and_resumes_from_its_results_file(tmp_path):
+    base = searched_config(smoke_finetune_config(tmp_path / "runs", model="s-cnn", npc=2,
+                                                 val_per_class=1, test_per_class=1),
+                           "S-CNN", 4)
+    store = TrialStore(tmp_path / "search.json", {"profile": "smoke"})
+    reported = []
+    trials = run_search([("S-CNN", base)], store, workers=1, report=reported.append)
+    assert reported == trials and len(trials) == TRIALS
+    assert store.read()["trials"] == trials  # written as each trial finished
+    assert all(t["epochs"] == 4 and len(t["val_curve"]) == 4 for t in trials)
+    # the runs are gone: a second search reads every trial back from the file
+    for run in (tmp_path / "runs" / "finetune").iterdir():
+        (run / "last.pt").unlink()
+    assert run_search([("S-CNN", base)], store, workers=1) == trials
+    assert not any((tmp_path / "runs" / "finetune").glob("*/last.pt"))
+
