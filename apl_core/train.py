@@ -304,6 +304,19 @@ def load_finetuned(path_or_run_name: str | Path, device: str = "cpu",
     return model.to(resolve_device(device)).eval(), config
 
 
+def best_epoch_test_top1(run_dir: str | Path, device: str = "auto") -> float:
+    """Test top-1 of a select_best run's best validation epoch (its best.pt): how a search
+    looks at the test set once, after the choice, with the weights the choice kept."""
+    path = Path(run_dir) / "best.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: only a run with select_best=True and "
+                                f"a validation part keeps its best epoch; train it with those")
+    model, config = load_finetuned(path, device=device)
+    rt = runtime(config.replace(device=device))
+    test = _loader(finetune_sets(config)[2], config, rt, train=False)
+    return evaluate(model, class_loss, test, rt.dtype, rt.context, rt.device)["top1"]
+
+
 def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
     """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (docs/method.md, 'Fine-tuning
     recipe'); `resume` as in `pretrain`. Evaluates on the whole test set (unless

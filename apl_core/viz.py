@@ -469,6 +469,27 @@ def reassembly_figure(images, assignment, grid: int, crop: int, seed: int = 0,
 
 
 @_themed
+def game_figure(shuffled, model_board, truth, model_right: int, tiles: int,
+                title: str = "You against the model: one puzzle") -> Figure:
+    """Notebook 03's game without widgets: the shuffled tiles as shown, the model's board
+    (its one-to-one placement of those tiles) and the true image, as (H, W, 3) arrays."""
+    fig, axes = _subplots(1, 3, figsize=(9.5, 3.8))
+    panels = ((shuffled, "the shuffled tiles", "what both players see"),
+              (model_board, "the model's board", f"{model_right}/{tiles} tiles right"),
+              (truth, "the true image", "the answer"))
+    for ax, (image, label, note) in zip(axes, panels):
+        ax.imshow(image)
+        ax.grid(False)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set(title=label, xlabel=note)
+    axes[0].set_ylabel("held-out image")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@_themed
 def patch_dropout_figure(rows: Sequence[dict], chance: float | None = None,
                          title: str = "Position accuracy as patches are dropped") -> Figure:
     """Position accuracy against the share p of patches zeroed at test time. Rows:
@@ -614,6 +635,54 @@ def search_figure(search: dict, chance: float | None = 0.1,
     fig.legend(handles, labels, loc="center right", fontsize=9, title="method, length")
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
+    return fig
+
+
+@_themed
+def convergence_figure(trials: Sequence[dict], chosen: dict, late_fraction: float = 0.8,
+                       chance: float | None = 0.1,
+                       title: str = "Is every choice inside its search?") -> Figure:
+    """The converged search, one column per method. Top: validation top-1 against the
+    learning rate (log scale), one line per NPC, the chosen rate ringed. Bottom: the chosen
+    run's validation curve against the share of its run, the chosen epoch ringed and the
+    run's last fifth shaded. Trials: apl_core.search rows; chosen: search.choose's result."""
+    methods = list(dict.fromkeys(t["method"] for t in trials))
+    npcs = sorted({t["npc"] for t in trials})
+    palette = dict(zip(npcs, sns.color_palette(PALETTE, len(npcs))))
+    fig, axes = _subplots(2, len(methods), figsize=(3.3 * len(methods) + 1.5, 6.6),
+                          sharey=True, squeeze=False)
+    for column, method in enumerate(methods):
+        rates_ax, curve_ax = axes[0][column], axes[1][column]
+        for npc in npcs:
+            runs = sorted((t["lr"], 100 * t["val_top1"]) for t in trials
+                          if (t["method"], t["npc"]) == (method, npc))
+            if not runs:
+                continue
+            pick = chosen[(method, npc)]
+            rates_ax.plot(*zip(*runs), marker="o", ms=4, color=palette[npc], label=f"NPC {npc}")
+            rates_ax.plot(pick["lr"], 100 * pick["val_top1"], "o", ms=11, mfc="none",
+                          mec=palette[npc], mew=1.5)
+            run = next(t for t in trials if t["run"] == pick["run"])
+            share = [(100 * epoch / run["epochs"], 100 * val) for epoch, val in run["val_curve"]]
+            curve_ax.plot(*zip(*share), color=palette[npc], label=f"NPC {npc}")
+            curve_ax.plot(100 * pick["best_epoch"] / run["epochs"], 100 * pick["val_top1"], "o",
+                          ms=11, mfc="none", mec=palette[npc], mew=1.5)
+        rates_ax.set_xscale("log")
+        rates_ax.set(title=method, xlabel="learning rate (log scale)",
+                     ylabel="best validation top-1 (%)")
+        curve_ax.axvspan(100 * late_fraction, 100, color="grey", alpha=0.15, lw=0)
+        curve_ax.set(xlim=(0, 100), xlabel="% of the chosen run's epochs",
+                     ylabel="validation top-1 (%)")
+        for ax in (rates_ax, curve_ax):
+            if chance:
+                ax.axhline(100 * chance, color="grey", ls=":")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    handles += [plt.Line2D([], [], color=DARK, marker="o", ms=11, mfc="none", ls="none"),
+                Rectangle((0, 0), 1, 1, color="grey", alpha=0.15)]
+    labels += ["chosen", "the run's last fifth"]
+    fig.legend(handles, labels, loc="center right", fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
     return fig
 
 
@@ -793,7 +862,7 @@ __all__ = [
     "puzzle_grids_figure", "patch_dropout_mask_figure", "image_samples_figure",
     "training_curves", "confusion_heatmap", "position_probabilities_figure",
     "position_accuracy_grid",
-    "attention_figure", "reassembly_figure", "patch_dropout_figure", "puzzle_stats_figure",
+    "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "puzzle_stats_figure",
     "equivariance_figure", "npc_figure", "search_figure", "controls_figure",
     "position_curves_figure", "attention_distance_figure", "bar_figure",
     "markdown_table", "save",

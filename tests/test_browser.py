@@ -1,6 +1,8 @@
-"""A student's first steps, in a real browser: JupyterLab serves notebook 01, headless Chromium
-runs all its cells in the smoke profile, the slider panel renders, and moving the G slider
-redraws the puzzle. Needs Debian's `chromium` (`.ci/run` installs it); no browser download."""
+"""A student's first steps, in a real browser: JupyterLab serves notebooks 01 and 03, headless
+Chromium runs all their cells in the smoke profile; notebook 01's slider panel renders and
+moving the G slider redraws the puzzle; notebook 03's game is played: a cell chosen for every
+tile, "check" pressed, both scores read. Needs Debian's `chromium` (`.ci/run` installs it); no
+browser download."""
 from __future__ import annotations
 
 import json
@@ -21,6 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NOTEBOOK = "01_puzzle_construction.ipynb"
+GAME_NOTEBOOK = "03_attention_and_position_confusion.ipynb"
 RUN_ALL_SECONDS = 240
 pytestmark = [
     pytest.mark.browser,
@@ -36,14 +39,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def smoke_copy_of_notebook_01(folder: Path) -> Path:
-    """Notebook 01 with the smoke profile and its figures written under `folder`."""
-    nb = json.loads((ROOT / "notebooks" / NOTEBOOK).read_text())
+def smoke_copy(notebook: str, folder: Path) -> Path:
+    """`notebook` with the smoke profile, its figures and runs under `folder`."""
+    nb = json.loads((ROOT / "notebooks" / notebook).read_text())
     params = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
-    params["source"] = [f"profile = \"smoke\"\noutput_dir = {str(folder / 'figures')!r}\n"
-                        if line.startswith("profile =") else line
-                        for line in params["source"] if not line.startswith("output_dir =")]
-    path = folder / NOTEBOOK
+    settings = (f"profile = \"smoke\"\noutput_dir = {str(folder / 'figures')!r}\n"
+                f"runs_dir = {str(folder / 'runs')!r}\n")
+    params["source"] = [settings if line.startswith("profile =") else line
+                        for line in params["source"]
+                        if not line.startswith(("output_dir =", "runs_dir ="))]
+    path = folder / notebook
     path.write_text(json.dumps(nb))
     return path
 
@@ -54,7 +59,8 @@ def jupyterlab(tmp_path):
     port, token = free_port(), secrets.token_hex(16)
     work = tmp_path / "lab"
     work.mkdir()
-    smoke_copy_of_notebook_01(work)
+    for notebook in (NOTEBOOK, GAME_NOTEBOOK):
+        smoke_copy(notebook, work)
     settings = tmp_path / "lab-settings" / "@jupyterlab"
     (settings / "notebook-extension").mkdir(parents=True)  # every cell in the page, for the checks
     (settings / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
@@ -113,40 +119,50 @@ def wait_until(condition, seconds: float, what: str, page, shots: Path) -> None:
         time.sleep(0.5)
 
 
+def open_and_run_all(page, base: str, token: str, folder: Path, notebook: str,
+                     shots: Path) -> None:
+    """Open `notebook` in JupyterLab, run all its cells and check that none failed."""
+    cells = json.loads((folder / "lab" / notebook).read_text())["cells"]
+    code_cells = sum(c["cell_type"] == "code" for c in cells)
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}")
+    page.wait_for_function(  # the document is loaded, not JupyterLab's placeholder
+        "n => document.querySelectorAll('.jp-Notebook .jp-CodeCell').length === n",
+        arg=code_cells)
+    wait_until(lambda: "| Idle" in page.inner_text("#jp-main-statusbar"), 120,
+               "the kernel did not start", page, shots)
+    page.screenshot(path=shots / "1_opened.png")
+
+    page.click("li.lm-MenuBar-item:has-text('Run')")
+    page.click("li.lm-Menu-item:has-text('Run All Cells')")
+    prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
+    wait_until(lambda: all(re.fullmatch(r"\[\d+\]:", p.strip())
+                           for p in prompts.all_inner_texts()),
+               RUN_ALL_SECONDS, "the cells did not all run", page, shots)
+    page.screenshot(path=shots / "2_ran_all.png", full_page=True)
+    text = page.inner_text(".jp-Notebook")
+    assert "Traceback" not in text, "a cell failed:\n" + text[-3000:]
+    assert "Error displaying widget" not in text
+
+
+def browser_page(playwright):
+    browser = playwright.chromium.launch(
+        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    return browser, page
+
+
 def test_notebook_01_runs_in_jupyterlab_and_its_slider_redraws(jupyterlab):
     from playwright.sync_api import sync_playwright
 
     assert CHROMIUM, "chromium is not installed: apt-get install chromium"
     base, token, folder = jupyterlab
-    notebook = json.loads((folder / "lab" / NOTEBOOK).read_text())
-    code_cells = sum(c["cell_type"] == "code" for c in notebook["cells"])
     shots = folder / "screenshots"
     shots.mkdir()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        browser, page = browser_page(playwright)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(f"{base}/lab/tree/{NOTEBOOK}?token={token}")
-            page.wait_for_function(  # the document is loaded, not JupyterLab's placeholder
-                "n => document.querySelectorAll('.jp-Notebook .jp-CodeCell').length === n",
-                arg=code_cells)
-            wait_until(lambda: "| Idle" in page.inner_text("#jp-main-statusbar"), 120,
-                       "the kernel did not start", page, shots)
-            page.screenshot(path=shots / "1_opened.png")
-
-            page.click("li.lm-MenuBar-item:has-text('Run')")
-            page.click("li.lm-Menu-item:has-text('Run All Cells')")
-            prompts = page.locator(".jp-Notebook .jp-CodeCell .jp-InputPrompt")
-            wait_until(lambda: all(re.fullmatch(r"\[\d+\]:", p.strip())
-                                   for p in prompts.all_inner_texts()),
-                       RUN_ALL_SECONDS, "the cells did not all run", page, shots)
-            page.screenshot(path=shots / "2_ran_all.png", full_page=True)
-            text = page.inner_text(".jp-Notebook")
-            assert "Traceback" not in text, "a cell failed:\n" + text[-3000:]
-            assert "Error displaying widget" not in text
-
+            open_and_run_all(page, base, token, folder, NOTEBOOK, shots)
             panel = page.locator(".widget-interact").first
             panel.scroll_into_view_if_needed()
             sliders = panel.locator(".widget-slider")
@@ -162,6 +178,44 @@ def test_notebook_01_runs_in_jupyterlab_and_its_slider_redraws(jupyterlab):
                        "moving the G slider did not redraw the figure", page, shots)
             assert readout.inner_text().strip() == "5"
             panel.screenshot(path=shots / "3_slider_moved.png")
+        finally:
+            browser.close()
+            print(f"screenshots: {shots}")
+
+
+def test_notebook_03_game_is_played_in_jupyterlab_and_scores_both_players(jupyterlab):
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "chromium is not installed: apt-get install chromium"
+    base, token, folder = jupyterlab
+    shots = folder / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as playwright:
+        browser, page = browser_page(playwright)
+        try:
+            open_and_run_all(page, base, token, folder, GAME_NOTEBOOK, shots)
+            panel = page.locator(".apl-game").first
+            panel.scroll_into_view_if_needed()
+            choices = panel.locator(".widget-dropdown select")
+            tiles = choices.count()
+            assert tiles == 16, f"the smoke profile's G = 4 puzzle shows 16 tiles, not {tiles}"
+            board = panel.locator(".widget-image").nth(tiles)  # after the tiles: your board
+            empty_board = board.get_attribute("src")
+            for tile in range(tiles):  # a cell for every tile, each cell once
+                row, col = divmod((tile * 5) % tiles, 4)
+                choices.nth(tile).select_option(label=f"row {row + 1}, col {col + 1}")
+            wait_until(lambda: board.get_attribute("src") != empty_board, 30,
+                       "placing the tiles did not redraw your board", page, shots)
+            panel.locator("button:has-text('check')").click()
+            score = panel.locator(".apl-game-score")
+            wait_until(lambda: score.count() == 1, 30, "check showed no score", page, shots)
+            found = re.fullmatch(r"you: (\d+)/16 right, the model: (\d+)/16 right",
+                                 score.inner_text().strip())
+            assert found, score.inner_text()
+            student, model = map(int, found.groups())
+            assert f"after 1 puzzle(s): you {student}/16 tiles right, the model {model}/16" in \
+                panel.inner_text()
+            panel.screenshot(path=shots / "3_game_checked.png")
         finally:
             browser.close()
             print(f"screenshots: {shots}")

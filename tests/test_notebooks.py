@@ -141,7 +141,7 @@ EXPECTED_FIGURES = {
                        "02_position_probabilities"],
     "03_attention_and_position_confusion": ["03_confusion", "03_per_position_accuracy",
                                             "03_attention", "03_reassembled_puzzles",
-                                            "03_patch_dropout"],
+                                            "03_patch_dropout", "03_game"],
     "04_fine_tuning": ["04_accuracy_vs_npc", "04_knn"],
     "05_reproduction_report": [],
     "06_why_it_works": ["06_controls", "06_leak_curves", "06_attention_distance",

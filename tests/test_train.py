@@ -21,7 +21,7 @@ from apl_core.distributed import DistContext
 from apl_core.model import build_finetune_model, pretrain_architecture
 from apl_core.rundir import read_metrics, run_name
 from apl_core.train import (
-    RunResult, finetune, learning_rate, load_pretrained, pretrain, profile_pretrain_run,
+    RunResult, best_epoch_test_top1, finetune, learning_rate, load_pretrained, pretrain, profile_pretrain_run,
 )
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
@@ -491,6 +491,22 @@ def test_select_best_keeps_the_first_best_validation_epoch(tmp_path, monkeypatch
     assert (best["phase"], best["epoch"], best["row"]) == ("finetune", 2, result.metrics[1])
     assert (best["config"], best["architecture"]) == (last["config"], last["architecture"])
     assert best["model"].keys() == last["model"].keys()
+
+
+def test_best_epoch_test_top1_scores_the_weights_of_the_best_validation_epoch(tmp_path):
+    result = finetune(smoke_finetune_config(tmp_path, epochs=3, eval_every=1, val_per_class=3,
+                                            select_best=True, lr=3e-3, npc=4,
+                                            architecture=SMOKE_ARCHITECTURE))
+    best = read_checkpoint(result.run_dir / "best.pt")
+    assert best_epoch_test_top1(result.run_dir, device="cpu") == best["row"]["test_top1"]
+
+
+def test_best_epoch_test_top1_of_a_run_without_a_best_epoch_says_how_to_keep_one(tmp_path):
+    result = finetune(smoke_finetune_config(tmp_path, epochs=1,
+                                            architecture=SMOKE_ARCHITECTURE))
+    with pytest.raises(FileNotFoundError, match="best.pt does not exist: only a run with "
+                                                "select_best=True and a validation part"):
+        best_epoch_test_top1(result.run_dir, device="cpu")
 
 
 def test_resuming_finetuning_continues_its_run_in_its_own_architecture(tmp_path,

@@ -20,7 +20,7 @@ import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from apl_core import viz  # noqa: E402
+from apl_core import search, viz  # noqa: E402
 from apl_core.puzzle import puzzle_stats  # noqa: E402
 
 G, K, N = 3, 1, 24
@@ -47,7 +47,7 @@ def metrics():
 COLOUR_BARS = {"attention", "confusion", "equivariance", "per_position",
                "position_probabilities"}
 # Image grids label their outer row and column only (the inner panels share the axes).
-IMAGE_GRIDS = {"attention", "reassembly", "samples"}
+IMAGE_GRIDS = {"attention", "reassembly", "samples", "game"}
 
 
 def assert_titled_and_labelled(name, fig):
@@ -66,6 +66,11 @@ def assert_titled_and_labelled(name, fig):
         assert all(bar.get_ylabel() or bar.get_xlabel() for bar in colour_bars), \
             f"{name}: a colour bar without a label"
 
+
+CONVERGENCE_TRIALS = [
+    dict(method=m, npc=n, lr=lr, epochs=10, best_epoch=5, val_top1=0.5 - abs(lr - 0.01),
+         train_top1=0.6, val_curve=[[e, 0.4 + e / 100] for e in (2, 5, 10)], run=f"{m}{n}{lr}")
+    for m in ("a", "b") for n in (10, 30) for lr in (0.001, 0.01, 0.1)]
 
 CASES = {
     "puzzle": lambda: viz.puzzle_figure(image(), G, K),
@@ -98,6 +103,9 @@ CASES = {
                                                        val_top1=0.2 + lr * e)
                                                   for m in ("a", "b") for n in (10, 30)
                                                   for e in (1, 3) for lr in (0.03, 0.1, 0.3)]}),
+    "game": lambda: viz.game_figure(*(torch.rand(11, 11, 3).numpy() for _ in range(3)), 4, 16),
+    "convergence": lambda: viz.convergence_figure(CONVERGENCE_TRIALS,
+                                                  search.choose(CONVERGENCE_TRIALS)),
     "controls": lambda: viz.controls_figure(
         [dict(control=c, seed=s, position_top1=p, chance=1 / T, knn_top1=0.2 + s / 100,
               probe_top1=0.3 - s / 100) for s in (0, 1)
