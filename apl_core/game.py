@@ -165,22 +165,34 @@ def cell_name(cell: int, grid: int) -> str:
     return f"row {row + 1}, col {col + 1}"
 
 
+def _pixels(side: int):
+    import ipywidgets as widgets
+
+    return widgets.Layout(width=f"{side}px", height=f"{side}px")
+
+
 class GamePanel:
     """The game as ipywidgets (`.widget`): the shuffled tiles, each with a dropdown of grid
     cells; your board as you place them; "check" scores both players and shows the model's
     board beside yours; "new puzzle" draws the next one; the running score below."""
 
-    def __init__(self, game: PuzzleGame, scale: int = 6):
+    def __init__(self, game: PuzzleGame, scale: int = 8):
         import ipywidgets as widgets
 
         self.game, self.scale = game, scale
         choices = [("-", UNPLACED)] + [(cell_name(c, game.grid), c)
                                        for c in range(game.tiles_per_puzzle)]
         self.dropdowns = [widgets.Dropdown(options=choices, value=UNPLACED,
-                                           layout=widgets.Layout(width="130px"))
+                                           layout=widgets.Layout(width="118px"))
                           for _ in range(game.tiles_per_puzzle)]
-        self.tile_images = [widgets.Image(format="png") for _ in self.dropdowns]
-        self.board, self.model_board = widgets.Image(format="png"), widgets.Image(format="png")
+        # shown at their own size (a box would stretch them): tiles and boards at one scale
+        tile_side, _ = mosaic_cells(game.images.shape[-1], game.grid, game.crop)
+        board_side = reassemble(game.puzzle, [UNPLACED] * game.tiles_per_puzzle).shape[0]
+        self.tile_images = [widgets.Image(format="png", layout=_pixels(tile_side * scale))
+                            for _ in self.dropdowns]
+        self.board, self.model_board = (widgets.Image(format="png",
+                                                      layout=_pixels(board_side * scale))
+                                        for _ in range(2))
         self.result, self.standing = widgets.HTML(), widgets.HTML(game.standing())
         self.check = widgets.Button(description="check", button_style="primary")
         self.new = widgets.Button(description="new puzzle")
@@ -193,7 +205,8 @@ class GamePanel:
         grid = game.grid
         boards = widgets.HBox([
             widgets.VBox([widgets.HTML("<b>your board</b>"), self.board]),
-            widgets.VBox([widgets.HTML("<b>the model's board</b>"), self.model_board])])
+            widgets.VBox([widgets.HTML("<b>the model's board</b>"), self.model_board],
+                         layout=widgets.Layout(margin="0 0 0 32px"))])
         self.widget = widgets.VBox([
             widgets.HTML("<b>The shuffled tiles</b>: choose a cell for each"),
             *[widgets.HBox(tiles_shown[r * grid:(r + 1) * grid]) for r in range(grid)],
