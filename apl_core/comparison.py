@@ -17,8 +17,9 @@ import multiprocessing
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from .analysis import knn_accuracy
+from .analysis import feature_probe, knn_accuracy, knn_vote, pooled_features
 from .config import ARCHITECTURE_FIELDS, FinetuneConfig, PretrainConfig, profile_config
 from .data import finetune_sets
 from .device import resolve_device
@@ -159,14 +160,15 @@ def search(profile: str, pretrain_run: str, npcs, methods=METHODS,
 def knn_comparison(profile: str, pretrain_run: str, npc: int, k: int = 20, seed: int = 0,
                    queries: str = "test", **settings) -> dict[str, float]:
     """kNN accuracy of the frozen APL features and of the same transformer with random
-    weights (seeded), with the NPC-`npc` labelled images as the bank. queries: 'test' or
+    weights (seeded), with the NPC-`npc` labelled images of `seed` as the bank. queries: 'test' or
     'val' (the validation part, for choices that must not look at the test set)."""
     if queries not in ("test", "val"):
         raise ValueError(f"queries={queries!r} is invalid: use 'test' or 'val'")
     runs_dir = settings.get("runs_dir", "runs")
     device = resolve_device(settings.get("device", "auto"))
     apl_model, pretrained = load_pretrained(pretrain_run, runs_dir=runs_dir, device=device)
-    config = method_config("APL fine-tune", npc, profile, pretrain_run, pretrained, **settings)
+    config = method_config("APL fine-tune", npc, profile, pretrain_run, pretrained, seed=seed,
+                           **settings)
     labelled, val, test = finetune_sets(config)
     if queries == "val" and val is None:
         raise ValueError("queries='val' needs a validation part: set val_per_class > 0")
@@ -176,3 +178,38 @@ def knn_comparison(profile: str, pretrain_run: str, npc: int, k: int = 20, seed:
     return {name: knn_accuracy(model.transformer, labelled, query_set, k=k, device=device)
             for name, model in (("APL-pretrained features", apl_model),
                                 ("random-init features", random_model))}
+
+
+FEATURES = ("APL-pretrained features", "random-init features")
+
+
+def feature_comparison(profile: str, pretrain_run: str, npc: int, k: int = 20, seed: int = 0,
+                       **settings) -> dict[str, dict]:
+    """The frozen features of the APL-pretrained transformer and of the same transformer with
+    random weights (seeded), judged on the NPC-`npc` labelled images of `seed`: kNN top-1 (k
+    neighbours, the labelled images as the bank) and the linear probe (logistic regression,
+    its L2 penalty chosen on the validation part, `analysis.feature_probe`), both scored on
+    the test images. {features: {knn_top1, probe_top1, probe_penalty, probe_val_top1}}."""
+    runs_dir = settings.get("runs_dir", "runs")
+    device = resolve_device(settings.get("device", "auto"))
+    apl_model, pretrained = load_pretrained(pretrain_run, runs_dir=runs_dir, device=device)
+    config = method_config("APL fine-tune", npc, profile, pretrain_run, pretrained,
+                           tuned=False, seed=seed, **settings)
+    labelled, val, test = finetune_sets(config)
+    if val is None:
+        raise ValueError("the linear probe chooses its penalty on a validation part: set "
+                         "val_per_class > 0")
+    torch.manual_seed(seed)
+    random_model = build_pretrain_model(pretrained).to(device).eval()
+    judged = {}
+    for name, model in zip(FEATURES, (apl_model, random_model)):
+        pooled = [(pooled_features(model.transformer, part.images, device).cpu(), part.labels)
+                  for part in (labelled, val, test)]
+        (bank, bank_labels), _, (queries, query_labels) = pooled
+        probe = feature_probe(*pooled)
+        judged[name] = {
+            "knn_top1": knn_vote(F.normalize(bank, dim=-1), bank_labels,
+                                 F.normalize(queries, dim=-1), query_labels, k),
+            "probe_top1": probe.test_top1, "probe_penalty": probe.penalty,
+            "probe_val_top1": probe.val_top1[probe.penalty]}
+    return judged

@@ -9,6 +9,7 @@ import torch
 
 from apl_core import comparison
 from apl_core.comparison import (
+    FEATURES, feature_comparison,
     METHODS, compare, knn_comparison, label_seed, method_config, search, train_all,
 )
 from apl_core.config import ARCHITECTURE_FIELDS, profile_config
@@ -80,6 +81,45 @@ def test_knn_comparison_apl_against_random_features(pretrained_run):
     assert all(0 <= v <= 1 for v in knn.values()) and len(set(knn.values())) == 2
     with pytest.raises(ValueError, match="val_per_class"):
         knn_comparison("smoke", str(pretrained_run.run_dir), 10, queries="val", **kwargs)
+
+
+def test_feature_comparison_judges_both_features_by_knn_and_a_validated_probe(
+        pretrained_run, monkeypatch):
+    kwargs = dict(runs_dir=str(pretrained_run.run_dir.parent.parent), device="cpu")
+    probes = []
+    real_probe = comparison.feature_probe
+
+    def probe(train, val, test):
+        probes.append((train, val, test))
+        return real_probe(train, val, test)
+
+    monkeypatch.setattr(comparison, "feature_probe", probe)
+    judged = feature_comparison("smoke", str(pretrained_run.run_dir), 10, k=5, seed=1,
+                                val_per_class=2, **kwargs)
+    assert list(judged) == list(FEATURES)
+    knn = knn_comparison("smoke", str(pretrained_run.run_dir), 10, k=5, seed=1,
+                         val_per_class=2, **kwargs)
+    assert {name: row["knn_top1"] for name, row in judged.items()} == knn
+    _, pretrained = load_pretrained(str(pretrained_run.run_dir), runs_dir=kwargs["runs_dir"])
+    config = method_config("APL fine-tune", 10, "smoke", str(pretrained_run.run_dir),
+                           pretrained, seed=1, val_per_class=2, **kwargs)
+    labelled, val, test = finetune_sets(config)
+    for (train_part, val_part, test_part), row in zip(probes, judged.values()):
+        # the penalty is chosen on the validation part of the seed's labels; test only scores
+        assert torch.equal(train_part[1], labelled.labels)
+        assert torch.equal(val_part[1], val.labels) and torch.equal(test_part[1], test.labels)
+        assert row["probe_val_top1"] == max(real_probe(train_part, val_part,
+                                                       test_part).val_top1.values())
+        assert 0 <= row["probe_top1"] <= 1
+    assert probes[0][0][0].shape == probes[1][0][0].shape  # the same images, other weights
+    assert not torch.equal(probes[0][0][0], probes[1][0][0])
+
+
+def test_feature_comparison_needs_a_validation_part_for_the_probes_penalty(pretrained_run):
+    with pytest.raises(ValueError, match="the linear probe chooses its penalty on a validation "
+                                         "part: set val_per_class > 0"):
+        feature_comparison("smoke", str(pretrained_run.run_dir), 10, device="cpu",
+                           runs_dir=str(pretrained_run.run_dir.parent.parent))
 
 
 @pytest.mark.slow
@@ -322,7 +362,7 @@ def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(mo
         return pretrained, pre
 
     def sets(config):
-        asked.append((config.npc, config.val_per_class, config.pretrained))
+        asked.append((config.npc, config.val_per_class, config.pretrained, config.label_seed))
         # a colour per class under strong noise: neither features place every image
         labels = torch.arange(60) % 10
         colours = torch.randint(0, 256, (10, 3), generator=torch.Generator().manual_seed(1))
@@ -344,7 +384,8 @@ def test_knn_comparison_probes_the_pretrained_and_a_seeded_random_transformer(mo
         assert knn == {name: knn_accuracy(m.transformer, labelled, query_set, k=3)
                        for name, m in (("APL-pretrained features", pretrained),
                                        ("random-init features", random_model))}, queries
-    assert looked_up == [("pre", "elsewhere")] * 2 and asked[1:] == [(2, 2, "pre")] * 2
+    # the bank is the labelled images of the seed (label seed 42 + 3)
+    assert looked_up == [("pre", "elsewhere")] * 2 and asked[1:] == [(2, 2, "pre", 45)] * 2
     torch.manual_seed(0)
     random_model = build_pretrain_model(pre)
     by_default = knn_comparison("smoke", "pre", 2)  # seed 0, the test images
