@@ -1,0 +1,108 @@
+"""The converged experiment over seeds: every method at the rate the converged search chose.
+
+    python benchmarks/converged_seeds.py --profile quick --seeds 0 1 2 --workers 2
+
+Reads the choice from apl_core/results/<profile>_converged_search.json. For each seed s:
+pretrain the profile's model with seed s; train every (method, NPC) the search chose with its
+recipe at the chosen rate, as long as its search runs, on the labelled images of seed s
+(label seed 42 + s), keeping the weights of its best epoch on the seed's own validation part;
+score that epoch once on the test images; then judge the frozen APL and random-init features
+at every NPC (kNN and the linear probe, its penalty chosen on validation). Seed 0's runs are
+the search's own, read back from --runs-dir when the search ran there. Every row is written at
+once to apl_core/results/<profile>_converged_seeds.json, so a stopped study resumes row by row.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+from apl_core import search  # noqa: E402
+from apl_core.comparison import feature_comparison, train_all  # noqa: E402
+from apl_core.config import profile_config  # noqa: E402
+from apl_core.device import machine_description, resolve_device  # noqa: E402
+from apl_core.rundir import run_name  # noqa: E402
+from apl_core.train import best_epoch_test_top1, finetune, pretrain  # noqa: E402
+
+from converged_search import results_path  # noqa: E402
+
+
+def seeds_path(profile: str) -> Path:
+    return results_path(profile).with_name(f"{profile}_converged_seeds.json")
+
+
+def run_seed(profile: str, seed: int, chosen: dict, store: search.TrialStore, runs_dir: str,
+             device: str, workers: int, **finetune_settings) -> None:
+    """Every chosen (method, NPC) and the features of seed `seed`, each row stored as done;
+    finetune_settings (e.g. val_per_class) apply to every fine-tuning run, as in the search."""
+    settings = dict(runs_dir=runs_dir, device=device, quiet=True)
+    run = pretrain(profile_config(profile, "pretrain", seed=seed, **settings), resume="auto")
+    settings.update(finetune_settings)
+    npcs = sorted({npc for _, npc in chosen})
+    methods = list(dict.fromkeys(method for method, _ in chosen))
+    configs = [(method, config.replace(lr=chosen[(method, config.npc)]["lr"]))
+               for method, config in search.search_configs(profile, str(run.run_dir), npcs,
+                                                           methods, seed=seed, **settings)
+               if (method, config.npc) in chosen]
+    todo = [config for _, config in configs if store.find(run_name(config)) is None]
+    if todo:
+        train_all(todo, workers)
+    for method, config in configs:
+        if store.find(run_name(config)) is None:
+            result = finetune(config, resume="auto")
+            row = search.trial_row(method, result.config, result.metrics)
+            store.add({**row, "seed": seed,
+                       "position_top1": run.metrics[-1].get("val_top1"),
+                       "test_top1": best_epoch_test_top1(result.run_dir, device)})
+            print(f"seed {seed}  NPC {config.npc:>4}  {method:<22} best epoch "
+                  f"{row['best_epoch']}/{row['epochs']}  val {row['val_top1']:.1%}  test "
+                  f"{store.find(row['run'])['test_top1']:.1%}", flush=True)
+    for npc in npcs:
+        key = f"features-seed{seed}-npc{npc}"
+        if store.find(key) is None:
+            judged = feature_comparison(profile, str(run.run_dir), npc, seed=seed, **settings)
+            store.add({"run": key, "seed": seed, "npc": npc, "features": judged})
+            print(f"seed {seed}  NPC {npc:>4}  features: " + ", ".join(
+                f"{name} kNN {row['knn_top1']:.1%} probe {row['probe_top1']:.1%}"
+                for name, row in judged.items()), flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--runs-dir", default="runs/search",
+                        help="where the runs go; the search's own runs make seed 0 free")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="runs trained at a time, sharing the CPU threads")
+    parser.add_argument("--search", default="", help="the search's results file (default: "
+                        "apl_core/results/<profile>_converged_search.json)")
+    parser.add_argument("--out", default="", help="the results file (default: apl_core/"
+                        "results/<profile>_converged_seeds.json)")
+    args = parser.parse_args(argv)
+    device = str(resolve_device(args.device))
+    found = search.TrialStore(Path(args.search or results_path(args.profile)), {}).read()
+    if not found["trials"]:
+        sys.exit(f"no search results in {args.search or results_path(args.profile)}: run "
+                 f"benchmarks/converged_search.py --profile {args.profile} first")
+    chosen = search.choose(found["trials"])
+    header = {"profile": args.profile, "search": found.get("date"),
+              "chosen": {f"{method}|{npc}": pick for (method, npc), pick in chosen.items()},
+              "machine": machine_description(device), "torch": torch.__version__,
+              "date": datetime.date.today().isoformat(), "workers": args.workers,
+              "command": f"python benchmarks/converged_seeds.py --profile {args.profile} "
+                         f"--seeds {' '.join(map(str, args.seeds))} --workers {args.workers}"}
+    store = search.TrialStore(Path(args.out) if args.out else seeds_path(args.profile), header)
+    for seed in args.seeds:
+        run_seed(args.profile, seed, chosen, store, args.runs_dir, device, args.workers)
+    print(f"written to {store.path}")
+
+
+if __name__ == "__main__":
+    main()
