@@ -3,6 +3,7 @@ positions it confuses, what it attends to and how far, how it copes with missing
 and how well its frozen features separate classes (kNN and a linear probe)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,6 +193,29 @@ def uniform_attention_distance(grid: int) -> float:
     return float(mean_attention_distance([torch.full((1, 1, t, t), 1 / t)], grid)[0, 0])
 
 
+def _top1_intact_and_masked(model, images: torch.Tensor, keep: torch.Tensor, device,
+                            batch_size: int) -> dict[str, float]:
+    """Position top-1 with every patch intact, and with the pixels where `keep` (s, s) is
+    False set to 0 (the normalised images' mid-grey) in every patch."""
+    hits = torch.zeros(2)
+    with _EvalNoGrad(model):
+        for start in range(0, len(images), batch_size):
+            patches = model.transformer.patches(
+                normalize(images[start:start + batch_size].to(device)))
+            masked = patches * keep.to(patches.device)
+            for i, version in enumerate((patches, masked)):
+                logits, _, _ = model.position_logits(version)
+                targets = torch.arange(logits.shape[1], device=logits.device)
+                hits[i] += (logits.argmax(-1) == targets).sum().cpu()
+    tokens = len(images) * model.transformer.num_tokens
+    intact, masked = (hits / tokens).tolist()
+    return {"intact": intact, "blanked": masked}
+
+
+def _patch_side(model, images: torch.Tensor) -> int:
+    return model.transformer.patches(normalize(images[:1])).shape[-1]
+
+
 def border_blanking(model, images: ImageSet | torch.Tensor, width: int = 1, device="cpu",
                     batch_size: int = 256) -> dict[str, float]:
     """Position top-1 with every patch intact, and with the `width` outermost pixels of every
@@ -199,21 +223,31 @@ def border_blanking(model, images: ImageSet | torch.Tensor, width: int = 1, devi
     the pixels at the patch borders. With K = 0 neighbouring patches touch there, so matching
     borders solves the puzzle without understanding the image."""
     images = _uint8(images)
-    hits = torch.zeros(2)
-    with _EvalNoGrad(model):
-        for start in range(0, len(images), batch_size):
-            patches = model.transformer.patches(
-                normalize(images[start:start + batch_size].to(device)))
-            blanked = torch.zeros_like(patches)
-            inner = (slice(None),) * 3 + (slice(width, -width),) * 2
-            blanked[inner] = patches[inner]
-            for i, version in enumerate((patches, blanked)):
-                logits, _, _ = model.position_logits(version)
-                targets = torch.arange(logits.shape[1], device=logits.device)
-                hits[i] += (logits.argmax(-1) == targets).sum().cpu()
-    tokens = len(images) * model.transformer.num_tokens
-    intact, blanked = (hits / tokens).tolist()
-    return {"intact": intact, "blanked": blanked}
+    side = _patch_side(model, images)
+    keep = torch.zeros(side, side)
+    keep[width:side - width, width:side - width] = 1
+    return _top1_intact_and_masked(model, images, keep, device, batch_size)
+
+
+def interior_blanking(model, images: ImageSet | torch.Tensor, width: int = 1, seed: int = 0,
+                      device="cpu", batch_size: int = 256) -> dict[str, float]:
+    """The border test's control: position top-1 intact, and with as many pixels blanked as
+    `border_blanking` blanks, chosen at random (seeded; the same pixels in every patch)
+    inside the border ring. The border test's drop minus this drop is what the borders
+    themselves are worth, beyond losing that many pixels."""
+    images = _uint8(images)
+    side = _patch_side(model, images)
+    inner = side - 2 * width
+    ring = side * side - inner * inner
+    if inner * inner < ring:
+        smallest = math.ceil(2 * width / (1 - 2 ** -0.5))  # where the inside holds the ring
+        raise ValueError(f"a {side} x {side} patch has {max(inner, 0) ** 2} pixels inside its "
+                         f"{width}-pixel ring, fewer than the ring's {ring}: the control needs "
+                         f"patches of {smallest} x {smallest} or more (a smaller K or G)")
+    chosen = torch.randperm(inner * inner, generator=torch.Generator().manual_seed(seed))[:ring]
+    keep = torch.ones(side, side)
+    keep[width + chosen // inner, width + chosen % inner] = 0
+    return _top1_intact_and_masked(model, images, keep, device, batch_size)
 
 
 def pooled_features(transformer, images: torch.Tensor, device="cpu",

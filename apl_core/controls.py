@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .analysis import (
-    attention_maps, border_blanking, feature_probe, knn_vote, mean_attention_distance,
-    pooled_features,
+    attention_maps, border_blanking, feature_probe, interior_blanking, knn_vote,
+    mean_attention_distance, pooled_features,
 )
 from .comparison import label_seed
 from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
@@ -137,8 +137,11 @@ def _row(name: str, config: PretrainConfig, result: RunResult) -> dict:
 
 def border_reliance(rows: list[dict], device="cpu", images: int = 500) -> list[dict]:
     """For every control of rows that differs only in K (and APL), the held-out position
-    top-1 with the patches intact and with their outermost pixel ring blanked
-    (`analysis.border_blanking`), on up to `images` of its own held-out images."""
+    top-1 with the patches intact, with their outermost pixel ring blanked
+    (`analysis.border_blanking`) and, the control, with as many pixels blanked inside the
+    ring (`analysis.interior_blanking`), on up to `images` of its own held-out images. The
+    border reliance is the ring's drop minus the interior's: what the borders are worth
+    beyond losing that many pixels."""
     apl = rows[0]
     chosen = [row for row in rows
               if row.get("run_dir") and row["grid"] == apl["grid"]
@@ -149,9 +152,14 @@ def border_reliance(rows: list[dict], device="cpu", images: int = 500) -> list[d
         pretraining = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
                                  seed=config.seed)
         _, held_out = split_holdout(pretraining, config.holdout_images, config.seed)
-        result = border_blanking(model, held_out.images[:images], device=device)
-        table.append({"control": row["control"], "crop": row["crop"], **result,
-                      "drop": result["intact"] - result["blanked"]})
+        ring = border_blanking(model, held_out.images[:images], device=device)
+        interior = interior_blanking(model, held_out.images[:images], seed=config.seed,
+                                     device=device)
+        ring_drop = ring["intact"] - ring["blanked"]
+        interior_drop = interior["intact"] - interior["blanked"]
+        table.append({"control": row["control"], "crop": row["crop"], **ring,
+                      "drop": ring_drop, "interior_blanked": interior["blanked"],
+                      "interior_drop": interior_drop, "reliance": ring_drop - interior_drop})
     return table
 
 
@@ -230,14 +238,26 @@ def _by_control(results: dict) -> dict[str, list[dict]]:
 
 def border_table(results: dict) -> list[dict]:
     """Per K control, the position top-1 lost when the border ring is blanked, per seed and
-    on average (percentage points)."""
+    on average (percentage points), and where the rows have the control (as many pixels
+    blanked inside the ring), its drop and the border reliance (the ring's drop minus the
+    control's), per seed and on average. `results`: {"seeds": [{"borders": rows}, ...]},
+    the committed seeds or one live run."""
     drops: dict[str, list[dict]] = {}
     for seed in results["seeds"]:
         for row in seed.get("borders", []):
             drops.setdefault(row["control"], []).append(row)
-    return [{"control": control, "K": rows[0]["crop"],
-             "intact": _mean_sd([r["intact"] for r in rows]),
-             "ring blanked": _mean_sd([r["blanked"] for r in rows]),
-             "drop, per seed": ", ".join(f"{100 * r['drop']:.1f}" for r in rows),
-             "drop mean": f"{100 * statistics.mean(r['drop'] for r in rows):.1f}"}
-            for control, rows in drops.items()]
+    table = []
+    for control, rows in drops.items():
+        entry = {"control": control, "K": rows[0]["crop"],
+                 "intact": _mean_sd([r["intact"] for r in rows]),
+                 "ring blanked": _mean_sd([r["blanked"] for r in rows]),
+                 "drop, per seed": ", ".join(f"{100 * r['drop']:.1f}" for r in rows),
+                 "drop mean": f"{100 * statistics.mean(r['drop'] for r in rows):.1f}"}
+        if all("reliance" in r for r in rows):
+            control_drop = statistics.mean(r["interior_drop"] for r in rows)
+            entry.update({
+                "control's drop mean": f"{100 * control_drop:.1f}",
+                "reliance, per seed": ", ".join(f"{100 * r['reliance']:+.1f}" for r in rows),
+                "reliance mean": f"{100 * statistics.mean(r['reliance'] for r in rows):+.1f}"})
+        table.append(entry)
+    return table

@@ -14,6 +14,7 @@ from apl_core.analysis import (
 from apl_core.augment import normalize
 from apl_core.data import ImageSet, load_split, split_holdout
 from apl_core.model import PatchDropout
+from apl_core.puzzle import extract_patches
 from apl_core.train import load_pretrained
 
 T = 16
@@ -497,6 +498,67 @@ def test_border_blanking_blanks_the_outermost_pixel_of_every_patch_only(pixel, b
     images = torch.full((5, 3, 16, 16), 255, dtype=torch.uint8)  # normalised: 1 everywhere
     result = border_blanking(PixelReader(pixel), images, batch_size=2)
     assert result == {"intact": 1.0, "blanked": pytest.approx(blanked)}
+
+
+class MaskRecorder(nn.Module):
+    """8 x 8 patches (a 2 x 2 grid of 16-pixel images); keeps every patch batch it is shown
+    and places token t at t when its pixel (0, 0, 0), on the border, is not blank."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+        self.transformer = nn.Module()
+        self.transformer.num_tokens = 4
+        self.transformer.patches = lambda images: extract_patches(images, 2, 0)
+
+    def position_logits(self, patches, return_attention=False):
+        self.seen.append(patches)
+        placed = (patches[..., 0, 0, 0] != 0).float()  # (B, T)
+        return placed[..., None] * torch.eye(4) + (1 - placed[..., None]) * torch.eye(4)[0], \
+            None, []
+
+
+def test_interior_blanking_blanks_as_many_pixels_as_the_ring_inside_it():
+    from apl_core.analysis import interior_blanking
+
+    images = torch.full((3, 3, 16, 16), 255, dtype=torch.uint8)
+    reader = MaskRecorder()
+    result = interior_blanking(reader, images, seed=4)
+    assert result == {"intact": 1.0, "blanked": 1.0}  # a border reader loses nothing
+    intact, masked = reader.seen[-2:]
+    assert (intact != 0).all()
+    blank = masked == 0  # (3, 4, 3, 8, 8)
+    assert torch.equal(blank, blank[:1, :1, :1].expand_as(blank))  # the same in every patch
+    blank = blank[0, 0, 0]
+    assert blank.sum() == 8 * 8 - 6 * 6  # the 1-pixel ring's 28 pixels
+    ring = torch.ones(8, 8, dtype=torch.bool)
+    ring[1:-1, 1:-1] = False
+    assert not (blank & ring).any()
+    interior_blanking(reader, images, seed=4)
+    assert torch.equal(reader.seen[-1] == 0, masked == 0)  # seeded
+    interior_blanking(reader, images, seed=5)
+    assert not torch.equal(reader.seen[-1] == 0, masked == 0)
+
+
+def test_border_blanking_and_its_control_blank_equal_counts():
+    from apl_core.analysis import border_blanking, interior_blanking
+
+    images = torch.full((2, 3, 32, 32), 255, dtype=torch.uint8)  # 16 x 16 patches
+    reader = MaskRecorder()
+    assert border_blanking(reader, images, width=2) == {"intact": 1.0, "blanked": 0.25}
+    ring_blank = (reader.seen[-1][0, 0, 0] == 0).sum()
+    interior_blanking(reader, images, width=2)
+    assert (reader.seen[-1][0, 0, 0] == 0).sum() == ring_blank == 16 * 16 - 12 * 12
+
+
+def test_interior_blanking_refuses_patches_too_small_for_the_control():
+    from apl_core.analysis import interior_blanking
+
+    images = torch.full((1, 3, 16, 16), 255, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="a 4 x 4 patch has 4 pixels inside its 1-pixel ring, "
+                                         "fewer than the ring's 12: the control needs patches "
+                                         "of 7 x 7 or more"):
+        interior_blanking(PixelReader((0, 1, 1)), images)
 
 
 def test_knn_accuracy_passes_k_and_temperature_on():

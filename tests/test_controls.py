@@ -109,6 +109,14 @@ def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
     assert border_table(results) == [{"control": "K = 0", "K": 0, "intact": "50.0 ± 0.0",
                                       "ring blanked": "20.0 ± 0.0", "drop, per seed": "30.0, 30.0",
                                       "drop mean": "30.0"}]
+    with_control = {"seeds": [{"borders": [
+        {"control": "K = 0", "crop": 0, "intact": 0.5, "blanked": 0.2, "drop": 0.3,
+         "interior_blanked": 0.5 - d, "interior_drop": d, "reliance": 0.3 - d}]}
+        for d in (0.1, 0.2)]}
+    assert border_table(with_control) == [{
+        "control": "K = 0", "K": 0, "intact": "50.0 ± 0.0", "ring blanked": "20.0 ± 0.0",
+        "drop, per seed": "30.0, 30.0", "drop mean": "30.0", "control's drop mean": "15.0",
+        "reliance, per seed": "+20.0, +10.0", "reliance mean": "+15.0"}]
 
 
 def test_committed_controls_cover_every_control_on_three_seeds():
