@@ -34,6 +34,7 @@ from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
 from .data import data_source, finetune_sets, load_split, split_holdout
 from .device import resolve_device
 from .model import build_pretrain_model
+from .stats import mean_sd
 from .train import RunResult, load_finetuned, load_pretrained, pretrain
 from .tuning import RESULTS_DIR, load_results
 
@@ -186,13 +187,6 @@ def load_seeds(profile: str) -> dict | None:
                         f"python benchmarks/controls_seeds.py --profile {profile}")
 
 
-def _mean_sd(values: list[float]) -> str:
-    values = [100 * v for v in values]
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
-
-
 def seed_table(results: dict) -> list[dict]:
     """Per control, the mean ± standard deviation over seeds (%) of the held-out position
     top-1, the kNN and the linear probe's top-1."""
@@ -200,10 +194,10 @@ def seed_table(results: dict) -> list[dict]:
     for control, rows in _by_control(results).items():
         positions = [r["position_top1"] for r in rows if r["position_top1"] is not None]
         table.append({"control": control, "seeds": len(rows),
-                      "position top-1": _mean_sd(positions) if positions else "–",
+                      "position top-1": mean_sd(positions) if positions else "–",
                       "chance": f"{100 * rows[0]['chance']:.1f}",
-                      "kNN top-1": _mean_sd([r["knn_top1"] for r in rows]),
-                      "probe top-1": _mean_sd([r["probe_top1"] for r in rows])})
+                      "kNN top-1": mean_sd([r["knn_top1"] for r in rows]),
+                      "probe top-1": mean_sd([r["probe_top1"] for r in rows])})
     return table
 
 
@@ -249,8 +243,8 @@ def border_table(results: dict) -> list[dict]:
     table = []
     for control, rows in drops.items():
         entry = {"control": control, "K": rows[0]["crop"],
-                 "intact": _mean_sd([r["intact"] for r in rows]),
-                 "ring blanked": _mean_sd([r["blanked"] for r in rows]),
+                 "intact": mean_sd([r["intact"] for r in rows]),
+                 "ring blanked": mean_sd([r["blanked"] for r in rows]),
                  "drop, per seed": ", ".join(f"{100 * r['drop']:.1f}" for r in rows),
                  "drop mean": f"{100 * statistics.mean(r['drop'] for r in rows):.1f}"}
         if all("reliance" in r for r in rows):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from apl_core.config import PROFILES, profile_config
 from apl_core.controls import RANDOM_INIT, control_configs, labelled_sets, run_controls
