@@ -167,6 +167,9 @@ class PretrainConfig(_Common):
     holdout_images: int = 1000  # held out from training to measure position accuracy
     crop_scale: float = 0.6  # RandomResizedCrop scale (crop_scale, 1.0)
     knn_every: int = 0  # epochs between kNN probes of the features (0: never)
+    # epochs between snapshots of the weights, snapshots/epoch<N>.pt (0: none): the features
+    # at several points of one run (notebook 06's budget curve); not part of the run's name
+    snapshot_every: int = 0
 
     phase: ClassVar[str] = "pretrain"
 
@@ -201,8 +204,9 @@ class PretrainConfig(_Common):
             _fail("num_images", self.num_images, "must be >= 0 (0: the whole split)")
         if self.holdout_images < 0:
             _fail("holdout_images", self.holdout_images, "must be >= 0")
-        if self.knn_every < 0:
-            _fail("knn_every", self.knn_every, "must be >= 0 (0: never)")
+        for name in ("knn_every", "snapshot_every"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "must be >= 0 (0: never)")
 
     @property
     def num_tokens(self) -> int:

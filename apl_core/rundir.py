@@ -1,8 +1,8 @@
 """Run directories: what a run is called, where it lives and what it writes there.
 
 Each run lives in runs_dir/<phase>/<run name>/ with config.json, metrics.jsonl (one row per
-epoch), TensorBoard events under tb/, last.pt (every epoch) and best.pt (fine-tuning with
-select_best). The name is readable and carries a digest of every setting that changes the
+epoch), TensorBoard events under tb/, last.pt (every epoch), best.pt (fine-tuning with
+select_best) and snapshots/epoch<N>.pt (pretraining with snapshot_every). The name is readable and carries a digest of every setting that changes the
 result, so a finished run found by name (the notebooks' cache) is always the run asked for.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ def _fmt(value: float) -> str:
 
 
 # Settings that never change what a run computes; every other field is part of the run name.
-RUN_NAME_IGNORES = ("run_name", "runs_dir", "device", "quiet", "compile")
+RUN_NAME_IGNORES = ("run_name", "runs_dir", "device", "quiet", "compile", "snapshot_every")
 
 
 def _source_name(pretrained: str) -> str:

@@ -179,6 +179,10 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
                    "architecture": architecture, "model": model.state_dict(), "row": row}
         if main and _improves(config, rows, row):
             save_checkpoint(weights, run_dir / "best.pt")
+        if main and getattr(config, "snapshot_every", 0) and \
+                (epoch + 1) % config.snapshot_every == 0:
+            snapshot_path(run_dir, epoch + 1).parent.mkdir(exist_ok=True)
+            save_checkpoint(weights, snapshot_path(run_dir, epoch + 1))
         rows.append(row)
         rng = all_gather_object(rng_state(), rt.context)  # every rank's, for an exact resume
         if main:
@@ -202,6 +206,11 @@ class NonFiniteLossError(RuntimeError):
             f"the {config.phase} loss became {loss} in epoch {epoch}; the run stopped and "
             f"{kept}. Try a lower lr (now {config.lr}), grad_clip > 0 (e.g. 1.0) or "
             f"precision='fp32' (now {config.precision!r})")
+
+
+def snapshot_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where a pretraining run with snapshot_every keeps its weights after `epoch`."""
+    return Path(run_dir) / "snapshots" / f"epoch{epoch}.pt"
 
 
 def _improves(config: Config, rows: list[dict], row: dict) -> bool:

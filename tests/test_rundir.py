@@ -66,6 +66,12 @@ def test_run_name_changes_with_every_setting_that_changes_the_result(tmp_path):
         assert run_name(base.replace(**same)) == name, same
 
 
+def test_snapshots_do_not_change_a_pretraining_runs_name():
+    base = smoke_pretrain_config("runs")
+    assert run_name(base.replace(snapshot_every=2)) == run_name(base)
+    assert run_name(base.replace(knn_every=2)) != run_name(base)
+
+
 def test_the_data_folder_names_a_run_only_when_images_are_read_from_it():
     synthetic = smoke_pretrain_config("runs")
     assert run_name(synthetic.replace(data_dir="elsewhere")) == run_name(synthetic)

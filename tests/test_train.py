@@ -21,7 +21,8 @@ from apl_core.distributed import DistContext
 from apl_core.model import build_finetune_model, pretrain_architecture
 from apl_core.rundir import read_metrics, run_name
 from apl_core.train import (
-    RunResult, best_epoch_test_top1, finetune, learning_rate, load_pretrained, pretrain, profile_pretrain_run,
+    RunResult, best_epoch_test_top1, finetune, learning_rate, load_pretrained, pretrain,
+    profile_pretrain_run, snapshot_path,
 )
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
@@ -180,6 +181,25 @@ def test_batch_size_larger_than_the_training_images_fails_before_training(tmp_pa
     rows = pretrain(smoke_pretrain_config(tmp_path, num_images=64, holdout_images=0,
                                           batch_size=64, epochs=1)).metrics
     assert rows[0]["step"] == 1 and not any(key.startswith("val_") for key in rows[0])
+
+
+def test_snapshots_keep_the_weights_of_every_snapshot_every_epochs(tmp_path):
+    result = pretrain(smoke_pretrain_config(tmp_path, epochs=4, snapshot_every=2, **TINY))
+    assert sorted(p.name for p in (result.run_dir / "snapshots").iterdir()) == \
+        ["epoch2.pt", "epoch4.pt"]
+    last = read_checkpoint(result.run_dir / "last.pt")
+    fourth = read_checkpoint(snapshot_path(result.run_dir, 4))
+    second = read_checkpoint(snapshot_path(result.run_dir, 2))
+    assert (fourth["phase"], fourth["epoch"], second["epoch"]) == ("pretrain", 4, 2)
+    assert all(torch.equal(fourth["model"][k], last["model"][k]) for k in last["model"])
+    assert not all(torch.equal(second["model"][k], last["model"][k]) for k in last["model"])
+    model, config = load_pretrained(snapshot_path(result.run_dir, 2))
+    assert config.epochs == 4 and model.state_dict().keys() == last["model"].keys()
+
+
+def test_no_snapshots_without_snapshot_every(tmp_path):
+    result = pretrain(smoke_pretrain_config(tmp_path, epochs=1, **TINY))
+    assert not (result.run_dir / "snapshots").exists()
 
 
 def test_knn_monitor_runs_every_knn_every_epochs_and_at_the_last(tmp_path, monkeypatch):
