@@ -35,20 +35,29 @@ from .data import data_source, finetune_sets, load_split, split_holdout
 from .device import resolve_device
 from .model import build_pretrain_model
 from .stats import mean_sd
-from .train import RunResult, load_finetuned, load_pretrained, pretrain
+from .rundir import read_metrics
+from .train import RunResult, load_finetuned, load_pretrained, pretrain, snapshot_path
 from .tuning import RESULTS_DIR, load_results
 
 RANDOM_INIT = "random init"
 ATTENTION_IMAGES = 256  # test images whose attention is averaged
 
 
-def control_configs(profile: str, seed: int = 0, **settings) -> dict[str, PretrainConfig]:
+BUDGETS = ("small", "main")
+
+
+def control_configs(profile: str, seed: int = 0, budget: str = "small",
+                    **settings) -> dict[str, PretrainConfig]:
     """Every control's pretraining config, by name; `settings` (runs_dir, device, ...) apply
-    to all of them."""
+    to all of them. budget: 'small', the profile's controls budget (notebook 06's live
+    run), or 'main', the profile's own pretraining (notebook 02's, the course's runs)."""
     profile_npcs(profile)  # a clear error for an unknown profile
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r} is invalid: choose one of {BUDGETS}")
     controls = PROFILES[profile]["controls"]
-    base = profile_config(profile, "pretrain", **{**controls["budget"], "seed": seed,
-                                                  "knn_every": 0, **settings})
+    small = controls["budget"] if budget == "small" else {}
+    base = profile_config(profile, "pretrain", **{**small, "seed": seed, "knn_every": 0,
+                                                  **settings})
     changes = {f"APL (G = {base.grid}, K = {base.crop})": {},
                "positional leak": {"positional_embedding": True}}
     changes.update({f"K = {k}": {"crop": k} for k in controls["crops"] if k != base.crop})
@@ -79,29 +88,49 @@ def labelled_sets(profile: str, seed: int = 0, **settings) -> LabelledFeatures:
     return LabelledFeatures(*((part.images, part.labels) for part in (train, val, test)))
 
 
-def judge_features(transformer, sets: LabelledFeatures, device) -> dict:
-    """kNN top-1 (k = 20, the training images as the bank), the feature probe's test top-1
-    and chosen penalty, and the mean attention distance per block (averaged over heads) and
-    per block and head, in patches."""
+def feature_scores(transformer, sets: LabelledFeatures, device) -> dict:
+    """kNN top-1 (k = 20, the training images as the bank) and the feature probe's test top-1
+    and penalty (chosen on the validation part) of the frozen transformer's features."""
     pooled = {part: pooled_features(transformer, getattr(sets, part)[0], device).cpu()
               for part in ("train", "val", "test")}
     labels = {part: getattr(sets, part)[1] for part in pooled}
     knn = knn_vote(F.normalize(pooled["train"], dim=-1), labels["train"],
                    F.normalize(pooled["test"], dim=-1), labels["test"])
     probe = feature_probe(*((pooled[part], labels[part]) for part in ("train", "val", "test")))
+    return {"knn_top1": knn, "probe_top1": probe.test_top1, "probe_penalty": probe.penalty}
+
+
+def judge_features(transformer, sets: LabelledFeatures, device) -> dict:
+    """`feature_scores`, and the mean attention distance per block (averaged over heads) and
+    per block and head, in patches."""
     attention = attention_maps(transformer, sets.test[0][:ATTENTION_IMAGES], device)
     distance = mean_attention_distance(attention, transformer.grid)
-    return {"knn_top1": knn, "probe_top1": probe.test_top1, "probe_penalty": probe.penalty,
+    return {**feature_scores(transformer, sets, device),
             "attention_distance": distance.mean(axis=1).tolist(),
             "attention_distance_heads": distance.tolist()}
 
 
-def run_controls(profile: str, seed: int = 0, names=None, report=None,
+def budget_curve(run_dir: str | Path, sets: LabelledFeatures, device="cpu") -> list[dict]:
+    """The frozen features along one pretraining run: `feature_scores` and the held-out
+    position top-1 at every snapshot the run kept (snapshot_every), one row per epoch.
+    Empty for a run without snapshots."""
+    run_dir = Path(run_dir)
+    position = {row["epoch"]: row.get("val_top1") for row in read_metrics(run_dir)}
+    rows = []
+    for epoch in sorted(int(p.stem.removeprefix("epoch"))
+                        for p in run_dir.glob("snapshots/epoch*.pt")):
+        model, _ = load_pretrained(snapshot_path(run_dir, epoch), device=device)
+        rows.append({"epoch": epoch, "position_top1": position.get(epoch),
+                     **feature_scores(model.transformer, sets, device)})
+    return rows
+
+
+def run_controls(profile: str, seed: int = 0, names=None, report=None, budget: str = "small",
                  **settings) -> list[dict]:
-    """Pretrain every control (finished runs are read back, so a rerun costs only the
-    evaluation) and judge it; one row per control plus the random-init floor. names: a
-    subset of `control_configs`' names. report(row) is called after each control."""
-    every = control_configs(profile, seed, **settings)
+    """Pretrain every control at `budget` (finished runs are read back, so a rerun costs
+    only the evaluation) and judge it; one row per control plus the random-init floor.
+    names: a subset of `control_configs`' names. report(row) is called after each control."""
+    every = control_configs(profile, seed, budget, **settings)
     unknown = sorted(set(names or ()) - set(every))
     if unknown:
         raise ValueError(f"unknown control(s) {unknown}; known: {list(every)}")
@@ -114,7 +143,9 @@ def run_controls(profile: str, seed: int = 0, names=None, report=None,
         result = pretrain(config, resume="auto")
         model, _ = load_pretrained(result.checkpoint, device=device)
         judged = judge_features(model.transformer, sets, device)
-        rows.append({**_row(name, config, result), **judged,
+        curve = {"budget_curve": budget_curve(result.run_dir, sets, device)} \
+            if config.snapshot_every else {}
+        rows.append({**_row(name, config, result), **judged, **curve,
                      "seconds": time.perf_counter() - started})
         if report is not None:
             report(rows[-1])
@@ -175,16 +206,17 @@ def finetuned_transformers(finetune_rows: list[dict], methods=("APL fine-tune", 
 
 # ---------------------------------------------------------------- over seeds
 
-def results_path(profile: str) -> Path:
-    return RESULTS_DIR / f"{profile}_controls.json"
+def results_path(profile: str, budget: str = "small") -> Path:
+    return RESULTS_DIR / f"{profile}_controls{'' if budget == 'small' else '_' + budget}.json"
 
 
-def load_seeds(profile: str) -> dict | None:
-    """The committed controls over seeds (benchmarks/controls_seeds.py), None if there are
-    none for `profile`."""
-    return load_results(results_path(profile), "controls over seeds",
+def load_seeds(profile: str, budget: str = "small") -> dict | None:
+    """The committed controls over seeds at `budget` (benchmarks/controls_seeds.py), None if
+    there are none for `profile`."""
+    return load_results(results_path(profile, budget), "controls over seeds",
                         {"profile", "machine", "command", "seeds"},
-                        f"python benchmarks/controls_seeds.py --profile {profile}")
+                        f"python benchmarks/controls_seeds.py --profile {profile} "
+                        f"--budget {budget}")
 
 
 def seed_table(results: dict) -> list[dict]:

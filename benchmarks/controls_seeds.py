@@ -9,6 +9,12 @@ its paired difference from APL per seed. Runs are cached in --runs-dir, so an in
 sweep resumes, and the course's own seed 0 is read back from the course's runs.
 
     python benchmarks/controls_seeds.py --profile quick --seeds 0 1 2 --runs-dir course_output/runs
+
+At the main budget (the profile's own pretraining, notebook 02's), with the features judged at
+every epoch's snapshot (the budget curve), for the original's two arguments:
+
+    python benchmarks/controls_seeds.py --profile quick --budget main --snapshot-every 1 \\
+        --names 'positional leak' 'K = 0'
 """
 from __future__ import annotations
 
@@ -29,22 +35,46 @@ from apl_core.device import machine_description, resolve_device  # noqa: E402
 from apl_core.viz import markdown_table  # noqa: E402
 
 
+def argv_shown(args) -> list[str]:
+    """The options that reproduce this run, quoted where a control's name has spaces."""
+    shown = ["--profile", args.profile, "--seeds", *map(str, args.seeds)]
+    if args.budget != "small":
+        shown += ["--budget", args.budget]
+    if args.names:
+        shown += ["--names", *(f"'{name}'" for name in args.names)]
+    if args.snapshot_every:
+        shown += ["--snapshot-every", str(args.snapshot_every)]
+    return shown
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs-dir", default="runs/controls_seeds")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--budget", choices=controls.BUDGETS, default="small",
+                        help="small: the profile's controls budget (notebook 06's live run); "
+                             "main: the profile's own pretraining (default: small)")
+    parser.add_argument("--names", nargs="+", default=None, metavar="CONTROL",
+                        help="the controls to run (default: all), e.g. 'positional leak' "
+                             "'K = 0'; APL always runs, the others are paired with it")
+    parser.add_argument("--snapshot-every", type=int, default=0,
+                        help="keep the weights every N epochs and judge the features there "
+                             "(the budget curve; default 0: none)")
     parser.add_argument("--out", default="",
                         help="where to write the results (default: the file notebook 06 "
-                             "reads, apl_core/results/<profile>_controls.json)")
+                             "reads, apl_core/results/<profile>_controls[_main].json)")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))
     seeds = []
     for seed in args.seeds:
         started = time.perf_counter()
-        rows = controls.run_controls(args.profile, seed, runs_dir=args.runs_dir, device=device,
-                                     quiet=True)
+        every = list(controls.control_configs(args.profile, seed, args.budget))
+        names = None if args.names is None else [every[0], *args.names]
+        rows = controls.run_controls(args.profile, seed, names=names, budget=args.budget,
+                                     runs_dir=args.runs_dir, device=device, quiet=True,
+                                     snapshot_every=args.snapshot_every)
         borders = controls.border_reliance(rows, device=device)
         seeds.append({"seed": seed, "rows": [{k: v for k, v in row.items() if k != "run_dir"}
                                              for row in rows],
@@ -52,11 +82,10 @@ def main(argv=None) -> None:
         print(f"seed {seed}: {seeds[-1]['minutes']:.1f} min", flush=True)
     results = {"profile": args.profile, "machine": machine_description(device),
                "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-               "controls": PROFILES[args.profile]["controls"],
-               "command": f"python benchmarks/controls_seeds.py --profile {args.profile} "
-                          f"--seeds {' '.join(map(str, args.seeds))}",
+               "controls": PROFILES[args.profile]["controls"], "budget": args.budget,
+               "command": " ".join(["python benchmarks/controls_seeds.py", *argv_shown(args)]),
                "seeds": seeds}
-    out = Path(args.out) if args.out else controls.results_path(args.profile)
+    out = Path(args.out) if args.out else controls.results_path(args.profile, args.budget)
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     print(markdown_table(controls.seed_table(results)))

@@ -9,6 +9,8 @@ from apl_core.config import PROFILES, profile_config
 from apl_core.controls import RANDOM_INIT, control_configs, labelled_sets, run_controls
 from apl_core.model import build_pretrain_model
 from apl_core.objective import position_loss
+from apl_core.rundir import run_name
+from apl_core.train import load_pretrained, pretrain, snapshot_path
 
 
 def _differences(config, base) -> dict:
@@ -31,6 +33,39 @@ def test_each_control_changes_one_setting_of_the_same_budget(profile, tmp_path):
     grids, crops = (PROFILES[profile]["controls"][k] for k in ("grids", "crops"))
     assert changed == {**{f"K = {k}": {"crop": k} for k in crops if k != base.crop},
                        **{f"G = {g}": {"grid": g} for g in grids if g != base.grid}}
+
+
+def test_the_main_budget_is_the_profiles_own_pretraining(tmp_path):
+    configs = control_configs("quick", seed=2, budget="main", runs_dir=str(tmp_path))
+    apl = next(iter(configs.values()))
+    # the APL control at the main budget is notebook 02's run of that seed: read back, not
+    # trained again
+    assert run_name(apl) == run_name(profile_config("quick", "pretrain", seed=2))
+    assert configs["positional leak"] == apl.replace(positional_embedding=True)
+    small = control_configs("quick", seed=2, runs_dir=str(tmp_path))
+    assert list(configs) == list(small)
+    with pytest.raises(ValueError, match="budget='large' is invalid: choose one of "
+                                         r"\('small', 'main'\)"):
+        control_configs("quick", budget="large")
+
+
+def test_the_budget_curve_judges_every_snapshot_of_one_run(tmp_path):
+    from apl_core.controls import budget_curve, feature_scores
+
+    config = profile_config("smoke", "pretrain", runs_dir=str(tmp_path), device="cpu",
+                            precision="fp32", epochs=2, snapshot_every=1, num_images=192,
+                            holdout_images=64, batch_size=32)
+    result = pretrain(config)
+    sets = labelled_sets("smoke", seed=0)
+    curve = budget_curve(result.run_dir, sets)
+    assert [row["epoch"] for row in curve] == [1, 2]
+    assert [row["position_top1"] for row in curve] == [r["val_top1"] for r in result.metrics]
+    for row, weights in zip(curve, (snapshot_path(result.run_dir, 1), result.checkpoint)):
+        model, _ = load_pretrained(weights)
+        assert {k: row[k] for k in ("knn_top1", "probe_top1", "probe_penalty")} == \
+            feature_scores(model.transformer, sets, "cpu")
+    plain = pretrain(config.replace(snapshot_every=0, epochs=1))
+    assert budget_curve(plain.run_dir, sets) == []
 
 
 def test_controls_are_judged_on_the_labelled_split_with_the_seeds_labels():
