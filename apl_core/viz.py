@@ -22,6 +22,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.rcsetup import cycler
+from matplotlib.ticker import MaxNLocator
 
 from .puzzle import crop_offset, extract_patches, unpatchify
 
@@ -754,6 +755,39 @@ def controls_figure(rows: Sequence[dict], title: str = "What each control does t
 
 
 @_themed
+def budget_curve_figure(rows: Sequence[dict], floor: dict | None = None,
+                        title: str = "The frozen features along pretraining") -> Figure:
+    """kNN and linear-probe top-1 against the pretraining epoch, one colour per control, a
+    thin line per seed and their mean thick; the random-init floor dotted. Rows: controls'
+    rows with 'control', 'seed' and 'budget_curve' ([{'epoch', 'knn_top1', 'probe_top1'}]);
+    floor: {'knn_top1', 'probe_top1'} means of the random-init rows."""
+    curves: dict[str, list[list[dict]]] = {}
+    for row in rows:
+        if row.get("budget_curve"):
+            curves.setdefault(row["control"], []).append(row["budget_curve"])
+    palette = dict(zip(curves, sns.color_palette(PALETTE, len(curves))))
+    fig, axes = _subplots(1, 2, figsize=(11, 4.3), sharey=True)
+    for ax, (key, label) in zip(axes, (("knn_top1", "kNN"), ("probe_top1", "linear probe"))):
+        for control, seeds in curves.items():
+            for curve in seeds:
+                ax.plot([p["epoch"] for p in curve], [100 * p[key] for p in curve],
+                        color=palette[control], lw=0.8, alpha=0.5)
+            epochs = sorted({p["epoch"] for curve in seeds for p in curve})
+            means = [100 * np.mean([p[key] for curve in seeds for p in curve
+                                    if p["epoch"] == e]) for e in epochs]
+            ax.plot(epochs, means, marker="o", ms=4, lw=2, color=palette[control],
+                    label=f"{control} ({len(seeds)} seeds)")
+        if floor:
+            ax.axhline(100 * floor[key], color="grey", ls=":", label="random init")
+        ax.set(title=label, xlabel="pretraining epoch", ylabel=f"{label} test top-1 (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=9)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@_themed
 def position_curves_figure(rows: Sequence[dict], controls: Sequence[str],
                            title: str = "How fast the puzzle is solved") -> Figure:
     """Held-out position top-1 after every epoch of pretraining, one line per control (rows
@@ -864,7 +898,7 @@ __all__ = [
     "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "puzzle_stats_figure",
     "equivariance_figure", "npc_figure", "search_figure", "controls_figure",
-    "position_curves_figure", "attention_distance_figure", "bar_figure",
+    "position_curves_figure", "budget_curve_figure", "attention_distance_figure", "bar_figure",
     "markdown_table", "save",
     "widgets_can_render",
 ]

@@ -113,6 +113,11 @@ CASES = {
     "position_curves": lambda: viz.position_curves_figure(
         [dict(control=c, chance=1 / T, position_curve=[0.1, 0.3, v]) for c, v in
          (("APL", 0.4), ("leak", 1.0))], ["APL", "leak"]),
+    "budget_curve": lambda: viz.budget_curve_figure(
+        [dict(control=c, seed=s, budget_curve=[dict(epoch=e, knn_top1=0.1 * e + s / 100,
+                                                    probe_top1=0.2 + e / 50) for e in (1, 2, 4)])
+         for c in ("APL", "leak") for s in (0, 1)] + [dict(control="random init", seed=0)],
+        floor={"knn_top1": 0.1, "probe_top1": 0.12}),
     "attention_distance": lambda: viz.attention_distance_figure(
         {"a": torch.rand(2, 3).numpy(), "b": torch.rand(2, 3).numpy()}, uniform=1.5),
     "bars": lambda: viz.bar_figure({"a": 0.5, "b": 0.3}, "accuracy (%)", "model", "kNN",
