@@ -34,7 +34,7 @@ from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
 from .data import data_source, finetune_sets, load_split, split_holdout
 from .device import resolve_device
 from .model import build_pretrain_model
-from .stats import mean_sd
+from .stats import detectable_difference, mean_sd, verdict
 from .rundir import read_metrics
 from .train import RunResult, load_finetuned, load_pretrained, pretrain, snapshot_path
 from .tuning import RESULTS_DIR, load_results
@@ -250,6 +250,30 @@ def margin_table(results: dict) -> list[dict]:
             row[f"{label} − APL, per seed"] = ", ".join(f"{m:+.1f}" for m in margins)
             row[f"{label} mean"] = f"{round(statistics.mean(margins), 1) + 0.0:+.1f}"  # no -0.0
         table.append(row)
+    return table
+
+
+def verdict_table(results: dict, test_images: int) -> list[dict]:
+    """Per control and measure (kNN, probe): its paired difference from APL on every seed
+    (percentage points), the smallest difference these seeds and `test_images` test images
+    can show (`stats.detectable_difference`), and the verdict (`stats.verdict`): a control is
+    better or worse than APL only beyond that and on every seed."""
+    by_control = _by_control(results)
+    apl_name = next(iter(by_control))
+    apl = {row["seed"]: row for row in by_control[apl_name]}
+    table = []
+    for control, rows in by_control.items():
+        if control == apl_name:
+            continue
+        for key, label in (("knn_top1", "kNN"), ("probe_top1", "probe")):
+            differences = [r[key] - apl[r["seed"]][key] for r in rows]
+            level = statistics.mean([r[key] for r in rows] + [apl[r["seed"]][key] for r in rows])
+            table.append({
+                "control": control, "measure": label,
+                "− APL, per seed": ", ".join(f"{100 * d:+.1f}" for d in differences),
+                "detectable": f"{100 * detectable_difference(differences, level, test_images):.1f}",
+                "verdict": {"higher": "above APL", "lower": "below APL"}.get(
+                    verdict(differences, level, test_images), "no detectable difference")})
     return table
 
 

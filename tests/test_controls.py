@@ -153,6 +153,25 @@ def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
         "reliance, per seed": "+20.0, +10.0", "reliance mean": "+15.0"}]
 
 
+def test_verdict_table_calls_a_difference_only_beyond_the_noise_on_every_seed():
+    from apl_core.controls import verdict_table
+
+    def row(control, knn, probe):
+        return {"control": control, "knn_top1": knn, "probe_top1": probe}
+
+    results = {"seeds": [{"seed": seed, "rows": [
+        row("APL", 0.30, 0.40), row("leak", 0.30 + knn, 0.40 + probe)]}
+        for seed, knn, probe in ((0, 0.02, -0.10), (1, -0.01, -0.11), (2, 0.01, -0.12))]}
+    knn, probe = verdict_table(results, test_images=1000)
+    assert probe == {"control": "leak", "measure": "probe",
+                     "− APL, per seed": "-10.0, -11.0, -12.0", "detectable": "4.3",
+                     "verdict": "below APL"}
+    assert knn["− APL, per seed"] == "+2.0, -1.0, +1.0"
+    assert knn["verdict"] == "no detectable difference"
+    # the same differences on 100 test images are inside the test set's noise
+    assert verdict_table(results, test_images=100)[1]["verdict"] == "no detectable difference"
+
+
 def test_committed_controls_cover_every_control_on_three_seeds():
     from apl_core.controls import load_seeds
 
