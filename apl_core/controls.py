@@ -233,26 +233,6 @@ def seed_table(results: dict) -> list[dict]:
     return table
 
 
-def margin_table(results: dict) -> list[dict]:
-    """Per control, its paired difference from APL on every seed (percentage points) in the
-    probe's and the kNN's top-1, and the mean: a difference smaller than the seeds' spread
-    is no difference."""
-    by_control = _by_control(results)
-    apl_name = next(iter(by_control))
-    apl = {row["seed"]: row for row in by_control[apl_name]}
-    table = []
-    for control, rows in by_control.items():
-        if control == apl_name:
-            continue
-        row = {"control": control}
-        for key, label in (("probe_top1", "probe"), ("knn_top1", "kNN")):
-            margins = [100 * (r[key] - apl[r["seed"]][key]) for r in rows]
-            row[f"{label} − APL, per seed"] = ", ".join(f"{m:+.1f}" for m in margins)
-            row[f"{label} mean"] = f"{round(statistics.mean(margins), 1) + 0.0:+.1f}"  # no -0.0
-        table.append(row)
-    return table
-
-
 def verdict_table(results: dict, test_images: int) -> list[dict]:
     """Per control and measure (kNN, probe): its paired difference from APL on every seed
     (percentage points), the smallest difference these seeds and `test_images` test images
@@ -275,6 +255,14 @@ def verdict_table(results: dict, test_images: int) -> list[dict]:
                 "verdict": {"higher": "above APL", "lower": "below APL"}.get(
                     verdict(differences, level, test_images), "no detectable difference")})
     return table
+
+
+def floor(results: dict) -> dict[str, float]:
+    """The random-init floor's kNN and probe top-1, averaged over the seeds of `results`."""
+    rows = _by_control(results).get(RANDOM_INIT, [])
+    if not rows:
+        raise ValueError("these results have no random-init rows to take the floor from")
+    return {key: statistics.mean(r[key] for r in rows) for key in ("knn_top1", "probe_top1")}
 
 
 def _by_control(results: dict) -> dict[str, list[dict]]:

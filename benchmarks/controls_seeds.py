@@ -4,9 +4,10 @@ For each seed s, every control of `apl_core.controls` is pretrained with seed s 
 on the labelled images of label seed 42 + s (the test images are the same for every seed),
 and the K controls get the border test (`controls.border_reliance`).
 Writes every seed's rows to apl_core/results/<profile>_controls.json, which notebook 06 and
-the README show, and prints each control's mean and standard deviation over the seeds and
-its paired difference from APL per seed. Runs are cached in --runs-dir, so an interrupted
-sweep resumes, and the course's own seed 0 is read back from the course's runs.
+the README show, and prints each control's mean and standard deviation over the seeds, and
+its paired difference from APL per seed with the verdict (`controls.verdict_table`). Runs are
+cached in --runs-dir, so an interrupted sweep resumes, and the course's own seed 0 is read
+back from the course's runs.
 
     python benchmarks/controls_seeds.py --profile quick --seeds 0 1 2 --runs-dir course_output/runs
 
@@ -89,7 +90,8 @@ def main(argv=None) -> None:
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     print(markdown_table(controls.seed_table(results)))
-    print(markdown_table(controls.margin_table(results)))
+    test_images = len(controls.labelled_sets(args.profile, 0).test[1])
+    print(markdown_table(controls.verdict_table(results, test_images)))
     print(markdown_table(controls.border_table(results)))
 
 

@@ -126,7 +126,7 @@ def test_the_positional_leak_solves_the_puzzle_without_looking_at_the_image():
 
 
 def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
-    from apl_core.controls import border_table, margin_table, seed_table
+    from apl_core.controls import border_table, seed_table
 
     def row(control, seed, probe):
         return {"control": control, "position_top1": 0.4, "chance": 1 / 16,
@@ -138,8 +138,6 @@ def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
                       "drop": 0.3}]}
         for seed in (0, 1)]}
     assert [r["probe top-1"] for r in seed_table(results)] == ["20.5 ± 0.7", "20.5 ± 6.4"]
-    (leak,) = margin_table(results)
-    assert leak["probe − APL, per seed"] == "+5.0, -5.0" and leak["probe mean"] == "+0.0"
     assert border_table(results) == [{"control": "K = 0", "K": 0, "intact": "50.0 ± 0.0",
                                       "ring blanked": "20.0 ± 0.0", "drop, per seed": "30.0, 30.0",
                                       "drop mean": "30.0"}]
@@ -170,6 +168,18 @@ def test_verdict_table_calls_a_difference_only_beyond_the_noise_on_every_seed():
     assert knn["verdict"] == "no detectable difference"
     # the same differences on 100 test images are inside the test set's noise
     assert verdict_table(results, test_images=100)[1]["verdict"] == "no detectable difference"
+
+
+def test_floor_is_the_random_init_rows_mean():
+    from apl_core.controls import floor
+
+    results = {"seeds": [{"seed": seed, "rows": [
+        {"control": "APL", "knn_top1": 0.5, "probe_top1": 0.5},
+        {"control": RANDOM_INIT, "knn_top1": 0.1 + seed / 10, "probe_top1": 0.2}]}
+        for seed in (0, 1)]}
+    assert floor(results) == pytest.approx({"knn_top1": 0.15, "probe_top1": 0.2})
+    with pytest.raises(ValueError, match="no random-init rows"):
+        floor({"seeds": [{"seed": 0, "rows": [{"control": "APL"}]}]})
 
 
 def test_committed_controls_cover_every_control_on_three_seeds():
