@@ -10,6 +10,7 @@ its length read off the validation curve.
     trial_row        what a finished run contributes: its validation curve and best epoch
     choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
     TrialStore / run_search     the results file, and every (method, NPC) searched in parallel
+    doubled_config / run_late_checks   a late choice's run doubled, to show its curve flat
 
 The protocol is the same for every method at a given NPC: TRIALS runs of the same number of
 optimizer steps (the profile's max_steps for that NPC), each validated about 20 times along
@@ -17,6 +18,8 @@ the way, keeping the weights of its best validation epoch (select_best). The fir
 rates are the method's start rate times 10^-0.5, 1 and 10^0.5; each further rate extends the
 range past an edge that holds the best rate, or else halves the log-distance between the best
 rate and its better neighbour. The test set is never evaluated here (evaluate_test=False).
+A choice whose best epoch falls in the last fifth of its run is checked by running it again
+twice as long (`run_late_checks`): the doubled run's curve shows whether it was still rising.
 
 A hand-written bracket rather than a general optimiser (Optuna's TPE, Hyperband): one
 variable on a log scale with five trials is a line search, and a bracket that moves toward an
@@ -132,9 +135,17 @@ def search_method(base: FinetuneConfig, run_trial: Callable[[FinetuneConfig], di
     return done
 
 
-def trial_row(method: str, config: FinetuneConfig, metrics: list[dict]) -> dict:
+def doubled_config(config: FinetuneConfig) -> FinetuneConfig:
+    """The late check: the same run twice as long, validated as often per run."""
+    epochs = 2 * config.epochs
+    return config.replace(epochs=epochs, eval_every=max(1, epochs // EVALUATIONS))
+
+
+def trial_row(method: str, config: FinetuneConfig, metrics: list[dict],
+              doubled_of: str = "") -> dict:
     """A finished run as the search records it: its settings, its validation curve, and its
-    best validation epoch (the first of equals) with the training top-1 of that epoch."""
+    best validation epoch (the first of equals) with the training top-1 of that epoch.
+    doubled_of: the chosen run this one doubles (a late check, not a trial of the search)."""
     evaluated = [row for row in metrics if "val_top1" in row]
     if not evaluated:
         raise ValueError(f"run {config.run_name or run_name(config)} has no validation "
@@ -148,16 +159,21 @@ def trial_row(method: str, config: FinetuneConfig, metrics: list[dict]) -> dict:
                 val_top1=best["val_top1"], train_top1=best["train_top1"],
                 val_curve=[[row["epoch"], row["val_top1"]] for row in evaluated],
                 seconds=sum(row["epoch_time_s"] for row in metrics),
-                run=config.run_name or run_name(config))
+                run=config.run_name or run_name(config),
+                **({"doubled_of": doubled_of} if doubled_of else {}))
 
 
 def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
     """Per (method, NPC): the best trial's rate and epoch, its validation and training top-1,
     the rates searched, where the chosen rate sits among them ('lowest', 'interior',
-    'highest') and whether its best epoch falls in the last fifth of the run (`late`)."""
+    'highest') and whether its best epoch falls in the last fifth of the run (`late`); for
+    a late choice whose run was doubled (`doubled_config`), the doubled run's best epoch
+    and validation top-1 (`doubled`)."""
     groups: dict[tuple[str, int], list[dict]] = {}
+    doubles = {t["doubled_of"]: t for t in trials if "doubled_of" in t}
     for trial in trials:
-        groups.setdefault((trial["method"], trial["npc"]), []).append(trial)
+        if "doubled_of" not in trial:
+            groups.setdefault((trial["method"], trial["npc"]), []).append(trial)
     chosen = {}
     for key, group in groups.items():
         best = best_trial(group)
@@ -169,7 +185,17 @@ def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
                            rates=rates, rate_position=position,
                            late=best["best_epoch"] > LATE_FRACTION * best["epochs"],
                            run=best["run"])
+        if best["run"] in doubles:
+            double = doubles[best["run"]]
+            chosen[key]["doubled"] = {k: double[k] for k in ("epochs", "best_epoch",
+                                                             "val_top1", "run")}
     return chosen
+
+
+def late_runs(trials: list[dict]) -> list[str]:
+    """The chosen runs whose best epoch is late and that have no doubled run yet."""
+    return [pick["run"] for pick in choose(trials).values()
+            if pick["late"] and "doubled" not in pick]
 
 
 class TrialStore:
@@ -256,6 +282,40 @@ def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, wor
                 if report is not None:
                     report(trial)
     return trials
+
+
+def run_late_checks(configs: list[tuple[str, FinetuneConfig]], store: TrialStore,
+                    workers: int = 1) -> list[dict]:
+    """Double every late choice among the searched `configs` (`late_runs` of the store's
+    trials), `workers` at a time; each doubled run is stored as done. Returns them."""
+    trials = store.read()["trials"]
+    late = set(late_runs(trials))
+    by_run = {t["run"]: t for t in trials}
+    todo = []
+    for method, base in configs:
+        for run in late:
+            trial = by_run[run]
+            if (trial["method"], trial["npc"]) == (method, base.npc):
+                todo.append((method, base.replace(lr=trial["lr"]), run))
+    threads = max(1, torch.get_num_threads() // workers)
+    with concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(_double_one, method, config, run, store.path, store.header)
+                   for method, config, run in todo]
+        return [future.result() for future in futures]
+
+
+def _double_one(method: str, config: FinetuneConfig, original: str, path: Path,
+                header: dict) -> dict:
+    store = TrialStore(path, header)
+    if run_name(config) != original:
+        raise ValueError(f"the late check of {original} rebuilt another run, "
+                         f"{run_name(config)}: the search's settings have changed since")
+    result = finetune(doubled_config(config), resume="auto")
+    trial = trial_row(method, result.config, result.metrics, doubled_of=original)
+    store.add(trial)
+    return trial
 
 
 def _search_one(method: str, base: FinetuneConfig, path: Path, header: dict) -> list[dict]:

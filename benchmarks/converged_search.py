@@ -9,7 +9,10 @@ Pretrains the profile's model with seed 0 (read back when finished), then search
 set is never evaluated). Every finished trial (settings, validation curve, best epoch) is
 written at once to apl_core/results/<profile>_converged_search.json, so a stopped search
 resumes trial by trial from that file, or from the runs in --runs-dir. Prints each trial, then
-per (method, NPC) the choice and where it sits in its searched range.
+per (method, NPC) the choice and where it sits in its searched range. A choice whose best
+epoch falls in its run's last fifth is run again twice as long (the late check), and the
+doubled run's best validation top-1 is compared with the choice's, within the validation
+part's noise.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch  # noqa: E402
 from apl_core import search  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
 from apl_core.device import machine_description, resolve_device  # noqa: E402
+from apl_core.stats import sampling_noise  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "apl_core" / "results"
@@ -77,10 +81,21 @@ def main(argv=None) -> None:
               f"  train top-1 {trial['train_top1']:.1%}  {trial['seconds']:.0f} s", flush=True)
 
     trials = search.run_search(configs, store, args.workers, report)
-    print(f"\n{len(trials)} trials, {sum(t['seconds'] for t in trials) / 3600:.2f} run-hours at "
+    for double in search.run_late_checks(configs, store, args.workers):
+        report(double)
+    trials = store.read()["trials"]
+    print(f"\n{len(trials)} runs, {sum(t['seconds'] for t in trials) / 3600:.2f} run-hours at "
           f"{header['threads_per_run']} thread(s) each on {header['machine']}; in {store.path}")
+    validation_images = configs[0][1].val_per_class * configs[0][1].num_classes
     for (method, npc), chosen in search.choose(trials).items():
-        late = "  LATE: best epoch in the run's last fifth" if chosen["late"] else ""
+        late = ""
+        if chosen["late"]:
+            double = chosen["doubled"]
+            gain = double["val_top1"] - chosen["val_top1"]
+            noise = sampling_noise(chosen["val_top1"], validation_images)
+            late = (f"  late; doubled: epoch {double['best_epoch']}/{double['epochs']}, val "
+                    f"{double['val_top1']:.1%} ({'flat' if gain <= noise else 'still rising'}"
+                    f", noise {noise:.1%})")
         print(f"chosen: NPC {npc:>4}  {method:<22} lr {chosen['lr']:g} ({chosen['rate_position']}"
               f" of {chosen['rates']}), epoch {chosen['best_epoch']}/{chosen['epochs']}, "
               f"val {chosen['val_top1']:.1%}{late}")

@@ -11,9 +11,9 @@ import pytest
 from apl_core.rundir import run_name
 from apl_core.config import FinetuneConfig
 from apl_core.search import (
-    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, choose, epochs_for_steps,
-    initial_rates, max_steps, next_rate, run_search, search_configs, search_method,
-    searched_config, trial_row,
+    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, choose, doubled_config,
+    epochs_for_steps, initial_rates, late_runs, max_steps, next_rate, run_late_checks,
+    run_search, search_configs, search_method, searched_config, trial_row,
 )
 
 from conftest import smoke_finetune_config
@@ -251,3 +251,53 @@ def test_run_search_trains_each_trial_once_and_resumes_from_its_results_file(tmp
     assert run_search([("S-CNN", base)], store, workers=1) == trials
     assert not any((tmp_path / "runs" / "finetune").glob("*/last.pt"))
 
+
+
+# ---------------------------------------------------------------- the late check
+
+def test_doubled_config_is_twice_as_long_and_validated_as_often_per_run():
+    config = searched_config(FinetuneConfig(npc=10, batch_size=32, val_per_class=5), "S-CNN",
+                             400)
+    doubled = doubled_config(config)
+    assert (doubled.epochs, doubled.eval_every) == (200, 10)
+    assert doubled.replace(epochs=100, eval_every=5) == config
+
+
+def test_choose_leaves_doubled_runs_out_of_the_search_and_reports_them():
+    late = trial(1e-3, 0.3, best_epoch=10, epochs=10)
+    trials = [trial(1e-4, 0.2), late, trial(1e-2, 0.1), trial(3e-3, 0.25, method="S-CNN",
+                                                               best_epoch=10)]
+    assert late_runs(trials) == [late["run"], "S-CNN-10-0.003"]
+    double = {**trial(1e-3, 0.9, best_epoch=12, epochs=20), "run": "double",
+              "doubled_of": late["run"]}
+    chosen = choose(trials + [double])
+    pick = chosen[("BENCHMARK", 10)]
+    assert pick["lr"] == 1e-3 and pick["val_top1"] == 0.3  # the doubled run chooses nothing
+    assert pick["rates"] == [1e-4, 1e-3, 1e-2]
+    assert pick["doubled"] == {"epochs": 20, "best_epoch": 12, "val_top1": 0.9, "run": "double"}
+    assert "doubled" not in chosen[("S-CNN", 10)]
+    assert late_runs(trials + [double]) == ["S-CNN-10-0.003"]
+
+
+def test_trial_row_of_a_doubled_run_names_the_run_it_doubles():
+    row = trial_row("S-CNN", FinetuneConfig(run_name="d", epochs=1), metrics([0.3]),
+                    doubled_of="r")
+    assert row["doubled_of"] == "r"
+    assert "doubled_of" not in trial_row("S-CNN", FinetuneConfig(run_name="d", epochs=1),
+                                         metrics([0.3]))
+
+
+def test_run_late_checks_doubles_each_late_choice_once(tmp_path):
+    base = searched_config(smoke_finetune_config(tmp_path / "runs", model="s-cnn", npc=2,
+                                                 val_per_class=1, test_per_class=1),
+                           "S-CNN", 4)
+    store = TrialStore(tmp_path / "search.json", {"profile": "smoke"})
+    for lr, best_epoch in ((0.01, 2), (0.03, 4), (0.1, 1)):  # 0.03 wins, at its last epoch
+        config = base.replace(lr=lr)
+        store.add({**trial(lr, 0.5 if lr == 0.03 else 0.2, method="S-CNN", npc=2,
+                           best_epoch=best_epoch, epochs=4), "run": run_name(config)})
+    (double,) = run_late_checks([("S-CNN", base)], store)
+    assert double["doubled_of"] == run_name(base.replace(lr=0.03))
+    assert (double["lr"], double["epochs"], len(double["val_curve"])) == (0.03, 8, 8)
+    assert choose(store.read()["trials"])[("S-CNN", 2)]["doubled"]["run"] == double["run"]
+    assert run_late_checks([("S-CNN", base)], store) == []  # done once
