@@ -41,7 +41,9 @@ def run_seed(profile: str, seed: int, chosen: dict, store: search.TrialStore, ru
     """Every chosen (method, NPC) and the features of seed `seed`, each row stored as done;
     finetune_settings (e.g. val_per_class) apply to every fine-tuning run, as in the search."""
     settings = dict(runs_dir=runs_dir, device=device, quiet=True)
-    run = pretrain(profile_config(profile, "pretrain", seed=seed, **settings), resume="auto")
+    # the weights after every epoch too: the same runs give notebook 06's budget curve
+    run = pretrain(profile_config(profile, "pretrain", seed=seed, snapshot_every=1, **settings),
+                   resume="auto")
     settings.update(finetune_settings)
     npcs = sorted({npc for _, npc in chosen})
     methods = list(dict.fromkeys(method for method, _ in chosen))
