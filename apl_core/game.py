@@ -11,7 +11,7 @@
 A placement lists, for each shown tile, the grid cell it is put in (row-major, -1: not placed).
 The model sees exactly the tiles the student sees, in the same shuffled order: it has no
 positional information, so the order tells it nothing, and its answer is the Hungarian
-assignment of its position log-probabilities (`analysis.solve_puzzles`), a placement too.
+assignment of its position logits (`analysis.solve_puzzles`), a placement too.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from io import BytesIO
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .analysis import solve_puzzles
 from .augment import normalize
@@ -64,15 +63,16 @@ def score(puzzle: Puzzle, placement) -> int:
 
 
 def model_placement(model, puzzle: Puzzle, device="cpu") -> torch.Tensor:
-    """(T,) the model's cell for each shown tile: its position log-probabilities of the
-    shuffled tiles, assigned one-to-one (each cell to exactly one tile)."""
+    """(T,) the model's cell for each shown tile: its position logits of the shuffled tiles,
+    assigned one-to-one (each cell to exactly one tile). The assignment of the logits is that
+    of the log-probabilities: the softmax subtracts one constant per tile."""
     shown = normalize(tiles(puzzle).unsqueeze(0).to(device))
     was_training = model.training
     model.eval()
     with torch.no_grad():
         logits, _, _ = model.position_logits(shown)
     model.train(was_training)
-    return solve_puzzles(F.log_softmax(logits.float(), dim=-1).cpu())[0]
+    return solve_puzzles(logits.float().cpu())[0]
 
 
 def reassemble(puzzle: Puzzle, placement) -> np.ndarray:

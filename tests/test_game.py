@@ -3,6 +3,8 @@ one-to-one placement of the same shuffled tiles, the boards, the running score a
 driven as a student would (its buttons clicked from Python)."""
 from __future__ import annotations
 
+from io import BytesIO
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from apl_core.game import (
     UNPLACED, GamePanel, PuzzleGame, draw_puzzle, model_placement, reassemble, score,
     static_figure, tiles,
 )
-from apl_core.viz import mosaic
+from apl_core.viz import mosaic, random_order
 
 G, K, SIZE = 3, 1, 12  # 4 x 4 patches, 3 x 3 after the crop
 
@@ -55,6 +57,7 @@ def test_a_puzzle_is_a_seeded_draw_of_an_image_and_a_shuffle():
     assert first.index == again.index and torch.equal(first.order, again.order)
     assert sorted(first.order.tolist()) == list(range(G * G))
     assert not torch.equal(first.order, torch.arange(G * G))
+    assert torch.equal(first.order, random_order(G, 3))  # the puzzle's own shuffle
     assert torch.equal(first.image, images[first.index])
     draws = {(p.index, tuple(p.order.tolist())) for p in
              (draw_puzzle(images, G, K, seed) for seed in range(6))}
@@ -78,6 +81,8 @@ def test_score_counts_tiles_in_their_true_cell():
     assert score(puzzle, one_right) == 1
     with pytest.raises(ValueError, match="a cell for each of the 9 tiles, got 2"):
         score(puzzle, [0, 1])
+    with pytest.raises(ValueError, match="a cell for each of the 9 tiles, got none$"):
+        score(puzzle, 4)
 
 
 def test_the_model_places_the_shuffled_tiles_it_is_shown_one_to_one():
@@ -103,25 +108,29 @@ def test_the_true_placement_reassembles_the_image_and_empty_cells_are_grey():
     puzzle = draw_puzzle(cell_images(), G, K, seed=0)
     assert np.allclose(reassemble(puzzle, puzzle.order), mosaic(puzzle.image, G, K))
     empty = reassemble(puzzle, [UNPLACED] * (G * G))
-    assert np.allclose(empty[:3, :3], 0.85) and np.allclose(empty[3, :], 1.0)  # cell, gap
+    assert empty.dtype == np.float32
+    assert np.allclose(empty, mosaic(torch.full((3, SIZE, SIZE), 0.85), G, K))  # grey cells
     one = [UNPLACED] * (G * G)
-    one[0] = 8  # the first tile shown, put in the last cell
+    one[-1] = 0  # only the last tile shown, put in the first cell
     board = reassemble(puzzle, one)
-    expected = (20 * int(puzzle.order[0]) + puzzle.index) / 255
-    assert np.allclose(board[-3:, -3:], expected) and np.allclose(board[:3, :3], 0.85)
+    expected = (20 * int(puzzle.order[-1]) + puzzle.index) / 255
+    assert np.allclose(board[:3, :3], expected) and np.allclose(board[-3:, -3:], 0.85)
 
 
 def test_a_game_keeps_both_players_running_scores():
     game = PuzzleGame(ContentReader(), cell_images(), G, K, seed=5)
     first = game.puzzle
-    outcome = game.check([UNPLACED] * (G * G))
-    assert (outcome["student_right"], outcome["model_right"]) == (0, G * G)
+    one_right = [UNPLACED] * (G * G)
+    one_right[2] = int(first.order[2])
+    outcome = game.check(one_right)
+    assert (outcome["student_right"], outcome["model_right"]) == (1, G * G)
+    assert torch.equal(outcome["student"], torch.tensor(one_right))
     assert torch.equal(outcome["model"], first.order)
     game.new_puzzle()
     assert game.seed == 6
     outcome = game.check(game.puzzle.order)
-    assert (game.student_right, game.model_right, game.played) == (G * G, 2 * G * G, 2)
-    assert game.standing() == "after 2 puzzle(s): you 9/18 tiles right, the model 18/18"
+    assert (game.student_right, game.model_right, game.played) == (G * G + 1, 2 * G * G, 2)
+    assert game.standing() == "after 2 puzzle(s): you 10/18 tiles right, the model 18/18"
 
 
 def test_the_panel_plays_a_puzzle_as_a_student_would():
@@ -145,6 +154,52 @@ def test_the_panel_plays_a_puzzle_as_a_student_would():
     assert all(d.value == UNPLACED and not d.disabled for d in panel.dropdowns)
     assert bytes(panel.board.value) == bytes(panel.model_board.value)  # both empty again
     assert [bytes(image.value) for image in panel.tile_images] != before
+
+
+def widgets_in(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from widgets_in(child)
+
+
+def test_the_panel_shows_tiles_and_boards_at_one_scale_with_its_labels():
+    import ipywidgets
+
+    game = PuzzleGame(ContentReader(), cell_images(), G, K, seed=0)
+    panel = GamePanel(game)
+    tile, board = f"{3 * 8}px", f"{(3 * 3 + 2 * 1) * 8}px"  # 3-pixel tiles, 1-pixel gaps, x 8
+    assert {(i.format, i.layout.width, i.layout.height) for i in panel.tile_images} == \
+        {("png", tile, tile)}
+    assert {(b.format, b.layout.width, b.layout.height)
+            for b in (panel.board, panel.model_board)} == {("png", board, board)}
+    assert {d.layout.width for d in panel.dropdowns} == {"118px"}
+    assert panel.dropdowns[0].options[0] == ("-", UNPLACED)
+    assert (panel.check.description, panel.check.button_style, panel.new.description) == \
+        ("check", "primary", "new puzzle")
+    texts = [w.value for w in widgets_in(panel.widget) if isinstance(w, ipywidgets.HTML)]
+    assert texts == ["<b>The shuffled tiles</b>: choose a cell for each",
+                     "Place the tiles, then press <b>check</b>.", "<b>your board</b>",
+                     "<b>the model's board</b>", game.standing()]
+    rows = panel.widget.children[1:1 + G]
+    assert [[box.children[0] for box in row.children] for row in rows] == \
+        [panel.tile_images[r * G:(r + 1) * G] for r in range(G)]
+    assert "apl-game" in panel.widget._dom_classes
+    model_box = next(w for w in widgets_in(panel.widget)
+                     if isinstance(w, ipywidgets.VBox) and panel.model_board in w.children)
+    assert model_box.layout.margin == "0 0 0 32px"
+
+
+def test_the_boards_are_the_reassembled_images_enlarged(tmp_path):
+    import matplotlib.image
+
+    game = PuzzleGame(ContentReader(), cell_images(), G, K, seed=0)
+    panel = GamePanel(game, scale=2)
+    for dropdown, cell in zip(panel.dropdowns, game.puzzle.order.tolist()):
+        dropdown.value = cell
+    shown = matplotlib.image.imread(BytesIO(bytes(panel.board.value)), format="png")
+    expected = reassemble(game.puzzle, game.puzzle.order).repeat(2, 0).repeat(2, 1)
+    assert shown.shape[:2] == expected.shape[:2] == (22, 22)
+    assert np.allclose(shown[..., :3], expected, atol=1 / 255)
 
 
 def test_the_static_figure_shows_the_puzzle_and_the_models_board(monkeypatch):

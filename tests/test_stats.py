@@ -21,6 +21,7 @@ def test_sampling_noise_is_two_standard_errors_of_a_difference():
     assert sampling_noise(0.5, 1000) == pytest.approx(0.04472, abs=1e-5)
     assert sampling_noise(0.1, 1000) < sampling_noise(0.5, 1000)
     assert sampling_noise(0.5, 4000) == pytest.approx(sampling_noise(0.5, 1000) / 2)
+    assert sampling_noise(0.5, 1) == pytest.approx(2 * math.sqrt(0.5))  # one image is enough
     with pytest.raises(ValueError, match="images=0 is invalid"):
         sampling_noise(0.5, 0)
 
@@ -33,6 +34,8 @@ def test_seed_half_width_uses_students_t():
     with pytest.raises(ValueError, match="11 seeds: T_975 holds t for 2 to 10 seeds"):
         seed_half_width([0.1 * i for i in range(11)])
     assert T_975[2] == 4.303
+    ten = [0.1 * (i % 2) for i in range(10)]  # the most seeds the table holds
+    assert seed_half_width(ten) == pytest.approx(2.262 * 0.0527046 / math.sqrt(10), rel=1e-4)
 
 
 def test_detectable_difference_is_the_larger_noise():
@@ -51,3 +54,13 @@ def test_detectable_difference_is_the_larger_noise():
 ])
 def test_verdict_calls_a_difference_only_beyond_the_noise_on_every_seed(differences, expected):
     assert verdict(differences, 0.5, 1000) == expected
+
+
+def test_a_zero_difference_on_one_seed_is_no_sign_and_beyond_means_strictly_beyond():
+    ahead = [0.0] + [0.3] * 9  # beyond the noise on average, but one seed shows nothing
+    assert verdict(ahead, 0.5, 1000) == "no detectable difference"
+    assert verdict([-d for d in ahead], 0.5, 1000) == "no detectable difference"
+    mixed = [-0.1] + [0.5] * 9  # one seed below, however far the rest are above
+    assert verdict(mixed, 0.5, 1000) == "no detectable difference"
+    edge = sampling_noise(0.5, 1000)
+    assert verdict([edge] * 3, 0.5, 1000) == "no detectable difference"  # exactly at the noise
