@@ -299,7 +299,8 @@ ARCHITECTURE_FIELDS = (
 
 # Overrides per profile. paper = the defaults (docs/method.md), on STL-10. gpu = the paper's
 # model and recipe on the embedded dataset, for one GPU in minutes. quick = the embedded
-# dataset on a 2-core CPU within the course's 20 minutes; smoke = seconds, for tests.
+# dataset on a laptop CPU (the README gives the measured course times); smoke = seconds, for
+# tests.
 # controls: notebook 06's small pretrainings (apl_core.controls), the profile's pretraining
 # with `budget` on top, and the grids and crops it tries. On the 96-pixel profiles 3 heads
 # divide D = 3 (P - K)^2 at every grid and crop; 16 would not (unmeasured there).
@@ -330,9 +331,8 @@ PROFILES: dict[str, dict[str, Any]] = {
             dataset="synthetic", image_size=48, epochs=20, batch_size=32, eval_every=10,
             test_per_class=100, val_per_class=50,
         ),
-        # Linear probes (head_only) train one linear layer: lr chosen on the validation part
-        # from {5e-4, 2e-3, 5e-3, 2e-2}, the best for APL features; random-init features stay
-        # within 2 points of chance at every one of them.
+        # Linear probes (head_only) train one linear layer from this rate; the committed
+        # search (apl_core/results/quick_search.json) chooses each probe's rate and length.
         "probe": dict(lr=2e-2),
         "npcs": (10, 30, 100),
         # the converged search (apl_core.search): optimizer steps of every searched run per NPC
