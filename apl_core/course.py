@@ -276,8 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", default="auto", choices=PROFILE_NAMES,
                    help="smoke: seconds per notebook (tests); quick: the embedded dataset, "
-                        "for a laptop CPU (27 minutes on a 2-core CPU with bf16, about an "
-                        "hour on one without: README); gpu: the paper's model on the "
+                        "for a laptop CPU (27 minutes on a 2-core CPU with bf16; README); "
+                        "gpu: the paper's model on the "
                         "embedded dataset, minutes on one GPU; paper: STL-10, for a CUDA GPU; "
                         "auto: paper on a GPU with STL-10 in --data-dir, gpu on a GPU "
                         "without it, else quick (default: %(default)s)")
