@@ -23,7 +23,7 @@ from .config import (
     UNREADABLE_IMAGES, profile_values,
 )
 
-COMMANDS = ("pretrain", "finetune")  # a linear probe is `finetune --head-only`
+COMMANDS = ("pretrain", "finetune")  # `finetune --head-only` trains the head alone
 OPTION_TYPES = {"int": int, "float": float, "str": str, "dict": json.loads}
 CHOICES = {"dataset": DATASETS, "encoder": ENCODERS, "optimizer": OPTIMIZERS,
            "precision": PRECISIONS, "model": FINETUNE_MODELS,
@@ -98,7 +98,7 @@ def read_config_file(path: Path) -> dict:
 
 def config_from_args(phase: str, args: argparse.Namespace):
     """The phase's config: defaults < --profile < --config file < explicit options.
-    `finetune --head-only` is a linear probe and takes the profile's probe settings."""
+    `finetune --head-only` trains the head alone and takes the profile's probe settings."""
     profile_phase = "probe" if phase == "finetune" and getattr(args, "head_only", False) else phase
     values = profile_values(args.profile, profile_phase) if args.profile else {}
     if phase == "finetune" and getattr(args, "pretrained", None):

@@ -331,8 +331,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             dataset="synthetic", image_size=48, epochs=20, batch_size=32, eval_every=10,
             test_per_class=100, val_per_class=50,
         ),
-        # Linear probes (head_only) train one linear layer from this rate; the committed
-        # search (apl_core/results/quick_search.json) chooses each probe's rate and length.
+        # head-only training by gradient descent (head_only, the CLI's --head-only)
         "probe": dict(lr=2e-2),
         "npcs": (10, 30, 100),
         # the converged search (apl_core.search): optimizer steps of every searched run per NPC
@@ -350,7 +349,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         ),
         "finetune": dict(
             dataset="synthetic", image_size=32, epochs=2, batch_size=64, lr=1e-3,
-            eval_every=1, npc=10, test_per_class=20, quiet=True,
+            eval_every=1, npc=10, test_per_class=20, val_per_class=2, quiet=True,
         ),
         "npcs": (10,),
         "max_steps": {10: 6},

@@ -37,7 +37,7 @@ from .model import build_pretrain_model
 from .stats import detectable_difference, mean_sd, verdict
 from .rundir import read_metrics
 from .train import RunResult, load_finetuned, load_pretrained, pretrain, snapshot_path
-from .tuning import RESULTS_DIR, load_results
+from .results import RESULTS_DIR, load_results
 
 RANDOM_INIT = "random init"
 ATTENTION_IMAGES = 256  # test images whose attention is averaged

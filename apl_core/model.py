@@ -244,7 +244,7 @@ class APLPretrainModel(nn.Module):
 class APLClassifier(nn.Module):
     """Transformer + global average pooling over tokens + a class head.
 
-    frozen_transformer: the linear probe. Only the head trains, and the transformer stays in
+    frozen_transformer: head-only training. Only the head trains, and the transformer stays in
     evaluation mode (no dropout, no PatchDropout) even while the head trains, as linear probes
     are run: the head then fits the features the frozen model computes."""
 
@@ -285,7 +285,7 @@ def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:
 def build_classifier(config: FinetuneConfig, architecture: PretrainConfig) -> APLClassifier:
     """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
     with the fine-tuning dropout and PatchDropout, and a positional embedding when the
-    config adds one or the pretrained model has one; frozen for a linear probe (head_only)."""
+    config adds one or the pretrained model has one; frozen for head-only training."""
     transformer = APLTransformer(**{
         **architecture_kwargs(architecture),
         "dropout": config.dropout, "patch_dropout": config.patch_dropout,

@@ -11,6 +11,8 @@ its length read off the validation curve.
     choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
     TrialStore / run_search     the results file, and every (method, NPC) searched in parallel
     doubled_config / run_late_checks   a late choice's run doubled, to show its curve flat
+    load_search / chosen_configs       the committed search, and every method at its choice
+    compare          train chosen configs and score each run's best epoch once on the test set
 
 The protocol is the same for every method at a given NPC: TRIALS runs of the same number of
 optimizer steps (the profile's max_steps for that NPC), each validated about 20 times along
@@ -31,23 +33,19 @@ results file (and finished runs from runs_dir).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import fcntl
 import json
 import math
-import multiprocessing
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from .comparison import method_config
+from .comparison import METHODS, method_config, train_all, worker_pool
 from .config import PROFILES, FinetuneConfig
+from .data import finetune_sets
+from .results import RESULTS_DIR, load_results
 from .rundir import run_name
-from .train import finetune, load_pretrained
+from .train import best_epoch_test_top1, finetune, load_pretrained
 
-SEARCHED_METHODS = ("APL fine-tune", "BENCHMARK", "BENCHMARK + positions", "S-CNN",
-                    "S-ResNet-18")
 
 # Transformers, pretrained or not: AdamW with decoupled weight decay 0.05, linear warm-up over
 # the first 10 % of the steps, cosine decay to zero stepped per batch, gradients clipped at
@@ -85,7 +83,7 @@ def searched_config(base: FinetuneConfig, method: str, max_steps: int) -> Finetu
     """`base` (the method's config at one NPC) with the method's recipe, max_steps long,
     validated at least EVALUATIONS times, keeping its best validation epoch, test unseen."""
     if method not in METHOD_RECIPES:
-        raise ValueError(f"method={method!r} is not searched: choose from {SEARCHED_METHODS}")
+        raise ValueError(f"method={method!r} is not searched: choose from {METHODS}")
     epochs = epochs_for_steps(max_steps, base)
     return base.replace(**RECIPES[METHOD_RECIPES[method]], lr=START_RATES[method],
                         epochs=epochs, eval_every=max(1, epochs // EVALUATIONS),
@@ -242,26 +240,78 @@ def max_steps(profile: str) -> dict[int, int]:
     return steps
 
 
-def search_configs(profile: str, pretrain_run: str, npcs, methods=SEARCHED_METHODS,
+def run_steps(profile: str, base: FinetuneConfig) -> int:
+    """How many optimizer steps a run of `base` (one method at one NPC) makes: the profile's
+    max_steps at that NPC, or, in a profile without a search, its own fine-tuning epochs."""
+    steps = PROFILES[profile].get("max_steps") or {}
+    if steps and base.npc not in steps:
+        raise ValueError(f"NPC {base.npc} has no max_steps in the {profile!r} profile "
+                         f"(it has {sorted(steps)})")
+    return steps.get(base.npc) or base.epochs * math.ceil(base.npc * base.num_classes
+                                                          / base.batch_size)
+
+
+def search_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
                    **settings) -> list[tuple[str, FinetuneConfig]]:
     """(method, searched_config) for every method at every NPC, NPC by NPC: the profile's
     fine-tuning settings with the labels of settings' seed (as notebook 04), the method's
-    recipe and the profile's max_steps at that NPC."""
+    recipe at its start rate, and the profile's max_steps at that NPC (`run_steps`)."""
     _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
-    steps = max_steps(profile)
     configs = []
     for npc in npcs:
-        if npc not in steps:
-            raise ValueError(f"NPC {npc} has no max_steps in the {profile!r} profile "
-                             f"(it has {sorted(steps)})")
         for method in methods:
-            base = method_config(method, npc, profile, pretrain_run, pretrained, tuned=False,
-                                 **settings)
+            base = method_config(method, npc, profile, pretrain_run, pretrained, **settings)
             if not base.val_per_class:
-                raise ValueError(f"the {profile!r} profile has no validation part to search "
-                                 f"on: give val_per_class > 0")
-            configs.append((method, searched_config(base, method, steps[npc])))
+                raise ValueError(f"the {profile!r} profile has no validation part to choose "
+                                 f"an epoch on: give val_per_class > 0")
+            configs.append((method, searched_config(base, method, run_steps(profile, base))))
     return configs
+
+
+def search_path(profile: str) -> Path:
+    return RESULTS_DIR / f"{profile}_converged_search.json"
+
+
+def load_search(profile: str) -> dict | None:
+    """The committed converged search of `profile` (benchmarks/converged_search.py), or None
+    where the profile has none."""
+    return load_results(search_path(profile), "converged search", {"profile", "trials"},
+                        f"python benchmarks/converged_search.py --profile {profile}")
+
+
+def chosen_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
+                   **settings) -> list[tuple[str, FinetuneConfig]]:
+    """(method, config) for every method at every NPC: its searched config at the rate the
+    profile's committed search chose (with settings' seed, the very run the search kept for
+    seed 0), or at its recipe's start rate where the search has no choice (a profile without
+    a committed search, an NPC it did not search)."""
+    search = load_search(profile)
+    chosen = choose(search["trials"]) if search else {}
+    return [(method, config.replace(lr=chosen[(method, config.npc)]["lr"])
+             if (method, config.npc) in chosen else config)
+            for method, config in search_configs(profile, pretrain_run, npcs, methods,
+                                                 **settings)]
+
+
+def compare(configs: list[tuple[str, FinetuneConfig]], workers: int = 1,
+            report: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train every (method, config) of `configs` (finished runs are read back), `workers` at
+    a time, and score each run's best validation epoch once on the test images. One row per
+    run, in order: trial_row's fields (the validation curve, the best epoch and its training
+    top-1) with test_top1, test_images and run_dir; `report(row)` is called after each."""
+    if workers > 1:
+        train_all([config for _, config in configs], workers)
+    rows = []
+    for method, config in configs:
+        result = finetune(config, resume="auto")
+        row = trial_row(method, result.config, result.metrics)
+        row.update(test_top1=best_epoch_test_top1(result.run_dir, config.device),
+                   test_images=len(finetune_sets(config)[2]),
+                   run_dir=str(result.run_dir.resolve()))
+        rows.append(row)
+        if report is not None:
+            report(row)
+    return rows
 
 
 def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, workers: int = 1,
@@ -269,11 +319,8 @@ def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, wor
     """Search every (method, config) of `configs`, `workers` of them at a time (each with its
     share of the CPU threads); trials found in `store` or finished in runs_dir are read back.
     Returns every trial; `report(trial)` is called as each (method, NPC) finishes."""
-    threads = max(1, torch.get_num_threads() // workers)
     trials = []
-    with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with worker_pool(workers) as pool:
         futures = [pool.submit(_search_one, method, config, store.path, store.header)
                    for method, config in configs]
         for future in futures:
@@ -297,10 +344,7 @@ def run_late_checks(configs: list[tuple[str, FinetuneConfig]], store: TrialStore
             trial = by_run[run]
             if (trial["method"], trial["npc"]) == (method, base.npc):
                 todo.append((method, base.replace(lr=trial["lr"]), run))
-    threads = max(1, torch.get_num_threads() // workers)
-    with concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+    with worker_pool(workers) as pool:
         futures = [pool.submit(_double_one, method, config, run, store.path, store.header)
                    for method, config, run in todo]
         return [future.result() for future in futures]

@@ -596,50 +596,6 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
 
 
 @_themed
-def search_figure(search: dict, chance: float | None = 0.1,
-                  title: str = "How each method's settings were chosen") -> Figure:
-    """The hyper-parameter search: one panel per NPC, each method's validation top-1 against
-    its learning rate (as a multiple of the method's starting rate), solid for the shorter
-    training, dashed for the longer; the chosen candidate ringed."""
-    rows = search["rows"]
-    npcs = sorted({r["npc"] for r in rows})
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
-    factors = search["lr_factors"]
-    fig, axes = _subplots(1, len(npcs), figsize=(4.2 * len(npcs) + 2.5, 4.2), sharey=True,
-                             squeeze=False)
-    for ax, npc in zip(axes[0], npcs):
-        for method in methods:
-            runs = [r for r in rows if (r["method"], r["npc"]) == (method, npc)]
-            if not runs:
-                continue
-            rates = sorted({r["lr"] for r in runs})
-            for style, epochs in zip(("-", "--"), sorted({r["epochs"] for r in runs})):
-                pts = sorted((rates.index(r["lr"]), 100 * r["val_top1"]) for r in runs
-                             if r["epochs"] == epochs)
-                ax.plot(*zip(*pts), style, marker="o", ms=4, color=palette[method],
-                        label=method if style == "-" else None)
-            best = max(runs, key=lambda r: r["val_top1"])
-            ax.plot(rates.index(best["lr"]), 100 * best["val_top1"], "o", ms=11, mfc="none",
-                    mec=palette[method], mew=1.5)
-        if chance:
-            ax.axhline(100 * chance, color="grey", ls=":")
-        ax.set_xticks(range(len(factors)))
-        ax.set_xticklabels([f"x {f:g}" for f in factors])
-        ax.set(title=f"NPC {npc}", xlabel="learning rate (x the method's starting rate)",
-               ylabel="validation top-1 accuracy (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    handles += [plt.Line2D([], [], color=DARK, ls="-"), plt.Line2D([], [], color=DARK, ls="--"),
-                plt.Line2D([], [], color=DARK, marker="o", ms=11, mfc="none", ls="none")]
-    budgets = search["step_budgets"]
-    labels += [f"{budgets[0]} steps", f"{budgets[-1]} steps", "chosen"]
-    fig.legend(handles, labels, loc="center right", fontsize=9, title="method, length")
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
-    return fig
-
-
-@_themed
 def convergence_figure(trials: Sequence[dict], chosen: dict, late_fraction: float = 0.8,
                        chance: float | None = 0.1,
                        title: str = "Is every choice inside its search?") -> Figure:
@@ -656,7 +612,8 @@ def convergence_figure(trials: Sequence[dict], chosen: dict, late_fraction: floa
         rates_ax, curve_ax = axes[0][column], axes[1][column]
         for npc in npcs:
             runs = sorted((t["lr"], 100 * t["val_top1"]) for t in trials
-                          if (t["method"], t["npc"]) == (method, npc))
+                          if (t["method"], t["npc"]) == (method, npc)
+                          and "doubled_of" not in t)
             if not runs:
                 continue
             pick = chosen[(method, npc)]
@@ -897,7 +854,7 @@ __all__ = [
     "training_curves", "confusion_heatmap", "position_probabilities_figure",
     "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "puzzle_stats_figure",
-    "equivariance_figure", "npc_figure", "search_figure", "controls_figure",
+    "equivariance_figure", "npc_figure", "controls_figure",
     "position_curves_figure", "budget_curve_figure", "attention_distance_figure", "bar_figure",
     "markdown_table", "save",
     "widgets_can_render",

@@ -68,7 +68,12 @@ def main(argv=None) -> None:
                              "reads, apl_core/results/<profile>_controls[_main].json)")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))
-    seeds = []
+    out = Path(args.out) if args.out else controls.results_path(args.profile, args.budget)
+    results = {"profile": args.profile, "machine": machine_description(device),
+               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+               "controls": PROFILES[args.profile]["controls"], "budget": args.budget,
+               "command": " ".join(["python benchmarks/controls_seeds.py", *argv_shown(args)]),
+               "seeds": []}
     for seed in args.seeds:
         started = time.perf_counter()
         every = list(controls.control_configs(args.profile, seed, args.budget))
@@ -77,18 +82,14 @@ def main(argv=None) -> None:
                                      runs_dir=args.runs_dir, device=device, quiet=True,
                                      snapshot_every=args.snapshot_every)
         borders = controls.border_reliance(rows, device=device)
-        seeds.append({"seed": seed, "rows": [{k: v for k, v in row.items() if k != "run_dir"}
-                                             for row in rows],
-                      "borders": borders, "minutes": (time.perf_counter() - started) / 60})
-        print(f"seed {seed}: {seeds[-1]['minutes']:.1f} min", flush=True)
-    results = {"profile": args.profile, "machine": machine_description(device),
-               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
-               "controls": PROFILES[args.profile]["controls"], "budget": args.budget,
-               "command": " ".join(["python benchmarks/controls_seeds.py", *argv_shown(args)]),
-               "seeds": seeds}
-    out = Path(args.out) if args.out else controls.results_path(args.profile, args.budget)
-    out.write_text(json.dumps(results, indent=1) + "\n")
-    print(f"wrote {out}")
+        results["seeds"].append({
+            "seed": seed, "rows": [{k: v for k, v in row.items() if k != "run_dir"}
+                                   for row in rows],
+            "borders": borders, "minutes": (time.perf_counter() - started) / 60})
+        # written after every seed: a stopped study keeps the seeds it finished
+        out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"seed {seed}: {results['seeds'][-1]['minutes']:.1f} min, written to {out}",
+              flush=True)
     print(markdown_table(controls.seed_table(results)))
     test_images = len(controls.labelled_sets(args.profile, 0).test[1])
     print(markdown_table(controls.verdict_table(results, test_images)))

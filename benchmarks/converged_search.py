@@ -31,13 +31,6 @@ from apl_core.device import machine_description, resolve_device  # noqa: E402
 from apl_core.stats import sampling_noise  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "apl_core" / "results"
-
-
-def results_path(profile: str) -> Path:
-    return RESULTS_DIR / f"{profile}_converged_search.json"
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--profile", default="quick")
@@ -47,8 +40,8 @@ def main(argv=None) -> None:
                         help="(method, NPC) searches run at a time, sharing the CPU threads")
     parser.add_argument("--npcs", type=int, nargs="+", default=None,
                         help="the NPCs to search (default: the profile's sweep)")
-    parser.add_argument("--methods", nargs="+", default=list(search.SEARCHED_METHODS),
-                        choices=search.SEARCHED_METHODS, metavar="METHOD",
+    parser.add_argument("--methods", nargs="+", default=list(search.METHODS),
+                        choices=search.METHODS, metavar="METHOD",
                         help="the methods to search (default: all)")
     parser.add_argument("--out", default="",
                         help="the results file (default: apl_core/results/"
@@ -71,7 +64,8 @@ def main(argv=None) -> None:
         "command": f"python benchmarks/converged_search.py --profile {args.profile} "
                    f"--workers {args.workers}",
     }
-    store = search.TrialStore(Path(args.out) if args.out else results_path(args.profile), header)
+    store = search.TrialStore(Path(args.out) if args.out else search.search_path(args.profile),
+                               header)
     configs = search.search_configs(args.profile, str(run.run_dir), npcs, args.methods,
                                     **settings)
 

@@ -2,7 +2,7 @@
 
     python benchmarks/converged_seeds.py --profile quick --seeds 0 1 2 --workers 2
 
-Reads the choice from apl_core/results/<profile>_converged_search.json. For each seed s:
+Reads the choice from apl_core/results/<profile>_converged_search.json (search.chosen_configs). For each seed s:
 pretrain the profile's model with seed s; train every (method, NPC) the search chose with its
 recipe at the chosen rate, as long as its search runs, on the labelled images of seed s
 (label seed 42 + s), keeping the weights of its best epoch on the seed's own validation part;
@@ -22,18 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from apl_core import search  # noqa: E402
-from apl_core.comparison import feature_comparison, train_all  # noqa: E402
+from apl_core import report, search  # noqa: E402
+from apl_core.comparison import feature_comparison  # noqa: E402
 from apl_core.config import profile_config  # noqa: E402
 from apl_core.device import machine_description, resolve_device  # noqa: E402
 from apl_core.rundir import run_name  # noqa: E402
-from apl_core.train import best_epoch_test_top1, finetune, pretrain  # noqa: E402
-
-from converged_search import results_path  # noqa: E402
-
-
-def seeds_path(profile: str) -> Path:
-    return results_path(profile).with_name(f"{profile}_converged_seeds.json")
+from apl_core.train import pretrain  # noqa: E402
 
 
 def run_seed(profile: str, seed: int, chosen: dict, store: search.TrialStore, runs_dir: str,
@@ -46,24 +40,20 @@ def run_seed(profile: str, seed: int, chosen: dict, store: search.TrialStore, ru
                    resume="auto")
     settings.update(finetune_settings)
     npcs = sorted({npc for _, npc in chosen})
-    methods = list(dict.fromkeys(method for method, _ in chosen))
-    configs = [(method, config.replace(lr=chosen[(method, config.npc)]["lr"]))
-               for method, config in search.search_configs(profile, str(run.run_dir), npcs,
-                                                           methods, seed=seed, **settings)
-               if (method, config.npc) in chosen]
-    todo = [config for _, config in configs if store.find(run_name(config)) is None]
-    if todo:
-        train_all(todo, workers)
-    for method, config in configs:
-        if store.find(run_name(config)) is None:
-            result = finetune(config, resume="auto")
-            row = search.trial_row(method, result.config, result.metrics)
-            store.add({**row, "seed": seed,
-                       "position_top1": run.metrics[-1].get("val_top1"),
-                       "test_top1": best_epoch_test_top1(result.run_dir, device)})
-            print(f"seed {seed}  NPC {config.npc:>4}  {method:<22} best epoch "
-                  f"{row['best_epoch']}/{row['epochs']}  val {row['val_top1']:.1%}  test "
-                  f"{store.find(row['run'])['test_top1']:.1%}", flush=True)
+    methods = [method for method in search.METHODS if any(m == method for m, _ in chosen)]
+    stored = {trial["run"] for trial in store.read()["trials"]}
+    todo = [(method, config) for method, config in search.chosen_configs(
+                profile, str(run.run_dir), npcs, methods, seed=seed, **settings)
+            if (method, config.npc) in chosen and run_name(config) not in stored]
+
+    def add(row: dict) -> None:
+        row = {key: value for key, value in row.items() if key != "run_dir"}
+        store.add({**row, "seed": seed, "position_top1": run.metrics[-1].get("val_top1")})
+        print(f"seed {seed}  NPC {row['npc']:>4}  {row['method']:<22} best epoch "
+              f"{row['best_epoch']}/{row['epochs']}  val {row['val_top1']:.1%}  test "
+              f"{row['test_top1']:.1%}", flush=True)
+
+    search.compare(todo, workers, report=add)
     for npc in npcs:
         key = f"features-seed{seed}-npc{npc}"
         if store.find(key) is None:
@@ -83,24 +73,27 @@ def main(argv=None) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=1,
                         help="runs trained at a time, sharing the CPU threads")
-    parser.add_argument("--search", default="", help="the search's results file (default: "
-                        "apl_core/results/<profile>_converged_search.json)")
+    parser.add_argument("--npcs", type=int, nargs="+", default=None,
+                        help="the NPCs to run (default: every NPC the search chose for)")
     parser.add_argument("--out", default="", help="the results file (default: apl_core/"
                         "results/<profile>_converged_seeds.json)")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))
-    found = search.TrialStore(Path(args.search or results_path(args.profile)), {}).read()
-    if not found["trials"]:
-        sys.exit(f"no search results in {args.search or results_path(args.profile)}: run "
+    found = search.load_search(args.profile)
+    if not found or not found["trials"]:
+        sys.exit(f"no search results in {search.search_path(args.profile)}: run "
                  f"benchmarks/converged_search.py --profile {args.profile} first")
-    chosen = search.choose(found["trials"])
+    chosen = {(method, npc): pick
+              for (method, npc), pick in search.choose(found["trials"]).items()
+              if args.npcs is None or npc in args.npcs}
     header = {"profile": args.profile, "search": found.get("date"),
               "chosen": {f"{method}|{npc}": pick for (method, npc), pick in chosen.items()},
               "machine": machine_description(device), "torch": torch.__version__,
               "date": datetime.date.today().isoformat(), "workers": args.workers,
               "command": f"python benchmarks/converged_seeds.py --profile {args.profile} "
                          f"--seeds {' '.join(map(str, args.seeds))} --workers {args.workers}"}
-    store = search.TrialStore(Path(args.out) if args.out else seeds_path(args.profile), header)
+    store = search.TrialStore(Path(args.out) if args.out else report.seeds_path(args.profile),
+                              header)
     for seed in args.seeds:
         run_seed(args.profile, seed, chosen, store, args.runs_dir, device, args.workers)
     print(f"written to {store.path}")

@@ -27,9 +27,9 @@ def test_run_names_of_the_smoke_profile_are_stable():
     assert run_name(smoke_pretrain_config("runs")) == \
         "synthetic32-G4K1-flatten-b2h3m2-n1024-do0.15-pdo0.1-lr0.002-bs64-e3-s0-c0c4a68a"
     assert run_name(smoke_finetune_config("runs")) == \
-        "synthetic32-benchmark-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-2c20a86d"
+        "synthetic32-benchmark-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-77c6a6a6"
     assert run_name(smoke_finetune_config("runs", pretrained="runs/pretrain/a-run")) == \
-        "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-3f57db82"
+        "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-1fe88ec4"
 
 
 def test_pretraining_run_name_shows_the_settings_that_differ():

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from apl_core.rundir import run_name
+from apl_core.rundir import read_metrics, run_name
+from apl_core.train import RunResult
 from apl_core.config import FinetuneConfig
+from apl_core import search
 from apl_core.search import (
-    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, choose, doubled_config,
-    epochs_for_steps, initial_rates, late_runs, max_steps, next_rate, run_late_checks,
-    run_search, search_configs, search_method, searched_config, trial_row,
+    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, choose, chosen_configs, compare,
+    doubled_config, epochs_for_steps, initial_rates, late_runs, load_search, max_steps,
+    next_rate, run_late_checks, run_search, run_steps, search_configs, search_method,
+    searched_config, trial_row,
 )
 
 from conftest import smoke_finetune_config
@@ -64,6 +68,15 @@ def test_short_runs_are_validated_every_epoch():
 def test_searched_config_refuses_a_method_that_is_not_searched():
     with pytest.raises(ValueError, match="'APL linear probe' is not searched: choose from"):
         searched_config(FinetuneConfig(), "APL linear probe", 100)
+
+
+def test_a_run_is_max_steps_long_or_the_profiles_own_epochs_without_a_search():
+    assert run_steps("quick", FinetuneConfig(npc=30)) == 500
+    # the paper profile has no search: 20 epochs of 100 images at batch 32, 4 steps each
+    assert run_steps("paper", FinetuneConfig(npc=10, epochs=20, batch_size=32)) == 80
+    with pytest.raises(ValueError, match=r"NPC 7 has no max_steps in the 'quick' profile "
+                                         r"\(it has \[10, 30, 100\]\)"):
+        run_steps("quick", FinetuneConfig(npc=7))
 
 
 def test_max_steps_names_the_profiles_that_have_them():
@@ -230,8 +243,8 @@ def test_search_configs_build_each_method_at_each_npc(pretrained_run, tmp_path):
                                          r"\(it has \[10\]\)"):
         search_configs("smoke", str(pretrained_run.run_dir), [30],
                        runs_dir=str(pretrained_run.run_dir.parent.parent), val_per_class=2)
-    with pytest.raises(ValueError, match="'smoke' profile has no validation part"):
-        search_configs("smoke", str(pretrained_run.run_dir), [10],
+    with pytest.raises(ValueError, match="'smoke' profile has no validation part to choose"):
+        search_configs("smoke", str(pretrained_run.run_dir), [10], val_per_class=0,
                        runs_dir=str(pretrained_run.run_dir.parent.parent))
 
 
@@ -301,3 +314,79 @@ def test_run_late_checks_doubles_each_late_choice_once(tmp_path):
     assert (double["lr"], double["epochs"], len(double["val_curve"])) == (0.03, 8, 8)
     assert choose(store.read()["trials"])[("S-CNN", 2)]["doubled"]["run"] == double["run"]
     assert run_late_checks([("S-CNN", base)], store) == []  # done once
+
+
+# ---------------------------------------------------------------- the choice, applied
+
+def test_the_committed_quick_search_is_read_and_a_damaged_one_named(tmp_path, monkeypatch):
+    committed = load_search("quick")
+    assert committed["profile"] == "quick" and len(committed["trials"]) >= 25
+    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    assert load_search("quick") is None
+    (tmp_path / "quick_converged_search.json").write_text("{cut")
+    with pytest.raises(ValueError, match="quick_converged_search.json is not a converged search "
+                                         "results file.*git checkout.*converged_search.py "
+                                         "--profile quick"):
+        load_search("quick")
+
+
+def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run, tmp_path,
+                                                                 monkeypatch):
+    runs = str(pretrained_run.run_dir.parent.parent)
+    settings = dict(runs_dir=runs, val_per_class=2, device="cpu")
+    searched = search_configs("smoke", str(pretrained_run.run_dir), [10],
+                              ("BENCHMARK", "S-CNN"), **settings)
+    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    # no search for smoke: every method at its recipe's start rate
+    assert chosen_configs("smoke", str(pretrained_run.run_dir), [10], ("BENCHMARK", "S-CNN"),
+                          **settings) == searched
+    store = TrialStore(tmp_path / "smoke_converged_search.json", {"profile": "smoke"})
+    for lr, val in ((1e-4, 0.2), (3e-4, 0.4), (1e-3, 0.3)):
+        store.add(trial(lr, val, method="BENCHMARK"))
+    chosen = chosen_configs("smoke", str(pretrained_run.run_dir), [10], ("BENCHMARK", "S-CNN"),
+                            seed=1, **settings)
+    assert [(m, c.lr, c.label_seed) for m, c in chosen] == [
+        ("BENCHMARK", 3e-4, 43), ("S-CNN", START_RATES["S-CNN"], 43)]
+    assert chosen[0][1] == search_configs("smoke", str(pretrained_run.run_dir), [10],
+                                          ("BENCHMARK",), seed=1, **settings)[0][1].replace(
+                                              lr=3e-4)
+
+
+def test_compare_scores_each_runs_best_epoch_once_on_the_test_set(tmp_path):
+    """Two S-CNN runs: each row is the run's trial_row with the test top-1 of its best
+    validation epoch, read back without training again."""
+    base = searched_config(smoke_finetune_config(tmp_path / "runs", model="s-cnn", npc=2,
+                                                 val_per_class=1, test_per_class=3),
+                           "S-CNN", 3)
+    configs = [("S-CNN", base.replace(lr=lr)) for lr in (0.01, 0.1)]
+    reported = []
+    rows = compare(configs, workers=1, report=reported.append)
+    assert reported == rows and [r["lr"] for r in rows] == [0.01, 0.1]
+    for (method, config), row in zip(configs, rows):
+        run_dir = tmp_path / "runs" / "finetune" / run_name(config)
+        assert row["run_dir"] == str(run_dir.resolve()) and row["test_images"] == 30
+        assert row["test_top1"] == search.best_epoch_test_top1(run_dir, "cpu")
+        assert {k: row[k] for k in ("method", "best_epoch", "val_curve")} == {
+            k: v for k, v in trial_row(method, config, read_metrics(run_dir)).items()
+            if k in ("method", "best_epoch", "val_curve")}
+        assert not any("test_top1" in m for m in read_metrics(run_dir)), "test seen in training"
+    stamps = [(Path(r["run_dir"]) / "last.pt").stat().st_mtime_ns for r in rows]
+    assert compare(configs) == rows
+    assert [(Path(r["run_dir"]) / "last.pt").stat().st_mtime_ns for r in rows] == stamps
+
+
+def test_compare_trains_ahead_in_workers_when_asked(monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(search, "train_all", lambda configs, workers: calls.append(
+        (list(configs), workers)))
+    base = smoke_finetune_config(tmp_path, model="s-cnn", npc=2, val_per_class=1)
+    monkeypatch.setattr(search, "finetune", lambda config, resume: calls.append(resume) or
+                        RunResult(tmp_path, tmp_path / "last.pt", metrics([0.2, 0.4]), config))
+    monkeypatch.setattr(search, "best_epoch_test_top1", lambda run_dir, device: 0.5)
+    monkeypatch.setattr(search, "finetune_sets", lambda config: (None, None, [0] * 7))
+    rows = compare([("S-CNN", base)], workers=2)
+    assert calls == [([base], 2), "auto"]
+    assert (rows[0]["test_top1"], rows[0]["test_images"], rows[0]["best_epoch"]) == (0.5, 7, 2)
+    calls.clear()
+    compare([("S-CNN", base)])
+    assert calls == ["auto"], "one worker: each run trained as it is asked for"

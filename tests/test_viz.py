@@ -98,11 +98,6 @@ CASES = {
                                                     viz.random_order(G)),
     "npc": lambda: viz.npc_figure([dict(method=m, npc=n, test_top1=0.3 + n / 1000)
                                    for m in ("a", "b") for n in (10, 50)]),
-    "search": lambda: viz.search_figure({"lr_factors": (0.3, 1, 3), "step_budgets": (2, 6),
-                                         "rows": [dict(method=m, npc=n, lr=lr, epochs=e,
-                                                       val_top1=0.2 + lr * e)
-                                                  for m in ("a", "b") for n in (10, 30)
-                                                  for e in (1, 3) for lr in (0.03, 0.1, 0.3)]}),
     "game": lambda: viz.game_figure(*(torch.rand(11, 11, 3).numpy() for _ in range(3)), 4, 16),
     "convergence": lambda: viz.convergence_figure(CONVERGENCE_TRIALS,
                                                   search.choose(CONVERGENCE_TRIALS)),

@@ -1,0 +1,26 @@
+"""The committed results of the studies (JSON files next to this one, written by the scripts
+in benchmarks/), and their one loader: the course reads them instead of rerunning hours of
+training."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+RESULTS_DIR = Path(__file__).resolve().parent
+
+
+def load_results(path: Path, kind: str, required: set[str], rerun: str) -> dict | None:
+    """Committed results of `kind` (a search, seeds) at `path`, or None if there are none. A
+    damaged file is an error that names it, what it lacks, and how to restore it."""
+    if not path.exists():
+        return None
+    try:
+        results = json.loads(path.read_text())
+        missing = (sorted(required - set(results)) if isinstance(results, dict)
+                   else "a JSON object")
+    except ValueError as error:
+        missing = f"valid JSON ({error})"
+    if missing:
+        raise ValueError(f"{path} is not a {kind} results file (it lacks {missing}); restore "
+                         f"it with git checkout, or rerun {rerun}")
+    return results
