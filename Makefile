@@ -8,7 +8,7 @@ PROFILE ?= auto
 OUT     ?= course_output
 PY      := $(VENV)/bin/python
 
-.PHONY: run test lab figures mutation setup benchmark clean
+.PHONY: run test lab figures mutation setup benchmark results-docs clean
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,10 @@ figures: setup
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# docs/results.md's and the README's tables, rewritten from the committed results
+results-docs: setup
+	$(PY) -m apl_core.results_docs
 
 # from scratch: mutmut keeps which tests cover which function in mutants/ and misses edited tests
 mutation: setup

@@ -1,0 +1,160 @@
+"""The numbers of the docs, written from the committed results by the code that reads them.
+
+    python -m apl_core.results_docs           rewrite every generated block (make results-docs)
+    python -m apl_core.results_docs --check   fail, naming the blocks, if any is out of date
+
+A generated block sits in a markdown file between `<!-- results: NAME -->` and
+`<!-- /results -->`; BLOCKS says what each NAME holds, all of it read from
+apl_core/results/*.json (the committed studies). The prose around a block is written by hand and
+states each conclusion once, without retyping the block's numbers, so a rerun study changes the
+docs in one command and a test (tests/test_results_docs.py) fails while they differ.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from . import controls, report, search
+from .config import profile_config
+from .stats import mean_sd
+from .viz import markdown_table
+
+PROFILE = "quick"  # the profile whose studies the docs report
+_FINETUNE = profile_config(PROFILE, "finetune")
+TEST_IMAGES = _FINETUNE.test_per_class * _FINETUNE.num_classes
+POSITIONS = profile_config(PROFILE, "pretrain").grid ** 2
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = (ROOT / "docs" / "results.md", ROOT / "README.md")
+BLOCK = re.compile(r"(<!-- results: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
+                   re.DOTALL)
+
+
+def _provenance(results: dict) -> str:
+    return f"`{results['command']}` on {results['machine']}, torch {results['torch']}"
+
+
+def search_block() -> str:
+    """Where each choice of the converged search sits, with its late check."""
+    found = search.load_search(PROFILE)
+    if not found:
+        return "(no committed search)"
+    trials = [t for t in found["trials"] if "doubled_of" not in t]
+    hours = sum(t["seconds"] for t in found["trials"]) / 3600
+    searched = {(t["method"], t["npc"]) for t in trials}
+    return "\n\n".join([
+        f"{_provenance(found)}: {len(trials)} trials of {len(searched)} (method, NPC) pairs, "
+        f"{hours:.1f} run-hours at {found['threads_per_run']} thread each, "
+        f"{found['workers']} at a time.",
+        markdown_table(report.search_table(found["trials"]))])
+
+
+def seed0_block() -> str:
+    """Seed 0 of the converged experiment: the comparison and the frozen features."""
+    seeds = report.load_seeds(PROFILE)
+    rows, features = report.seed_rows(seeds, 0)
+    if not rows:
+        return "(no committed seed 0)"
+    return "\n\n".join([report.accuracy_table(rows), report.feature_table(features)])
+
+
+def seeds_block() -> str:
+    """Every committed seed: means and spreads, then the paired margins."""
+    seeds = report.load_seeds(PROFILE)
+    if not seeds:
+        return "(no committed seeds)"
+    return "\n\n".join([_provenance(seeds) + ".", report.seed_table(seeds),
+                        report.margin_table(seeds)])
+
+
+def claims_block() -> str:
+    """Notebook 05's claim table for seed 0 and, with two seeds or more, over the seeds."""
+    seeds = report.load_seeds(PROFILE)
+    rows, features = report.seed_rows(seeds, 0)
+    if not rows:
+        return "(no committed seed 0)"
+    position = rows[0]["position_top1"]
+    checks = report.claim_checks(report.accuracy_by_run(rows), features, position, POSITIONS,
+                                 TEST_IMAGES)
+    return markdown_table(checks + report.seed_checks(seeds, TEST_IMAGES))
+
+
+def controls_block(budget: str = "small") -> Callable[[], str]:
+    def block() -> str:
+        results = controls.load_seeds(PROFILE, budget)
+        if not results:
+            return f"(no committed controls at the {budget} budget)"
+        return "\n\n".join([_provenance(results) + ".",
+                            markdown_table(controls.seed_table(results)),
+                            markdown_table(controls.verdict_table(results, TEST_IMAGES))])
+    return block
+
+
+def headline_block() -> str:
+    """The README's few lines: pretraining, and the smallest seed's margins at the lowest NPC."""
+    seeds = report.load_seeds(PROFILE)
+    rows, _ = report.seed_rows(seeds, 0)
+    if not rows:
+        return "(no committed seeds)"
+    lines = [f"- Held-out position top-1 after pretraining (seed 0): "
+             f"{100 * rows[0]['position_top1']:.1f} % against chance {100 / POSITIONS:.2f} %."]
+    low = min(row["npc"] for row in rows)
+    for margin in report.seed_margins(seeds):
+        if margin["npc"] == low:
+            values = list(margin["per_seed"].values())
+            lines.append(f"- {margin['margin']} at NPC {low}: {mean_sd(values)} points over "
+                         f"{len(values)} seed{'s' * (len(values) > 1)}, smallest "
+                         f"{100 * min(values):+.1f}.")
+    return "\n".join(lines)
+
+
+BLOCKS: dict[str, Callable[[], str]] = {
+    "converged-search": search_block, "seed-0": seed0_block, "seeds": seeds_block,
+    "claims": claims_block, "controls-small": controls_block("small"),
+    "controls-main": controls_block("main"), "headline": headline_block,
+}
+
+
+def render(text: str) -> str:
+    """`text` with every generated block rewritten from the committed results."""
+    def fill(match: re.Match) -> str:
+        name = match["name"]
+        if name not in BLOCKS:
+            raise ValueError(f"unknown generated block {name!r}: the blocks are {list(BLOCKS)}")
+        return f"{match[1]}{BLOCKS[name]()}\n{match[4]}"
+    return BLOCK.sub(fill, text)
+
+
+def stale(paths=DOCS) -> list[str]:
+    """The generated blocks that differ from what the committed results give, as
+    'file: block'."""
+    found = []
+    for path in paths:
+        text = Path(path).read_text()
+        fresh = render(text)
+        old = {m["name"]: m["body"] for m in BLOCK.finditer(text)}
+        new = {m["name"]: m["body"] for m in BLOCK.finditer(fresh)}
+        found += [f"{Path(path).name}: {name}" for name in old if old[name] != new[name]]
+    return found
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; fail if a generated block is out of date")
+    args = parser.parse_args(argv)
+    if args.check:
+        out_of_date = stale()
+        if out_of_date:
+            sys.exit("out of date (run make results-docs): " + ", ".join(out_of_date))
+        print("every generated block matches the committed results")
+        return
+    for path in DOCS:
+        path.write_text(render(path.read_text()))
+        print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
