@@ -195,6 +195,58 @@ def border_reliance(rows: list[dict], device="cpu", images: int = 500) -> list[d
     return table
 
 
+def by_name(rows: list[dict], name: str) -> dict:
+    """The row of control `name` (a run's rows are looked up by name, never by place)."""
+    found = [row for row in rows if row["control"] == name]
+    if not found:
+        raise KeyError(f"no control {name!r} in these rows; they have "
+                       f"{[row['control'] for row in rows]}")
+    return found[0]
+
+
+def configs_table(configs: dict[str, PretrainConfig]) -> list[dict]:
+    """What each control pretrains: grid, crop, tokens, token size, its one change, budget."""
+    return [{"control": name, "G": c.grid, "K": c.crop, "tokens T": c.num_tokens,
+             "D": c.token_dim, "positional embedding": c.positional_embedding,
+             "attention scale": c.attention_scale,
+             "images x epochs": f"{c.num_images - c.holdout_images:,} x {c.epochs}"}
+            for name, c in configs.items()]
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def run_table(rows: list[dict]) -> list[dict]:
+    """One run of the controls (%): the puzzle against its chance, the frozen features' kNN
+    and probe, and the penalty the probe chose on validation."""
+    return [{"control": r["control"], "G": r["grid"], "K": r["crop"],
+             "position top-1": _percent(r["position_top1"]), "chance": _percent(r["chance"]),
+             "kNN top-1": _percent(r["knn_top1"]), "probe top-1": _percent(r["probe_top1"]),
+             "probe L2 penalty": f"{r['probe_penalty']:g}"} for r in rows]
+
+
+def grid_table(rows: list[dict], crop: int) -> list[dict]:
+    """The grid controls and APL at crop `crop`, by G (%): harder puzzles have more
+    positions, so the position top-1 is shown against its chance too."""
+    grids = sorted((r for r in rows if r["crop"] == crop and r["position_top1"] is not None
+                    and r["control"] not in ("positional leak", "original scaling")),
+                   key=lambda r: r["grid"])
+    return [{"G": r["grid"], "tokens T": r["grid"] ** 2,
+             "position top-1": _percent(r["position_top1"]),
+             "x chance": f"{r['position_top1'] / r['chance']:.1f}",
+             "kNN top-1": _percent(r["knn_top1"]), "probe top-1": _percent(r["probe_top1"])}
+            for r in grids]
+
+
+def scaling_table(rows: list[dict], apl_name: str) -> list[dict]:
+    """APL's standard attention scaling against the original's (%)."""
+    return [{"attention": label, "position top-1": _percent(r["position_top1"]),
+             "kNN top-1": _percent(r["knn_top1"]), "probe top-1": _percent(r["probe_top1"])}
+            for label, r in (("standard, 1/sqrt(D/H)", by_name(rows, apl_name)),
+                             ("original, q k v / D^(1/4)", by_name(rows, "original scaling")))]
+
+
 def finetuned_transformers(finetune_rows: list[dict], methods=("APL fine-tune", "BENCHMARK"),
                            device="cpu") -> dict:
     """The transformers of notebook 04's runs of `methods` at its largest NPC, by method."""
@@ -210,7 +262,7 @@ def results_path(profile: str, budget: str = "small") -> Path:
     return RESULTS_DIR / f"{profile}_controls{'' if budget == 'small' else '_' + budget}.json"
 
 
-def load_seeds(profile: str, budget: str = "small") -> dict | None:
+def load_controls(profile: str, budget: str = "small") -> dict | None:
     """The committed controls over seeds at `budget` (benchmarks/controls_seeds.py), None if
     there are none for `profile`."""
     return load_results(results_path(profile, budget), "controls over seeds",
@@ -219,7 +271,7 @@ def load_seeds(profile: str, budget: str = "small") -> dict | None:
                         f"--budget {budget}")
 
 
-def seed_table(results: dict) -> list[dict]:
+def control_table(results: dict) -> list[dict]:
     """Per control, the mean ± standard deviation over seeds (%) of the held-out position
     top-1, the kNN and the linear probe's top-1."""
     table = []

@@ -94,6 +94,18 @@ def puzzle_stats(image_size: int, grid: int, crop: int) -> PuzzleStats:
     )
 
 
+# the columns of a table of puzzle_stats rows, and how to show the shares
+STATS_COLUMNS = ("image_size", "grid", "crop", "tokens", "patch_size", "cropped_size",
+                 "token_dim", "information_loss", "pixels_kept")
+STATS_FORMATS = {"information_loss": ".1%", "pixels_kept": ".1%"}
+
+
+def stats_rows(image_size: int, grids, crops) -> list[dict]:
+    """puzzle_stats of every valid (G, K) of `grids` x `crops` on N = image_size, as rows."""
+    return [puzzle_stats(image_size, g, k).as_row() for g in grids for k in crops
+            if k < image_size // g]
+
+
 def position_targets(batch: int, tokens: int, device=None) -> torch.Tensor:
     """(B, T) targets: token t's position is t."""
     return torch.arange(tokens, device=device).expand(batch, tokens)

@@ -33,7 +33,7 @@ from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
 from .search import choose
 from .stats import mean_sd
-from .viz import markdown_table
+from .tables import markdown_table
 
 CHANCE = 0.1  # 10 classes
 PAIRS = (
@@ -144,19 +144,55 @@ def pretraining_summary(run_dir: str | Path) -> dict:
             "positions": positions, "chance": 1 / positions, "minutes": minutes, "row": row}
 
 
+def puzzle_scores(last: dict, positions: int) -> list[dict]:
+    """The last epoch of a pretraining run against a uniform guess: loss and top-1/3/5 on the
+    training images and on the held-out images."""
+    chance = 1 / positions
+    return [{"": "training images", "loss": last["train_loss"], "top-1": last["train_top1"],
+             "top-3": last["train_top3"], "top-5": last["train_top5"]},
+            {"": "held-out images", "loss": last.get("val_loss"), "top-1": last.get("val_top1"),
+             "top-3": last.get("val_top3"), "top-5": last.get("val_top5")},
+            {"": "chance (uniform)", "loss": math.log(positions), "top-1": chance,
+             "top-3": 3 * chance, "top-5": 5 * chance}]
+
+
+SCORE_FORMATS = {"loss": ".3f", "top-1": ".1%", "top-3": ".1%", "top-5": ".1%"}
+
+
+def pretraining_record(result, profile: str, device) -> dict:
+    """What notebook 02 records of its run for the notebooks after it: where the run and its
+    checkpoint are, what it reached, how long it took, and on what."""
+    import platform
+
+    import torch
+
+    config, last = result.config, result.metrics[-1]
+    return {"profile": profile, "run_dir": str(result.run_dir.resolve()),
+            "checkpoint": str(result.checkpoint.resolve()), "epochs": last["epoch"],
+            "tokens": config.num_tokens, "chance": 1 / config.num_tokens,
+            "train_top1": last["train_top1"], "val_top1": last.get("val_top1"),
+            "val_top5": last.get("val_top5"), "val_loss": last.get("val_loss"),
+            "train_time_s": sum(r["epoch_time_s"] for r in result.metrics),
+            "images_per_s": last["images_per_s"], "device": str(device),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "cpu_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if str(device).startswith("cuda") else None,
+            "config": config.to_dict()}
+
+
 def accuracy_by_run(rows: list[dict]) -> dict[tuple[str, int], float]:
     return {(r["method"], r["npc"]): r["test_top1"] for r in rows}
 
 
-def accuracy_table(rows: list[dict]) -> str:
+def accuracy_table(rows: list[dict]) -> list[dict]:
     """Methods as rows, NPCs as columns: test top-1 (%) at the run's chosen epoch and, in
     brackets, that epoch's training top-1 (augmented), so that under- and over-fitting show."""
     npcs = sorted({r["npc"] for r in rows})
-    table = [{"method": m, **{f"NPC {r['npc']}: test (train)":
-                              f"{100 * r['test_top1']:.1f} ({100 * r['train_top1']:.0f})"
-                              for r in rows if r["method"] == m}}
-             for m in dict.fromkeys(r["method"] for r in rows)]
-    return markdown_table(table, columns=["method", *(f"NPC {n}: test (train)" for n in npcs)])
+    return [{"method": m, **{f"NPC {n}: test (train)": next(
+                (f"{100 * r['test_top1']:.1f} ({100 * r['train_top1']:.0f})" for r in rows
+                 if (r["method"], r["npc"]) == (m, n)), None) for n in npcs}}
+            for m in dict.fromkeys(r["method"] for r in rows)]
 
 
 def run_line(row: dict) -> str:
@@ -193,7 +229,7 @@ def feature_rows(features: list[dict]) -> list[dict]:
             for entry in sorted(features, key=lambda r: r["npc"])]
 
 
-def feature_table(features: list[dict]) -> str:
+def feature_table(features: list[dict]) -> list[dict]:
     """The frozen features per NPC: kNN and linear-probe test top-1 (%), APL against random
     init. features: one row per NPC, {"npc", "features": feature_comparison's result}."""
     table = []
@@ -204,7 +240,7 @@ def feature_table(features: list[dict]) -> str:
             row[f"NPC {entry['npc']}: kNN / probe"] = (f"{100 * judged['knn_top1']:.1f} / "
                                                        f"{100 * judged['probe_top1']:.1f}")
         table.append(row)
-    return markdown_table(table)
+    return table
 
 
 def search_table(trials: list[dict]) -> list[dict]:
@@ -272,7 +308,7 @@ def seed_runs(seeds: dict) -> tuple[dict, dict]:
     return tests, features
 
 
-def seed_table(seeds: dict) -> str:
+def seed_table(seeds: dict) -> list[dict]:
     """Test top-1 (%) per method and NPC, mean ± standard deviation over the seeds committed
     (their number in brackets where not all have it), then the frozen features."""
     tests, features = seed_runs(seeds)
@@ -285,14 +321,15 @@ def seed_table(seeds: dict) -> str:
 
     table = []
     for method in sorted(dict.fromkeys(m for m, _ in tests), key=_method_order):
-        table.append({"method": method, **{f"NPC {n}": cell(list(tests[(method, n)].values()))
-                                           for n in npcs if (method, n) in tests}})
+        table.append({"method": method, **{
+            f"NPC {n}": cell(list(tests[(method, n)].values())) if (method, n) in tests
+            else None for n in npcs}})
     for _, measure in MEASURES:
         for i, name in enumerate(FEATURES):
             table.append({"method": f"{measure}, {name}", **{
                 f"NPC {n}": cell([pair[i] for pair in features[(measure, n)].values()])
-                for n in npcs if (measure, n) in features}})
-    return markdown_table(table, columns=["method", *(f"NPC {n}" for n in npcs)])
+                if (measure, n) in features else None for n in npcs}})
+    return table
 
 
 def seed_margins(seeds: dict) -> list[dict]:
@@ -328,7 +365,7 @@ def seed_margins(seeds: dict) -> list[dict]:
     return margins
 
 
-def margin_table(seeds: dict) -> str:
+def margin_table(seeds: dict) -> list[dict]:
     """Every paired margin (points) per seed, its mean ± sd and the smallest seed's."""
     rows = []
     for m in seed_margins(seeds):
@@ -337,7 +374,7 @@ def margin_table(seeds: dict) -> str:
                      "per seed": ", ".join(f"{100 * v:+.1f} (seed {s})"
                                            for s, v in m["per_seed"].items()),
                      "mean ± sd": mean_sd(values), "smallest": f"{100 * min(values):+.1f}"})
-    return markdown_table(rows)
+    return rows
 
 
 def seed_checks(seeds: dict, test_images: int) -> list[dict]:
@@ -412,14 +449,16 @@ def write_report(report_dir: str | Path, provenance: str, pretraining: dict, row
                   markdown_table(search_table(search["trials"]))]
     if seeds:
         extra += [f"## Over the seeds that draw their own labels ({seeds['profile']} profile, "
-                  f"`{seeds['command']}`)", seed_table(seeds), margin_table(seeds)]
+                  f"`{seeds['command']}`)", markdown_table(seed_table(seeds)),
+                  markdown_table(margin_table(seeds))]
     text = "\n\n".join([
         "# APL reproduction report", provenance,
         "## Pretraining (APL puzzle, held-out images)",
         markdown_table([pretraining["row"]], formats=PERCENT),
         "## Fine-tuning: test top-1 (%) at the chosen epoch, training top-1 in brackets",
-        accuracy_table(rows),
-        "## Frozen features: kNN / linear probe test top-1 (%)", feature_table(features),
+        markdown_table(accuracy_table(rows)),
+        "## Frozen features: kNN / linear probe test top-1 (%)",
+        markdown_table(feature_table(features)),
         *extra,
         "## The claim, checked", markdown_table(checks),
         "## Figures", *[f"### {figure.title}\n\n![{figure.title}]({figure.file})"

@@ -20,7 +20,7 @@ from pathlib import Path
 from . import controls, report, search
 from .config import profile_config
 from .stats import mean_sd
-from .viz import markdown_table
+from .tables import markdown_table
 
 PROFILE = "quick"  # the profile whose studies the docs report
 _FINETUNE = profile_config(PROFILE, "finetune")
@@ -57,7 +57,8 @@ def seed0_block() -> str:
     rows, features = report.seed_rows(seeds, 0)
     if not rows:
         return "(no committed seed 0)"
-    return "\n\n".join([report.accuracy_table(rows), report.feature_table(features)])
+    return "\n\n".join([markdown_table(report.accuracy_table(rows)),
+                        markdown_table(report.feature_table(features))])
 
 
 def seeds_block() -> str:
@@ -65,8 +66,8 @@ def seeds_block() -> str:
     seeds = report.load_seeds(PROFILE)
     if not seeds:
         return "(no committed seeds)"
-    return "\n\n".join([_provenance(seeds) + ".", report.seed_table(seeds),
-                        report.margin_table(seeds)])
+    return "\n\n".join([_provenance(seeds) + ".", markdown_table(report.seed_table(seeds)),
+                        markdown_table(report.margin_table(seeds))])
 
 
 def claims_block() -> str:
@@ -83,11 +84,11 @@ def claims_block() -> str:
 
 def controls_block(budget: str = "small") -> Callable[[], str]:
     def block() -> str:
-        results = controls.load_seeds(PROFILE, budget)
+        results = controls.load_controls(PROFILE, budget)
         if not results:
             return f"(no committed controls at the {budget} budget)"
         return "\n\n".join([_provenance(results) + ".",
-                            markdown_table(controls.seed_table(results)),
+                            markdown_table(controls.control_table(results)),
                             markdown_table(controls.verdict_table(results, TEST_IMAGES))])
     return block
 

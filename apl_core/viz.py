@@ -792,31 +792,7 @@ def attention_distance_figure(distances: dict[str, np.ndarray], uniform: float |
     return fig
 
 
-# ---------------------------------------------------------------- tables and files
-
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None,
-                   formats: dict[str, str] | None = None) -> str:
-    """Rows of dicts -> a GitHub markdown table (values formatted with `formats[col]`)."""
-    if not rows:
-        return "(no rows)"
-    columns = list(columns or rows[0].keys())
-    formats = formats or {}
-
-    def cell(row, col):
-        v = row.get(col, "")
-        if v is None or v == "":
-            return "–"
-        fmt = formats.get(col)
-        if fmt:
-            return format(v, fmt)
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join("---:" if isinstance(rows[0].get(c), (int, float)) else ":---"
-                            for c in columns) + "|"]
-    lines += ["| " + " | ".join(cell(r, c) for c in columns) + " |" for r in rows]
-    return "\n".join(lines)
-
+# ---------------------------------------------------------------- files
 
 @_themed
 def save(fig: Figure, output_dir, name: str) -> Path:
@@ -856,6 +832,6 @@ __all__ = [
     "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "puzzle_stats_figure",
     "equivariance_figure", "npc_figure", "controls_figure",
     "position_curves_figure", "budget_curve_figure", "attention_distance_figure", "bar_figure",
-    "markdown_table", "save",
+    "save",
     "widgets_can_render",
 ]

@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from apl_core import controls  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
 from apl_core.device import machine_description, resolve_device  # noqa: E402
-from apl_core.viz import markdown_table  # noqa: E402
+from apl_core.tables import markdown_table  # noqa: E402
 
 
 def argv_shown(args) -> list[str]:
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"seed {seed}: {results['seeds'][-1]['minutes']:.1f} min, written to {out}",
               flush=True)
-    print(markdown_table(controls.seed_table(results)))
+    print(markdown_table(controls.control_table(results)))
     test_images = len(controls.labelled_sets(args.profile, 0).test[1])
     print(markdown_table(controls.verdict_table(results, test_images)))
     print(markdown_table(controls.border_table(results)))

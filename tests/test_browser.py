@@ -5,6 +5,7 @@ tile, "check" pressed, both scores read. Needs Debian's `chromium` (`.ci/run` in
 browser download."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -144,78 +145,71 @@ def open_and_run_all(page, base: str, token: str, folder: Path, notebook: str,
     assert "Error displaying widget" not in text
 
 
-def browser_page(playwright):
-    browser = playwright.chromium.launch(
-        executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.set_default_timeout(60_000)
-    return browser, page
+@contextlib.contextmanager
+def notebook_ran_in_lab(jupyterlab, notebook: str):
+    """`notebook` opened in JupyterLab in headless Chromium with every cell run: (page,
+    screenshot folder); the browser closes after the test's steps, which print where the
+    screenshots are."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM, "chromium is not installed: apt-get install chromium"
+    base, token, folder = jupyterlab
+    shots = folder / "screenshots"
+    shots.mkdir()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        try:
+            open_and_run_all(page, base, token, folder, notebook, shots)
+            yield page, shots
+        finally:
+            browser.close()
+            print(f"screenshots: {shots}")
 
 
 def test_notebook_01_runs_in_jupyterlab_and_its_slider_redraws(jupyterlab):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM, "chromium is not installed: apt-get install chromium"
-    base, token, folder = jupyterlab
-    shots = folder / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as playwright:
-        browser, page = browser_page(playwright)
-        try:
-            open_and_run_all(page, base, token, folder, NOTEBOOK, shots)
-            panel = page.locator(".widget-interact").first
-            panel.scroll_into_view_if_needed()
-            sliders = panel.locator(".widget-slider")
-            assert sliders.count() == 2, "the G and K sliders did not render"
-            figure = panel.locator(".jp-OutputArea-output img").first
-            before = figure.get_attribute("src")
-            readout = sliders.first.locator(".widget-readout")
-            readout.click()
-            page.keyboard.press("Control+A")
-            page.keyboard.type("5")
-            page.keyboard.press("Enter")
-            wait_until(lambda: figure.get_attribute("src") != before, 60,
-                       "moving the G slider did not redraw the figure", page, shots)
-            assert readout.inner_text().strip() == "5"
-            panel.screenshot(path=shots / "3_slider_moved.png")
-        finally:
-            browser.close()
-            print(f"screenshots: {shots}")
+    with notebook_ran_in_lab(jupyterlab, NOTEBOOK) as (page, shots):
+        panel = page.locator(".widget-interact").first
+        panel.scroll_into_view_if_needed()
+        sliders = panel.locator(".widget-slider")
+        assert sliders.count() == 2, "the G and K sliders did not render"
+        figure = panel.locator(".jp-OutputArea-output img").first
+        before = figure.get_attribute("src")
+        readout = sliders.first.locator(".widget-readout")
+        readout.click()
+        page.keyboard.press("Control+A")
+        page.keyboard.type("5")
+        page.keyboard.press("Enter")
+        wait_until(lambda: figure.get_attribute("src") != before, 60,
+                   "moving the G slider did not redraw the figure", page, shots)
+        assert readout.inner_text().strip() == "5"
+        panel.screenshot(path=shots / "3_slider_moved.png")
 
 
 def test_notebook_03_game_is_played_in_jupyterlab_and_scores_both_players(jupyterlab):
-    from playwright.sync_api import sync_playwright
+    with notebook_ran_in_lab(jupyterlab, GAME_NOTEBOOK) as (page, shots):
+        panel = page.locator(".apl-game").first
+        panel.scroll_into_view_if_needed()
+        choices = panel.locator(".widget-dropdown select")
+        tiles = choices.count()
+        assert tiles == 16, f"the smoke profile's G = 4 puzzle shows 16 tiles, not {tiles}"
+        board = panel.locator(".widget-image").nth(tiles)  # after the tiles: your board
+        empty_board = board.get_attribute("src")
+        for tile in range(tiles):  # a cell for every tile, each cell once
+            row, col = divmod((tile * 5) % tiles, 4)
+            choices.nth(tile).select_option(label=f"row {row + 1}, col {col + 1}")
+        wait_until(lambda: board.get_attribute("src") != empty_board, 30,
+                   "placing the tiles did not redraw your board", page, shots)
+        panel.locator("button:has-text('check')").click()
+        score = panel.locator(".apl-game-score")
+        wait_until(lambda: score.count() == 1, 30, "check showed no score", page, shots)
+        found = re.fullmatch(r"you: (\d+)/16 right, the model: (\d+)/16 right",
+                             score.inner_text().strip())
+        assert found, score.inner_text()
+        student, model = map(int, found.groups())
+        assert f"after 1 puzzle(s): you {student}/16 tiles right, the model {model}/16" in \
+            panel.inner_text()
+        panel.screenshot(path=shots / "3_game_checked.png")
 
-    assert CHROMIUM, "chromium is not installed: apt-get install chromium"
-    base, token, folder = jupyterlab
-    shots = folder / "screenshots"
-    shots.mkdir()
-    with sync_playwright() as playwright:
-        browser, page = browser_page(playwright)
-        try:
-            open_and_run_all(page, base, token, folder, GAME_NOTEBOOK, shots)
-            panel = page.locator(".apl-game").first
-            panel.scroll_into_view_if_needed()
-            choices = panel.locator(".widget-dropdown select")
-            tiles = choices.count()
-            assert tiles == 16, f"the smoke profile's G = 4 puzzle shows 16 tiles, not {tiles}"
-            board = panel.locator(".widget-image").nth(tiles)  # after the tiles: your board
-            empty_board = board.get_attribute("src")
-            for tile in range(tiles):  # a cell for every tile, each cell once
-                row, col = divmod((tile * 5) % tiles, 4)
-                choices.nth(tile).select_option(label=f"row {row + 1}, col {col + 1}")
-            wait_until(lambda: board.get_attribute("src") != empty_board, 30,
-                       "placing the tiles did not redraw your board", page, shots)
-            panel.locator("button:has-text('check')").click()
-            score = panel.locator(".apl-game-score")
-            wait_until(lambda: score.count() == 1, 30, "check showed no score", page, shots)
-            found = re.fullmatch(r"you: (\d+)/16 right, the model: (\d+)/16 right",
-                                 score.inner_text().strip())
-            assert found, score.inner_text()
-            student, model = map(int, found.groups())
-            assert f"after 1 puzzle(s): you {student}/16 tiles right, the model {model}/16" in \
-                panel.inner_text()
-            panel.screenshot(path=shots / "3_game_checked.png")
-        finally:
-            browser.close()
-            print(f"screenshots: {shots}")

@@ -126,7 +126,7 @@ def test_the_positional_leak_solves_the_puzzle_without_looking_at_the_image():
 
 
 def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
-    from apl_core.controls import border_table, seed_table
+    from apl_core.controls import border_table, control_table
 
     def row(control, seed, probe):
         return {"control": control, "position_top1": 0.4, "chance": 1 / 16,
@@ -137,7 +137,7 @@ def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
          "borders": [{"control": "K = 0", "crop": 0, "intact": 0.5, "blanked": 0.2,
                       "drop": 0.3}]}
         for seed in (0, 1)]}
-    assert [r["probe top-1"] for r in seed_table(results)] == ["20.5 ± 0.7", "20.5 ± 6.4"]
+    assert [r["probe top-1"] for r in control_table(results)] == ["20.5 ± 0.7", "20.5 ± 6.4"]
     assert border_table(results) == [{"control": "K = 0", "K": 0, "intact": "50.0 ± 0.0",
                                       "ring blanked": "20.0 ± 0.0", "drop, per seed": "30.0, 30.0",
                                       "drop mean": "30.0"}]
@@ -183,10 +183,63 @@ def test_floor_is_the_random_init_rows_mean():
 
 
 def test_committed_controls_cover_every_control_on_three_seeds():
-    from apl_core.controls import load_seeds
+    from apl_core.controls import load_controls
 
-    committed = load_seeds("quick")
+    committed = load_controls("quick")
     assert [s["seed"] for s in committed["seeds"]] == [0, 1, 2]
     names = [*control_configs("quick"), RANDOM_INIT]
     for seed in committed["seeds"]:
         assert [row["control"] for row in seed["rows"]] == names
+
+
+def control_row(control, grid=4, crop=1, position=0.4, knn=0.2, probe=0.3):
+    return {"control": control, "grid": grid, "crop": crop, "position_top1": position,
+            "chance": 1 / grid ** 2, "knn_top1": knn, "probe_top1": probe,
+            "probe_penalty": 0.01}
+
+
+RUN = [control_row("APL (G = 4, K = 1)"), control_row("positional leak", position=1.0),
+       control_row("K = 0", crop=0), control_row("G = 6", grid=6, position=0.125),
+       control_row("G = 3", grid=3, position=0.5), control_row("original scaling", knn=0.25),
+       control_row("random init", position=None, knn=0.1, probe=0.15)]
+
+
+def test_rows_are_looked_up_by_name_and_a_missing_name_lists_the_known_ones():
+    from apl_core.controls import by_name
+
+    assert by_name(RUN, "positional leak")["position_top1"] == 1.0
+    with pytest.raises(KeyError, match="no control 'K = 9' in these rows; they have "
+                                       r"\['APL \(G = 4, K = 1\)', 'positional leak'"):
+        by_name(RUN, "K = 9")
+
+
+def test_the_run_table_shows_percentages_and_a_dash_for_the_floors_puzzle():
+    from apl_core.controls import run_table
+
+    table = run_table(RUN)
+    assert table[0] == {"control": "APL (G = 4, K = 1)", "G": 4, "K": 1,
+                        "position top-1": "40.0", "chance": "6.2", "kNN top-1": "20.0",
+                        "probe top-1": "30.0", "probe L2 penalty": "0.01"}
+    assert table[-1]["position top-1"] == "–"
+
+
+def test_the_grid_table_orders_the_grids_at_the_crop_without_the_other_controls():
+    from apl_core.controls import grid_table
+
+    assert [(r["G"], r["x chance"]) for r in grid_table(RUN, crop=1)] == [
+        (3, "4.5"), (4, "6.4"), (6, "4.5")]
+
+
+def test_the_scaling_table_sets_the_original_scaling_beside_apl():
+    from apl_core.controls import scaling_table
+
+    assert [(r["attention"], r["kNN top-1"]) for r in scaling_table(RUN, "APL (G = 4, K = 1)")] \
+        == [("standard, 1/sqrt(D/H)", "20.0"), ("original, q k v / D^(1/4)", "25.0")]
+
+
+def test_the_configs_table_names_each_controls_change_and_budget():
+    from apl_core.controls import configs_table, control_configs
+
+    table = configs_table(control_configs("smoke"))
+    assert table[0]["control"].startswith("APL") and table[0]["images x epochs"] == "256 x 1"
+    assert [r["positional embedding"] for r in table[:2]] == [False, True]

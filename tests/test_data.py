@@ -723,3 +723,16 @@ def test_resident_split_gives_the_same_batches(labelled):
             assert torch.equal(images[:, 0, 0, 0], labels * 2 / 255 - 1)
         else:
             assert labels is None and same_labels is None
+
+
+def test_demo_photo_is_a_square_uint8_image_or_the_first_of_a_folder(tmp_path):
+    from PIL import Image
+
+    from apl_core.data import demo_photo
+
+    photo = demo_photo(40)
+    assert photo.shape == (3, 40, 40) and photo.dtype == torch.uint8
+    assert photo.float().std() > 10, "a real photo, not a blank"
+    Image.new("RGB", (60, 30), (200, 10, 10)).save(tmp_path / "mine.png")
+    mine = demo_photo(20, str(tmp_path))
+    assert mine.shape == (3, 20, 20) and mine[0].float().mean() > 150 > mine[1].float().mean()

@@ -128,6 +128,16 @@ def test_notebook_01_finishes_under_the_papermill_command_line_every_time(tmp_pa
         assert "no slider panel" in text
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_notebook_teaches_in_prose_more_than_it_asks_to_run(path):
+    """At least 9 words of prose per line of code (benchmarks/notebook_prose.py counts)."""
+    sys.path.insert(0, str(NOTEBOOK_DIR.parent / "benchmarks"))
+    from notebook_prose import WORDS_PER_LINE, prose_counts
+
+    counts = prose_counts(path)
+    assert counts["words per line"] >= WORDS_PER_LINE, counts
+
+
 PAPERMILL_SECONDS = 180  # one run takes about 15 s
 
 

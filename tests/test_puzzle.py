@@ -94,3 +94,11 @@ def test_position_targets_are_token_indices():
     assert targets.shape == (3, 5) and torch.equal(targets[2], torch.arange(5))
     # made on the device asked for (meta stands in for a GPU)
     assert position_targets(3, 5, device="meta").device.type == "meta"
+
+
+def test_stats_rows_give_every_valid_grid_and_crop():
+    from apl_core.puzzle import STATS_COLUMNS, stats_rows
+
+    rows = stats_rows(32, [4, 16], [0, 1, 2])
+    assert [(r["grid"], r["crop"]) for r in rows] == [(4, 0), (4, 1), (4, 2), (16, 0), (16, 1)]
+    assert list(rows[0]) == list(STATS_COLUMNS)

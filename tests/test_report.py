@@ -10,6 +10,7 @@ import re
 import pytest
 
 from apl_core import report
+from apl_core.tables import markdown_table
 from apl_core.report import (
     accuracy_table, claim_checks, feature_table, gain_margin, margin_table, noise_margin,
     pretraining_summary, search_table, seed_checks, seed_table, write_report,
@@ -174,7 +175,7 @@ def test_accuracy_table_has_one_row_per_method_and_test_and_train_per_npc():
     rows = [{"method": m, "npc": n, "test_top1": acc, "train_top1": train}
             for m, n, acc, train in [("APL", 10, 0.25, 0.9), ("APL", 30, 0.5, 0.8),
                                      ("BENCH", 10, 0.125, 0.126), ("BENCH", 100, 0.2, 0.3)]]
-    lines = accuracy_table(rows).splitlines()
+    lines = markdown_table(accuracy_table(rows)).splitlines()
     assert lines[0] == ("| method | NPC 10: test (train) | NPC 30: test (train) "
                         "| NPC 100: test (train) |")
     assert lines[2:] == ["| APL | 25.0 (90) | 50.0 (80) | – |",
@@ -207,7 +208,8 @@ def test_search_table_shows_where_each_choice_sits_and_its_late_check():
 
 
 def test_feature_table_gives_knn_and_probe_per_npc():
-    table = feature_table(features(0.35, 0.1, 0.4, 0.125, npc=30) + features(0.5, 0.2, npc=10))
+    table = markdown_table(feature_table(features(0.35, 0.1, 0.4, 0.125, npc=30)
+                                         + features(0.5, 0.2, npc=10)))
     assert table.splitlines()[0] == "| features | NPC 10: kNN / probe | NPC 30: kNN / probe |"
     assert table.splitlines()[2:] == ["| APL-pretrained features | 50.0 / 40.0 | 35.0 / 40.0 |",
                                       "| random-init features | 20.0 / 10.0 | 10.0 / 12.5 |"]
@@ -231,12 +233,12 @@ def seeds_results(margins=(0.15, 0.12, 0.03), cnn=0.3):
 
 
 def test_seed_tables_give_mean_and_spread_and_every_paired_margin():
-    table = seed_table(seeds_results())
+    table = markdown_table(seed_table(seeds_results()))
     assert table.splitlines()[0] == "| method | NPC 10 | NPC 100 |"
     assert "| APL fine-tune | 40.0 ± 6.2 | 40.0 ± 6.2 |" in table
     assert "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |" in table
     assert "| kNN, random-init features | 11.0 ± 1.0 | 11.0 ± 1.0 |" in table
-    margins = margin_table(seeds_results())
+    margins = markdown_table(margin_table(seeds_results()))
     assert margins.splitlines()[0] == "| margin (points) | NPC | per seed | mean ± sd | smallest |"
     assert ("| APL fine-tune - BENCHMARK | 10 | +15.0 (seed 0), +12.0 (seed 1), +3.0 (seed 2) "
             "| 10.0 ± 6.2 | +3.0 |") in margins
@@ -250,9 +252,9 @@ def test_a_seed_that_lacks_a_run_is_counted_and_left_out_of_its_margins():
     seeds = seeds_results()
     seeds["trials"] = [r for r in seeds["trials"]
                        if (r.get("method"), r["npc"], r["seed"]) != ("BENCHMARK", 10, 2)]
-    assert "| BENCHMARK | 30.0 ± 0.0 (2) | 30.0 ± 0.0 |" in seed_table(seeds)
+    assert "| BENCHMARK | 30.0 ± 0.0 (2) | 30.0 ± 0.0 |" in markdown_table(seed_table(seeds))
     assert ("| APL fine-tune - BENCHMARK | 10 | +15.0 (seed 0), +12.0 (seed 1) | 13.5 ± 2.1 "
-            "| +12.0 |") in margin_table(seeds)
+            "| +12.0 |") in markdown_table(margin_table(seeds))
 
 
 def test_the_claim_over_seeds_rests_on_the_smallest_seed():
@@ -273,7 +275,7 @@ def test_the_claim_over_seeds_rests_on_the_smallest_seed():
 def test_one_seed_is_no_claim_over_seeds():
     seeds = seeds_results((0.15,))
     assert seed_checks(seeds, 1000) == []
-    assert "| APL fine-tune | 45.0 | 45.0 |" in seed_table(seeds)
+    assert "| APL fine-tune | 45.0 | 45.0 |" in markdown_table(seed_table(seeds))
 
 
 def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path):
@@ -356,3 +358,24 @@ def test_seed_rows_give_one_seed_as_notebook_04_measures_it():
     assert len(tests) == 10 and {r["seed"] for r in tests} == {1}
     assert [r["npc"] for r in feature_rows] == [10, 100]
     assert report.seed_rows(None, 0) == ([], [])
+
+
+def test_puzzle_scores_set_training_and_held_out_against_a_uniform_guess():
+    last = {"train_loss": 1.0, "train_top1": 0.5, "train_top3": 0.8, "train_top5": 0.9,
+            "val_loss": 1.2, "val_top1": 0.4}
+    rows = report.puzzle_scores(last, 16)
+    assert [r[""] for r in rows] == ["training images", "held-out images", "chance (uniform)"]
+    assert rows[1]["top-1"] == 0.4 and rows[1]["top-5"] is None
+    assert rows[2] == {"": "chance (uniform)", "loss": pytest.approx(2.7726, abs=1e-4),
+                       "top-1": 0.0625, "top-3": 0.1875, "top-5": 0.3125}
+
+
+def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained_run):
+    record = report.pretraining_record(pretrained_run, "smoke", "cpu")
+    assert record["run_dir"] == str(pretrained_run.run_dir.resolve())
+    assert record["checkpoint"] == str(pretrained_run.checkpoint.resolve())
+    assert (record["epochs"], record["tokens"], record["chance"]) == (4, 16, 1 / 16)
+    assert record["val_top1"] == pretrained_run.metrics[-1]["val_top1"]
+    assert record["train_time_s"] == sum(m["epoch_time_s"] for m in pretrained_run.metrics)
+    assert record["config"] == pretrained_run.config.to_dict() and record["gpu"] is None
+    json.dumps(record)  # written as the notebook's JSON

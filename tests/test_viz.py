@@ -223,13 +223,6 @@ def test_random_order_is_seeded_and_never_identity():
         assert not torch.equal(viz.random_order(2, seed), torch.arange(4))
 
 
-def test_markdown_table_formats_columns():
-    table = viz.markdown_table([dict(a=1, b=0.1234), dict(a=2, b=None)], formats={"b": ".1%"})
-    lines = table.splitlines()
-    assert lines[0] == "| a | b |"
-    assert "12.3%" in lines[2] and "–" in lines[3]
-
-
 @pytest.mark.parametrize("session, history, renders", [
     ("/home/me/01_puzzle_construction.ipynb", "/home/me/.ipython/history.sqlite", True),  # Lab
     (None, ":memory:", False),  # papermill, nbconvert --execute, nbclient

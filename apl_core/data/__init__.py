@@ -30,8 +30,26 @@ from .stl10 import (
 )
 from .synthetic import SYNTHETIC_CLASSES, SYNTHETIC_SIZES, synthetic_images, synthetic_split
 
+def demo_photo(size: int, photo_dir: str = "", seed: int = 0):
+    """One photo, (3, size, size) uint8, to draw the puzzle on: the first image of `photo_dir`
+    (upright, shorter side resized, center-cropped) when given, else matplotlib's sample
+    portrait of Grace Hopper, center-cropped to a square."""
+    if photo_dir:
+        return load_split("folder", "unlabeled", photo_dir, size, limit=1, seed=seed).images[0]
+    import numpy as np
+    import torch
+    from matplotlib import cbook
+    from PIL import Image
+
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB")
+    w, h = photo.size
+    side = min(w, h)
+    photo = photo.crop(((w - side) // 2, 0, (w - side) // 2 + side, side))
+    return torch.from_numpy(np.asarray(photo.resize((size, size))).copy()).permute(2, 0, 1)
+
+
 __all__ = [
-    "SPLITS", "ImageSet", "load_split", "BatchLoader", "labelled_split", "stratified_indices",
+    "demo_photo", "SPLITS", "ImageSet", "load_split", "BatchLoader", "labelled_split", "stratified_indices",
     "split_holdout", "knn_sets", "data_source", "load_labelled_split", "finetune_sets",
     "load_stl10", "STL10_FILES", "STL10_FOLDER", "STL10_SIZE", "STL10_URL",
     "CorruptDatasetError", "DatasetNotFoundError", "synthetic_split", "synthetic_images",
