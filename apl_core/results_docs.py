@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,8 +33,11 @@ BLOCK = re.compile(r"(<!-- results: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-
                    re.DOTALL)
 
 
-def _provenance(results: dict) -> str:
-    return f"`{results['command']}` on {results['machine']}, torch {results['torch']}"
+def _provenance(results: dict, more: str = ".") -> str:
+    """Which command made `results`, on what, and `more`, as a paragraph of the docs' width."""
+    return textwrap.fill(f"`{results['command']}` on {results['machine']}, torch "
+                         f"{results['torch']}{more}", width=100, break_long_words=False,
+                         break_on_hyphens=False)
 
 
 def search_block() -> str:
@@ -45,9 +49,9 @@ def search_block() -> str:
     hours = sum(t["seconds"] for t in found["trials"]) / 3600
     searched = {(t["method"], t["npc"]) for t in trials}
     return "\n\n".join([
-        f"{_provenance(found)}: {len(trials)} trials of {len(searched)} (method, NPC) pairs, "
-        f"{hours:.1f} run-hours at {found['threads_per_run']} thread each, "
-        f"{found['workers']} at a time.",
+        _provenance(found, f": {len(trials)} trials of {len(searched)} (method, NPC) pairs, "
+                           f"{hours:.1f} run-hours at {found['threads_per_run']} thread each, "
+                           f"{found['workers']} at a time."),
         markdown_table(report.search_table(found["trials"]))])
 
 
@@ -66,7 +70,7 @@ def seeds_block() -> str:
     seeds = report.load_seeds(PROFILE)
     if not seeds:
         return "(no committed seeds)"
-    return "\n\n".join([_provenance(seeds) + ".", markdown_table(report.seed_table(seeds)),
+    return "\n\n".join([_provenance(seeds), markdown_table(report.seed_table(seeds)),
                         markdown_table(report.margin_table(seeds))])
 
 
@@ -87,7 +91,7 @@ def controls_block(budget: str = "small") -> Callable[[], str]:
         results = controls.load_controls(PROFILE, budget)
         if not results:
             return f"(no committed controls at the {budget} budget)"
-        return "\n\n".join([_provenance(results) + ".",
+        return "\n\n".join([_provenance(results),
                             markdown_table(controls.control_table(results)),
                             markdown_table(controls.verdict_table(results, TEST_IMAGES))])
     return block

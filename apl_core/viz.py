@@ -596,14 +596,17 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
 
 
 @_themed
-def convergence_figure(trials: Sequence[dict], chosen: dict, late_fraction: float = 0.8,
+def convergence_figure(trials: Sequence[dict], chosen: dict,
+                       methods: Sequence[str] | None = None, late_fraction: float = 0.8,
                        chance: float | None = 0.1,
                        title: str = "Is every choice inside its search?") -> Figure:
     """The converged search, one column per method. Top: validation top-1 against the
     learning rate (log scale), one line per NPC, the chosen rate ringed. Bottom: the chosen
     run's validation curve against the share of its run, the chosen epoch ringed and the
-    run's last fifth shaded. Trials: apl_core.search rows; chosen: search.choose's result."""
-    methods = list(dict.fromkeys(t["method"] for t in trials))
+    run's last fifth shaded. Trials: apl_core.search rows; chosen: search.choose's result;
+    methods: the columns' order (default: as the trials first name them)."""
+    searched = dict.fromkeys(t["method"] for t in trials)
+    methods = [m for m in methods if m in searched] if methods else list(searched)
     npcs = sorted({t["npc"] for t in trials})
     palette = dict(zip(npcs, sns.color_palette(PALETTE, len(npcs))))
     fig, axes = _subplots(2, len(methods), figsize=(3.3 * len(methods) + 1.5, 6.6),

@@ -244,3 +244,15 @@ def test_no_widgets_outside_ipython(monkeypatch):
     monkeypatch.setattr(IPython, "get_ipython", lambda: None)
     monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/01_puzzle_construction.ipynb")
     assert not viz.widgets_can_render()
+
+
+def test_convergence_columns_follow_the_given_order_and_leave_out_doubled_runs():
+    doubled = dict(CONVERGENCE_TRIALS[1], run="double", epochs=20, val_top1=0.9,
+                   doubled_of=CONVERGENCE_TRIALS[1]["run"])
+    trials = CONVERGENCE_TRIALS + [doubled]
+    fig = viz.convergence_figure(trials, search.choose(trials), ["b", "missing", "a"])
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["b", "a"]
+    a_rates = fig.axes[1].lines[0].get_ydata()  # a at NPC 10: its three rates, not the double
+    assert list(a_rates) == pytest.approx([100 * (0.5 - abs(lr - 0.01))
+                                           for lr in (0.001, 0.01, 0.1)])
+    plt.close(fig)
