@@ -25,9 +25,12 @@ def test_a_stale_block_is_named_with_its_file(tmp_path, monkeypatch):
     doc = tmp_path / "results.md"
     doc.write_text("<!-- results: headline -->\nby hand\n<!-- /results -->\n")
     monkeypatch.setitem(results_docs.BLOCKS, "headline", lambda: "from the results")
-    assert results_docs.stale([doc]) == ["results.md: headline"]
+    other = tmp_path / "README.md"
+    other.write_text("<!-- results: headline -->\nfrom the results\n<!-- /results -->\n")
+    assert results_docs.stale([doc, other]) == ["results.md: headline"]
+    assert results_docs.stale([other, doc]) == ["results.md: headline"]
     doc.write_text(results_docs.render(doc.read_text()))
-    assert results_docs.stale([doc]) == []
+    assert results_docs.stale([doc, other]) == []
 
 
 def test_an_unknown_block_is_an_error_that_lists_the_known_ones():
@@ -44,3 +47,55 @@ def test_check_fails_naming_what_to_run(monkeypatch, capsys):
     monkeypatch.setattr(results_docs, "stale", lambda: [])
     results_docs.main(["--check"])
     assert "every generated block matches" in capsys.readouterr().out
+
+
+def test_every_block_says_which_results_are_missing(monkeypatch):
+    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: None)
+    monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: None)
+    monkeypatch.setattr(results_docs.controls, "load_controls", lambda profile, budget: None)
+    assert {name: block() for name, block in results_docs.BLOCKS.items()} == {
+        "converged-search": "(no committed search)", "seed-0": "(no committed seed 0)",
+        "seeds": "(no committed seeds)", "claims": "(no committed seed 0)",
+        "controls-small": "(no committed controls at the small budget)",
+        "controls-main": "(no committed controls at the main budget)",
+        "headline": "(no committed seeds)"}
+
+
+def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
+    results = {"command": "python benchmarks/converged_search.py --profile quick --workers 2",
+               "machine": "AMD EPYC (2 threads)", "torch": "2.14.1+cu130"}
+    text = results_docs._provenance(results, ": " + "a few more words " * 6 + "end.")
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert text.replace("\n", " ").startswith(
+        "`python benchmarks/converged_search.py --profile quick --workers 2` on AMD EPYC "
+        "(2 threads), torch 2.14.1+cu130: a few more words")
+    assert text.endswith("end.") and "--profile" in text.splitlines()[0]
+
+
+def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monkeypatch):
+    from test_report import seeds_results
+
+    seeds = seeds_results((0.15, 0.12, 0.06))
+    for row in seeds["trials"]:
+        row["position_top1"] = 0.75
+    monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds)
+    lines = results_docs.headline_block().splitlines()
+    assert lines[0] == ("- Held-out position top-1 after pretraining (seed 0): 75.0 % against "
+                        "chance 6.25 %.")
+    assert lines[1] == ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, "
+                        "smallest +6.0.")
+    assert len(lines) == 6 and all("NPC 10" in line for line in lines[1:])
+
+
+def test_make_results_docs_rewrites_every_docs_file(tmp_path, monkeypatch, capsys):
+    docs = [tmp_path / "results.md", tmp_path / "README.md"]
+    for doc in docs:
+        doc.write_text("text\n<!-- results: headline -->\nold\n<!-- /results -->\n")
+    monkeypatch.setattr(results_docs, "DOCS", tuple(docs))
+    monkeypatch.setattr(results_docs, "ROOT", tmp_path)
+    monkeypatch.setitem(results_docs.BLOCKS, "headline", lambda: "new")
+    results_docs.main([])
+    assert [doc.read_text() for doc in docs] == [
+        "text\n<!-- results: headline -->\nnew\n<!-- /results -->\n"] * 2
+    assert capsys.readouterr().out == "wrote results.md\nwrote README.md\n"
+    assert results_docs.stale(docs) == []
