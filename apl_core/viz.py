@@ -261,6 +261,59 @@ def image_samples_figure(images, labels=None, classes=None, n: int = 8,
     return fig
 
 
+# ---------------------------------------------------------------- the puzzle's cost (notebook 01)
+
+@_themed
+def puzzle_stats_figure(stats: Sequence, title: str | None = None) -> Figure:
+    """Token dimension and information loss against G, one line per crop K.
+    `stats`: PuzzleStats (or their `as_row()` dicts) of one image size."""
+    rows = [s if isinstance(s, dict) else s.as_row() for s in stats]
+    crops = sorted({r["crop"] for r in rows})
+    fig, axes = _subplots(1, 2, figsize=(11, 4))
+    for k in crops:
+        pts = sorted((r["grid"], r["token_dim"], 100 * r["information_loss"])
+                     for r in rows if r["crop"] == k)
+        g, d, loss = zip(*pts)
+        axes[0].plot(g, d, marker="o", label=f"K={k}")
+        axes[1].plot(g, loss, marker="o", label=f"K={k}")
+    axes[0].set(title="Token dimension D = 3 (P-K)^2", xlabel="grid size G (patches per side)",
+                ylabel="D (values per token, log scale)", yscale="log")
+    axes[1].set(title="Information loss of a patch: 1 - (P-K)^2/P^2", ylim=(0, 100),
+                xlabel="grid size G (patches per side)", ylabel="pixels cropped away (%)")
+    for ax in axes:
+        ax.legend(title="crop")
+    fig.suptitle(title or f"What G and K cost (N = {rows[0]['image_size']} pixels)")
+    fig.tight_layout()
+    return fig
+
+
+@_themed
+def equivariance_figure(logits, logits_shuffled, order,
+                        title: str = "No positional information: shuffle in, shuffle out"
+                        ) -> Figure:
+    """Three (T, T) position-logit matrices of one image: tokens in order, tokens shuffled
+    by `order` (row i = token order[i]), and the shuffled result with its rows put back."""
+    a = torch.as_tensor(logits).detach().float().cpu()
+    b = torch.as_tensor(logits_shuffled).detach().float().cpu()
+    order = torch.as_tensor(order, dtype=torch.long)
+    back = torch.empty_like(b)
+    back[order] = b
+    vmin, vmax = float(a.min()), float(a.max())
+    fig, axes = _subplots(1, 3, figsize=(15, 4.6))
+    panels = ((a, "tokens in order", "token t (row-major)"),
+              (b, "tokens shuffled", "input slot (shuffled tokens)"),
+              (back, "shuffled output, rows put back", "token t (row-major)"))
+    for ax, (m, name, ylabel) in zip(axes, panels):
+        sns.heatmap(m.numpy(), ax=ax, cmap="vlag", vmin=vmin, vmax=vmax, square=True,
+                    xticklabels=max(1, len(m) // 8), yticklabels=max(1, len(m) // 8),
+                    cbar_kws={"label": "position logit"})
+        ax.set(title=name, xlabel="predicted position", ylabel=ylabel)
+    diff = (back - a).abs().max().item()
+    fig.suptitle(f"{title} (max |left - right| = {diff:.1e})")
+    fig.tight_layout()
+    return fig
+
+
 # ---------------------------------------------------------------- training curves
 
 def _series(rows: Sequence[dict], key: str) -> tuple[list, list]:
@@ -512,57 +565,6 @@ def patch_dropout_figure(rows: Sequence[dict], chance: float | None = None,
     return fig
 
 
-@_themed
-def puzzle_stats_figure(stats: Sequence, title: str | None = None) -> Figure:
-    """Token dimension and information loss against G, one line per crop K.
-    `stats`: PuzzleStats (or their `as_row()` dicts) of one image size."""
-    rows = [s if isinstance(s, dict) else s.as_row() for s in stats]
-    crops = sorted({r["crop"] for r in rows})
-    fig, axes = _subplots(1, 2, figsize=(11, 4))
-    for k in crops:
-        pts = sorted((r["grid"], r["token_dim"], 100 * r["information_loss"])
-                     for r in rows if r["crop"] == k)
-        g, d, loss = zip(*pts)
-        axes[0].plot(g, d, marker="o", label=f"K={k}")
-        axes[1].plot(g, loss, marker="o", label=f"K={k}")
-    axes[0].set(title="Token dimension D = 3 (P-K)^2", xlabel="grid size G (patches per side)",
-                ylabel="D (values per token, log scale)", yscale="log")
-    axes[1].set(title="Information loss of a patch: 1 - (P-K)^2/P^2", ylim=(0, 100),
-                xlabel="grid size G (patches per side)", ylabel="pixels cropped away (%)")
-    for ax in axes:
-        ax.legend(title="crop")
-    fig.suptitle(title or f"What G and K cost (N = {rows[0]['image_size']} pixels)")
-    fig.tight_layout()
-    return fig
-
-
-@_themed
-def equivariance_figure(logits, logits_shuffled, order,
-                        title: str = "No positional information: shuffle in, shuffle out"
-                        ) -> Figure:
-    """Three (T, T) position-logit matrices of one image: tokens in order, tokens shuffled
-    by `order` (row i = token order[i]), and the shuffled result with its rows put back."""
-    a = torch.as_tensor(logits).detach().float().cpu()
-    b = torch.as_tensor(logits_shuffled).detach().float().cpu()
-    order = torch.as_tensor(order, dtype=torch.long)
-    back = torch.empty_like(b)
-    back[order] = b
-    vmin, vmax = float(a.min()), float(a.max())
-    fig, axes = _subplots(1, 3, figsize=(15, 4.6))
-    panels = ((a, "tokens in order", "token t (row-major)"),
-              (b, "tokens shuffled", "input slot (shuffled tokens)"),
-              (back, "shuffled output, rows put back", "token t (row-major)"))
-    for ax, (m, name, ylabel) in zip(axes, panels):
-        sns.heatmap(m.numpy(), ax=ax, cmap="vlag", vmin=vmin, vmax=vmax, square=True,
-                    xticklabels=max(1, len(m) // 8), yticklabels=max(1, len(m) // 8),
-                    cbar_kws={"label": "position logit"})
-        ax.set(title=name, xlabel="predicted position", ylabel=ylabel)
-    diff = (back - a).abs().max().item()
-    fig.suptitle(f"{title} (max |left - right| = {diff:.1e})")
-    fig.tight_layout()
-    return fig
-
-
 # ---------------------------------------------------------------- fine-tuning
 
 @_themed
@@ -647,28 +649,7 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
     return fig
 
 
-@_themed
-def bar_figure(values: dict[str, float], xlabel: str, ylabel: str, title: str,
-               percent: bool = True, chance: float | None = None) -> Figure:
-    """Horizontal bars, one per labelled value (e.g. kNN accuracy of each model)."""
-    names = list(values)
-    vals = [100 * values[k] if percent else values[k] for k in names]
-    fig, ax = _subplots(figsize=(7, 0.55 * len(names) + 1.6))
-    colors = sns.color_palette(PALETTE, len(names))
-    ax.barh(names, vals, color=colors)
-    for y, v in enumerate(vals):
-        ax.text(v, y, f" {v:.1f}", va="center")
-    if chance:
-        ax.axvline(100 * chance if percent else chance, color="grey", ls=":",
-                   label=f"chance {100 * chance:.0f}%" if percent else "chance")
-    reference = (100 * chance if percent else chance) if chance else 0
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel, xlim=(0, max(vals + [reference, 1]) * 1.3))
-    ax.invert_yaxis()
-    if chance:
-        ax.legend(loc="best", fontsize=9)
-    fig.tight_layout()
-    return fig
-
+# ---------------------------------------------------------------- the controls (notebook 06)
 
 @_themed
 def controls_figure(rows: Sequence[dict], title: str = "What each control does to the "
@@ -834,7 +815,7 @@ __all__ = [
     "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "puzzle_stats_figure",
     "equivariance_figure", "npc_figure", "controls_figure",
-    "position_curves_figure", "budget_curve_figure", "attention_distance_figure", "bar_figure",
+    "position_curves_figure", "budget_curve_figure", "attention_distance_figure",
     "save",
     "widgets_can_render",
 ]

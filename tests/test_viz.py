@@ -115,8 +115,6 @@ CASES = {
         floor={"knn_top1": 0.1, "probe_top1": 0.12}),
     "attention_distance": lambda: viz.attention_distance_figure(
         {"a": torch.rand(2, 3).numpy(), "b": torch.rand(2, 3).numpy()}, uniform=1.5),
-    "bars": lambda: viz.bar_figure({"a": 0.5, "b": 0.3}, "accuracy (%)", "model", "kNN",
-                                   chance=0.1),
 }
 
 
