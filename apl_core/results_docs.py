@@ -112,7 +112,9 @@ def headline_block() -> str:
             lines.append(f"- {margin['margin']} at NPC {low}: {mean_sd(values)} points over "
                          f"{len(values)} seed{'s' * (len(values) > 1)}, smallest "
                          f"{100 * min(values):+.1f}.")
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(line, width=100, subsequent_indent="  ",
+                                   break_long_words=False, break_on_hyphens=False)
+                     for line in lines)
 
 
 BLOCKS: dict[str, Callable[[], str]] = {

@@ -84,7 +84,9 @@ def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monk
                         "chance 6.25 %.")
     assert lines[1] == ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, "
                         "smallest +6.0.")
-    assert len(lines) == 6 and all("NPC 10" in line for line in lines[1:])
+    items = "\n".join(lines).split("\n- ")  # a long item wraps, indented, at 100 characters
+    assert len(items) == 6 and all("NPC 10" in item for item in items[1:])
+    assert max(map(len, lines)) <= 100 and all(line.startswith(("- ", "  ")) for line in lines)
 
 
 def test_make_results_docs_rewrites_every_docs_file(tmp_path, monkeypatch, capsys):
