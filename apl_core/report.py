@@ -6,6 +6,9 @@ them, and the report written as markdown.
     feature_table         the frozen features: kNN and the linear probe, APL against random init
     search_table          where the converged search's every choice sits (apl_core.search)
     claim_checks          each statement of the claim, yes or no, with the measured margin
+    sweep_plan, load_sweep
+                          notebook 04's NPCs, live NPCs and methods from its parameters, and
+                          the results it wrote
     load_seeds, seed_table, margin_table, seed_checks
                           the converged experiment over seeds that draw their own labels
                           (benchmarks/converged_seeds.py): means, per-seed paired margins, and
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .comparison import FEATURES, METHODS
+from .config import profile_npcs
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
 from .search import choose
@@ -275,6 +279,29 @@ def load_seeds(profile: str) -> dict | None:
     (benchmarks/converged_seeds.py), or None."""
     return load_results(seeds_path(profile), "seeds", {"profile", "command", "trials"},
                         f"benchmarks/converged_seeds.py --profile {profile}")
+
+
+def sweep_plan(profile: str, npcs=(), live_npcs=(), methods=()) -> tuple[list, list, list]:
+    """Notebook 04's (npcs, live_npcs, methods) from its parameters: empty npcs and methods
+    are the profile's sweep and every method; empty live_npcs (the NPCs trained live) are the
+    smallest NPC where the profile has a committed experiment over seeds to read the others
+    from, and every NPC where it has none."""
+    npcs = list(npcs) or list(profile_npcs(profile))
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    live = list(live_npcs) or (npcs[:1] if load_seeds(profile) else npcs)
+    return npcs, live, list(methods) or list(METHODS)
+
+
+def load_sweep(path: str | Path, profile: str) -> dict:
+    """Notebook 04's results JSON, with a clear error naming what to run where it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist: run notebook 04_fine_tuning first (or the whole course: "
+            f"python -m apl_core course --profile {profile}), or pass finetune_results")
+    return json.loads(path.read_text())
 
 
 def _method_order(method: str) -> int:

@@ -379,3 +379,30 @@ def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained
     assert record["train_time_s"] == sum(m["epoch_time_s"] for m in pretrained_run.metrics)
     assert record["config"] == pretrained_run.config.to_dict() and record["gpu"] is None
     json.dumps(record)  # written as the notebook's JSON
+
+
+def test_sweep_plan_trains_the_smallest_npc_live_where_a_study_is_committed(tmp_path,
+                                                                          monkeypatch):
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    npcs = list(report.profile_npcs("quick"))
+    assert report.sweep_plan("quick") == (npcs, npcs, list(report.METHODS))
+    (tmp_path / "quick_converged_seeds.json").write_text(json.dumps(seeds_results()))
+    assert report.sweep_plan("quick") == (npcs, npcs[:1], list(report.METHODS))
+    assert report.sweep_plan("quick", [30, 100], [], ["S-CNN"]) == ([30, 100], [30], ["S-CNN"])
+    assert report.sweep_plan("quick", [30], [10, 30])[1] == [10, 30]
+
+
+def test_sweep_plan_names_an_unknown_method_and_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['ViT'\]; choose from .*"
+                                         r"'APL fine-tune'"):
+        report.sweep_plan("quick", methods=["ViT", "S-CNN"])
+
+
+def test_load_sweep_names_the_missing_file_and_the_notebook_that_writes_it(tmp_path):
+    missing = tmp_path / "04_fine_tuning.json"
+    with pytest.raises(FileNotFoundError, match=r"04_fine_tuning.json does not exist: run "
+                                                r"notebook 04_fine_tuning first .*--profile "
+                                                r"smoke\), or pass finetune_results"):
+        report.load_sweep(missing, "smoke")
+    missing.write_text(json.dumps({"rows": [1]}))
+    assert report.load_sweep(str(missing), "smoke") == {"rows": [1]}
