@@ -243,3 +243,80 @@ def test_the_configs_table_names_each_controls_change_and_budget():
     table = configs_table(control_configs("smoke"))
     assert table[0]["control"].startswith("APL") and table[0]["images x epochs"] == "256 x 1"
     assert [r["positional embedding"] for r in table[:2]] == [False, True]
+
+
+def test_the_main_budget_tables_read_every_seed_of_the_committed_study():
+    """The committed main-budget study as notebook 06 and docs/results.md show it; the
+    numbers were checked against the runs' own printed lines when the study finished."""
+    from apl_core.controls import border_table, control_table, floor, load_controls, \
+        verdict_table
+
+    study = load_controls("quick", budget="main")
+    assert control_table(study) == [
+        {"control": "APL (G = 4, K = 1)", "seeds": 3, "position top-1": "76.7 ± 1.4",
+         "chance": "6.2", "kNN top-1": "31.1 ± 3.6", "probe top-1": "53.7 ± 0.9"},
+        {"control": "positional leak", "seeds": 3, "position top-1": "100.0 ± 0.0",
+         "chance": "6.2", "kNN top-1": "11.9 ± 1.2", "probe top-1": "22.0 ± 1.8"},
+        {"control": "K = 0", "seeds": 3, "position top-1": "85.1 ± 1.9", "chance": "6.2",
+         "kNN top-1": "30.8 ± 1.0", "probe top-1": "55.4 ± 1.4"},
+        {"control": "random init", "seeds": 3, "position top-1": "–", "chance": "6.2",
+         "kNN top-1": "10.6 ± 1.4", "probe top-1": "15.0 ± 0.6"}]
+    assert [(r["control"], r["measure"], r["− APL, per seed"], r["detectable"], r["verdict"])
+            for r in verdict_table(study, test_images=1000)] == [
+        ("positional leak", "kNN", "-17.6, -22.0, -17.9", "6.1", "below APL"),
+        ("positional leak", "probe", "-34.3, -30.9, -29.9", "5.7", "below APL"),
+        ("K = 0", "kNN", "+2.6, -5.3, +2.0", "10.9", "no detectable difference"),
+        ("K = 0", "probe", "+1.3, -0.3, +4.0", "5.4", "no detectable difference"),
+        ("random init", "kNN", "-19.7, -23.1, -18.7", "5.7", "below APL"),
+        ("random init", "probe", "-39.8, -39.5, -37.0", "4.2", "below APL")]
+    assert border_table(study) == [
+        {"control": "K = 0", "K": 0, "intact": "85.1 ± 1.9", "ring blanked": "7.6 ± 1.8",
+         "drop, per seed": "76.5, 80.6, 75.5", "drop mean": "77.5",
+         "control's drop mean": "6.4", "reliance, per seed": "+69.8, +75.8, +67.8",
+         "reliance mean": "+71.1"},
+        {"control": "APL (G = 4, K = 1)", "K": 1, "intact": "76.7 ± 1.4",
+         "ring blanked": "10.0 ± 1.0", "drop, per seed": "66.5, 67.7, 65.9",
+         "drop mean": "66.7", "control's drop mean": "8.3",
+         "reliance, per seed": "+58.1, +59.0, +57.9", "reliance mean": "+58.4"}]
+    assert floor(study) == pytest.approx({"knn_top1": 0.106, "probe_top1": 0.150}, abs=5e-4)
+
+
+DISTINCT = [control_row("APL (G = 4, K = 1)", knn=0.21, probe=0.31),
+            control_row("positional leak", position=1.0, knn=0.22, probe=0.32),
+            control_row("K = 0", crop=0, knn=0.23, probe=0.33),
+            control_row("G = 6", grid=6, position=0.125, knn=0.24, probe=0.34),
+            control_row("G = 3", grid=3, position=0.5, knn=0.25, probe=0.35),
+            control_row("original scaling", position=0.39, knn=0.26, probe=0.36)]
+
+
+def test_the_grid_and_scaling_tables_carry_each_controls_own_numbers():
+    from apl_core.controls import grid_table, scaling_table
+
+    assert grid_table(DISTINCT, crop=1) == [
+        {"G": 3, "tokens T": 9, "position top-1": "50.0", "x chance": "4.5",
+         "kNN top-1": "25.0", "probe top-1": "35.0"},
+        {"G": 4, "tokens T": 16, "position top-1": "40.0", "x chance": "6.4",
+         "kNN top-1": "21.0", "probe top-1": "31.0"},
+        {"G": 6, "tokens T": 36, "position top-1": "12.5", "x chance": "4.5",
+         "kNN top-1": "24.0", "probe top-1": "34.0"}]
+    assert scaling_table(DISTINCT, "APL (G = 4, K = 1)") == [
+        {"attention": "standard, 1/sqrt(D/H)", "position top-1": "40.0", "kNN top-1": "21.0",
+         "probe top-1": "31.0"},
+        {"attention": "original, q k v / D^(1/4)", "position top-1": "39.0",
+         "kNN top-1": "26.0", "probe top-1": "36.0"}]
+
+
+def test_the_configs_table_shows_every_setting_a_control_changes():
+    from apl_core.controls import configs_table, control_configs
+
+    table = configs_table(control_configs("smoke"))
+    assert [r["control"] for r in table] == ["APL (G = 4, K = 1)", "positional leak", "K = 0",
+                                             "G = 2", "original scaling"]
+    assert table[0] == {"control": "APL (G = 4, K = 1)", "G": 4, "K": 1, "tokens T": 16,
+                        "D": 147, "positional embedding": False,
+                        "attention scale": "standard", "images x epochs": "256 x 1"}
+    assert {(r["control"], r["K"], r["D"]) for r in table if r["control"] == "K = 0"} == \
+        {("K = 0", 0, 192)}
+    assert table[-1]["attention scale"] == "original"
+    assert configs_table(control_configs("quick", budget="main"))[0]["images x epochs"] == \
+        "12,000 x 12"
