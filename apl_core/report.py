@@ -309,11 +309,29 @@ def _method_order(method: str) -> int:
     return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
+def _one_run_each(rows: list[dict]) -> None:
+    """Refuse two trained runs of one (method, NPC, seed): one of them is left from an older
+    search, and which one a table shows would depend on the file's order."""
+    seen: dict[tuple, str] = {}
+    for row in rows:
+        if "test_top1" not in row:
+            continue
+        key = (row["method"], row["npc"], row["seed"])
+        if key in seen:
+            raise ValueError(
+                f"the seeds file has two {row['method']} runs at NPC {row['npc']} for seed "
+                f"{row['seed']} ({seen[key]} and {row['run']}): one is left from an older "
+                f"search. Remove the rows that are not at the search's choice, then run "
+                f"benchmarks/converged_seeds.py again")
+        seen[key] = row["run"]
+
+
 def seed_rows(seeds: dict | None, seed: int) -> tuple[list[dict], list[dict]]:
     """One seed of the committed experiment, as notebook 04 measures it live: its comparison
     rows (method, npc, test_top1, train_top1, ...) in METHODS order, and its feature rows
     ({"npc", "features"}); ([], []) without committed seeds."""
     rows = [row for row in (seeds or {}).get("trials", []) if row.get("seed") == seed]
+    _one_run_each(rows)
     tests = sorted((row for row in rows if "test_top1" in row),
                    key=lambda row: (row["npc"], _method_order(row["method"])))
     features = sorted((row for row in rows if "features" in row), key=lambda row: row["npc"])
@@ -323,6 +341,7 @@ def seed_rows(seeds: dict | None, seed: int) -> tuple[list[dict], list[dict]]:
 def seed_runs(seeds: dict) -> tuple[dict, dict]:
     """The seeds' rows by what they measured: ({(method, npc): {seed: test top-1}},
     {(measure, npc): {seed: (APL features', random-init features' top-1)}})."""
+    _one_run_each(seeds["trials"])
     tests: dict[tuple[str, int], dict[int, float]] = {}
     features: dict[tuple[str, int], dict[int, tuple[float, float]]] = {}
     for row in seeds["trials"]:

@@ -9,6 +9,7 @@ its length read off the validation curve.
     search_method    one (method, NPC): TRIALS runs, the next rate chosen from the last ones
     trial_row        what a finished run contributes: its validation curve and best epoch
     choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
+    check_lengths    every trial of a (method, NPC) as long as the profile now makes its runs
     TrialStore / run_search     the results file, and every (method, NPC) searched in parallel
     doubled_config / run_late_checks   a late choice's run doubled, to show its curve flat
     load_search / chosen_configs       the committed search, and every method at its choice
@@ -172,6 +173,7 @@ def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
     for trial in trials:
         if "doubled_of" not in trial:
             groups.setdefault((trial["method"], trial["npc"]), []).append(trial)
+    check_lengths(trials)
     chosen = {}
     for key, group in groups.items():
         best = best_trial(group)
@@ -188,6 +190,24 @@ def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
             chosen[key]["doubled"] = {k: double[k] for k in ("epochs", "best_epoch",
                                                              "val_top1", "run")}
     return chosen
+
+
+def check_lengths(trials: list[dict], configs: list[tuple[str, FinetuneConfig]] = ()) -> None:
+    """Refuse trials of one (method, NPC) that differ in length, among themselves or from the
+    searched `configs`: the profile's max_steps changed since some of them ran, and a choice
+    among runs of different lengths would not compare like with like."""
+    lengths = {(method, config.npc): config.epochs for method, config in configs}
+    for trial in trials:
+        if "doubled_of" in trial:
+            continue
+        length = lengths.setdefault((trial["method"], trial["npc"]), trial["epochs"])
+        if trial["epochs"] != length:
+            raise ValueError(
+                f"the search's {trial['method']} runs at NPC {trial['npc']} differ in length: "
+                f"{trial['run']} has {trial['epochs']} epochs where {length} are searched. The "
+                f"profile's max_steps changed since it ran: remove that NPC's trials (and their "
+                f"doubled runs) from the results file, or give --out a new file, and search "
+                f"that NPC again (git keeps the old trials)")
 
 
 def late_runs(trials: list[dict]) -> list[str]:
@@ -318,7 +338,9 @@ def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, wor
                report: Callable[[dict], None] | None = None) -> list[dict]:
     """Search every (method, config) of `configs`, `workers` of them at a time (each with its
     share of the CPU threads); trials found in `store` or finished in runs_dir are read back.
-    Returns every trial; `report(trial)` is called as each (method, NPC) finishes."""
+    Returns every trial; `report(trial)` is called as each (method, NPC) finishes. Refuses,
+    before training anything, a store whose trials are not as long as `configs` (check_lengths)."""
+    check_lengths(store.read()["trials"], configs)
     trials = []
     with worker_pool(workers) as pool:
         futures = [pool.submit(_search_one, method, config, store.path, store.header)

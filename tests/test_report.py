@@ -360,6 +360,19 @@ def test_seed_rows_give_one_seed_as_notebook_04_measures_it():
     assert report.seed_rows(None, 0) == ([], [])
 
 
+def test_a_seeds_file_with_a_stale_run_is_refused_by_every_reader():
+    seeds = seeds_results()
+    seeds["trials"].append({"method": "S-CNN", "npc": 100, "seed": 1, "test_top1": 0.9,
+                            "run": "S-CNN-100-1-shorter"})
+    stale = (r"two S-CNN runs at NPC 100 for seed 1 \(S-CNN-100-1 and S-CNN-100-1-shorter\)"
+             r".*converged_seeds.py again")
+    for reader in (lambda: report.seed_rows(seeds, 1), lambda: seed_table(seeds),
+                   lambda: report.seed_margins(seeds)):
+        with pytest.raises(ValueError, match=stale):
+            reader()
+    assert len(report.seed_rows(seeds, 0)[0]) == 10  # another seed's rows are whole
+
+
 def test_puzzle_scores_set_training_and_held_out_against_a_uniform_guess():
     last = {"train_loss": 1.0, "train_top1": 0.5, "train_top3": 0.8, "train_top5": 0.9,
             "val_loss": 1.2, "val_top1": 0.4}

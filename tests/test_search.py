@@ -14,7 +14,8 @@ from apl_core.train import RunResult
 from apl_core.config import FinetuneConfig
 from apl_core import search
 from apl_core.search import (
-    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, choose, chosen_configs, compare,
+    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, check_lengths, choose, chosen_configs,
+    compare,
     doubled_config, epochs_for_steps, initial_rates, late_runs, load_search, max_steps,
     next_rate, run_late_checks, run_search, run_steps, search_configs, search_method,
     searched_config, trial_row,
@@ -204,6 +205,27 @@ def test_choose_marks_where_the_chosen_rate_sits_and_late_best_epochs():
     assert chosen[("BENCHMARK", 30)]["rate_position"] == "highest"
 
 
+def test_choose_refuses_a_method_whose_runs_differ_in_length():
+    trials = [trial(1e-4, 0.2, epochs=30), trial(1e-3, 0.3, epochs=60, best_epoch=40),
+              trial(1e-3, 0.4, method="S-CNN", epochs=30)]
+    with pytest.raises(ValueError, match=r"BENCHMARK runs at NPC 10 differ in length: "
+                                         r"BENCHMARK-10-0.001 has 60 epochs where 30 are "
+                                         r"searched.*remove that NPC's trials"):
+        choose(trials)
+    assert choose(trials[:1] + trials[2:])  # one length per (method, NPC): no complaint
+    double = {**trial(1e-4, 0.3, epochs=60), "run": "double", "doubled_of": trials[0]["run"]}
+    assert choose(trials[:1] + [double])[("BENCHMARK", 10)]["doubled"]["epochs"] == 60
+
+
+def test_check_lengths_compares_the_trials_with_the_searched_configs():
+    config = FinetuneConfig(npc=10, epochs=30)
+    check_lengths([trial(1e-4, 0.2, epochs=30), trial(1e-4, 0.2, npc=30, epochs=5)],
+                  [("BENCHMARK", config)])
+    with pytest.raises(ValueError, match="BENCHMARK-10-0.0001 has 30 epochs where 60 are"):
+        check_lengths([trial(1e-4, 0.2, epochs=30)], [("BENCHMARK", config.replace(epochs=60))])
+    check_lengths([trial(1e-4, 0.2, epochs=30)], [("S-CNN", config.replace(epochs=60))])
+
+
 # ---------------------------------------------------------------- the results file
 
 def test_trial_store_adds_finds_and_replaces_trials(tmp_path):
@@ -263,6 +285,10 @@ def test_run_search_trains_each_trial_once_and_resumes_from_its_results_file(tmp
         (run / "last.pt").unlink()
     assert run_search([("S-CNN", base)], store, workers=1) == trials
     assert not any((tmp_path / "runs" / "finetune").glob("*/last.pt"))
+    # the profile's runs made longer: refused before anything trains
+    with pytest.raises(ValueError, match="S-CNN runs at NPC 2 differ in length"):
+        run_search([("S-CNN", base.replace(epochs=8))], store, workers=1)
+    assert len(list((tmp_path / "runs" / "finetune").iterdir())) == TRIALS
 
 
 
