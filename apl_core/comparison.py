@@ -40,8 +40,7 @@ def method_config(method: str, npc: int, profile: str, pretrain_run: str,
     fine-tuning settings, the pretrained run's architecture and image size, the labels of the
     seed (label_seed 42 + seed), then `settings` (data_dir, runs_dir, device, any
     FinetuneConfig field), which win."""
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is invalid: choose from {METHODS}")
+    check_methods([method])
     values = dict(npc=npc, image_size=pretrained.image_size,
                   label_seed=label_seed(settings.get("seed", 0)))
     if method in CNN_MODELS:
@@ -52,6 +51,13 @@ def method_config(method: str, npc: int, profile: str, pretrain_run: str,
                       pretrained=pretrain_run if method.startswith("APL") else "",
                       positional_embedding=method.endswith("+ positions"))
     return profile_config(profile, "finetune", **{**values, **settings})
+
+
+def check_methods(methods) -> None:
+    """Refuse any name in `methods` that is not one of METHODS, naming those that are."""
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
 
 
 def label_seed(seed: int) -> int:

@@ -31,7 +31,7 @@ import shutil
 from pathlib import Path
 from typing import NamedTuple
 
-from .comparison import FEATURES, METHODS
+from .comparison import FEATURES, METHODS, check_methods
 from .config import profile_npcs
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
@@ -281,16 +281,15 @@ def load_seeds(profile: str) -> dict | None:
                         f"benchmarks/converged_seeds.py --profile {profile}")
 
 
-def sweep_plan(profile: str, npcs=(), live_npcs=(), methods=()) -> tuple[list, list, list]:
+def sweep_plan(profile: str, seeds: dict | None, npcs=(), live_npcs=(),
+               methods=()) -> tuple[list, list, list]:
     """Notebook 04's (npcs, live_npcs, methods) from its parameters: empty npcs and methods
     are the profile's sweep and every method; empty live_npcs (the NPCs trained live) are the
-    smallest NPC where the profile has a committed experiment over seeds to read the others
-    from, and every NPC where it has none."""
+    smallest NPC where `seeds` (the committed experiment over seeds, load_seeds) can give the
+    others, and every NPC where it is None."""
     npcs = list(npcs) or list(profile_npcs(profile))
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
-    live = list(live_npcs) or (npcs[:1] if load_seeds(profile) else npcs)
+    check_methods(methods)
+    live = list(live_npcs) or (npcs[:1] if seeds else npcs)
     return npcs, live, list(methods) or list(METHODS)
 
 

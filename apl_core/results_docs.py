@@ -34,11 +34,17 @@ BLOCK = re.compile(r"(<!-- results: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-
                    re.DOTALL)
 
 
+def _wrap(text: str, indent: str = "") -> str:
+    """`text` as a paragraph of the docs' width, its later lines indented by `indent`; commands
+    and run names are never split."""
+    return textwrap.fill(text, width=100, subsequent_indent=indent, break_long_words=False,
+                         break_on_hyphens=False)
+
+
 def _provenance(results: dict, more: str = ".") -> str:
     """Which command made `results`, on what, and `more`, as a paragraph of the docs' width."""
-    return textwrap.fill(f"`{results['command']}` on {results['machine']}, torch "
-                         f"{results['torch']}{more}", width=100, break_long_words=False,
-                         break_on_hyphens=False)
+    return _wrap(f"`{results['command']}` on {results['machine']}, torch "
+                 f"{results['torch']}{more}")
 
 
 def search_block() -> str:
@@ -112,9 +118,7 @@ def headline_block() -> str:
             lines.append(f"- {margin['margin']} at NPC {low}: {mean_sd(values)} points over "
                          f"{len(values)} seed{'s' * (len(values) > 1)}, smallest "
                          f"{100 * min(values):+.1f}.")
-    return "\n".join(textwrap.fill(line, width=100, subsequent_indent="  ",
-                                   break_long_words=False, break_on_hyphens=False)
-                     for line in lines)
+    return "\n".join(_wrap(line, "  ") for line in lines)
 
 
 BLOCKS: dict[str, Callable[[], str]] = {

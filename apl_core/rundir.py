@@ -61,13 +61,21 @@ def run_name(config: Config) -> str:
     parts.append(f"lr{_fmt(c.lr)}")
     parts += [f"wd{_fmt(c.weight_decay)}"] if c.weight_decay else []
     parts += [f"bs{c.batch_size}", f"e{c.epochs}", f"s{c.seed}"]
-    settings = {k: v for k, v in c.to_dict().items() if k not in RUN_NAME_IGNORES}
-    if c.dataset == "synthetic":  # rendered, not read: the folder does not matter
-        settings.pop("data_dir")
-    if isinstance(c, FinetuneConfig):
-        settings["pretrained"] = _source_name(c.pretrained) if c.pretrained else ""
+    settings = _result_settings(c.to_dict())
     digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=4)
     return "-".join(parts + [digest.hexdigest()])
+
+
+def _result_settings(values: dict) -> dict:
+    """The settings of a config (as a dict) that change what its run computes: all but
+    RUN_NAME_IGNORES, without the folder of the synthetic images (rendered, not read), with
+    a pretrained run by its name however it was given."""
+    settings = {k: v for k, v in values.items() if k not in RUN_NAME_IGNORES}
+    if settings.get("dataset") == "synthetic":
+        settings.pop("data_dir", None)
+    if settings.get("pretrained"):
+        settings["pretrained"] = _source_name(settings["pretrained"])
+    return settings
 
 
 def open_run(config: Config, resume: bool | str) -> tuple[Config, Path, dict | None]:
@@ -82,9 +90,12 @@ def open_run(config: Config, resume: bool | str) -> tuple[Config, Path, dict | N
     if last.is_file():
         if resume:
             checkpoint = read_checkpoint(last)
-            changed = {name: (value, getattr(config, name))
-                       for name, value in checkpoint["config"].items()
-                       if hasattr(config, name) and getattr(config, name) != value}
+            # only what changes the result: another device or folder is not worth a word
+            saved = _result_settings({name: value for name, value in checkpoint["config"].items()
+                                      if hasattr(config, name)})
+            now = _result_settings(config.to_dict())
+            changed = {name: (value, now[name]) for name, value in saved.items()
+                       if name in now and now[name] != value}
             if changed and not config.quiet:
                 print(f"resuming {run_dir} with changed settings: " + ", ".join(
                     f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items()))

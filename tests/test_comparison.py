@@ -130,7 +130,7 @@ def test_method_config_pretrained_positions_and_cnns_by_name():
     assert [config(m).positional_embedding for m in METHODS] == [False, False, True, False, False]
     assert (config("S-CNN").model, config("S-ResNet-18").model) == ("s-cnn", "s-resnet")
     assert config("S-CNN").pretrained == "" and not config("S-CNN").head_only
-    with pytest.raises(ValueError, match="method='ViT' is invalid: choose from .*'S-CNN'"):
+    with pytest.raises(ValueError, match=r"unknown method\(s\) \['ViT'\]; choose from .*'S-CNN'"):
         config("ViT")
 
 

@@ -394,21 +394,20 @@ def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained
     json.dumps(record)  # written as the notebook's JSON
 
 
-def test_sweep_plan_trains_the_smallest_npc_live_where_a_study_is_committed(tmp_path,
-                                                                          monkeypatch):
-    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+def test_sweep_plan_trains_the_smallest_npc_live_where_a_study_is_committed():
     npcs = list(report.profile_npcs("quick"))
-    assert report.sweep_plan("quick") == (npcs, npcs, list(report.METHODS))
-    (tmp_path / "quick_converged_seeds.json").write_text(json.dumps(seeds_results()))
-    assert report.sweep_plan("quick") == (npcs, npcs[:1], list(report.METHODS))
-    assert report.sweep_plan("quick", [30, 100], [], ["S-CNN"]) == ([30, 100], [30], ["S-CNN"])
-    assert report.sweep_plan("quick", [30], [10, 30])[1] == [10, 30]
+    assert report.sweep_plan("quick", None) == (npcs, npcs, list(report.METHODS))
+    seeds = seeds_results()
+    assert report.sweep_plan("quick", seeds) == (npcs, npcs[:1], list(report.METHODS))
+    assert report.sweep_plan("quick", seeds, [30, 100], [], ["S-CNN"]) == ([30, 100], [30],
+                                                                          ["S-CNN"])
+    assert report.sweep_plan("quick", seeds, [30], [10, 30])[1] == [10, 30]
 
 
 def test_sweep_plan_names_an_unknown_method_and_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown method\(s\) \['ViT'\]; choose from .*"
                                          r"'APL fine-tune'"):
-        report.sweep_plan("quick", methods=["ViT", "S-CNN"])
+        report.sweep_plan("quick", None, methods=["ViT", "S-CNN"])
 
 
 def test_load_sweep_names_the_missing_file_and_the_notebook_that_writes_it(tmp_path):

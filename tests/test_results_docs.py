@@ -72,6 +72,14 @@ def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
     assert text.endswith("end.") and "--profile" in text.splitlines()[0]
 
 
+def test_wrap_never_splits_a_run_name_or_a_hyphenated_option():
+    name = "synthetic48-from-synthetic48-G4K1" + "-x" * 40  # longer than the docs' width
+    assert results_docs._wrap(f"see {name} and more", "  ").splitlines() == [
+        "see", f"  {name}", "  and more"]
+    text = results_docs._wrap("a " * 45 + "--snapshot-every 1")  # the hyphen at column 99
+    assert text.splitlines()[1] == "--snapshot-every 1"
+
+
 def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monkeypatch):
     from test_report import seeds_results
 
@@ -87,6 +95,9 @@ def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monk
     items = "\n".join(lines).split("\n- ")  # a long item wraps, indented, at 100 characters
     assert len(items) == 6 and all("NPC 10" in item for item in items[1:])
     assert max(map(len, lines)) <= 100 and all(line.startswith(("- ", "  ")) for line in lines)
+    for seeds_kept, over in ((2, "over 2 seeds,"), (1, "over 1 seed,")):
+        seeds["trials"] = [row for row in seeds["trials"] if row["seed"] < seeds_kept]
+        assert over in results_docs.headline_block().splitlines()[1]
 
 
 def test_make_results_docs_rewrites_every_docs_file(tmp_path, monkeypatch, capsys):

@@ -153,6 +153,12 @@ def test_resume_returns_the_checkpoint_and_names_the_changed_settings(tmp_path, 
     assert capsys.readouterr().out == ""
     open_run(config.replace(epochs=2, lr=0.01), True)
     assert capsys.readouterr().out == ""  # nothing changed
+    # another device, thread count or folder of rendered images computes the same run
+    open_run(config.replace(epochs=2, lr=0.01, device="auto", data_dir="elsewhere"), True)
+    assert capsys.readouterr().out == ""
+    open_run(config.replace(epochs=2, lr=0.01, dataset="stl10", data_dir="elsewhere"), True)
+    assert capsys.readouterr().out == (f"resuming {run_dir} with changed settings: dataset "
+                                       f"'synthetic' -> 'stl10'\n")
 
 
 # ---------------------------------------------------------------- metrics

@@ -215,6 +215,8 @@ def test_choose_refuses_a_method_whose_runs_differ_in_length():
     assert choose(trials[:1] + trials[2:])  # one length per (method, NPC): no complaint
     double = {**trial(1e-4, 0.3, epochs=60), "run": "double", "doubled_of": trials[0]["run"]}
     assert choose(trials[:1] + [double])[("BENCHMARK", 10)]["doubled"]["epochs"] == 60
+    with pytest.raises(ValueError, match="differ in length"):  # checked past a doubled run
+        choose([double] + trials)
 
 
 def test_check_lengths_compares_the_trials_with_the_searched_configs():
