@@ -149,6 +149,11 @@ def test_seed_tables_pair_each_control_with_apl_on_the_same_seed():
         "control": "K = 0", "K": 0, "intact": "50.0 ± 0.0", "ring blanked": "20.0 ± 0.0",
         "drop, per seed": "30.0, 30.0", "drop mean": "30.0", "control's drop mean": "15.0",
         "reliance, per seed": "+20.0, +10.0", "reliance mean": "+15.0"}]
+    # one seed (a live run), and a seed without the border test
+    one_seed = {"seeds": results["seeds"][:1] + [{"seed": 1, "rows": []}]}
+    assert [r["chance"] for r in control_table(one_seed)] == ["6.2", "6.2"]
+    assert border_table(one_seed)[0]["drop, per seed"] == "30.0"
+    assert border_table({"seeds": [{"seed": 0, "rows": []}]}) == []
 
 
 def test_verdict_table_calls_a_difference_only_beyond_the_noise_on_every_seed():
@@ -158,9 +163,11 @@ def test_verdict_table_calls_a_difference_only_beyond_the_noise_on_every_seed():
         return {"control": control, "knn_top1": knn, "probe_top1": probe}
 
     results = {"seeds": [{"seed": seed, "rows": [
-        row("APL", 0.30, 0.40), row("leak", 0.30 + knn, 0.40 + probe)]}
+        row("APL", 0.30, 0.40), row("leak", 0.30 + knn, 0.40 + probe),
+        row("better", 0.30 - knn, 0.40 - probe)]}
         for seed, knn, probe in ((0, 0.02, -0.10), (1, -0.01, -0.11), (2, 0.01, -0.12))]}
-    knn, probe = verdict_table(results, test_images=1000)
+    knn, probe, _, better_probe = verdict_table(results, test_images=1000)
+    assert better_probe["verdict"] == "above APL"
     assert probe == {"control": "leak", "measure": "probe",
                      "− APL, per seed": "-10.0, -11.0, -12.0", "detectable": "4.3",
                      "verdict": "below APL"}
@@ -178,8 +185,25 @@ def test_floor_is_the_random_init_rows_mean():
         {"control": RANDOM_INIT, "knn_top1": 0.1 + seed / 10, "probe_top1": 0.2}]}
         for seed in (0, 1)]}
     assert floor(results) == pytest.approx({"knn_top1": 0.15, "probe_top1": 0.2})
-    with pytest.raises(ValueError, match="no random-init rows"):
+    with pytest.raises(ValueError, match="^these results have no random-init rows to take "
+                                         "the floor from$"):
         floor({"seeds": [{"seed": 0, "rows": [{"control": "APL"}]}]})
+
+
+def test_each_budgets_controls_have_their_file_and_a_damaged_one_says_how_to_rerun_it(
+        tmp_path, monkeypatch):
+    from apl_core import controls
+
+    monkeypatch.setattr(controls, "RESULTS_DIR", tmp_path)
+    assert controls.results_path("quick") == tmp_path / "quick_controls.json"
+    assert controls.results_path("quick", "main") == tmp_path / "quick_controls_main.json"
+    assert controls.load_controls("quick", "main") is None
+    (tmp_path / "quick_controls_main.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"quick_controls_main.json is not a controls over "
+                                         r"seeds results file \(it lacks .*rerun python "
+                                         r"benchmarks/controls_seeds.py --profile quick "
+                                         r"--budget main$"):
+        controls.load_controls("quick", "main")
 
 
 def test_committed_controls_cover_every_control_on_three_seeds():
