@@ -83,11 +83,12 @@ def main(argv=None) -> None:
     if not found or not found["trials"]:
         sys.exit(f"no search results in {search.search_path(args.profile)}: run "
                  f"benchmarks/converged_search.py --profile {args.profile} first")
-    chosen = {(method, npc): pick
-              for (method, npc), pick in search.choose(found["trials"]).items()
+    every_choice = search.choose(found["trials"])
+    chosen = {(method, npc): pick for (method, npc), pick in every_choice.items()
               if args.npcs is None or npc in args.npcs}
+    # the header describes the whole file, whichever NPCs this call adds to it
     header = {"profile": args.profile, "search": found.get("date"),
-              "chosen": {f"{method}|{npc}": pick for (method, npc), pick in chosen.items()},
+              "chosen": {f"{method}|{npc}": pick for (method, npc), pick in every_choice.items()},
               "machine": machine_description(device), "torch": torch.__version__,
               "date": datetime.date.today().isoformat(), "workers": args.workers,
               "command": f"python benchmarks/converged_seeds.py --profile {args.profile} "
