@@ -11,7 +11,7 @@ import pytest
 
 from apl_core.rundir import read_metrics, run_name
 from apl_core.train import RunResult
-from apl_core.config import FinetuneConfig
+from apl_core.config import FinetuneConfig, profile_config
 from apl_core import search
 from apl_core.search import (
     RECIPES, START_RATES, TRIALS, TrialStore, best_trial, check_lengths, choose, chosen_configs,
@@ -356,6 +356,17 @@ def test_the_committed_quick_search_is_read_and_a_damaged_one_named(tmp_path, mo
                                          "results file.*git checkout.*converged_search.py "
                                          "--profile quick"):
         load_search("quick")
+
+
+def test_the_committed_quick_search_is_converged_at_the_profiles_lengths():
+    trials = load_search("quick")["trials"]
+    steps = max_steps("quick")
+    for (method, npc), pick in choose(trials).items():
+        config = profile_config("quick", "finetune", npc=npc)
+        assert pick["epochs"] == epochs_for_steps(steps[npc], config), (method, npc)
+        assert pick["rate_position"] == "interior" and len(pick["rates"]) == TRIALS
+        assert not pick["late"] or pick["doubled"]["epochs"] == 2 * pick["epochs"]
+    assert sorted({npc for _, npc in choose(trials)}) == sorted(steps)
 
 
 def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run, tmp_path,
