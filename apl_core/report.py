@@ -276,9 +276,13 @@ def seeds_path(profile: str) -> Path:
 
 def load_seeds(profile: str) -> dict | None:
     """The committed converged experiment over seeds of `profile`
-    (benchmarks/converged_seeds.py), or None."""
-    return load_results(seeds_path(profile), "seeds", {"profile", "command", "trials"},
-                        f"benchmarks/converged_seeds.py --profile {profile}")
+    (benchmarks/converged_seeds.py), or None; refused if it holds two runs of one
+    (method, NPC, seed)."""
+    seeds = load_results(seeds_path(profile), "seeds", {"profile", "command", "trials"},
+                         f"benchmarks/converged_seeds.py --profile {profile}")
+    if seeds:
+        _one_run_each(seeds["trials"])
+    return seeds
 
 
 def sweep_plan(profile: str, seeds: dict | None, npcs=(), live_npcs=(),
@@ -330,7 +334,6 @@ def seed_rows(seeds: dict | None, seed: int) -> tuple[list[dict], list[dict]]:
     rows (method, npc, test_top1, train_top1, ...) in METHODS order, and its feature rows
     ({"npc", "features"}); ([], []) without committed seeds."""
     rows = [row for row in (seeds or {}).get("trials", []) if row.get("seed") == seed]
-    _one_run_each(rows)
     tests = sorted((row for row in rows if "test_top1" in row),
                    key=lambda row: (row["npc"], _method_order(row["method"])))
     features = sorted((row for row in rows if "features" in row), key=lambda row: row["npc"])
@@ -340,7 +343,6 @@ def seed_rows(seeds: dict | None, seed: int) -> tuple[list[dict], list[dict]]:
 def seed_runs(seeds: dict) -> tuple[dict, dict]:
     """The seeds' rows by what they measured: ({(method, npc): {seed: test top-1}},
     {(measure, npc): {seed: (APL features', random-init features' top-1)}})."""
-    _one_run_each(seeds["trials"])
     tests: dict[tuple[str, int], dict[int, float]] = {}
     features: dict[tuple[str, int], dict[int, tuple[float, float]]] = {}
     for row in seeds["trials"]:

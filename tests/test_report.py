@@ -360,17 +360,18 @@ def test_seed_rows_give_one_seed_as_notebook_04_measures_it():
     assert report.seed_rows(None, 0) == ([], [])
 
 
-def test_a_seeds_file_with_a_stale_run_is_refused_by_every_reader():
+def test_a_seeds_file_with_a_stale_run_is_refused_where_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
     seeds = seeds_results()
     seeds["trials"].append({"method": "S-CNN", "npc": 100, "seed": 1, "test_top1": 0.9,
                             "run": "S-CNN-100-1-shorter"})
-    stale = (r"two S-CNN runs at NPC 100 for seed 1 \(S-CNN-100-1 and S-CNN-100-1-shorter\)"
-             r".*converged_seeds.py again")
-    for reader in (lambda: report.seed_rows(seeds, 1), lambda: seed_table(seeds),
-                   lambda: report.seed_margins(seeds)):
-        with pytest.raises(ValueError, match=stale):
-            reader()
-    assert len(report.seed_rows(seeds, 0)[0]) == 10  # another seed's rows are whole
+    (tmp_path / "quick_converged_seeds.json").write_text(json.dumps(seeds))
+    with pytest.raises(ValueError, match=r"two S-CNN runs at NPC 100 for seed 1 \(S-CNN-100-1 "
+                                         r"and S-CNN-100-1-shorter\).*converged_seeds.py again"):
+        report.load_seeds("quick")
+    seeds["trials"][-1]["seed"] = 3  # another seed of the same method and NPC is no stale run
+    (tmp_path / "quick_converged_seeds.json").write_text(json.dumps(seeds))
+    assert report.load_seeds("quick") == seeds
 
 
 def test_puzzle_scores_set_training_and_held_out_against_a_uniform_guess():
