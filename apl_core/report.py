@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .comparison import FEATURES, METHODS, check_methods
-from .config import profile_npcs
+from .config import profile_config, profile_npcs
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
 from .search import choose
-from .stats import mean_sd
+from .stats import mean_sd, sampling_noise
 from .tables import markdown_table
 
 CHANCE = 0.1  # 10 classes
@@ -247,18 +247,31 @@ def feature_table(features: list[dict]) -> list[dict]:
     return table
 
 
-def search_table(trials: list[dict]) -> list[dict]:
+def validation_images(profile: str) -> int:
+    """How many labelled images `profile` holds out for validation."""
+    config = profile_config(profile, "finetune")
+    return config.val_per_class * config.num_classes
+
+
+def search_table(trials: list[dict], val_images: int) -> list[dict]:
     """Per (method, NPC) of the converged search: the chosen rate and where it sits among the
     rates searched, the best epoch out of the run's length, the validation and training top-1
-    there, and the late check of a choice whose best epoch is in its run's last fifth."""
+    there, and the late check of a choice whose best epoch is in its run's last fifth: its
+    doubled run is *flat* when it gains no more than the noise of `val_images` validation
+    images (stats.sampling_noise), else *still rising* (the run was too short)."""
     table = []
     for (method, npc), pick in sorted(choose(trials).items(),
                                       key=lambda item: (item[0][1], _method_order(item[0][0]))):
         late = "–"
         if pick["late"]:
-            double = pick.get("doubled")
-            late = (f"doubled: {double['best_epoch']}/{double['epochs']}, "
-                    f"{100 * double['val_top1']:.1f}" if double else "not yet doubled")
+            late = "not yet doubled"
+            if double := pick.get("doubled"):
+                gain = double["val_top1"] - pick["val_top1"]
+                noise = sampling_noise(pick["val_top1"], val_images)
+                verdict = "still rising" if gain > noise else "flat"
+                late = (f"doubled: {double['best_epoch']}/{double['epochs']}, "
+                        f"{100 * double['val_top1']:.1f} ({100 * gain:+.1f}, noise "
+                        f"{100 * noise:.1f}: {verdict})")
         table.append({"method": method, "NPC": npc, "lr": f"{pick['lr']:g}",
                       "rates searched": f"{pick['rates'][0]:g} .. {pick['rates'][-1]:g}",
                       "position": pick["rate_position"],
@@ -493,7 +506,8 @@ def write_report(report_dir: str | Path, provenance: str, pretraining: dict, row
     if search:
         extra += [f"## Where each choice of the converged search sits ({search['profile']} "
                   f"profile, `{search['command']}`)",
-                  markdown_table(search_table(search["trials"]))]
+                  markdown_table(search_table(search["trials"],
+                                              validation_images(search["profile"])))]
     if seeds:
         extra += [f"## Over the seeds that draw their own labels ({seeds['profile']} profile, "
                   f"`{seeds['command']}`)", markdown_table(seed_table(seeds)),

@@ -59,7 +59,8 @@ def search_block() -> str:
         _provenance(found, f": {len(trials)} trials of {len(searched)} (method, NPC) pairs, "
                            f"{hours:.1f} run-hours at {found['threads_per_run']} thread each, "
                            f"{found['workers']} at a time."),
-        markdown_table(report.search_table(found["trials"]))])
+        markdown_table(report.search_table(found["trials"],
+                                           report.validation_images(found["profile"])))])
 
 
 def seed0_block() -> str:
