@@ -35,8 +35,8 @@ from .comparison import FEATURES, METHODS, check_methods
 from .config import profile_config, profile_npcs
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
-from .search import choose
-from .stats import mean_sd, sampling_noise
+from .search import choose, late_check
+from .stats import mean_sd
 from .tables import markdown_table
 
 CHANCE = 0.1  # 10 classes
@@ -257,21 +257,20 @@ def search_table(trials: list[dict], val_images: int) -> list[dict]:
     """Per (method, NPC) of the converged search: the chosen rate and where it sits among the
     rates searched, the best epoch out of the run's length, the validation and training top-1
     there, and the late check of a choice whose best epoch is in its run's last fifth: its
-    doubled run is *flat* when it gains no more than the noise of `val_images` validation
-    images (stats.sampling_noise), else *still rising* (the run was too short)."""
+    doubled run is *flat* or *still rising* against the noise of `val_images` validation
+    images (search.late_check)."""
     table = []
     for (method, npc), pick in sorted(choose(trials).items(),
                                       key=lambda item: (item[0][1], _method_order(item[0][0]))):
         late = "–"
         if pick["late"]:
             late = "not yet doubled"
-            if double := pick.get("doubled"):
-                gain = double["val_top1"] - pick["val_top1"]
-                noise = sampling_noise(pick["val_top1"], val_images)
-                verdict = "still rising" if gain > noise else "flat"
+            if check := late_check(pick, val_images):
+                double = pick["doubled"]
                 late = (f"doubled: {double['best_epoch']}/{double['epochs']}, "
-                        f"{100 * double['val_top1']:.1f} ({100 * gain:+.1f}, noise "
-                        f"{100 * noise:.1f}: {verdict})")
+                        f"{100 * double['val_top1']:.1f} ({100 * check['gain']:+.1f}, noise "
+                        f"{100 * check['noise']:.1f}: "
+                        f"{'still rising' if check['still_rising'] else 'flat'})")
         table.append({"method": method, "NPC": npc, "lr": f"{pick['lr']:g}",
                       "rates searched": f"{pick['rates'][0]:g} .. {pick['rates'][-1]:g}",
                       "position": pick["rate_position"],
@@ -392,31 +391,63 @@ def seed_table(seeds: dict) -> list[dict]:
     return table
 
 
+def still_rising(seeds: dict) -> set[tuple[str, int]]:
+    """The (method, NPC) choices of the search behind `seeds` (its header's `chosen`) whose
+    run, doubled, was still rising (search.late_check): measured before they converged."""
+    if not seeds.get("chosen"):
+        return set()
+    images = validation_images(seeds["profile"])
+    rising = set()
+    for key, pick in seeds["chosen"].items():
+        method, npc = key.rsplit("|", 1)
+        check = late_check(pick, images)
+        if check and check["still_rising"]:
+            rising.add((method, int(npc)))
+    return rising
+
+
+def _bound(ours_rising: bool, theirs_rising: bool) -> str | None:
+    """What a margin ours - theirs is when a side was still rising: the side could still gain."""
+    if ours_rising and theirs_rising:
+        return "no bound either way"
+    return "a lower bound" if ours_rising else "an upper bound" if theirs_rising else None
+
+
 def seed_margins(seeds: dict) -> list[dict]:
     """Each margin the claim rests on, per NPC and per seed, paired (the two sides of a seed
     share its labelled images and pretraining), over the seeds that have both sides: APL
     fine-tune against each BENCHMARK and against the better CNN of the seed, and APL
     features against random-init features for each measure. {"margin", "npc", "bar",
-    "per_seed": {seed: difference}}; bar: 'gain' (a gain is claimed) or 'competitive'."""
+    "per_seed": {seed: difference}, "trained", "still_rising": [methods], "bound"}; bar:
+    'gain' (a gain is claimed) or 'competitive'; trained: whether its sides are trained runs
+    of the search (the frozen features' are not); still_rising: the sides whose choice was
+    still rising when doubled (`still_rising`), and bound what that makes the margin (None
+    where every side converged)."""
     tests, features = seed_runs(seeds)
     npcs = sorted({n for _, n in tests} | {n for _, n in features})
+    rising = still_rising(seeds)
     margins = []
 
-    def add(margin: str, npc: int, bar: str, per_seed: dict) -> None:
+    def add(margin: str, npc: int, bar: str, per_seed: dict, ours_sides=(),
+            theirs_sides=()) -> None:
+        ours, theirs = ([m for m in side if (m, npc) in rising]
+                        for side in (ours_sides, theirs_sides))
         if per_seed:
-            margins.append({"margin": margin, "npc": npc, "bar": bar, "per_seed": per_seed})
+            margins.append({"margin": margin, "npc": npc, "bar": bar, "per_seed": per_seed,
+                            "trained": bool(ours_sides), "still_rising": ours + theirs,
+                            "bound": _bound(bool(ours), bool(theirs))})
 
     for a, b, _ in PAIRS:
         for npc in npcs:
             ours, theirs = tests.get((a, npc), {}), tests.get((b, npc), {})
             add(f"{a} - {b}", npc, "gain",
-                {s: ours[s] - theirs[s] for s in sorted(ours) if s in theirs})
+                {s: ours[s] - theirs[s] for s in sorted(ours) if s in theirs}, [a], [b])
     for npc in npcs:
         ours = tests.get(("APL fine-tune", npc), {})
         cnns = [tests.get((m, npc), {}) for m in CNNS]
         add("APL fine-tune - the better CNN", npc, "competitive",
             {s: ours[s] - max(cnn[s] for cnn in cnns) for s in sorted(ours)
-             if all(s in cnn for cnn in cnns)})
+             if all(s in cnn for cnn in cnns)}, ["APL fine-tune"], CNNS)
     for _, measure in MEASURES:
         for npc in npcs:
             add(f"{measure}: APL - random-init features", npc, "gain",
@@ -425,15 +456,25 @@ def seed_margins(seeds: dict) -> list[dict]:
     return margins
 
 
+def _unconverged(margin: dict) -> str:
+    """A margin's sides that were still rising, and what that makes it; '' where none."""
+    if not margin["still_rising"]:
+        return ""
+    return f"{', '.join(margin['still_rising'])} still rising, so {margin['bound']}"
+
+
 def margin_table(seeds: dict) -> list[dict]:
-    """Every paired margin (points) per seed, its mean ± sd and the smallest seed's."""
+    """Every paired margin (points) per seed, its mean ± sd and the smallest seed's, and
+    whether both sides converged (a side still rising when doubled makes it a bound)."""
     rows = []
     for m in seed_margins(seeds):
         values = list(m["per_seed"].values())
         rows.append({"margin (points)": m["margin"], "NPC": m["npc"],
                      "per seed": ", ".join(f"{100 * v:+.1f} (seed {s})"
                                            for s, v in m["per_seed"].items()),
-                     "mean ± sd": mean_sd(values), "smallest": f"{100 * min(values):+.1f}"})
+                     "mean ± sd": mean_sd(values), "smallest": f"{100 * min(values):+.1f}",
+                     "converged": (f"no: {_unconverged(m)}" if m["still_rising"] else
+                                   "yes" if m["trained"] else "–")})
     return rows
 
 
@@ -458,11 +499,13 @@ def seed_checks(seeds: dict, test_images: int) -> list[dict]:
         else:
             bar = f"> -{_points(COMPETITIVE)} points"
             holds = all(v > -COMPETITIVE for v in smallest.values())
+        caveats = "".join(f"; at NPC {e['npc']} {_unconverged(e)}" for e in entries
+                          if e["still_rising"])
         checks.append(_check(
             f"over seeds {seeds_used}, which draw their own labels: {margin} {bar} on every "
             f"seed at every NPC", holds,
             "smallest seed's margin " + ", ".join(f"{100 * v:+.1f} (NPC {npc})"
-                                                  for npc, v in smallest.items())))
+                                                  for npc, v in smallest.items()) + caveats))
     return checks
 
 

@@ -12,6 +12,7 @@ its length read off the validation curve.
     check_lengths    every trial of a (method, NPC) as long as the profile now makes its runs
     TrialStore / run_search     the results file, and every (method, NPC) searched in parallel
     doubled_config / run_late_checks   a late choice's run doubled, to show its curve flat
+    late_check       whether a doubled run is flat or still rising, against the noise
     load_search / chosen_configs       the committed search, and every method at its choice
     compare          train chosen configs and score each run's best epoch once on the test set
 
@@ -22,7 +23,8 @@ rates are the method's start rate times 10^-0.5, 1 and 10^0.5; each further rate
 range past an edge that holds the best rate, or else halves the log-distance between the best
 rate and its better neighbour. The test set is never evaluated here (evaluate_test=False).
 A choice whose best epoch falls in the last fifth of its run is checked by running it again
-twice as long (`run_late_checks`): the doubled run's curve shows whether it was still rising.
+twice as long (`run_late_checks`): the doubled run is flat when it gains no more validation
+top-1 than the validation set's noise, and still rising (the run was too short) otherwise.
 
 A hand-written bracket rather than a general optimiser (Optuna's TPE, Hyperband): one
 variable on a log scale with five trials is a line search, and a bracket that moves toward an
@@ -45,6 +47,7 @@ from .config import PROFILES, FinetuneConfig
 from .data import finetune_sets
 from .results import RESULTS_DIR, load_results
 from .rundir import run_name
+from .stats import sampling_noise
 from .train import best_epoch_test_top1, finetune, load_pretrained
 
 
@@ -190,6 +193,19 @@ def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
             chosen[key]["doubled"] = {k: double[k] for k in ("epochs", "best_epoch",
                                                              "val_top1", "run")}
     return chosen
+
+
+def late_check(pick: dict, val_images: int) -> dict | None:
+    """The late check of a choice (`choose`) whose run was doubled: the doubled run's gain in
+    validation top-1, the noise of that gain on `val_images` validation images
+    (stats.sampling_noise), and whether it is still rising (beyond the noise: the choice's run
+    was too short to converge); None for a choice whose run was not doubled."""
+    double = pick.get("doubled")
+    if not double:
+        return None
+    gain = double["val_top1"] - pick["val_top1"]
+    noise = sampling_noise(pick["val_top1"], val_images)
+    return {"gain": gain, "noise": noise, "still_rising": gain > noise}
 
 
 def check_lengths(trials: list[dict], configs: list[tuple[str, FinetuneConfig]] = ()) -> None:

@@ -241,13 +241,54 @@ def test_seed_tables_give_mean_and_spread_and_every_paired_margin():
     assert "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |" in table
     assert "| kNN, random-init features | 11.0 ± 1.0 | 11.0 ± 1.0 |" in table
     margins = markdown_table(margin_table(seeds_results()))
-    assert margins.splitlines()[0] == "| margin (points) | NPC | per seed | mean ± sd | smallest |"
+    assert margins.splitlines()[0] == ("| margin (points) | NPC | per seed | mean ± sd | smallest "
+                                       "| converged |")
     assert ("| APL fine-tune - BENCHMARK | 10 | +15.0 (seed 0), +12.0 (seed 1), +3.0 (seed 2) "
-            "| 10.0 ± 6.2 | +3.0 |") in margins
+            "| 10.0 ± 6.2 | +3.0 | yes |") in margins
     assert ("| APL fine-tune - the better CNN | 100 | +15.0 (seed 0), +12.0 (seed 1), "
-            "+3.0 (seed 2) | 10.0 ± 6.2 | +3.0 |") in margins
+            "+3.0 (seed 2) | 10.0 ± 6.2 | +3.0 | yes |") in margins
     assert margins.splitlines()[-1] == ("| kNN: APL - random-init features | 100 | +20.0 (seed 0), "
-                                        "+19.0 (seed 1), +18.0 (seed 2) | 19.0 ± 1.0 | +18.0 |")
+                                        "+19.0 (seed 1), +18.0 (seed 2) | 19.0 ± 1.0 | +18.0 "
+                                        "| – |")  # no search behind the frozen features
+
+
+def choice(val_top1, doubled_top1=None):
+    """A search's choice (search.choose) as the seeds file's header keeps it."""
+    pick = {"val_top1": val_top1, "late": doubled_top1 is not None}
+    if doubled_top1 is not None:
+        pick["doubled"] = {"val_top1": doubled_top1, "epochs": 20, "best_epoch": 18}
+    return pick
+
+
+def test_a_margin_whose_side_was_still_rising_is_marked_as_a_bound():
+    seeds = seeds_results()
+    seeds["chosen"] = {  # 500 validation images in the quick profile: noise 6.3 points at 50 %
+        "BENCHMARK + positions|100": choice(0.5, 0.6), "BENCHMARK|100": choice(0.5, 0.55),
+        "APL fine-tune|10": choice(0.5, 0.6), "BENCHMARK + positions|10": choice(0.5, 0.7),
+        "S-ResNet-18|10": choice(0.5, 0.6), "S-CNN|100": choice(0.5)}
+    assert report.still_rising(seeds) == {("BENCHMARK + positions", 100), ("APL fine-tune", 10),
+                                          ("BENCHMARK + positions", 10), ("S-ResNet-18", 10)}
+    converged = {(row["margin (points)"], row["NPC"]): row["converged"]
+                 for row in margin_table(seeds)}
+    assert converged[("APL fine-tune - BENCHMARK + positions", 100)] == (
+        "no: BENCHMARK + positions still rising, so an upper bound")
+    assert converged[("APL fine-tune - BENCHMARK", 100)] == "yes"  # gained within the noise
+    assert converged[("APL fine-tune - BENCHMARK", 10)] == (
+        "no: APL fine-tune still rising, so a lower bound")
+    assert converged[("APL fine-tune - BENCHMARK + positions", 10)] == (
+        "no: APL fine-tune, BENCHMARK + positions still rising, so no bound either way")
+    assert converged[("APL fine-tune - the better CNN", 10)] == (
+        "no: APL fine-tune, S-ResNet-18 still rising, so no bound either way")
+    assert converged[("APL fine-tune - the better CNN", 100)] == "yes"
+    assert converged[("kNN: APL - random-init features", 10)] == "–"
+    checks = {c["statement"]: c for c in seed_checks(seeds, 1000)}
+    vit = checks["over seeds [0, 1, 2], which draw their own labels: APL fine-tune - BENCHMARK + "
+                 "positions >= 5 points on every seed at every NPC"]
+    assert vit["measured"] == (
+        "smallest seed's margin +3.0 (NPC 10), +3.0 (NPC 100); at NPC 10 APL fine-tune, "
+        "BENCHMARK + positions still rising, so no bound either way; at NPC 100 BENCHMARK + "
+        "positions still rising, so an upper bound")
+    assert report.still_rising(seeds_results()) == set()  # no search behind the seeds
 
 
 def test_a_seed_that_lacks_a_run_is_counted_and_left_out_of_its_margins():

@@ -100,6 +100,20 @@ def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monk
         assert over in results_docs.headline_block().splitlines()[1]
 
 
+def test_the_headline_says_which_margin_is_a_bound(monkeypatch):
+    from test_report import choice, seeds_results
+
+    seeds = seeds_results((0.15, 0.12, 0.06))
+    for row in seeds["trials"]:
+        row["position_top1"] = 0.75
+    seeds["chosen"] = {"BENCHMARK|10": choice(0.5, 0.6)}  # still rising, noise 6.3 points
+    monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds)
+    text = " ".join(results_docs.headline_block().split())
+    assert ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest "
+            "+6.0 (an upper bound: BENCHMARK still rising).") in text
+    assert "positions at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest +6.0. -" in text
+
+
 def test_make_results_docs_rewrites_every_docs_file(tmp_path, monkeypatch, capsys):
     docs = [tmp_path / "results.md", tmp_path / "README.md"]
     for doc in docs:

@@ -16,7 +16,7 @@ from apl_core import search
 from apl_core.search import (
     RECIPES, START_RATES, TRIALS, TrialStore, best_trial, check_lengths, choose, chosen_configs,
     compare,
-    doubled_config, epochs_for_steps, initial_rates, late_runs, load_search, max_steps,
+    doubled_config, epochs_for_steps, initial_rates, late_check, late_runs, load_search, max_steps,
     next_rate, run_late_checks, run_search, run_steps, search_configs, search_method,
     searched_config, trial_row,
 )
@@ -318,6 +318,16 @@ def test_choose_leaves_doubled_runs_out_of_the_search_and_reports_them():
     assert pick["doubled"] == {"epochs": 20, "best_epoch": 12, "val_top1": 0.9, "run": "double"}
     assert "doubled" not in chosen[("S-CNN", 10)]
     assert late_runs(trials + [double]) == ["S-CNN-10-0.003"]
+
+
+@pytest.mark.parametrize("doubled_top1, rising", [(0.56, False), (0.57, True), (0.45, False)])
+def test_a_doubled_run_is_still_rising_only_beyond_the_validation_noise(doubled_top1, rising):
+    pick = {"val_top1": 0.5, "doubled": {"val_top1": doubled_top1}}
+    check = late_check(pick, val_images=500)
+    assert check["noise"] == pytest.approx(0.0632, abs=1e-4)  # two standard errors, 500 images
+    assert check["gain"] == pytest.approx(doubled_top1 - 0.5)
+    assert check["still_rising"] is rising
+    assert late_check({"val_top1": 0.5}, val_images=500) is None  # not doubled
 
 
 def test_trial_row_of_a_doubled_run_names_the_run_it_doubles():
