@@ -108,7 +108,8 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
             checks.append(_check(f"with few labels (NPC {low}), {what} by {_points(gain)} "
                                  f"points or more", _at_least(d, gain), f"{100 * d:+.1f} points"))
             wins = [n for n in npcs if _at_least(gap(a, b, n), gain)]
-            margins = ", ".join(f"{100 * gap(a, b, n):+.1f}" for n in npcs)
+            margins = ", ".join("–" if math.isnan(gap(a, b, n)) else f"{100 * gap(a, b, n):+.1f}"
+                                for n in npcs)  # – where a side did not run at that NPC
             checks.append(_check("... and at every NPC of the sweep", wins == npcs,
                                  f"at NPC {wins} of {npcs}; margins {margins} points"))
     for n in npcs:

@@ -99,7 +99,7 @@ def test_claim_rows_state_each_threshold_and_a_margin_exactly_at_it_holds():
          "holds": "no", "measured": "+6.2 points"},
         # BENCHMARK + positions did not run at NPC 30: no margin there, so no win
         {"statement": "... and at every NPC of the sweep", "holds": "no",
-         "measured": "at NPC [] of [10, 30]; margins +6.2, +nan points"},
+         "measured": "at NPC [] of [10, 30]; margins +6.2, – points"},
         {"statement": "competitive with the CNN baselines at NPC 10 (within 5 points of the best, "
                       "S-CNN, or better, with something above chance)", "holds": "no",
          "measured": "-6.2 points vs S-CNN"},
@@ -207,6 +207,11 @@ def test_search_table_shows_where_each_choice_sits_and_its_late_check_against_th
          "train top-1": "90", "late check": "doubled: 12/20, 59.0 (+1.0, noise 6.2: flat)"}]
     rising = search_table(search_trials(), val_images=50000)[1]["late check"]
     assert rising == "doubled: 12/20, 59.0 (+1.0, noise 0.6: still rising)"
+    in_file_order = [dict(method=m, npc=n, lr=1e-3, epochs=10, best_epoch=5, val_top1=0.5,
+                          train_top1=0.9, run=f"{m}-{n}")
+                     for m, n in [("APL fine-tune", 30), ("S-CNN", 10), ("BENCHMARK", 10)]]
+    assert [(row["method"], row["NPC"]) for row in search_table(in_file_order, 500)] == [
+        ("BENCHMARK", 10), ("S-CNN", 10), ("APL fine-tune", 30)]  # by NPC, then METHODS
     trials = search_trials()
     trials[-1]["val_top1"] = 0.70
     assert search_table(trials, val_images=500)[1]["late check"] == (
@@ -383,6 +388,19 @@ def test_seed_margins_skip_a_side_that_did_not_run_and_say_what_each_claims():
         ("kNN: APL - random-init features", 10, "gain")]
     assert {(m["trained"], m["still_rising"] == [], m["bound"]) for m in margins} == {
         (True, True, None), (False, True, None)}
+
+
+def test_the_features_are_judged_at_the_largest_npc_and_a_method_missing_at_an_npc_loses_it():
+    accuracy = {("APL fine-tune", 10): 0.3, ("BENCHMARK", 10): 0.1, ("BENCHMARK", 30): 0.2}
+    judged = features(0.2, 0.19, npc=10) + features(0.5, 0.1, npc=30)
+    checks = {c["statement"]: c for c in claim_checks(accuracy, judged, 0.5, 16, 1000)}
+    assert checks["the features alone carry class information: the kNN on APL features beats "
+                  "it on random-init features by 5 points or more (NPC 30)"]["holds"] == "yes"
+    every = [c for c in checks.values() if c["statement"] == "... and at every NPC of the sweep"]
+    assert every == [{"statement": "... and at every NPC of the sweep", "holds": "no",
+                      "measured": "at NPC [10] of [10, 30]; margins +20.0, – points"}]
+    assert [c["statement"] for c in claim_checks({}, [], 0.5, 16, 1000)] == [
+        "the puzzle is learned: held-out position accuracy far above chance (> 3x)"]
 
 
 def test_one_seed_is_no_claim_over_seeds():
