@@ -605,8 +605,10 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
     """The converged search, one column per method. Top: validation top-1 against the
     learning rate (log scale), one line per NPC, the chosen rate ringed. Bottom: the chosen
     run's validation curve against the share of its run, the chosen epoch ringed and the
-    run's last fifth shaded. Trials: apl_core.search rows; chosen: search.choose's result;
-    methods: the columns' order (default: as the trials first name them)."""
+    run's last fifth shaded; a late choice's doubled run (the late check) dashed beside it, on
+    to 200 %, so that the reader sees whether it was still rising. Trials: apl_core.search
+    rows; chosen: search.choose's result; methods: the columns' order (default: as the trials
+    first name them)."""
     searched = dict.fromkeys(t["method"] for t in trials)
     methods = [m for m in methods if m in searched] if methods else list(searched)
     npcs = sorted({t["npc"] for t in trials})
@@ -615,6 +617,7 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
                           sharey=True, squeeze=False)
     for column, method in enumerate(methods):
         rates_ax, curve_ax = axes[0][column], axes[1][column]
+        longest = 100
         for npc in npcs:
             runs = sorted((t["lr"], 100 * t["val_top1"]) for t in trials
                           if (t["method"], t["npc"]) == (method, npc)
@@ -630,19 +633,26 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
             curve_ax.plot(*zip(*share), color=palette[npc], label=f"NPC {npc}")
             curve_ax.plot(100 * pick["best_epoch"] / run["epochs"], 100 * pick["val_top1"], "o",
                           ms=11, mfc="none", mec=palette[npc], mew=1.5)
+            if "doubled" in pick:
+                double = next(t for t in trials if t["run"] == pick["doubled"]["run"])
+                curve_ax.plot(*zip(*[(100 * epoch / run["epochs"], 100 * val)
+                                     for epoch, val in double["val_curve"]]),
+                              color=palette[npc], ls="--", lw=1)
+                longest = 200
         rates_ax.set_xscale("log")
         rates_ax.set(title=method, xlabel="learning rate (log scale)",
                      ylabel="best validation top-1 (%)")
         curve_ax.axvspan(100 * late_fraction, 100, color="grey", alpha=0.15, lw=0)
-        curve_ax.set(xlim=(0, 100), xlabel="% of the chosen run's epochs",
+        curve_ax.set(xlim=(0, longest), xlabel="% of the chosen run's epochs",
                      ylabel="validation top-1 (%)")
         for ax in (rates_ax, curve_ax):
             if chance:
                 ax.axhline(100 * chance, color="grey", ls=":")
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles += [plt.Line2D([], [], color=DARK, marker="o", ms=11, mfc="none", ls="none"),
-                Rectangle((0, 0), 1, 1, color="grey", alpha=0.15)]
-    labels += ["chosen", "the run's last fifth"]
+                Rectangle((0, 0), 1, 1, color="grey", alpha=0.15),
+                plt.Line2D([], [], color=DARK, ls="--", lw=1)]
+    labels += ["chosen", "the run's last fifth", "doubled (late check)"]
     fig.legend(handles, labels, loc="center right", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))

@@ -246,6 +246,7 @@ def test_no_widgets_outside_ipython(monkeypatch):
 
 def test_convergence_columns_follow_the_given_order_and_leave_out_doubled_runs():
     doubled = dict(CONVERGENCE_TRIALS[1], run="double", epochs=20, val_top1=0.9,
+                   val_curve=[[4, 0.5], [10, 0.6], [20, 0.9]],
                    doubled_of=CONVERGENCE_TRIALS[1]["run"])
     trials = CONVERGENCE_TRIALS + [doubled]
     fig = viz.convergence_figure(trials, search.choose(trials), ["b", "missing", "a"])
@@ -253,4 +254,10 @@ def test_convergence_columns_follow_the_given_order_and_leave_out_doubled_runs()
     a_rates = fig.axes[1].lines[0].get_ydata()  # a at NPC 10: its three rates, not the double
     assert list(a_rates) == pytest.approx([100 * (0.5 - abs(lr - 0.01))
                                            for lr in (0.001, 0.01, 0.1)])
+    b_curves, a_curves = fig.axes[2], fig.axes[3]
+    dashed = [line for line in a_curves.lines if line.get_linestyle() == "--"]
+    assert [list(line.get_xdata()) for line in dashed] == [[40, 100, 200]]  # on the chosen scale
+    assert list(dashed[0].get_ydata()) == pytest.approx([50, 60, 90])
+    assert a_curves.get_xlim() == (0, 200) and b_curves.get_xlim() == (0, 100)
+    assert not [line for line in b_curves.lines if line.get_linestyle() == "--"]
     plt.close(fig)
