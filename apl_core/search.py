@@ -10,6 +10,7 @@ its length read off the validation curve.
     trial_row        what a finished run contributes: its validation curve and best epoch
     choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
     check_lengths    every trial of a (method, NPC) as long as the profile now makes its runs
+    check_finished   every (method, NPC) searched to the end before a study uses its choice
     TrialStore / run_search     the results file, and every (method, NPC) searched in parallel
     doubled_config / run_late_checks   a late choice's run doubled, to show its curve flat
     late_check       whether a doubled run is flat or still rising, against the noise
@@ -230,6 +231,26 @@ def late_runs(trials: list[dict]) -> list[str]:
     """The chosen runs whose best epoch is late and that have no doubled run yet."""
     return [pick["run"] for pick in choose(trials).values()
             if pick["late"] and "doubled" not in pick]
+
+
+def check_finished(trials: list[dict], npcs, profile: str) -> None:
+    """Refuse a search that is not finished at `npcs`: a (method, NPC) with fewer than TRIALS
+    trials, or a late choice not yet doubled. A study that trained on a half-made choice
+    would have to be thrown away when the search moves on."""
+    counts: dict[tuple[str, int], int] = {}
+    for trial in trials:
+        if "doubled_of" not in trial and trial["npc"] in npcs:
+            counts[(trial["method"], trial["npc"])] = counts.get(
+                (trial["method"], trial["npc"]), 0) + 1
+    short = [f"{method} at NPC {npc} has {count} of {TRIALS} trials"
+             for (method, npc), count in counts.items() if count < TRIALS]
+    late = set(late_runs([t for t in trials if t["npc"] in npcs]))
+    short += [f"{t['method']} at NPC {t['npc']}'s late choice is not doubled yet"
+              for t in trials if t["run"] in late]
+    if short:
+        raise ValueError(f"the search is not finished: {'; '.join(short)}. Run "
+                         f"benchmarks/converged_search.py --profile {profile} again (it resumes "
+                         f"where it stopped), then this")
 
 
 class TrialStore:

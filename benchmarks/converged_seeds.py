@@ -86,6 +86,10 @@ def main(argv=None) -> None:
     every_choice = search.choose(found["trials"])
     chosen = {(method, npc): pick for (method, npc), pick in every_choice.items()
               if args.npcs is None or npc in args.npcs}
+    try:
+        search.check_finished(found["trials"], {npc for _, npc in chosen}, args.profile)
+    except ValueError as error:
+        sys.exit(str(error))
     # the header describes the whole file, whichever NPCs this call adds to it
     header = {"profile": args.profile, "search": found.get("date"),
               "chosen": {f"{method}|{npc}": pick for (method, npc), pick in every_choice.items()},

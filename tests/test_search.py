@@ -14,11 +14,10 @@ from apl_core.train import RunResult
 from apl_core.config import FinetuneConfig, profile_config
 from apl_core import search
 from apl_core.search import (
-    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, check_lengths, choose, chosen_configs,
-    compare,
-    doubled_config, epochs_for_steps, initial_rates, late_check, late_runs, load_search, max_steps,
-    next_rate, run_late_checks, run_search, run_steps, search_configs, search_method,
-    searched_config, trial_row,
+    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, check_finished, check_lengths, choose,
+    chosen_configs, compare, doubled_config, epochs_for_steps, initial_rates, late_check,
+    late_runs, load_search, max_steps, next_rate, run_late_checks, run_search, run_steps,
+    search_configs, search_method, searched_config, trial_row,
 )
 
 from conftest import smoke_finetune_config
@@ -328,6 +327,22 @@ def test_a_doubled_run_is_still_rising_only_beyond_the_validation_noise(doubled_
     assert check["gain"] == pytest.approx(doubled_top1 - 0.5)
     assert check["still_rising"] is rising
     assert late_check({"val_top1": 0.5}, val_images=500) is None  # not doubled
+
+
+def test_a_study_refuses_a_search_that_is_not_finished():
+    five = [trial(lr, 0.1 + lr) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)]
+    check_finished(five, {10}, "quick")
+    with pytest.raises(ValueError, match=r"not finished: BENCHMARK at NPC 10 has 4 of 5 trials\. "
+                                         r"Run benchmarks/converged_search.py --profile quick "
+                                         r"again"):
+        check_finished(five[:4], {10}, "quick")
+    check_finished(five[:4], {30}, "quick")  # only the NPCs the study runs count
+    late = five[:4] + [trial(1e-2, 0.5, best_epoch=10, epochs=10)]
+    with pytest.raises(ValueError, match=r"BENCHMARK at NPC 10's late choice is not doubled yet"):
+        check_finished(late, {10}, "quick")
+    double = {**trial(1e-2, 0.5, best_epoch=12, epochs=20), "run": "double",
+              "doubled_of": late[-1]["run"]}
+    check_finished(late + [double], {10}, "quick")
 
 
 def test_trial_row_of_a_doubled_run_names_the_run_it_doubles():
