@@ -337,6 +337,12 @@ def test_a_study_refuses_a_search_that_is_not_finished():
                                          r"again"):
         check_finished(five[:4], {10}, "quick")
     check_finished(five[:4], {30}, "quick")  # only the NPCs the study runs count
+    doubled_fourth = {**five[3], "run": "double", "epochs": 20, "doubled_of": five[3]["run"]}
+    with pytest.raises(ValueError, match=r"4 of 5 trials\."):  # a doubled run is no trial
+        check_finished(five[:4] + [doubled_fourth], {10}, "quick")
+    with pytest.raises(ValueError, match=r"BENCHMARK at NPC 10 has 4 of 5 trials; S-CNN at NPC "
+                                         r"10 has 1 of 5 trials\."):
+        check_finished(five[:4] + [trial(1e-2, 0.1, method="S-CNN")], {10}, "quick")
     late = five[:4] + [trial(1e-2, 0.5, best_epoch=10, epochs=10)]
     with pytest.raises(ValueError, match=r"BENCHMARK at NPC 10's late choice is not doubled yet"):
         check_finished(late, {10}, "quick")
