@@ -121,7 +121,8 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
             checks.append(_check(
                 f"competitive with the CNN baselines at NPC {n} (within "
                 f"{_points(COMPETITIVE)} points of the best, {best}, or better, with something "
-                f"above chance)", _at_least(d, -COMPETITIVE) and learned, f"{100 * d:+.1f} points vs {best}"))
+                f"above chance)", _at_least(d, -COMPETITIVE) and learned,
+                f"{100 * d:+.1f} points vs {best}"))
     if features:
         row = max(features, key=lambda r: r["npc"])
         apl, random = (row["features"][name] for name in FEATURES)
