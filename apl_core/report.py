@@ -104,12 +104,13 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
     low = npcs[0] if npcs else None
     for a, b, what in PAIRS:
         if (a, low) in accuracy and (b, low) in accuracy:
-            d = gap(a, b, low)
+            gaps = {n: gap(a, b, n) for n in npcs}
+            d = gaps[low]
             checks.append(_check(f"with few labels (NPC {low}), {what} by {_points(gain)} "
                                  f"points or more", _at_least(d, gain), f"{100 * d:+.1f} points"))
-            wins = [n for n in npcs if _at_least(gap(a, b, n), gain)]
-            margins = ", ".join("–" if math.isnan(gap(a, b, n)) else f"{100 * gap(a, b, n):+.1f}"
-                                for n in npcs)  # – where a side did not run at that NPC
+            wins = [n for n in npcs if _at_least(gaps[n], gain)]
+            margins = ", ".join("–" if math.isnan(g) else f"{100 * g:+.1f}"
+                                for g in gaps.values())  # – where a side did not run there
             checks.append(_check("... and at every NPC of the sweep", wins == npcs,
                                  f"at NPC {wins} of {npcs}; margins {margins} points"))
     for n in npcs:

@@ -116,10 +116,11 @@ def headline_block() -> str:
     for margin in report.seed_margins(seeds):
         if margin["npc"] == low:
             values = list(margin["per_seed"].values())
-            bound = f" ({margin['bound']}: {', '.join(margin['still_rising'])} still rising)"
+            bound = (f" ({margin['bound']}: {', '.join(margin['still_rising'])} still rising)"
+                     if margin["still_rising"] else "")
             lines.append(f"- {margin['margin']} at NPC {low}: {mean_sd(values)} points over "
                          f"{len(values)} seed{'s' * (len(values) > 1)}, smallest "
-                         f"{100 * min(values):+.1f}{bound if margin['still_rising'] else ''}.")
+                         f"{100 * min(values):+.1f}{bound}.")
     return "\n".join(_wrap(line, "  ") for line in lines)
 
 

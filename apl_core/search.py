@@ -40,6 +40,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -237,11 +238,8 @@ def check_finished(trials: list[dict], npcs, profile: str) -> None:
     """Refuse a search that is not finished at `npcs`: a (method, NPC) with fewer than TRIALS
     trials, or a late choice not yet doubled. A study that trained on a half-made choice
     would have to be thrown away when the search moves on."""
-    counts: dict[tuple[str, int], int] = {}
-    for trial in trials:
-        if "doubled_of" not in trial and trial["npc"] in npcs:
-            counts[(trial["method"], trial["npc"])] = counts.get(
-                (trial["method"], trial["npc"]), 0) + 1
+    counts = Counter((t["method"], t["npc"]) for t in trials
+                     if "doubled_of" not in t and t["npc"] in npcs)
     short = [f"{method} at NPC {npc} has {count} of {TRIALS} trials"
              for (method, npc), count in counts.items() if count < TRIALS]
     late = set(late_runs([t for t in trials if t["npc"] in npcs]))

@@ -629,15 +629,18 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
             rates_ax.plot(pick["lr"], 100 * pick["val_top1"], "o", ms=11, mfc="none",
                           mec=palette[npc], mew=1.5)
             run = next(t for t in trials if t["run"] == pick["run"])
-            share = [(100 * epoch / run["epochs"], 100 * val) for epoch, val in run["val_curve"]]
-            curve_ax.plot(*zip(*share), color=palette[npc], label=f"NPC {npc}")
+
+            def on_chosen_scale(curve):  # (% of the chosen run's epochs, validation top-1 %)
+                return zip(*[(100 * epoch / run["epochs"], 100 * val) for epoch, val in curve])
+
+            curve_ax.plot(*on_chosen_scale(run["val_curve"]), color=palette[npc],
+                          label=f"NPC {npc}")
             curve_ax.plot(100 * pick["best_epoch"] / run["epochs"], 100 * pick["val_top1"], "o",
                           ms=11, mfc="none", mec=palette[npc], mew=1.5)
             if "doubled" in pick:
                 double = next(t for t in trials if t["run"] == pick["doubled"]["run"])
-                curve_ax.plot(*zip(*[(100 * epoch / run["epochs"], 100 * val)
-                                     for epoch, val in double["val_curve"]]),
-                              color=palette[npc], ls="--", lw=1)
+                curve_ax.plot(*on_chosen_scale(double["val_curve"]), color=palette[npc], ls="--",
+                              lw=1)
                 longest = 200
         rates_ax.set_xscale("log")
         rates_ax.set(title=method, xlabel="learning rate (log scale)",
