@@ -466,7 +466,7 @@ def seed_margins(seeds: dict) -> list[dict]:
     return margins
 
 
-def _unconverged(margin: dict) -> str:
+def unconverged(margin: dict) -> str:
     """A margin's sides that were still rising (some were), and what that makes it."""
     return f"{', '.join(margin['still_rising'])} still rising, so {margin['bound']}"
 
@@ -481,7 +481,7 @@ def margin_table(seeds: dict) -> list[dict]:
                      "per seed": ", ".join(f"{100 * v:+.1f} (seed {s})"
                                            for s, v in m["per_seed"].items()),
                      "mean ± sd": mean_sd(values), "smallest": f"{100 * min(values):+.1f}",
-                     "converged": (f"no: {_unconverged(m)}" if m["still_rising"] else
+                     "converged": (f"no: {unconverged(m)}" if m["still_rising"] else
                                    "yes" if m["trained"] else "–")})
     return rows
 
@@ -508,7 +508,7 @@ def seed_checks(seeds: dict, test_images: int) -> list[dict]:
         else:
             bar = f">= -{_points(COMPETITIVE)} points"
             holds = all(_at_least(v, -COMPETITIVE) for v in smallest.values())
-        caveats = "".join(f"; at NPC {e['npc']} {_unconverged(e)}" for e in entries
+        caveats = "".join(f"; at NPC {e['npc']} {unconverged(e)}" for e in entries
                           if e["still_rising"])
         checks.append(_check(
             f"over seeds {seeds_used}, which draw their own labels: {margin} {bar} on every "

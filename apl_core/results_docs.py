@@ -116,8 +116,7 @@ def headline_block() -> str:
     for margin in report.seed_margins(seeds):
         if margin["npc"] == low:
             values = list(margin["per_seed"].values())
-            bound = (f" ({margin['bound']}: {', '.join(margin['still_rising'])} still rising)"
-                     if margin["still_rising"] else "")
+            bound = f" ({report.unconverged(margin)})" if margin["still_rising"] else ""
             lines.append(f"- {margin['margin']} at NPC {low}: {mean_sd(values)} points over "
                          f"{len(values)} seed{'s' * (len(values) > 1)}, smallest "
                          f"{100 * min(values):+.1f}{bound}.")

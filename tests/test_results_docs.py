@@ -110,12 +110,12 @@ def test_the_headline_says_which_margin_is_a_bound(monkeypatch):
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds)
     text = " ".join(results_docs.headline_block().split())
     assert ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest "
-            "+6.0 (an upper bound: BENCHMARK still rising).") in text
+            "+6.0 (BENCHMARK still rising, so an upper bound).") in text
     assert "positions at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest +6.0. -" in text
     seeds["chosen"]["APL fine-tune|10"] = choice(0.5, 0.6)
     text = " ".join(results_docs.headline_block().split())
     assert ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest "
-            "+6.0 (no bound either way: APL fine-tune, BENCHMARK still rising).") in text
+            "+6.0 (APL fine-tune, BENCHMARK still rising, so no bound either way).") in text
 
 
 def test_make_results_docs_rewrites_every_docs_file(tmp_path, monkeypatch, capsys):
