@@ -55,10 +55,16 @@ def search_block() -> str:
     trials = [t for t in found["trials"] if "doubled_of" not in t]
     hours = sum(t["seconds"] for t in found["trials"]) / 3600
     searched = {(t["method"], t["npc"]) for t in trials}
+    epochs = {t["npc"]: t["epochs"] for t in trials}
+    npcs = sorted(epochs)
+    steps = found["protocol"]["max_steps"]
     return "\n\n".join([
         _provenance(found, f": {len(trials)} trials of {len(searched)} (method, NPC) pairs, "
                            f"{hours:.1f} run-hours at {found['threads_per_run']} thread each, "
-                           f"{found['workers']} at a time."),
+                           f"{found['workers']} at a time. Every run at NPC "
+                           f"{' / '.join(map(str, npcs))} is "
+                           f"{' / '.join(f'{steps[str(n)]:,}' for n in npcs)} optimizer steps "
+                           f"long ({' / '.join(str(epochs[n]) for n in npcs)} epochs)."),
         markdown_table(report.search_table(found["trials"],
                                            report.validation_images(found["profile"])))])
 

@@ -72,6 +72,22 @@ def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
     assert text.endswith("end.") and "--profile" in text.splitlines()[0]
 
 
+def test_the_search_block_states_each_npcs_length_from_the_committed_search(monkeypatch):
+    from test_report import search_trials
+
+    trials = search_trials()
+    for trial in trials:
+        trial["seconds"] = 900.0
+    found = {"command": "python benchmarks/converged_search.py", "machine": "a CPU",
+             "torch": "2.x", "profile": "quick", "workers": 2, "threads_per_run": 1,
+             "protocol": {"max_steps": {"10": 400, "30": 1920}}, "trials": trials}
+    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: found)
+    text = " ".join(results_docs.search_block().split())
+    assert ("`python benchmarks/converged_search.py` on a CPU, torch 2.x: 5 trials of 2 (method, "
+            "NPC) pairs, 1.5 run-hours at 1 thread each, 2 at a time. Every run at NPC 10 / 30 is "
+            "400 / 1,920 optimizer steps long (10 / 10 epochs).") in text
+
+
 def test_wrap_never_splits_a_run_name_or_a_hyphenated_option():
     name = "synthetic48-from-synthetic48-G4K1" + "-x" * 40  # longer than the docs' width
     assert results_docs._wrap(f"see {name} and more", "  ").splitlines() == [

@@ -79,6 +79,12 @@ def test_a_run_is_max_steps_long_or_the_profiles_own_epochs_without_a_search():
         run_steps("quick", FinetuneConfig(npc=7))
 
 
+def test_the_method_doc_states_the_quick_profiles_lengths():
+    method_doc = (Path(__file__).parents[1] / "docs" / "method.md").read_text()
+    lengths = ", ".join(f"{steps:,} at NPC {npc}" for npc, steps in max_steps("quick").items())
+    assert f"({lengths} in the quick profile:" in " ".join(method_doc.split())
+
+
 def test_max_steps_names_the_profiles_that_have_them():
     assert max_steps("quick") == {10: 400, 30: 500, 100: 960}
     with pytest.raises(ValueError, match=r"'paper' profile has no max_steps for a search; "
