@@ -11,8 +11,9 @@ its length read off the validation curve.
     choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
     check_lengths    every trial of a (method, NPC) as long as the profile now makes its runs
     check_finished   every (method, NPC) searched to the end before a study uses its choice
-    TrialStore / run_search     the results file, and every (method, NPC) searched in parallel
-    doubled_config / run_late_checks   a late choice's run doubled, to show its curve flat
+    TrialStore / run_search     the results file, and every (method, NPC) searched in parallel,
+                                each with its late check as soon as its own search ends
+    doubled_config   a late choice's run doubled, to show its curve flat
     late_check       whether a doubled run is flat or still rising, against the noise
     load_search / chosen_configs       the committed search, and every method at its choice
     compare          train chosen configs and score each run's best epoch once on the test set
@@ -24,7 +25,7 @@ rates are the method's start rate times 10^-0.5, 1 and 10^0.5; each further rate
 range past an edge that holds the best rate, or else halves the log-distance between the best
 rate and its better neighbour. The test set is never evaluated here (evaluate_test=False).
 A choice whose best epoch falls in the last fifth of its run is checked by running it again
-twice as long (`run_late_checks`): the doubled run is flat when it gains no more validation
+twice as long (`run_search`, `doubled_config`): the doubled run is flat when it gains no more validation
 top-1 than the validation set's noise, and still rising (the run was too short) otherwise.
 
 A hand-written bracket rather than a general optimiser (Optuna's TPE, Hyperband): one
@@ -372,9 +373,11 @@ def compare(configs: list[tuple[str, FinetuneConfig]], workers: int = 1,
 def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, workers: int = 1,
                report: Callable[[dict], None] | None = None) -> list[dict]:
     """Search every (method, config) of `configs`, `workers` of them at a time (each with its
-    share of the CPU threads); trials found in `store` or finished in runs_dir are read back.
-    Returns every trial; `report(trial)` is called as each (method, NPC) finishes. Refuses,
-    before training anything, a store whose trials are not as long as `configs` (check_lengths)."""
+    share of the CPU threads), and double a late choice's run as soon as its own search ends
+    (so a worker never waits on the other methods' searches for its late check); trials found
+    in `store` or finished in runs_dir are read back. Returns every trial, the doubled runs
+    included; `report(trial)` is called as each (method, NPC) finishes. Refuses, before
+    training anything, a store whose trials are not as long as `configs` (check_lengths)."""
     check_lengths(store.read()["trials"], configs)
     trials = []
     with worker_pool(workers) as pool:
@@ -388,47 +391,21 @@ def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, wor
     return trials
 
 
-def run_late_checks(configs: list[tuple[str, FinetuneConfig]], store: TrialStore,
-                    workers: int = 1) -> list[dict]:
-    """Double every late choice among the searched `configs` (`late_runs` of the store's
-    trials), `workers` at a time; each doubled run is stored as done. Returns them."""
-    trials = store.read()["trials"]
-    late = set(late_runs(trials))
-    by_run = {t["run"]: t for t in trials}
-    todo = []
-    for method, base in configs:
-        for run in late:
-            trial = by_run[run]
-            if (trial["method"], trial["npc"]) == (method, base.npc):
-                todo.append((method, base.replace(lr=trial["lr"]), run))
-    with worker_pool(workers) as pool:
-        futures = [pool.submit(_double_one, method, config, run, store.path, store.header)
-                   for method, config, run in todo]
-        return [future.result() for future in futures]
-
-
-def _double_one(method: str, config: FinetuneConfig, original: str, path: Path,
-                header: dict) -> dict:
-    store = TrialStore(path, header)
-    if run_name(config) != original:
-        raise ValueError(f"the late check of {original} rebuilt another run, "
-                         f"{run_name(config)}: the search's settings have changed since")
-    result = finetune(doubled_config(config), resume="auto")
-    trial = trial_row(method, result.config, result.metrics, doubled_of=original)
-    store.add(trial)
-    return trial
-
-
 def _search_one(method: str, base: FinetuneConfig, path: Path, header: dict) -> list[dict]:
     store = TrialStore(path, header)
 
-    def run_trial(config: FinetuneConfig) -> dict:
+    def run_trial(config: FinetuneConfig, doubled_of: str | None = None) -> dict:
         found = store.find(run_name(config))
         if found is not None:
             return found
         result = finetune(config, resume="auto")
-        trial = trial_row(method, result.config, result.metrics)
+        trial = trial_row(method, result.config, result.metrics, doubled_of=doubled_of)
         store.add(trial)
         return trial
 
-    return search_method(base, run_trial)
+    trials = search_method(base, run_trial)
+    pick = choose(trials)[(method, base.npc)]
+    if pick["late"]:
+        trials.append(run_trial(doubled_config(base.replace(lr=pick["lr"])),
+                                doubled_of=pick["run"]))
+    return trials

@@ -10,9 +10,9 @@ set is never evaluated). Every finished trial (settings, validation curve, best 
 written at once to apl_core/results/<profile>_converged_search.json, so a stopped search
 resumes trial by trial from that file, or from the runs in --runs-dir. Prints each trial, then
 per (method, NPC) the choice and where it sits in its searched range. A choice whose best
-epoch falls in its run's last fifth is run again twice as long (the late check), and the
-doubled run's best validation top-1 is compared with the choice's, within the validation
-part's noise.
+epoch falls in its run's last fifth is run again twice as long as soon as its own search ends
+(the late check), and the doubled run's best validation top-1 is compared with the choice's,
+within the validation part's noise.
 """
 from __future__ import annotations
 
@@ -28,7 +28,6 @@ import torch  # noqa: E402
 from apl_core import search  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
 from apl_core.device import machine_description, resolve_device  # noqa: E402
-from apl_core.stats import sampling_noise  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
 def main(argv=None) -> None:
@@ -74,22 +73,18 @@ def main(argv=None) -> None:
               f"{trial['best_epoch']:>3}/{trial['epochs']:<3}  val top-1 {trial['val_top1']:.1%}"
               f"  train top-1 {trial['train_top1']:.1%}  {trial['seconds']:.0f} s", flush=True)
 
-    trials = search.run_search(configs, store, args.workers, report)
-    for double in search.run_late_checks(configs, store, args.workers):
-        report(double)
+    search.run_search(configs, store, args.workers, report)
     trials = store.read()["trials"]
     print(f"\n{len(trials)} runs, {sum(t['seconds'] for t in trials) / 3600:.2f} run-hours at "
           f"{header['threads_per_run']} thread(s) each on {header['machine']}; in {store.path}")
     validation_images = configs[0][1].val_per_class * configs[0][1].num_classes
     for (method, npc), chosen in search.choose(trials).items():
         late = ""
-        if chosen["late"]:
+        if check := search.late_check(chosen, validation_images):
             double = chosen["doubled"]
-            gain = double["val_top1"] - chosen["val_top1"]
-            noise = sampling_noise(chosen["val_top1"], validation_images)
+            verdict = "still rising" if check["still_rising"] else "flat"
             late = (f"  late; doubled: epoch {double['best_epoch']}/{double['epochs']}, val "
-                    f"{double['val_top1']:.1%} ({'flat' if gain <= noise else 'still rising'}"
-                    f", noise {noise:.1%})")
+                    f"{double['val_top1']:.1%} ({verdict}, noise {check['noise']:.1%})")
         print(f"chosen: NPC {npc:>4}  {method:<22} lr {chosen['lr']:g} ({chosen['rate_position']}"
               f" of {chosen['rates']}), epoch {chosen['best_epoch']}/{chosen['epochs']}, "
               f"val {chosen['val_top1']:.1%}{late}")

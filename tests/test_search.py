@@ -16,7 +16,7 @@ from apl_core import search
 from apl_core.search import (
     RECIPES, START_RATES, TRIALS, TrialStore, best_trial, check_finished, check_lengths, choose,
     chosen_configs, compare, doubled_config, epochs_for_steps, initial_rates, late_check,
-    late_runs, load_search, max_steps, next_rate, run_late_checks, run_search, run_steps,
+    late_runs, load_search, max_steps, next_rate, run_search, run_steps,
     search_configs, search_method, searched_config, trial_row,
 )
 
@@ -284,9 +284,11 @@ def test_run_search_trains_each_trial_once_and_resumes_from_its_results_file(tmp
     store = TrialStore(tmp_path / "search.json", {"profile": "smoke"})
     reported = []
     trials = run_search([("S-CNN", base)], store, workers=1, report=reported.append)
-    assert reported == trials and len(trials) == TRIALS
+    searched = [t for t in trials if "doubled_of" not in t]
+    late = choose(trials)[("S-CNN", 2)]["late"]  # then its run is doubled too
+    assert reported == trials and len(searched) == TRIALS and len(trials) == TRIALS + late
     assert store.read()["trials"] == trials  # written as each trial finished
-    assert all(t["epochs"] == 4 and len(t["val_curve"]) == 4 for t in trials)
+    assert all(t["epochs"] == 4 and len(t["val_curve"]) == 4 for t in searched)
     # the runs are gone: a second search reads every trial back from the file
     for run in (tmp_path / "runs" / "finetune").iterdir():
         (run / "last.pt").unlink()
@@ -295,7 +297,7 @@ def test_run_search_trains_each_trial_once_and_resumes_from_its_results_file(tmp
     # the profile's runs made longer: refused before anything trains
     with pytest.raises(ValueError, match="S-CNN runs at NPC 2 differ in length"):
         run_search([("S-CNN", base.replace(epochs=8))], store, workers=1)
-    assert len(list((tmp_path / "runs" / "finetune").iterdir())) == TRIALS
+    assert len(list((tmp_path / "runs" / "finetune").iterdir())) == len(trials)
 
 
 
@@ -365,20 +367,28 @@ def test_trial_row_of_a_doubled_run_names_the_run_it_doubles():
                                          metrics([0.3]))
 
 
-def test_run_late_checks_doubles_each_late_choice_once(tmp_path):
+def test_run_search_doubles_a_late_choice_as_soon_as_its_search_ends(tmp_path):
     base = searched_config(smoke_finetune_config(tmp_path / "runs", model="s-cnn", npc=2,
                                                  val_per_class=1, test_per_class=1),
                            "S-CNN", 4)
     store = TrialStore(tmp_path / "search.json", {"profile": "smoke"})
-    for lr, best_epoch in ((0.01, 2), (0.03, 4), (0.1, 1)):  # 0.03 wins, at its last epoch
-        config = base.replace(lr=lr)
-        store.add({**trial(lr, 0.5 if lr == 0.03 else 0.2, method="S-CNN", npc=2,
-                           best_epoch=best_epoch, epochs=4), "run": run_name(config)})
-    (double,) = run_late_checks([("S-CNN", base)], store)
+
+    def stored(config):  # the search's trials, already run: 0.03 wins, at its last epoch
+        row = {**trial(config.lr, 0.5 if config.lr == 0.03 else 0.2, method="S-CNN", npc=2,
+                       best_epoch=4 if config.lr == 0.03 else 2, epochs=4),
+               "run": run_name(config)}
+        store.add(row)
+        return row
+
+    searched = search_method(base, stored)
+    trials = run_search([("S-CNN", base)], store, workers=1)
+    double = trials[-1]
+    assert trials[:-1] == searched  # read back, not trained again
     assert double["doubled_of"] == run_name(base.replace(lr=0.03))
     assert (double["lr"], double["epochs"], len(double["val_curve"])) == (0.03, 8, 8)
     assert choose(store.read()["trials"])[("S-CNN", 2)]["doubled"]["run"] == double["run"]
-    assert run_late_checks([("S-CNN", base)], store) == []  # done once
+    assert run_search([("S-CNN", base)], store, workers=1) == trials  # done once
+    assert len(store.read()["trials"]) == TRIALS + 1
 
 
 # ---------------------------------------------------------------- the choice, applied
