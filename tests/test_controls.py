@@ -303,6 +303,11 @@ def test_the_main_budget_tables_read_every_seed_of_the_committed_study():
          "drop mean": "66.7", "control's drop mean": "8.3",
          "reliance, per seed": "+58.1, +59.0, +57.9", "reliance mean": "+58.4"}]
     assert floor(study) == pytest.approx({"knn_top1": 0.106, "probe_top1": 0.150}, abs=5e-4)
+    # the budget curve (notebook 06): every pretrained control judged after each of its epochs
+    assert {(seed["seed"], row["control"]): len(row["budget_curve"]) for seed in study["seeds"]
+            for row in seed["rows"] if row["control"] != "random init"} == {
+        (seed, control): 12 for seed in (0, 1, 2)
+        for control in ("APL (G = 4, K = 1)", "positional leak", "K = 0")}
 
 
 DISTINCT = [control_row("APL (G = 4, K = 1)", knn=0.21, probe=0.31),
