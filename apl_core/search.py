@@ -25,8 +25,9 @@ rates are the method's start rate times 10^-0.5, 1 and 10^0.5; each further rate
 range past an edge that holds the best rate, or else halves the log-distance between the best
 rate and its better neighbour. The test set is never evaluated here (evaluate_test=False).
 A choice whose best epoch falls in the last fifth of its run is checked by running it again
-twice as long (`run_search`, `doubled_config`): the doubled run is flat when it gains no more validation
-top-1 than the validation set's noise, and still rising (the run was too short) otherwise.
+twice as long (`run_search`, `doubled_config`): the doubled run is flat when it gains no more
+validation top-1 than the validation set's noise, and still rising (the run was too short)
+otherwise.
 
 A hand-written bracket rather than a general optimiser (Optuna's TPE, Hyperband): one
 variable on a log scale with five trials is a line search, and a bracket that moves toward an

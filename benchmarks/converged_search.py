@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from apl_core import search  # noqa: E402
+from apl_core import report, search  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
 from apl_core.device import machine_description, resolve_device  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
@@ -68,16 +68,16 @@ def main(argv=None) -> None:
     configs = search.search_configs(args.profile, str(run.run_dir), npcs, args.methods,
                                     **settings)
 
-    def report(trial):
+    def print_trial(trial):
         print(f"NPC {trial['npc']:>4}  {trial['method']:<22} lr {trial['lr']:<8g} best epoch "
               f"{trial['best_epoch']:>3}/{trial['epochs']:<3}  val top-1 {trial['val_top1']:.1%}"
               f"  train top-1 {trial['train_top1']:.1%}  {trial['seconds']:.0f} s", flush=True)
 
-    search.run_search(configs, store, args.workers, report)
+    search.run_search(configs, store, args.workers, print_trial)
     trials = store.read()["trials"]
     print(f"\n{len(trials)} runs, {sum(t['seconds'] for t in trials) / 3600:.2f} run-hours at "
           f"{header['threads_per_run']} thread(s) each on {header['machine']}; in {store.path}")
-    validation_images = configs[0][1].val_per_class * configs[0][1].num_classes
+    validation_images = report.validation_images(args.profile)
     for (method, npc), chosen in search.choose(trials).items():
         late = ""
         if check := search.late_check(chosen, validation_images):
