@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import ast
 import contextlib
+import datetime
 import difflib
 import json
 import logging
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from .config import PROFILES
 from .publish import missing_readme_figures, publish_figures, write_index
+from .results import RESULTS_DIR, load_results
 
 NOTEBOOKS = (
     "01_puzzle_construction",
@@ -225,7 +227,8 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
     extra = check_parameters(extra or {}, names)
     out = output_folder(out)
     figures, report = out / "figures", out / "report"
-    from .device import resolve_device  # imports torch: only once the arguments are checked
+    # these import torch: only once the arguments are checked
+    from .device import measured_on, resolve_device
 
     device = str(resolve_device(device))
     if profile == "auto":
@@ -251,9 +254,12 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
         print(f"[{i}/{len(names)}] {name:<38} {seconds:6.0f} s  -> {path.name}", flush=True)
     total = time.perf_counter() - start
     index = write_index(out, rows, profile, device)
-    summary = dict(profile=profile, device=device, total_seconds=round(total, 1),
-                   notebooks=rows, figures=str(figures), report=str(report),
-                   runs=base["runs_dir"], index=str(index))
+    # with what it ran on: a committed copy is docs/results.md's course time
+    summary = dict(profile=profile, device=device, **measured_on(device),
+                   date=datetime.date.today().isoformat(),
+                   command=f"python -m apl_core course --profile {profile}",
+                   total_seconds=round(total, 1), notebooks=rows, figures=str(figures),
+                   report=str(report), runs=base["runs_dir"], index=str(index))
     (out / "course_summary.json").write_text(json.dumps(summary, indent=2))
     if publish:
         missing = missing_readme_figures(out)
@@ -269,6 +275,19 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
     return rows
 
 
+def course_time_path(profile: str) -> Path:
+    return RESULTS_DIR / f"{profile}_course_time.json"
+
+
+def load_course_time(profile: str) -> dict | None:
+    """The committed timing of `profile`'s course (the course_summary.json of a `make run`
+    from a fresh clone), or None where there is none."""
+    return load_results(course_time_path(profile), "course time",
+                        {"command", "machine", "torch", "total_seconds", "notebooks"},
+                        f"make run PROFILE={profile} from a fresh clone and copy its "
+                        f"course_output/course_summary.json there")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m apl_core course",
@@ -276,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--profile", default="auto", choices=PROFILE_NAMES,
                    help="smoke: seconds per notebook (tests); quick: the embedded dataset, "
-                        "for a laptop CPU (27 minutes on a 2-core CPU with bf16; README); "
+                        "for a laptop CPU (timed in docs/results.md, Course time); "
                         "gpu: the paper's model on the "
                         "embedded dataset, minutes on one GPU; paper: STL-10, for a CUDA GPU; "
                         "auto: paper on a GPU with STL-10 in --data-dir, gpu on a GPU "

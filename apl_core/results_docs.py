@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import controls, report, search
+from . import controls, course, report, search
 from .config import profile_config
 from .stats import mean_sd
 from .tables import markdown_table
@@ -28,6 +28,12 @@ PROFILE = "quick"  # the profile whose studies the docs report
 _FINETUNE = profile_config(PROFILE, "finetune")
 TEST_IMAGES = _FINETUNE.test_per_class * _FINETUNE.num_classes
 POSITIONS = profile_config(PROFILE, "pretrain").grid ** 2
+# The course's time budget: 20 minutes on a 2-core CPU; on a slower one, this many times
+# notebook 02's pretraining (which the course's length is measured against: 3.4 when the
+# course took 15.2 minutes with 02 at 265 s).
+COURSE_MINUTES = 20
+COURSE_PER_PRETRAINING = 3.6
+PRETRAINING_NOTEBOOK = "02_pretraining"
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = (ROOT / "docs" / "results.md", ROOT / "README.md")
 BLOCK = re.compile(r"(<!-- results: (?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(<!-- /results -->)",
@@ -45,6 +51,27 @@ def _provenance(results: dict, more: str = ".") -> str:
     """Which command made `results`, on what, and `more`, as a paragraph of the docs' width."""
     return _wrap(f"`{results['command']}` on {results['machine']}, torch "
                  f"{results['torch']}{more}")
+
+
+def course_time_block() -> str:
+    """The committed course timing: minutes per notebook, and the total against the budget."""
+    timed = course.load_course_time(PROFILE)
+    if not timed:
+        return "(no committed course time)"
+    minutes = {row["notebook"]: row["seconds"] / 60 for row in timed["notebooks"]}
+    total = timed["total_seconds"] / 60
+    pretraining = minutes[PRETRAINING_NOTEBOOK]
+    allowed = max(COURSE_MINUTES, COURSE_PER_PRETRAINING * pretraining)
+    verdict = "within" if total <= allowed else "over"
+    rows = [{"notebook": name, "minutes": f"{value:.1f}"} for name, value in minutes.items()]
+    rows.append({"notebook": "the course", "minutes": f"{total:.1f}"})
+    return "\n\n".join([
+        _provenance(timed, f", {timed['precision']}, {timed['date']}."),
+        markdown_table(rows),
+        _wrap(f"The budget: {COURSE_MINUTES} minutes on a 2-core CPU, or on a slower one "
+              f"{COURSE_PER_PRETRAINING} times notebook 02's time ({COURSE_PER_PRETRAINING} x "
+              f"{pretraining:.1f} = {COURSE_PER_PRETRAINING * pretraining:.1f} minutes): the "
+              f"course is {verdict} it ({total:.1f} of {allowed:.1f} minutes).")])
 
 
 def search_block() -> str:
@@ -133,6 +160,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "converged-search": search_block, "seed-0": seed0_block, "seeds": seeds_block,
     "claims": claims_block, "controls-small": functools.partial(controls_block, "small"),
     "controls-main": functools.partial(controls_block, "main"), "headline": headline_block,
+    "course-time": course_time_block,
 }
 
 

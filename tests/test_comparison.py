@@ -3,8 +3,6 @@ schedule, each is what its name says, runs train in worker processes, and the fr
 are judged by kNN and a probe whose penalty is chosen on validation."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 

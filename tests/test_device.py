@@ -18,3 +18,12 @@ def test_precision_choice(monkeypatch):
     assert device.autocast_dtype("fp32", cuda) is None
     with pytest.raises(ValueError, match="fp16.*CUDA"):
         device.autocast_dtype("fp16", cpu)
+
+
+def test_a_timing_names_the_precision_auto_computes_in(monkeypatch):
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    measured = device.measured_on("cpu")
+    assert measured["precision"] == "fp32" and measured["torch"] == torch.__version__
+    assert measured["machine"] == device.machine_description("cpu")
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert device.measured_on("cpu")["precision"] == "bf16"

@@ -237,6 +237,9 @@ def test_smoke_numbers_are_sane(smoke_course):
     assert [b["crop"] for b in r06["borders"]] == [0, 1]
     summary = json.loads((out / "course_summary.json").read_text())
     assert [n["notebook"] for n in summary["notebooks"]] == list(course.NOTEBOOKS)
+    # what docs/results.md's course time names beside the minutes
+    assert summary["machine"].endswith("threads)") and summary["precision"] in ("fp32", "bf16")
+    assert summary["command"] == "python -m apl_core course --profile smoke"
 
 
 @pytest.mark.slow

@@ -53,12 +53,39 @@ def test_every_block_says_which_results_are_missing(monkeypatch):
     monkeypatch.setattr(results_docs.search, "load_search", lambda profile: None)
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: None)
     monkeypatch.setattr(results_docs.controls, "load_controls", lambda profile, budget: None)
+    monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: None)
     assert {name: block() for name, block in results_docs.BLOCKS.items()} == {
         "converged-search": "(no committed search)", "seed-0": "(no committed seed 0)",
         "seeds": "(no committed seeds)", "claims": "(no committed seed 0)",
         "controls-small": "(no committed controls at the small budget)",
         "controls-main": "(no committed controls at the main budget)",
-        "headline": "(no committed seeds)"}
+        "headline": "(no committed seeds)", "course-time": "(no committed course time)"}
+
+
+def course_time(seconds: dict[str, float]) -> dict:
+    """A course_summary.json as `python -m apl_core course` writes it, `seconds` per notebook."""
+    return {"command": "python -m apl_core course --profile quick", "machine": "a CPU",
+            "precision": "fp32", "torch": "2.x", "date": "2026-12-03",
+            "total_seconds": sum(seconds.values()),
+            "notebooks": [{"notebook": name, "seconds": value, "executed": f"/tmp/{name}.ipynb"}
+                          for name, value in seconds.items()]}
+
+
+def test_the_course_time_is_read_per_notebook_and_held_to_the_budget(monkeypatch):
+    timed = course_time({"01_puzzle_construction": 30, "02_pretraining": 600,
+                         "04_fine_tuning": 600})
+    monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: timed)
+    text = results_docs.course_time_block()
+    assert text.startswith("`python -m apl_core course --profile quick` on a CPU, torch 2.x, "
+                           "fp32, 2026-12-03.")
+    assert "| 01_puzzle_construction | 0.5 |" in text and "| the course | 20.5 |" in text
+    # 20.5 minutes: over the 20 on a 2-core CPU, within 3.6 times notebook 02's 10 minutes
+    assert "3.6 x 10.0 = 36.0 minutes): the course is within it (20.5 of 36.0" in " ".join(
+        text.split())
+    timed = course_time({"02_pretraining": 300, "04_fine_tuning": 1000})
+    monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: timed)
+    assert "the course is over it (21.7 of 20.0 minutes)" in " ".join(
+        results_docs.course_time_block().split())
 
 
 def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
