@@ -9,10 +9,10 @@ Pretrains the profile's model with seed 0 (read back when finished), then search
 set is never evaluated). Every finished trial (settings, validation curve, best epoch) is
 written at once to apl_core/results/<profile>_converged_search.json, so a stopped search
 resumes trial by trial from that file, or from the runs in --runs-dir. Prints each trial, then
-per (method, NPC) the choice and where it sits in its searched range. A choice whose best
-epoch falls in its run's last fifth is run again twice as long as soon as its own search ends
-(the late check), and the doubled run's best validation top-1 is compared with the choice's,
-within the validation part's noise.
+docs/results.md's table: per (method, NPC) the choice and where it sits in its searched range.
+A choice whose best epoch falls in its run's last fifth is run again twice as long as soon as
+its own search ends (the late check), and the doubled run's best validation top-1 is compared
+with the choice's, within the validation part's noise.
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ import torch  # noqa: E402
 from apl_core import report, search  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
 from apl_core.device import machine_description, resolve_device  # noqa: E402
+from apl_core.tables import markdown_table  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
 def main(argv=None) -> None:
@@ -77,17 +78,7 @@ def main(argv=None) -> None:
     trials = store.read()["trials"]
     print(f"\n{len(trials)} runs, {sum(t['seconds'] for t in trials) / 3600:.2f} run-hours at "
           f"{header['threads_per_run']} thread(s) each on {header['machine']}; in {store.path}")
-    validation_images = report.validation_images(args.profile)
-    for (method, npc), chosen in search.choose(trials).items():
-        late = ""
-        if check := search.late_check(chosen, validation_images):
-            double = chosen["doubled"]
-            verdict = "still rising" if check["still_rising"] else "flat"
-            late = (f"  late; doubled: epoch {double['best_epoch']}/{double['epochs']}, val "
-                    f"{double['val_top1']:.1%} ({verdict}, noise {check['noise']:.1%})")
-        print(f"chosen: NPC {npc:>4}  {method:<22} lr {chosen['lr']:g} ({chosen['rate_position']}"
-              f" of {chosen['rates']}), epoch {chosen['best_epoch']}/{chosen['epochs']}, "
-              f"val {chosen['val_top1']:.1%}{late}")
+    print(markdown_table(report.search_table(trials, report.validation_images(args.profile))))
 
 
 if __name__ == "__main__":
