@@ -281,11 +281,17 @@ def course_time_path(profile: str) -> Path:
 
 def load_course_time(profile: str) -> dict | None:
     """The committed timing of `profile`'s course (the course_summary.json of a `make run`
-    from a fresh clone), or None where there is none."""
-    return load_results(course_time_path(profile), "course time",
-                        {"command", "machine", "torch", "total_seconds", "notebooks"},
-                        f"make run PROFILE={profile} from a fresh clone and copy its "
-                        f"course_output/course_summary.json there")
+    from a fresh clone), or None where there is none; refused unless it times every notebook
+    (a run with --only is not the course's time)."""
+    rerun = (f"make run PROFILE={profile} from a fresh clone and copy its "
+             f"course_output/course_summary.json there")
+    path = course_time_path(profile)
+    timed = load_results(path, "course time",
+                         {"command", "machine", "torch", "total_seconds", "notebooks"}, rerun)
+    if timed and [row["notebook"] for row in timed["notebooks"]] != list(NOTEBOOKS):
+        raise ValueError(f"{path} times {[row['notebook'] for row in timed['notebooks']]}, "
+                         f"not the whole course {list(NOTEBOOKS)}: {rerun}")
+    return timed
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,3 +136,19 @@ def test_a_given_pretrain_run_is_kept_over_notebook_02s(tmp_path):
     report = course.notebook_parameters("05_reproduction_report",
                                         {**base, "finetune_results": "my.json"}, tmp_path)
     assert report["finetune_results"] == "my.json"
+
+
+def test_a_committed_course_time_must_time_every_notebook(tmp_path, monkeypatch):
+    monkeypatch.setattr(course, "course_time_path", lambda profile: tmp_path / "t.json")
+    assert course.load_course_time("quick") is None
+    timed = {"command": "python -m apl_core course --profile quick", "machine": "a CPU",
+             "torch": "2.x", "total_seconds": 60.0,
+             "notebooks": [{"notebook": name, "seconds": 10.0} for name in course.NOTEBOOKS]}
+    (tmp_path / "t.json").write_text(json.dumps(timed))
+    assert course.load_course_time("quick") == timed
+    timed["notebooks"] = timed["notebooks"][:2]  # a run with --only 01,02
+    (tmp_path / "t.json").write_text(json.dumps(timed))
+    with pytest.raises(ValueError, match=r"t.json times \['01_puzzle_construction', "
+                                         r"'02_pretraining'\], not the whole course.*make run "
+                                         r"PROFILE=quick from a fresh clone"):
+        course.load_course_time("quick")
