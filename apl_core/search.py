@@ -309,10 +309,13 @@ def run_steps(profile: str, base: FinetuneConfig) -> int:
 
 
 def search_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
+                   steps: dict[int, int] | None = None,
                    **settings) -> list[tuple[str, FinetuneConfig]]:
     """(method, searched_config) for every method at every NPC, NPC by NPC: the profile's
     fine-tuning settings with the labels of settings' seed (as notebook 04), the method's
-    recipe at its start rate, and the profile's max_steps at that NPC (`run_steps`)."""
+    recipe at its start rate, and the profile's max_steps at that NPC (`run_steps`), or
+    `steps`' where it names the NPC (a study of a longer maximum, run to its own results file
+    before the profile adopts it)."""
     _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
     configs = []
     for npc in npcs:
@@ -321,7 +324,8 @@ def search_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
             if not base.val_per_class:
                 raise ValueError(f"the {profile!r} profile has no validation part to choose "
                                  f"an epoch on: give val_per_class > 0")
-            configs.append((method, searched_config(base, method, run_steps(profile, base))))
+            length = (steps or {}).get(npc) or run_steps(profile, base)
+            configs.append((method, searched_config(base, method, length)))
     return configs
 
 

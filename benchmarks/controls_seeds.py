@@ -28,11 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
 from apl_core import controls  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
-from apl_core.device import machine_description, resolve_device  # noqa: E402
+from apl_core.device import measured_on, resolve_device  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
 
 
@@ -69,8 +68,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))
     out = Path(args.out) if args.out else controls.results_path(args.profile, args.budget)
-    results = {"profile": args.profile, "machine": machine_description(device),
-               "torch": torch.__version__, "date": datetime.date.today().isoformat(),
+    results = {"profile": args.profile, **measured_on(device),
+               "date": datetime.date.today().isoformat(),
                "controls": PROFILES[args.profile]["controls"], "budget": args.budget,
                "command": " ".join(["python benchmarks/controls_seeds.py", *argv_shown(args)]),
                "seeds": []}

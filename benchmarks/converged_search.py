@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 
 from apl_core import report, search  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
-from apl_core.device import machine_description, resolve_device  # noqa: E402
+from apl_core.device import measured_on, resolve_device  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
@@ -43,12 +44,17 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(search.METHODS),
                         choices=search.METHODS, metavar="METHOD",
                         help="the methods to search (default: all)")
+    parser.add_argument("--max-steps", type=int, default=None, metavar="STEPS",
+                        help="every run's optimizer steps at --npcs instead of the profile's "
+                             "max_steps: a study of a longer maximum, written with --out to "
+                             "its own file until the profile adopts it")
     parser.add_argument("--out", default="",
                         help="the results file (default: apl_core/results/"
                              "<profile>_converged_search.json)")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))
     npcs = args.npcs or list(profile_npcs(args.profile))
+    steps = {npc: args.max_steps for npc in npcs} if args.max_steps else {}
     settings = dict(runs_dir=args.runs_dir, device=device, quiet=True)
     run = pretrain(profile_config(args.profile, "pretrain", seed=0, **settings), resume="auto")
     header = {
@@ -56,18 +62,19 @@ def main(argv=None) -> None:
         "protocol": {"trials": search.TRIALS, "spacing": search.SPACING,
                      "start_rates": search.START_RATES, "recipes": search.RECIPES,
                      "method_recipes": search.METHOD_RECIPES,
-                     "max_steps": {str(k): v for k, v in search.max_steps(args.profile).items()},
+                     "max_steps": {str(k): v for k, v in
+                                   {**search.max_steps(args.profile), **steps}.items()},
                      "evaluations": search.EVALUATIONS, "late_fraction": search.LATE_FRACTION},
-        "machine": machine_description(device), "torch": torch.__version__,
+        **measured_on(device),
         "date": datetime.date.today().isoformat(), "workers": args.workers,
         "threads_per_run": max(1, torch.get_num_threads() // args.workers),
-        "command": f"python benchmarks/converged_search.py --profile {args.profile} "
-                   f"--workers {args.workers}",
+        "command": shlex.join(["python", "benchmarks/converged_search.py",
+                               *(sys.argv[1:] if argv is None else argv)]),
     }
     store = search.TrialStore(Path(args.out) if args.out else search.search_path(args.profile),
                                header)
     configs = search.search_configs(args.profile, str(run.run_dir), npcs, args.methods,
-                                    **settings)
+                                    steps, **settings)
 
     def print_trial(trial):
         print(f"NPC {trial['npc']:>4}  {trial['method']:<22} lr {trial['lr']:<8g} best epoch "

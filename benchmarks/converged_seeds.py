@@ -20,12 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
 from apl_core import report, search  # noqa: E402
 from apl_core.comparison import feature_comparison  # noqa: E402
 from apl_core.config import profile_config  # noqa: E402
-from apl_core.device import machine_description, resolve_device  # noqa: E402
+from apl_core.device import measured_on, resolve_device  # noqa: E402
 from apl_core.rundir import run_name  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
@@ -93,7 +92,7 @@ def main(argv=None) -> None:
     # the header describes the whole file, whichever NPCs this call adds to it
     header = {"profile": args.profile, "search": found.get("date"),
               "chosen": {f"{method}|{npc}": pick for (method, npc), pick in every_choice.items()},
-              "machine": machine_description(device), "torch": torch.__version__,
+              **measured_on(device),
               "date": datetime.date.today().isoformat(), "workers": args.workers,
               "command": f"python benchmarks/converged_seeds.py --profile {args.profile} "
                          f"--seeds {' '.join(map(str, args.seeds))} --workers {args.workers}"}

@@ -268,6 +268,10 @@ def test_search_configs_build_each_method_at_each_npc(pretrained_run, tmp_path):
     assert [(m, c.model, c.optimizer, c.epochs, c.select_best, c.evaluate_test)
             for m, c in configs] == [("BENCHMARK", "apl", "adamw", 3, True, False),
                                      ("S-CNN", "s-cnn", "sgd", 3, True, False)]
+    longer = search_configs("smoke", str(pretrained_run.run_dir), [10], ("S-CNN",), {10: 12},
+                            runs_dir=str(pretrained_run.run_dir.parent.parent),
+                            val_per_class=2, device="cpu")
+    assert [c.epochs for _, c in longer] == [6]
     with pytest.raises(ValueError, match=r"NPC 30 has no max_steps in the 'smoke' profile "
                                          r"\(it has \[10\]\)"):
         search_configs("smoke", str(pretrained_run.run_dir), [30],
