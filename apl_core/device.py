@@ -5,6 +5,7 @@
     cpu_has_fast_bf16   whether this CPU computes bf16 faster than fp32
     autocast            the autocast context for a device and dtype (disabled for fp32)
     machine_description what a run's numbers were measured on ('AMD EPYC (2 threads)')
+    computed_in         what a precision ('auto' included) computes in on a device
     measured_on         that, with the precision and torch's version, for a timing
 """
 from __future__ import annotations
@@ -65,10 +66,15 @@ def machine_description(device: str) -> str:
     return f"{cpu_name()} ({torch.get_num_threads()} threads)"
 
 
+def computed_in(precision: str, device: str) -> str:
+    """What a run of `precision` ('auto' included) computes in on `device`: 'fp32', 'bf16'
+    or 'fp16'."""
+    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    return names[autocast_dtype(precision, resolve_device(device))]
+
+
 def measured_on(device: str) -> dict:
     """The machine, the precision 'auto' computes in there, and torch's version: what a timing
     depends on."""
-    names = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
-    return {"machine": machine_description(device),
-            "precision": names[autocast_dtype("auto", torch.device(device))],
+    return {"machine": machine_description(device), "precision": computed_in("auto", device),
             "torch": torch.__version__}

@@ -48,9 +48,13 @@ def _wrap(text: str, indent: str = "") -> str:
 
 
 def _provenance(results: dict, more: str = ".") -> str:
-    """Which command made `results`, on what, and `more`, as a paragraph of the docs' width."""
+    """Which command made `results`, on what, and `more`, then each study adopted into them
+    (search.adopt_study), as a paragraph of the docs' width."""
+    studies = "".join(f" At NPC {' / '.join(map(str, study['npcs']))} a study replaced them: "
+                      f"`{study['command']}` on {study['machine']}, torch {study['torch']}, "
+                      f"{study['date']}." for study in results.get("studies", []))
     return _wrap(f"`{results['command']}` on {results['machine']}, torch "
-                 f"{results['torch']}{more}")
+                 f"{results['torch']}{more}{studies}")
 
 
 def course_time_block() -> str:

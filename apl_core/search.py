@@ -11,6 +11,7 @@ its length read off the validation curve.
     choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
     check_lengths    every trial of a (method, NPC) as long as the profile now makes its runs
     check_finished   every (method, NPC) searched to the end before a study uses its choice
+    adopt_study      a finished study of another length at some NPCs, folded into the results
     TrialStore / run_search     the results file, and every (method, NPC) searched in parallel,
                                 each with its late check as soon as its own search ends
     doubled_config   a late choice's run doubled, to show its curve flat
@@ -49,6 +50,7 @@ from pathlib import Path
 from .comparison import METHODS, method_config, train_all, worker_pool
 from .config import PROFILES, FinetuneConfig
 from .data import finetune_sets
+from .device import computed_in
 from .results import RESULTS_DIR, load_results
 from .rundir import run_name
 from .stats import sampling_noise
@@ -78,6 +80,7 @@ TRIALS = 5
 SPACING = 10 ** 0.5  # the first rates are half a decade apart
 EVALUATIONS = 20  # validation points per run, at least
 LATE_FRACTION = 0.8  # a best epoch past this share of the run says the run was too short
+PROVENANCE = ("command", "machine", "precision", "torch", "date")  # what a results file ran on
 
 
 def epochs_for_steps(steps: int, config: FinetuneConfig) -> int:
@@ -149,8 +152,10 @@ def doubled_config(config: FinetuneConfig) -> FinetuneConfig:
 
 def trial_row(method: str, config: FinetuneConfig, metrics: list[dict],
               doubled_of: str = "") -> dict:
-    """A finished run as the search records it: its settings, its validation curve, and its
-    best validation epoch (the first of equals) with the training top-1 of that epoch.
+    """A finished run as the search records it: its settings, its validation curve, its
+    best validation epoch (the first of equals) with the training top-1 of that epoch, and
+    what it computed in here (sessions on other machines may differ: 'auto' is bf16 on a CPU
+    with fast bf16, fp32 elsewhere).
     doubled_of: the chosen run this one doubles (a late check, not a trial of the search)."""
     evaluated = [row for row in metrics if "val_top1" in row]
     if not evaluated:
@@ -165,6 +170,7 @@ def trial_row(method: str, config: FinetuneConfig, metrics: list[dict],
                 val_top1=best["val_top1"], train_top1=best["train_top1"],
                 val_curve=[[row["epoch"], row["val_top1"]] for row in evaluated],
                 seconds=sum(row["epoch_time_s"] for row in metrics),
+                precision=computed_in(config.precision, config.device),
                 run=config.run_name or run_name(config),
                 **({"doubled_of": doubled_of} if doubled_of else {}))
 
@@ -288,6 +294,28 @@ class TrialStore:
             temporary.replace(self.path)
 
 
+def adopt_study(committed: dict, study: dict, npcs) -> dict:
+    """`committed` (a search's or a seeds study's results) with its rows at `npcs` replaced by
+    `study`'s (the same kind of file, from a search of another length at those NPCs, run with
+    --max-steps and --out), the study's max_steps there, and the study's provenance (command,
+    machine, torch, date) listed in `studies`: the results as one search at the new lengths."""
+    npcs = set(npcs)
+    missing = sorted(npcs - {row["npc"] for row in study["trials"]})
+    if missing:
+        raise ValueError(f"the study has no rows at NPC {missing}: it cannot replace them")
+    adopted = {**committed,
+               "trials": [row for row in committed["trials"] if row["npc"] not in npcs]
+               + [row for row in study["trials"] if row["npc"] in npcs],
+               "studies": [s for s in committed.get("studies", []) if not set(s["npcs"]) <= npcs]
+               + [{"npcs": sorted(npcs), **{key: study[key] for key in PROVENANCE
+                                            if key in study}}]}
+    if "protocol" in committed:
+        steps = {**committed["protocol"]["max_steps"],
+                 **{str(npc): study["protocol"]["max_steps"][str(npc)] for npc in npcs}}
+        adopted["protocol"] = {**committed["protocol"], "max_steps": steps}
+    return adopted
+
+
 def max_steps(profile: str) -> dict[int, int]:
     """The optimizer steps of every searched run of `profile`, per NPC."""
     steps = PROFILES[profile].get("max_steps") if profile in PROFILES else None
@@ -333,24 +361,27 @@ def search_path(profile: str) -> Path:
     return RESULTS_DIR / f"{profile}_converged_search.json"
 
 
-def load_search(profile: str) -> dict | None:
-    """The committed converged search of `profile` (benchmarks/converged_search.py), or None
-    where the profile has none."""
-    return load_results(search_path(profile), "converged search", {"profile", "trials"},
+def load_search(profile: str, path: str | Path | None = None) -> dict | None:
+    """The committed converged search of `profile` (benchmarks/converged_search.py), or the
+    one at `path` (a study's own file), or None where there is none."""
+    return load_results(Path(path) if path else search_path(profile), "converged search",
+                        {"profile", "trials"},
                         f"python benchmarks/converged_search.py --profile {profile}")
 
 
 def chosen_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
-                   **settings) -> list[tuple[str, FinetuneConfig]]:
-    """(method, config) for every method at every NPC: its searched config at the rate the
-    profile's committed search chose (with settings' seed, the very run the search kept for
-    seed 0), or at its recipe's start rate where the search has no choice (a profile without
-    a committed search, an NPC it did not search)."""
-    search = load_search(profile)
-    chosen = choose(search["trials"]) if search else {}
+                   found: dict | None = None, **settings) -> list[tuple[str, FinetuneConfig]]:
+    """(method, config) for every method at every NPC: its searched config, as long as the
+    search ran it (its header's max_steps), at the rate the search chose (with settings' seed,
+    the very run the search kept for seed 0), or at its recipe's start rate where the search
+    has no choice (a profile without a committed search, an NPC it did not search). `found`:
+    a search's results (a study's own file); by default the profile's committed search."""
+    found = found if found is not None else load_search(profile) or {}
+    chosen = choose(found["trials"]) if found else {}
+    steps = {int(npc): n for npc, n in found.get("protocol", {}).get("max_steps", {}).items()}
     return [(method, config.replace(lr=chosen[(method, config.npc)]["lr"])
              if (method, config.npc) in chosen else config)
-            for method, config in search_configs(profile, pretrain_run, npcs, methods,
+            for method, config in search_configs(profile, pretrain_run, npcs, methods, steps,
                                                  **settings)]
 
 

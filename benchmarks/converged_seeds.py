@@ -2,8 +2,9 @@
 
     python benchmarks/converged_seeds.py --profile quick --seeds 0 1 2 --workers 2
 
-Reads the choice from apl_core/results/<profile>_converged_search.json (search.chosen_configs). For each seed s:
-pretrain the profile's model with seed s; train every (method, NPC) the search chose with its
+Reads the choice from apl_core/results/<profile>_converged_search.json, or --search (a
+study's own file), with search.chosen_configs. For each seed s: pretrain the profile's model
+with seed s; train every (method, NPC) the search chose with its
 recipe at the chosen rate, as long as its search runs, on the labelled images of seed s
 (label seed 42 + s), keeping the weights of its best epoch on the seed's own validation part;
 score that epoch once on the test images; then judge the frozen APL and random-init features
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,9 +32,11 @@ from apl_core.train import pretrain  # noqa: E402
 
 
 def run_seed(profile: str, seed: int, chosen: dict, store: search.TrialStore, runs_dir: str,
-             device: str, workers: int, **finetune_settings) -> None:
+             device: str, workers: int, found: dict | None = None,
+             **finetune_settings) -> None:
     """Every chosen (method, NPC) and the features of seed `seed`, each row stored as done;
-    finetune_settings (e.g. val_per_class) apply to every fine-tuning run, as in the search."""
+    found: the search that chose (default: the profile's committed one); finetune_settings
+    (e.g. val_per_class) apply to every fine-tuning run, as in the search."""
     settings = dict(runs_dir=runs_dir, device=device, quiet=True)
     # the weights after every epoch too: the same runs give notebook 06's budget curve
     run = pretrain(profile_config(profile, "pretrain", seed=seed, snapshot_every=1, **settings),
@@ -42,7 +46,7 @@ def run_seed(profile: str, seed: int, chosen: dict, store: search.TrialStore, ru
     methods = [method for method in search.METHODS if any(m == method for m, _ in chosen)]
     stored = {trial["run"] for trial in store.read()["trials"]}
     todo = [(method, config) for method, config in search.chosen_configs(
-                profile, str(run.run_dir), npcs, methods, seed=seed, **settings)
+                profile, str(run.run_dir), npcs, methods, found, seed=seed, **settings)
             if (method, config.npc) in chosen and run_name(config) not in stored]
 
     def add(row: dict) -> None:
@@ -74,19 +78,26 @@ def main(argv=None) -> None:
                         help="runs trained at a time, sharing the CPU threads")
     parser.add_argument("--npcs", type=int, nargs="+", default=None,
                         help="the NPCs to run (default: every NPC the search chose for)")
+    parser.add_argument("--methods", nargs="+", default=list(search.METHODS),
+                        choices=search.METHODS, metavar="METHOD",
+                        help="the methods to run (default: all); a method whose own search is "
+                             "finished can run while the others' still search")
+    parser.add_argument("--search", default="", help="the search's results file (default: "
+                        "apl_core/results/<profile>_converged_search.json)")
     parser.add_argument("--out", default="", help="the results file (default: apl_core/"
                         "results/<profile>_converged_seeds.json)")
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))
-    found = search.load_search(args.profile)
+    found = search.load_search(args.profile, args.search or None)
     if not found or not found["trials"]:
-        sys.exit(f"no search results in {search.search_path(args.profile)}: run "
-                 f"benchmarks/converged_search.py --profile {args.profile} first")
+        sys.exit(f"no search results in {args.search or search.search_path(args.profile)}: "
+                 f"run benchmarks/converged_search.py --profile {args.profile} first")
     every_choice = search.choose(found["trials"])
     chosen = {(method, npc): pick for (method, npc), pick in every_choice.items()
-              if args.npcs is None or npc in args.npcs}
+              if (args.npcs is None or npc in args.npcs) and method in args.methods}
     try:
-        search.check_finished(found["trials"], {npc for _, npc in chosen}, args.profile)
+        search.check_finished([t for t in found["trials"] if t["method"] in args.methods],
+                              {npc for _, npc in chosen}, args.profile)
     except ValueError as error:
         sys.exit(str(error))
     # the header describes the whole file, whichever NPCs this call adds to it
@@ -94,12 +105,12 @@ def main(argv=None) -> None:
               "chosen": {f"{method}|{npc}": pick for (method, npc), pick in every_choice.items()},
               **measured_on(device),
               "date": datetime.date.today().isoformat(), "workers": args.workers,
-              "command": f"python benchmarks/converged_seeds.py --profile {args.profile} "
-                         f"--seeds {' '.join(map(str, args.seeds))} --workers {args.workers}"}
+              "command": shlex.join(["python", "benchmarks/converged_seeds.py",
+                                     *(sys.argv[1:] if argv is None else argv)])}
     store = search.TrialStore(Path(args.out) if args.out else report.seeds_path(args.profile),
                               header)
     for seed in args.seeds:
-        run_seed(args.profile, seed, chosen, store, args.runs_dir, device, args.workers)
+        run_seed(args.profile, seed, chosen, store, args.runs_dir, device, args.workers, found)
     print(f"written to {store.path}")
 
 

@@ -27,3 +27,4 @@ def test_a_timing_names_the_precision_auto_computes_in(monkeypatch):
     assert measured["machine"] == device.machine_description("cpu")
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
     assert device.measured_on("cpu")["precision"] == "bf16"
+    assert device.computed_in("fp32", "cpu") == "fp32"  # a pinned precision stays as it is

@@ -99,6 +99,16 @@ def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
     assert text.endswith("end.") and "--profile" in text.splitlines()[0]
 
 
+def test_provenance_names_each_adopted_study_after_the_original_command():
+    results = {"command": "python benchmarks/converged_search.py", "machine": "CPU A",
+               "torch": "2.1", "studies": [{"npcs": [100], "command": "python study.py",
+                                            "machine": "CPU B", "torch": "2.2",
+                                            "date": "2026-12-04"}]}
+    assert " ".join(results_docs._provenance(results).split()) == (
+        "`python benchmarks/converged_search.py` on CPU A, torch 2.1. At NPC 100 a study "
+        "replaced them: `python study.py` on CPU B, torch 2.2, 2026-12-04.")
+
+
 def test_the_search_block_states_each_npcs_length_from_the_committed_search(monkeypatch):
     from test_report import search_trials
 

@@ -12,10 +12,11 @@ import pytest
 from apl_core.rundir import read_metrics, run_name
 from apl_core.train import RunResult
 from apl_core.config import FinetuneConfig, profile_config
-from apl_core import search
+from apl_core import device, search
 from apl_core.search import (
-    RECIPES, START_RATES, TRIALS, TrialStore, best_trial, check_finished, check_lengths, choose,
-    chosen_configs, compare, doubled_config, epochs_for_steps, initial_rates, late_check,
+    RECIPES, START_RATES, TRIALS, TrialStore, adopt_study, best_trial, check_finished,
+    check_lengths, choose, chosen_configs, compare, doubled_config, epochs_for_steps,
+    initial_rates, late_check,
     late_runs, load_search, max_steps, next_rate, run_search, run_steps,
     search_configs, search_method, searched_config, trial_row,
 )
@@ -175,12 +176,16 @@ def metrics(vals, train=None, every=1):
     return rows
 
 
-def test_trial_row_keeps_the_validation_curve_and_its_first_best_epoch():
-    config = FinetuneConfig(npc=10, lr=2e-4, epochs=6, run_name="r")
+def test_trial_row_keeps_the_validation_curve_and_its_first_best_epoch(monkeypatch):
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    config = FinetuneConfig(npc=10, lr=2e-4, epochs=6, run_name="r", device="cpu")
     row = trial_row("BENCHMARK", config, metrics([0.2, 0.4, 0.4], train={4: 0.7}, every=2))
     assert row == dict(method="BENCHMARK", npc=10, lr=2e-4, epochs=6, steps=24, best_epoch=4,
                        best_step=16, val_top1=0.4, train_top1=0.7,
-                       val_curve=[[2, 0.2], [4, 0.4], [6, 0.4]], seconds=9.0, run="r")
+                       val_curve=[[2, 0.2], [4, 0.4], [6, 0.4]], seconds=9.0,
+                       precision="bf16", run="r")
+    assert trial_row("BENCHMARK", config.replace(precision="fp32"),
+                     metrics([0.2]))["precision"] == "fp32"
 
 
 def test_trial_row_names_the_run_without_a_run_name():
@@ -395,11 +400,38 @@ def test_run_search_doubles_a_late_choice_as_soon_as_its_search_ends(tmp_path):
     assert len(store.read()["trials"]) == TRIALS + 1
 
 
+def test_adopt_study_replaces_only_its_npcs_rows_and_keeps_its_provenance():
+    committed = {"profile": "quick", "command": "search", "machine": "A", "torch": "1",
+                 "protocol": {"trials": 5, "max_steps": {"10": 400, "100": 960}},
+                 "trials": [trial(1e-4, 0.2), trial(1e-4, 0.3, npc=100, epochs=30)]}
+    study = {"profile": "quick", "command": "study", "machine": "B", "torch": "2",
+             "precision": "fp32", "date": "2026-12-04", "workers": 2,
+             "protocol": {"trials": 5, "max_steps": {"10": 400, "100": 3840}},
+             "trials": [trial(3e-4, 0.5, npc=100, epochs=120), trial(3e-4, 0.9, npc=30)]}
+    adopted = adopt_study(committed, study, [100])
+    assert adopted["trials"] == [trial(1e-4, 0.2), trial(3e-4, 0.5, npc=100, epochs=120)]
+    assert adopted["protocol"] == {"trials": 5, "max_steps": {"10": 400, "100": 3840}}
+    assert (adopted["command"], adopted["machine"], "workers" in adopted) == ("search", "A", False)
+    assert adopted["studies"] == [{"npcs": [100], "command": "study", "machine": "B",
+                                   "precision": "fp32", "torch": "2", "date": "2026-12-04"}]
+    again = adopt_study(adopted, {**study, "command": "study again"}, [100])
+    assert [s["command"] for s in again["studies"]] == ["study again"]  # it replaces the last
+    seeds = adopt_study({"trials": [{"seed": 1, "npc": 100, "run": "old"}]},
+                        {**study, "trials": [{"seed": 1, "npc": 100, "run": "new"}]}, [100])
+    assert seeds["trials"] == [{"seed": 1, "npc": 100, "run": "new"}] and "protocol" not in seeds
+    with pytest.raises(ValueError, match=r"no rows at NPC \[10\]"):
+        adopt_study(committed, study, [10, 100])
+
+
 # ---------------------------------------------------------------- the choice, applied
 
 def test_the_committed_quick_search_is_read_and_a_damaged_one_named(tmp_path, monkeypatch):
     committed = load_search("quick")
     assert committed["profile"] == "quick" and len(committed["trials"]) >= 25
+    study = tmp_path / "study" / "quick_npc100_search.json"
+    assert load_search("quick", study) is None
+    TrialStore(study, {"profile": "quick"}).add(trial(1e-4, 0.2))
+    assert load_search("quick", study)["trials"] == [trial(1e-4, 0.2)]
     monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
     assert load_search("quick") is None
     (tmp_path / "quick_converged_search.json").write_text("{cut")
@@ -440,6 +472,14 @@ def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run,
     assert chosen[0][1] == search_configs("smoke", str(pretrained_run.run_dir), [10],
                                           ("BENCHMARK",), seed=1, **settings)[0][1].replace(
                                               lr=3e-4)
+    # a study's own file: its choice, as long as its header says the search ran
+    study = {**store.read(), "protocol": {"max_steps": {"10": 12}},
+             "trials": [trial(1e-4, 0.2, method="S-CNN", epochs=6),
+                        trial(1e-3, 0.1, method="S-CNN", epochs=6)]}
+    chosen = chosen_configs("smoke", str(pretrained_run.run_dir), [10], ("BENCHMARK", "S-CNN"),
+                            study, **settings)
+    assert [(m, c.lr, c.epochs) for m, c in chosen] == [
+        ("BENCHMARK", START_RATES["BENCHMARK"], 6), ("S-CNN", 1e-4, 6)]
 
 
 def test_compare_scores_each_runs_best_epoch_once_on_the_test_set(tmp_path):

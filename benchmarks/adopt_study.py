@@ -1,0 +1,106 @@
+"""Fold a finished study of another search length at some NPCs into the committed results.
+
+    python benchmarks/adopt_study.py --profile quick --npcs 100 \\
+        --search apl_core/results/in_progress/quick_npc100_search.json \\
+        --seeds apl_core/results/in_progress/quick_npc100_seeds.json
+
+The study is converged_search.py --max-steps STEPS --out FILE at those NPCs, then
+converged_seeds.py --search FILE --out SEEDS_FILE (docs/method.md). Set the profile's max_steps
+at those NPCs to the study's first (apl_core/config.py). The adoption refuses a study whose
+length is not the profile's, whose search is not finished, or whose seeds lack a row that the
+committed seeds have at those NPCs or were not run at the study's choice. Then it replaces
+those NPCs' trials in apl_core/results/<profile>_converged_search.json and their rows in
+<profile>_converged_seeds.json with the study's, and removes the study's files (git keeps
+them). Rewrite the docs after it: python -m apl_core.results_docs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from apl_core import report, search  # noqa: E402
+from apl_core.results import load_results  # noqa: E402
+
+
+def row_key(row: dict) -> tuple:
+    """What a seeds row is: its seed, NPC, and method (or the frozen features)."""
+    return row.get("seed"), row["npc"], row.get("method", "features")
+
+
+def study_problems(profile: str, npcs: set[int], committed_search: dict, committed_seeds: dict,
+                   study_search: dict, study_seeds: dict) -> list[str]:
+    """Why the study cannot replace the committed results at `npcs` (empty: it can)."""
+    problems = []
+    profile_steps = search.max_steps(profile)
+    for npc in sorted(npcs):
+        steps = study_search["protocol"]["max_steps"].get(str(npc))
+        if steps != profile_steps.get(npc):
+            problems.append(f"the study's runs at NPC {npc} are {steps} steps long and the "
+                            f"{profile!r} profile's {profile_steps.get(npc)}: set its max_steps "
+                            f"at NPC {npc} to {steps} in apl_core/config.py first")
+    try:
+        search.check_finished(study_search["trials"], npcs, profile)
+    except ValueError as error:
+        problems.append(str(error))
+    searched = {(t["method"], t["npc"]) for t in study_search["trials"]}
+    problems += [f"the study did not search {method} at NPC {npc}"
+                 for method, npc in sorted({(t["method"], t["npc"])
+                                            for t in committed_search["trials"]} - searched)
+                 if npc in npcs]
+    have = {row_key(row) for row in study_seeds["trials"]}
+    problems += [f"the study's seeds lack seed {seed}'s {what} at NPC {npc}"
+                 for seed, npc, what in sorted({row_key(row) for row in committed_seeds["trials"]
+                                                if row["npc"] in npcs} - have)]
+    chosen = search.choose(study_search["trials"])
+    problems += [f"the study's seed {row['seed']} ran {row['method']} at NPC {row['npc']} with "
+                 f"lr {row['lr']}, not at the study's choice ({chosen[key]['lr']})"
+                 for row in study_seeds["trials"] if "method" in row
+                 for key in [(row["method"], row["npc"])]
+                 if key in chosen and row["lr"] != chosen[key]["lr"]]
+    return problems
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="quick")
+    parser.add_argument("--npcs", type=int, nargs="+", required=True,
+                        help="the NPCs the study searched again")
+    parser.add_argument("--search", required=True, help="the study's search results file")
+    parser.add_argument("--seeds", required=True, help="the study's seeds results file")
+    args = parser.parse_args(argv)
+    rerun = "the study's command (its file's header says which)"
+    committed_search = search.load_search(args.profile)
+    committed_seeds = report.load_seeds(args.profile)
+    if not committed_search or not committed_seeds:
+        sys.exit(f"the {args.profile!r} profile has no committed search and seeds to adopt a "
+                 f"study into: run benchmarks/converged_search.py and converged_seeds.py")
+    study_search = load_results(Path(args.search), "converged search", {"protocol", "trials"},
+                                rerun)
+    study_seeds = load_results(Path(args.seeds), "seeds", {"trials"}, rerun)
+    if study_search is None or study_seeds is None:
+        sys.exit(f"no study at {args.search if study_search is None else args.seeds}")
+    npcs = set(args.npcs)
+    problems = study_problems(args.profile, npcs, committed_search, committed_seeds,
+                              study_search, study_seeds)
+    if problems:
+        sys.exit("the study cannot be adopted yet:\n- " + "\n- ".join(problems))
+    adopted_search = search.adopt_study(committed_search, study_search, npcs)
+    adopted_seeds = search.adopt_study(committed_seeds, study_seeds, npcs)
+    adopted_seeds["chosen"] = {f"{method}|{npc}": pick for (method, npc), pick
+                               in search.choose(adopted_search["trials"]).items()}
+    for path, results in ((search.search_path(args.profile), adopted_search),
+                          (report.seeds_path(args.profile), adopted_seeds)):
+        path.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {path}")
+    for study in (args.search, args.seeds):
+        Path(study).unlink()
+        print(f"removed {study}")
+    print("now rewrite the docs: python -m apl_core.results_docs")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""benchmarks/adopt_study.py folds a finished study of a longer search at one NPC into the
+committed search and seeds, and refuses, naming each reason, a study that is not finished, not
+at the profile's length, or whose seeds do not cover what they replace."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from apl_core import report, search
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import adopt_study  # noqa: E402
+
+RATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
+
+
+def trials(npc: int, epochs: int, best: float) -> list[dict]:
+    """A finished search of BENCHMARK at `npc`: five runs, the best at rate `best`, early."""
+    return [dict(method="BENCHMARK", npc=npc, lr=lr, epochs=epochs, best_epoch=epochs // 2,
+                 val_top1=0.5 if lr == best else 0.3, train_top1=0.6,
+                 run=f"BENCHMARK-{npc}-{epochs}-{lr}") for lr in RATES]
+
+
+def seed_rows(npc: int, epochs: int, lr: float, seeds=(0, 1)) -> list[dict]:
+    rows = []
+    for seed in seeds:
+        rows.append(dict(method="BENCHMARK", npc=npc, lr=lr, epochs=epochs, seed=seed,
+                         test_top1=0.4, run=f"seed{seed}-{npc}-{epochs}"))
+        rows.append({"run": f"features-seed{seed}-npc{npc}", "seed": seed, "npc": npc,
+                     "features": {}})
+    return rows
+
+
+def provenance(command: str) -> dict:
+    return {"profile": "quick", "command": command, "machine": "a CPU", "torch": "2.x",
+            "date": "2026-12-04"}
+
+
+@pytest.fixture
+def committed(tmp_path, monkeypatch):
+    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    search_file = {**provenance("search"), "workers": 2,
+                   "protocol": {"trials": 5, "max_steps": {"10": 400, "100": 960}},
+                   "trials": trials(10, 100, 1e-4) + trials(100, 30, 3e-3)}
+    seeds_file = {**provenance("seeds"), "chosen": {},
+                  "trials": seed_rows(10, 100, 1e-4) + seed_rows(100, 30, 3e-3)}
+    search.search_path("quick").write_text(json.dumps(search_file))
+    report.seeds_path("quick").write_text(json.dumps(seeds_file))
+    study = tmp_path / "in_progress"
+    study.mkdir()
+    (study / "search.json").write_text(json.dumps(
+        {**provenance("study search"), "protocol": {"max_steps": {"10": 400, "100": 3840}},
+         "trials": trials(100, 120, 3e-4)}))
+    (study / "seeds.json").write_text(json.dumps(
+        {**provenance("study seeds"), "trials": seed_rows(100, 120, 3e-4, seeds=(0,))}))
+    return study
+
+
+def adopt(study: Path) -> None:
+    adopt_study.main(["--profile", "quick", "--npcs", "100", "--search",
+                      str(study / "search.json"), "--seeds", str(study / "seeds.json")])
+
+
+def test_a_study_is_refused_with_every_reason_until_it_can_replace_the_npc(committed,
+                                                                          monkeypatch):
+    with pytest.raises(SystemExit) as refused:
+        adopt(committed)
+    message = str(refused.value)
+    assert "runs at NPC 100 are 3840 steps long and the 'quick' profile's 960" in message
+    assert "set its max_steps at NPC 100 to 3840 in apl_core/config.py first" in message
+    assert "lack seed 1's BENCHMARK at NPC 100" in message
+    assert "lack seed 1's features at NPC 100" in message
+    assert (committed / "search.json").exists()  # nothing is written or removed
+
+    monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
+    seeds = json.loads((committed / "seeds.json").read_text())
+    seeds["trials"] += seed_rows(100, 120, 1e-3, seeds=(1,))
+    (committed / "seeds.json").write_text(json.dumps(seeds))
+    with pytest.raises(SystemExit, match=r"seed 1 ran BENCHMARK at NPC 100 with lr 0\.001, not "
+                                         r"at the study's choice \(0\.0003\)"):
+        adopt(committed)
+
+
+def test_a_finished_study_replaces_its_npc_in_the_committed_search_and_seeds(committed,
+                                                                           monkeypatch):
+    monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
+    seeds = json.loads((committed / "seeds.json").read_text())
+    seeds["trials"] += seed_rows(100, 120, 3e-4, seeds=(1,))
+    (committed / "seeds.json").write_text(json.dumps(seeds))
+    adopt(committed)
+    found = search.load_search("quick")
+    assert {(t["npc"], t["epochs"]) for t in found["trials"]} == {(10, 100), (100, 120)}
+    assert found["protocol"]["max_steps"] == {"10": 400, "100": 3840}
+    assert found["command"] == "search" and found["studies"][0]["command"] == "study search"
+    adopted = report.load_seeds("quick")
+    assert sorted((row["seed"], row["npc"], row.get("epochs", 0)) for row in adopted["trials"]) == [
+        (0, 10, 0), (0, 10, 100), (0, 100, 0), (0, 100, 120),
+        (1, 10, 0), (1, 10, 100), (1, 100, 0), (1, 100, 120)]
+    assert adopted["chosen"]["BENCHMARK|100"]["lr"] == 3e-4
+    assert adopted["chosen"]["BENCHMARK|10"]["lr"] == 1e-4
+    assert not (committed / "search.json").exists() and not (committed / "seeds.json").exists()
+
+
+def test_an_unfinished_study_search_is_refused(committed, monkeypatch):
+    monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
+    study = json.loads((committed / "search.json").read_text())
+    study["trials"] = study["trials"][:4]
+    (committed / "search.json").write_text(json.dumps(study))
+    with pytest.raises(SystemExit, match="BENCHMARK at NPC 100 has 4 of 5 trials"):
+        adopt(committed)
