@@ -3,6 +3,13 @@ schedule, each is what its name says, runs train in worker processes, and the fr
 are judged by kNN and a probe whose penalty is chosen on validation."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -17,6 +24,7 @@ from apl_core.rundir import read_metrics, run_name
 from apl_core.train import load_pretrained
 from conftest import smoke_finetune_config
 
+ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = dict(device="cpu", precision="fp32", epochs=1, npc=10)
 
 
@@ -159,13 +167,51 @@ def test_train_all_finishes_each_run_in_workers_that_share_the_threads(monkeypat
                         lambda config, resume="never": finished.append((config, resume)))
     monkeypatch.setattr(comparison.torch, "get_num_threads", lambda: 5)
     monkeypatch.setattr(comparison.torch, "set_num_threads", lambda threads: None)
+    monkeypatch.setattr(comparison, "end_with_parent", lambda parent: None)
     InlinePool.created.clear()
     train_all(["a", "b", "c"], workers=2)
     assert finished == [("a", "auto"), ("b", "auto"), ("c", "auto")], "finished runs are kept"
     # spawned, not forked: a fork of a process that has run torch can deadlock
-    assert InlinePool.created == [dict(workers=2, start_method="spawn", threads=(2,))]
+    assert InlinePool.created == [dict(workers=2, start_method="spawn",
+                                       threads=(2, os.getpid()))]
     train_all(["a"], workers=8)
-    assert InlinePool.created[-1]["threads"] == (1,), "at least one thread each"
+    assert InlinePool.created[-1]["threads"] == (1, os.getpid()), "at least one thread each"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_worker_ends_with_the_process_that_started_it(tmp_path):
+    """A study stopped with `kill` takes its workers with it (they would train on, and write
+    the same runs as the restarted study)."""
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, "-c", f"""
+import os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from apl_core.comparison import end_with_parent
+pid = os.fork()
+if pid == 0:
+    end_with_parent(os.getppid())
+    open({str(pid_file)!r}, "w").write(str(os.getpid()))
+    time.sleep(60)
+    os._exit(0)
+time.sleep(60)
+"""])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline, "the worker never started"
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    parent.kill()
+    parent.wait()
+    stat = Path(f"/proc/{worker}/stat")
+    while time.monotonic() < deadline:
+        try:  # ended: gone, or a zombie where nothing reaps orphans
+            if stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return
+        except FileNotFoundError:
+            return
+        time.sleep(0.1)
+    os.kill(worker, signal.SIGKILL)
+    pytest.fail("the worker outlived the process that started it")
 
 
 def test_feature_comparison_probes_the_pretrained_and_a_seeded_random_transformer(
