@@ -296,11 +296,12 @@ def seeds_path(profile: str) -> Path:
     return RESULTS_DIR / f"{profile}_converged_seeds.json"
 
 
-def load_seeds(profile: str) -> dict | None:
+def load_seeds(profile: str, path: str | Path | None = None) -> dict | None:
     """The committed converged experiment over seeds of `profile`
-    (benchmarks/converged_seeds.py), or None; refused if it holds two runs of one
-    (method, NPC, seed)."""
-    seeds = load_results(seeds_path(profile), "seeds", {"profile", "command", "trials"},
+    (benchmarks/converged_seeds.py), or the one at `path` (a study's own file), or None;
+    refused if it holds two runs of one (method, NPC, seed)."""
+    seeds = load_results(Path(path) if path else seeds_path(profile), "seeds",
+                         {"profile", "command", "trials"},
                          f"benchmarks/converged_seeds.py --profile {profile}")
     if seeds:
         _one_run_each(seeds["trials"])

@@ -9,6 +9,7 @@ its length read off the validation curve.
     search_method    one (method, NPC): TRIALS runs, the next rate chosen from the last ones
     trial_row        what a finished run contributes: its validation curve and best epoch
     choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
+    keyed_choices    the same, keyed 'method|NPC' for a results file's header
     check_lengths    every trial of a (method, NPC) as long as the profile now makes its runs
     check_finished   every (method, NPC) searched to the end before a study uses its choice
     adopt_study      a finished study of another length at some NPCs, folded into the results
@@ -51,7 +52,7 @@ from .comparison import METHODS, method_config, train_all, worker_pool
 from .config import PROFILES, FinetuneConfig
 from .data import finetune_sets
 from .device import computed_in
-from .results import RESULTS_DIR, load_results
+from .results import RESULTS_DIR, load_results, write_results
 from .rundir import run_name
 from .stats import sampling_noise
 from .train import best_epoch_test_top1, finetune, load_pretrained
@@ -205,6 +206,12 @@ def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
     return chosen
 
 
+def keyed_choices(trials: list[dict]) -> dict[str, dict]:
+    """`choose`'s choices keyed 'method|NPC', as a seeds file's header records them (JSON keys
+    are strings)."""
+    return {f"{method}|{npc}": pick for (method, npc), pick in choose(trials).items()}
+
+
 def late_check(pick: dict, val_images: int) -> dict | None:
     """The late check of a choice (`choose`) whose run was doubled: the doubled run's gain in
     validation top-1, the noise of that gain on `val_images` validation images
@@ -289,9 +296,7 @@ class TrialStore:
             results = self.read()
             trials = [t for t in results["trials"] if t["run"] != trial["run"]] + [trial]
             results.update(self.header, trials=trials)
-            temporary = self.path.with_name(self.path.name + ".tmp")
-            temporary.write_text(json.dumps(results, indent=1) + "\n")
-            temporary.replace(self.path)
+            write_results(self.path, results)
 
 
 def adopt_study(committed: dict, study: dict, npcs) -> dict:

@@ -16,14 +16,13 @@ them). Rewrite the docs after it: python -m apl_core.results_docs.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apl_core import report, search  # noqa: E402
-from apl_core.results import load_results  # noqa: E402
+from apl_core.results import load_results, write_results  # noqa: E402
 
 
 def row_key(row: dict) -> tuple:
@@ -56,11 +55,12 @@ def study_problems(profile: str, npcs: set[int], committed_search: dict, committ
                  for seed, npc, what in sorted({row_key(row) for row in committed_seeds["trials"]
                                                 if row["npc"] in npcs} - have)]
     chosen = search.choose(study_search["trials"])
-    problems += [f"the study's seed {row['seed']} ran {row['method']} at NPC {row['npc']} with "
-                 f"lr {row['lr']}, not at the study's choice ({chosen[key]['lr']})"
-                 for row in study_seeds["trials"] if "method" in row
-                 for key in [(row["method"], row["npc"])]
-                 if key in chosen and row["lr"] != chosen[key]["lr"]]
+    for row in study_seeds["trials"]:
+        pick = chosen.get((row.get("method"), row["npc"]))
+        if pick and row["lr"] != pick["lr"]:
+            problems.append(f"the study's seed {row['seed']} ran {row['method']} at NPC "
+                            f"{row['npc']} with lr {row['lr']}, not at the study's choice "
+                            f"({pick['lr']})")
     return problems
 
 
@@ -72,15 +72,14 @@ def main(argv=None) -> None:
     parser.add_argument("--search", required=True, help="the study's search results file")
     parser.add_argument("--seeds", required=True, help="the study's seeds results file")
     args = parser.parse_args(argv)
-    rerun = "the study's command (its file's header says which)"
     committed_search = search.load_search(args.profile)
     committed_seeds = report.load_seeds(args.profile)
     if not committed_search or not committed_seeds:
         sys.exit(f"the {args.profile!r} profile has no committed search and seeds to adopt a "
                  f"study into: run benchmarks/converged_search.py and converged_seeds.py")
     study_search = load_results(Path(args.search), "converged search", {"protocol", "trials"},
-                                rerun)
-    study_seeds = load_results(Path(args.seeds), "seeds", {"trials"}, rerun)
+                                "the study's command (its file's header says which)")
+    study_seeds = report.load_seeds(args.profile, args.seeds)
     if study_search is None or study_seeds is None:
         sys.exit(f"no study at {args.search if study_search is None else args.seeds}")
     npcs = set(args.npcs)
@@ -90,11 +89,10 @@ def main(argv=None) -> None:
         sys.exit("the study cannot be adopted yet:\n- " + "\n- ".join(problems))
     adopted_search = search.adopt_study(committed_search, study_search, npcs)
     adopted_seeds = search.adopt_study(committed_seeds, study_seeds, npcs)
-    adopted_seeds["chosen"] = {f"{method}|{npc}": pick for (method, npc), pick
-                               in search.choose(adopted_search["trials"]).items()}
+    adopted_seeds["chosen"] = search.keyed_choices(adopted_search["trials"])
     for path, results in ((search.search_path(args.profile), adopted_search),
                           (report.seeds_path(args.profile), adopted_seeds)):
-        path.write_text(json.dumps(results, indent=1) + "\n")
+        write_results(path, results)
         print(f"wrote {path}")
     for study in (args.search, args.seeds):
         Path(study).unlink()

@@ -102,7 +102,7 @@ def main(argv=None) -> None:
         sys.exit(str(error))
     # the header describes the whole file, whichever NPCs this call adds to it
     header = {"profile": args.profile, "search": found.get("date"),
-              "chosen": {f"{method}|{npc}": pick for (method, npc), pick in every_choice.items()},
+              "chosen": search.keyed_choices(found["trials"]),
               **measured_on(device),
               "date": datetime.date.today().isoformat(), "workers": args.workers,
               "command": shlex.join(["python", "benchmarks/converged_seeds.py",

@@ -1,10 +1,12 @@
 """The committed results of the studies (JSON files next to this one, written by the scripts
-in benchmarks/), and their one loader: the course reads them instead of rerunning hours of
+in benchmarks/), and their one loader and writer: the course reads them instead of rerunning hours of
 training."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from ..checkpoint import write_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent
 
@@ -24,3 +26,9 @@ def load_results(path: Path, kind: str, required: set[str], rerun: str) -> dict 
         raise ValueError(f"{path} is not a {kind} results file (it lacks {missing}); restore "
                          f"it with git checkout, or rerun {rerun}")
     return results
+
+
+def write_results(path: Path, results: dict) -> None:
+    """`results` as the committed files hold them (indented JSON), written atomically: an
+    interrupted write leaves the previous file whole."""
+    write_atomic(path, json.dumps(results, indent=1) + "\n")
