@@ -44,6 +44,7 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import shlex
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +53,7 @@ from .comparison import METHODS, method_config, train_all, worker_pool
 from .config import PROFILES, FinetuneConfig
 from .data import finetune_sets
 from .device import computed_in
-from .results import RESULTS_DIR, load_results, write_results
+from .results import RESULTS_DIR, load_results, recorded_command, write_results
 from .rundir import run_name
 from .stats import sampling_noise
 from .train import best_epoch_test_top1, finetune, load_pretrained
@@ -303,7 +304,8 @@ def adopt_study(committed: dict, study: dict, npcs) -> dict:
     """`committed` (a search's or a seeds study's results) with its rows at `npcs` replaced by
     `study`'s (the same kind of file, from a search of another length at those NPCs, run with
     --max-steps and --out), the study's max_steps there, and the study's provenance (command,
-    machine, torch, date) listed in `studies`: the results as one search at the new lengths."""
+    its paths in the repository made relative, machine, torch, date) listed in `studies`: the
+    results as one search at the new lengths."""
     npcs = set(npcs)
     missing = sorted(npcs - {row["npc"] for row in study["trials"]})
     if missing:
@@ -313,7 +315,8 @@ def adopt_study(committed: dict, study: dict, npcs) -> dict:
                + [row for row in study["trials"] if row["npc"] in npcs],
                "studies": [s for s in committed.get("studies", []) if not set(s["npcs"]) <= npcs]
                + [{"npcs": sorted(npcs), **{key: study[key] for key in PROVENANCE
-                                            if key in study}}]}
+                                            if key in study},
+                   "command": recorded_command(shlex.split(study["command"]))}]}
     if "protocol" in committed:
         steps = {**committed["protocol"]["max_steps"],
                  **{str(npc): study["protocol"]["max_steps"][str(npc)] for npc in npcs}}

@@ -32,19 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from apl_core import controls  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
 from apl_core.device import measured_on, resolve_device  # noqa: E402
+from apl_core.results import recorded_command  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
-
-
-def argv_shown(args) -> list[str]:
-    """The options that reproduce this run, quoted where a control's name has spaces."""
-    shown = ["--profile", args.profile, "--seeds", *map(str, args.seeds)]
-    if args.budget != "small":
-        shown += ["--budget", args.budget]
-    if args.names:
-        shown += ["--names", *(f"'{name}'" for name in args.names)]
-    if args.snapshot_every:
-        shown += ["--snapshot-every", str(args.snapshot_every)]
-    return shown
 
 
 def main(argv=None) -> None:
@@ -71,7 +60,8 @@ def main(argv=None) -> None:
     results = {"profile": args.profile, **measured_on(device),
                "date": datetime.date.today().isoformat(),
                "controls": PROFILES[args.profile]["controls"], "budget": args.budget,
-               "command": " ".join(["python benchmarks/controls_seeds.py", *argv_shown(args)]),
+               "command": recorded_command(["python", "benchmarks/controls_seeds.py",
+                                           *(sys.argv[1:] if argv is None else argv)]),
                "seeds": []}
     for seed in args.seeds:
         started = time.perf_counter()

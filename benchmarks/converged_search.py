@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import sys
 from pathlib import Path
 
@@ -29,6 +28,7 @@ import torch  # noqa: E402
 from apl_core import report, search  # noqa: E402
 from apl_core.config import profile_config, profile_npcs  # noqa: E402
 from apl_core.device import measured_on, resolve_device  # noqa: E402
+from apl_core.results import recorded_command  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
@@ -68,8 +68,8 @@ def main(argv=None) -> None:
         **measured_on(device),
         "date": datetime.date.today().isoformat(), "workers": args.workers,
         "threads_per_run": max(1, torch.get_num_threads() // args.workers),
-        "command": shlex.join(["python", "benchmarks/converged_search.py",
-                               *(sys.argv[1:] if argv is None else argv)]),
+        "command": recorded_command(["python", "benchmarks/converged_search.py",
+                                     *(sys.argv[1:] if argv is None else argv)]),
     }
     store = search.TrialStore(Path(args.out) if args.out else search.search_path(args.profile),
                                header)

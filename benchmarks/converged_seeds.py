@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import shlex
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from apl_core import report, search  # noqa: E402
 from apl_core.comparison import feature_comparison  # noqa: E402
 from apl_core.config import profile_config  # noqa: E402
 from apl_core.device import measured_on, resolve_device  # noqa: E402
+from apl_core.results import recorded_command  # noqa: E402
 from apl_core.rundir import run_name  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
 
@@ -105,8 +105,8 @@ def main(argv=None) -> None:
               "chosen": search.keyed_choices(found["trials"]),
               **measured_on(device),
               "date": datetime.date.today().isoformat(), "workers": args.workers,
-              "command": shlex.join(["python", "benchmarks/converged_seeds.py",
-                                     *(sys.argv[1:] if argv is None else argv)])}
+              "command": recorded_command(["python", "benchmarks/converged_seeds.py",
+                                           *(sys.argv[1:] if argv is None else argv)])}
     store = search.TrialStore(Path(args.out) if args.out else report.seeds_path(args.profile),
                               header)
     for seed in args.seeds:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from apl_core import report, search
+from apl_core.results import REPOSITORY, recorded_command
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import adopt_study  # noqa: E402
@@ -112,3 +113,25 @@ def test_an_unfinished_study_search_is_refused(committed, monkeypatch):
     (committed / "search.json").write_text(json.dumps(study))
     with pytest.raises(SystemExit, match="BENCHMARK at NPC 100 has 4 of 5 trials"):
         adopt(committed)
+
+
+def test_a_recorded_command_runs_from_any_clone():
+    inside = REPOSITORY / "apl_core" / "results" / "in_progress" / "search.json"
+    assert recorded_command(["python", "benchmarks/converged_search.py", "--methods",
+                             "APL fine-tune", "--out", str(inside), "--runs-dir",
+                             "/scratch/runs"]) == (
+        "python benchmarks/converged_search.py --methods 'APL fine-tune' --out "
+        "apl_core/results/in_progress/search.json --runs-dir /scratch/runs")
+
+
+def test_an_adopted_study_is_listed_with_a_command_that_runs_from_any_clone(committed,
+                                                                           monkeypatch):
+    monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
+    study = json.loads((committed / "search.json").read_text())
+    study["command"] = (f"python benchmarks/converged_search.py --npcs 100 --methods 'APL "
+                        f"fine-tune' --out {REPOSITORY}/apl_core/results/in_progress/s.json")
+    adopted = search.adopt_study(search.load_search("quick"), study, {100})
+    assert adopted["studies"] == [{
+        "npcs": [100], "command": "python benchmarks/converged_search.py --npcs 100 --methods "
+        "'APL fine-tune' --out apl_core/results/in_progress/s.json", "machine": "a CPU",
+        "torch": "2.x", "date": "2026-12-04"}]

@@ -4,11 +4,13 @@ training."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 from ..checkpoint import write_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parent
+REPOSITORY = RESULTS_DIR.parent.parent
 
 
 def load_results(path: Path, kind: str, required: set[str], rerun: str) -> dict | None:
@@ -32,3 +34,15 @@ def write_results(path: Path, results: dict) -> None:
     """`results` as the committed files hold them (indented JSON), written atomically: an
     interrupted write leaves the previous file whole."""
     write_atomic(path, json.dumps(results, indent=1) + "\n")
+
+
+def recorded_command(words: list[str]) -> str:
+    """A command as a results file records it: shell-quoted, with absolute paths inside the
+    repository written relative to its root, so that the docs show a command that runs from
+    any clone (a path outside it, such as a scratch runs folder, is kept as given)."""
+    def shown(word: str) -> str:
+        path = Path(word)
+        if path.is_absolute() and path.is_relative_to(REPOSITORY):
+            return str(path.relative_to(REPOSITORY))
+        return word
+    return shlex.join(shown(word) for word in words)
