@@ -291,12 +291,20 @@ class TrialStore:
         return next((t for t in self.read()["trials"] if t["run"] == run), None)
 
     def add(self, trial: dict) -> None:
+        self._update(lambda trials: [t for t in trials if t["run"] != trial["run"]] + [trial])
+
+    def write_header(self) -> None:
+        """This process's header over the file's, every row kept: the file names the last
+        command run over it, which (reading every finished row and run back) reproduces all
+        of it, also when a study's rows were made by several narrower commands before it."""
+        self._update(lambda trials: trials)
+
+    def _update(self, change: Callable[[list[dict]], list[dict]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             results = self.read()
-            trials = [t for t in results["trials"] if t["run"] != trial["run"]] + [trial]
-            results.update(self.header, trials=trials)
+            results.update(self.header, trials=change(results["trials"]))
             write_results(self.path, results)
 
 

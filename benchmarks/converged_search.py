@@ -73,6 +73,7 @@ def main(argv=None) -> None:
     }
     store = search.TrialStore(Path(args.out) if args.out else search.search_path(args.profile),
                                header)
+    store.write_header()
     configs = search.search_configs(args.profile, str(run.run_dir), npcs, args.methods,
                                     steps, **settings)
 

@@ -109,6 +109,7 @@ def main(argv=None) -> None:
                                            *(sys.argv[1:] if argv is None else argv)])}
     store = search.TrialStore(Path(args.out) if args.out else report.seeds_path(args.profile),
                               header)
+    store.write_header()
     for seed in args.seeds:
         run_seed(args.profile, seed, chosen, store, args.runs_dir, device, args.workers, found)
     print(f"written to {store.path}")

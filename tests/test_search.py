@@ -253,6 +253,10 @@ def test_trial_store_adds_finds_and_replaces_trials(tmp_path):
     TrialStore(path, {"profile": "smoke", "date": "later"}).add(trial(1e-4, 0.1))
     results = json.loads(path.read_text())
     assert results["date"] == "later" and len(results["trials"]) == 3
+    # a rerun that has nothing left to add still names itself
+    TrialStore(path, {"profile": "smoke", "date": "final"}).write_header()
+    results = json.loads(path.read_text())
+    assert results["date"] == "final" and len(results["trials"]) == 3
 
 
 @pytest.mark.parametrize("text", ["{not json", '{"profile": "quick"}', "[]"])
