@@ -68,6 +68,7 @@ def adopt(study: Path) -> None:
 
 def test_a_study_is_refused_with_every_reason_until_it_can_replace_the_npc(committed,
                                                                           monkeypatch):
+    monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 960})
     with pytest.raises(SystemExit) as refused:
         adopt(committed)
     message = str(refused.value)

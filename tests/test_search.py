@@ -87,7 +87,7 @@ def test_the_method_doc_states_the_quick_profiles_lengths():
 
 
 def test_max_steps_names_the_profiles_that_have_them():
-    assert max_steps("quick") == {10: 400, 30: 500, 100: 960}
+    assert max_steps("quick") == {10: 400, 30: 500, 100: 3840}
     with pytest.raises(ValueError, match=r"'paper' profile has no max_steps for a search; "
                                          r"profiles with one: \['quick', 'smoke'\]"):
         max_steps("paper")
