@@ -3,6 +3,7 @@ that moves toward an edge winner, the length read off the validation curve, the 
 its edge checks, and a search that resumes trial by trial from its results file."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import math
 from pathlib import Path
@@ -16,7 +17,7 @@ from apl_core import device, search
 from apl_core.search import (
     RECIPES, START_RATES, TRIALS, TrialStore, adopt_study, best_trial, check_finished,
     check_lengths, choose, chosen_configs, compare, doubled_config, epochs_for_steps,
-    initial_rates, late_check,
+    initial_rates, keyed_choices, late_check,
     late_runs, load_search, max_steps, next_rate, run_search, run_steps,
     search_configs, search_method, searched_config, trial_row,
 )
@@ -199,6 +200,9 @@ def test_trial_row_of_a_run_never_validated_is_an_error():
     with pytest.raises(ValueError, match="run r has no validation evaluation: a searched run "
                                          "needs val_per_class > 0"):
         trial_row("S-CNN", FinetuneConfig(run_name="r", epochs=1), rows)
+    unnamed = FinetuneConfig(epochs=1)
+    with pytest.raises(ValueError, match=f"run {run_name(unnamed)} has no validation"):
+        trial_row("S-CNN", unnamed, rows)
 
 
 def test_choose_marks_where_the_chosen_rate_sits_and_late_best_epochs():
@@ -213,6 +217,8 @@ def test_choose_marks_where_the_chosen_rate_sits_and_late_best_epochs():
     assert chosen[("S-CNN", 10)]["rate_position"] == "lowest"
     assert chosen[("S-CNN", 10)]["late"]  # epoch 9 of 10: the run's last fifth
     assert chosen[("BENCHMARK", 30)]["rate_position"] == "highest"
+    # as a seeds file's header records them: JSON keys are strings
+    assert keyed_choices(trials) == {f"{m}|{npc}": pick for (m, npc), pick in chosen.items()}
 
 
 def test_choose_refuses_a_method_whose_runs_differ_in_length():
@@ -241,7 +247,7 @@ def test_check_lengths_compares_the_trials_with_the_searched_configs():
 # ---------------------------------------------------------------- the results file
 
 def test_trial_store_adds_finds_and_replaces_trials(tmp_path):
-    path = tmp_path / "results" / "search.json"
+    path = tmp_path / "results" / "in_progress" / "search.json"  # its folders made
     store = TrialStore(path, {"profile": "smoke"})
     assert store.read() == {"profile": "smoke", "trials": []} and store.find("a") is None
     store.add(trial(1e-3, 0.2))
@@ -288,6 +294,22 @@ def test_search_configs_build_each_method_at_each_npc(pretrained_run, tmp_path):
     with pytest.raises(ValueError, match="'smoke' profile has no validation part to choose"):
         search_configs("smoke", str(pretrained_run.run_dir), [10], val_per_class=0,
                        runs_dir=str(pretrained_run.run_dir.parent.parent))
+
+
+def test_search_configs_find_a_pretraining_run_by_name_in_runs_dir(pretrained_run, tmp_path,
+                                                                   monkeypatch):
+    name, runs = pretrained_run.run_dir.name, pretrained_run.run_dir.parent.parent
+    method = ("APL fine-tune",)
+    by_name = search_configs("smoke", name, [10], method, runs_dir=str(runs), val_per_class=2,
+                             device="cpu")
+    assert by_name[0][1].pretrained == name
+    monkeypatch.chdir(tmp_path)  # without runs_dir: ./runs, where the CLI writes its runs
+    (tmp_path / "runs").symlink_to(runs)
+    assert search_configs("smoke", name, [10], method, val_per_class=2, device="cpu") == [
+        ("APL fine-tune", by_name[0][1].replace(runs_dir="runs"))]
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint found for '{name}'"):
+        search_configs("smoke", name, [10], method, runs_dir=str(tmp_path / "elsewhere"),
+                       val_per_class=2)
 
 
 def test_run_search_trains_each_trial_once_and_resumes_from_its_results_file(tmp_path):
@@ -380,7 +402,7 @@ def test_trial_row_of_a_doubled_run_names_the_run_it_doubles():
                                          metrics([0.3]))
 
 
-def test_run_search_doubles_a_late_choice_as_soon_as_its_search_ends(tmp_path):
+def test_run_search_doubles_a_late_choice_as_soon_as_its_search_ends(tmp_path, monkeypatch):
     base = searched_config(smoke_finetune_config(tmp_path / "runs", model="s-cnn", npc=2,
                                                  val_per_class=1, test_per_class=1),
                            "S-CNN", 4)
@@ -394,6 +416,9 @@ def test_run_search_doubles_a_late_choice_as_soon_as_its_search_ends(tmp_path):
         return row
 
     searched = search_method(base, stored)
+    # the worker in this process (the other run_search test spawns one), so that `make
+    # mutation` sees which test runs the per-method search
+    monkeypatch.setattr(search, "worker_pool", concurrent.futures.ThreadPoolExecutor)
     trials = run_search([("S-CNN", base)], store, workers=1)
     double = trials[-1]
     assert trials[:-1] == searched  # read back, not trained again
@@ -402,6 +427,12 @@ def test_run_search_doubles_a_late_choice_as_soon_as_its_search_ends(tmp_path):
     assert choose(store.read()["trials"])[("S-CNN", 2)]["doubled"]["run"] == double["run"]
     assert run_search([("S-CNN", base)], store, workers=1) == trials  # done once
     assert len(store.read()["trials"]) == TRIALS + 1
+    assert double["method"] == "S-CNN"
+    # stopped after the doubled run finished, before its row was written: read back from its
+    # run, not refused as an existing run nor trained again
+    results = json.loads(store.path.read_text())
+    store.path.write_text(json.dumps({**results, "trials": results["trials"][:-1]}))
+    assert run_search([("S-CNN", base)], store, workers=1) == trials
 
 
 def test_adopt_study_replaces_only_its_npcs_rows_and_keeps_its_provenance():
@@ -420,6 +451,9 @@ def test_adopt_study_replaces_only_its_npcs_rows_and_keeps_its_provenance():
                                    "precision": "fp32", "torch": "2", "date": "2026-12-04"}]
     again = adopt_study(adopted, {**study, "command": "study again"}, [100])
     assert [s["command"] for s in again["studies"]] == ["study again"]  # it replaces the last
+    at_30 = adopt_study(adopted, {**study, "command": "study at 30",
+                                  "protocol": {"trials": 5, "max_steps": {"30": 1000}}}, [30])
+    assert [s["command"] for s in at_30["studies"]] == ["study", "study at 30"]  # one per NPC
     seeds = adopt_study({"trials": [{"seed": 1, "npc": 100, "run": "old"}]},
                         {**study, "trials": [{"seed": 1, "npc": 100, "run": "new"}]}, [100])
     assert seeds["trials"] == [{"seed": 1, "npc": 100, "run": "new"}] and "protocol" not in seeds
@@ -467,15 +501,15 @@ def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run,
     assert chosen_configs("smoke", str(pretrained_run.run_dir), [10], ("BENCHMARK", "S-CNN"),
                           **settings) == searched
     store = TrialStore(tmp_path / "smoke_converged_search.json", {"profile": "smoke"})
-    for lr, val in ((1e-4, 0.2), (3e-4, 0.4), (1e-3, 0.3)):
-        store.add(trial(lr, val, method="BENCHMARK"))
+    for lr, val in ((1e-4, 0.2), (3e-4, 0.3), (1e-3, 0.4), (3e-3, 0.1)):
+        store.add(trial(lr, val, method="BENCHMARK"))  # 1e-3 wins, not the start rate
     chosen = chosen_configs("smoke", str(pretrained_run.run_dir), [10], ("BENCHMARK", "S-CNN"),
                             seed=1, **settings)
     assert [(m, c.lr, c.label_seed) for m, c in chosen] == [
-        ("BENCHMARK", 3e-4, 43), ("S-CNN", START_RATES["S-CNN"], 43)]
+        ("BENCHMARK", 1e-3, 43), ("S-CNN", START_RATES["S-CNN"], 43)]
     assert chosen[0][1] == search_configs("smoke", str(pretrained_run.run_dir), [10],
                                           ("BENCHMARK",), seed=1, **settings)[0][1].replace(
-                                              lr=3e-4)
+                                              lr=1e-3)
     # a study's own file: its choice, as long as its header says the search ran
     study = {**store.read(), "protocol": {"max_steps": {"10": 12}},
              "trials": [trial(1e-4, 0.2, method="S-CNN", epochs=6),
