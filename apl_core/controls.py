@@ -263,11 +263,11 @@ def results_path(profile: str, budget: str = "small") -> Path:
 
 
 def load_controls(profile: str, budget: str = "small") -> dict | None:
-    """The committed controls over seeds at `budget` (benchmarks/controls_seeds.py), None if
+    """The committed controls over seeds at `budget` (experiments/controls_seeds.py), None if
     there are none for `profile`."""
     return load_results(results_path(profile, budget), "controls over seeds",
                         {"profile", "machine", "command", "seeds"},
-                        f"python benchmarks/controls_seeds.py --profile {profile} "
+                        f"python experiments/controls_seeds.py --profile {profile} "
                         f"--budget {budget}")
 
 

@@ -11,7 +11,7 @@ them, and the report written as markdown.
                           the results it wrote
     load_seeds, seed_table, margin_table, seed_checks
                           the converged experiment over seeds that draw their own labels
-                          (benchmarks/converged_seeds.py): means, per-seed paired margins, and
+                          (experiments/converged_seeds.py): means, per-seed paired margins, and
                           the claim checked on the smallest seed's margin
     FIGURES, copy_notebook_figures
                           the report's figures: those notebook 05 draws, and those of other
@@ -298,11 +298,11 @@ def seeds_path(profile: str) -> Path:
 
 def load_seeds(profile: str, path: str | Path | None = None) -> dict | None:
     """The committed converged experiment over seeds of `profile`
-    (benchmarks/converged_seeds.py), or the one at `path` (a study's own file), or None;
+    (experiments/converged_seeds.py), or the one at `path` (a study's own file), or None;
     refused if it holds two runs of one (method, NPC, seed)."""
     seeds = load_results(Path(path) if path else seeds_path(profile), "seeds",
                          {"profile", "command", "trials"},
-                         f"benchmarks/converged_seeds.py --profile {profile}")
+                         f"experiments/converged_seeds.py --profile {profile}")
     if seeds:
         _one_run_each(seeds["trials"])
     return seeds
@@ -348,7 +348,7 @@ def _one_run_each(rows: list[dict]) -> None:
                 f"the seeds file has two {row['method']} runs at NPC {row['npc']} for seed "
                 f"{row['seed']} ({seen[key]} and {row['run']}): one is left from an older "
                 f"search. Remove the rows that are not at the search's choice, then run "
-                f"benchmarks/converged_seeds.py again")
+                f"experiments/converged_seeds.py again")
         seen[key] = row["run"]
 
 

@@ -263,7 +263,7 @@ def check_finished(trials: list[dict], npcs, profile: str) -> None:
               for t in trials if t["run"] in late]
     if short:
         raise ValueError(f"the search is not finished: {'; '.join(short)}. Run "
-                         f"benchmarks/converged_search.py --profile {profile} again (it resumes "
+                         f"experiments/converged_search.py --profile {profile} again (it resumes "
                          f"where it stopped), then this")
 
 
@@ -378,11 +378,11 @@ def search_path(profile: str) -> Path:
 
 
 def load_search(profile: str, path: str | Path | None = None) -> dict | None:
-    """The committed converged search of `profile` (benchmarks/converged_search.py), or the
+    """The committed converged search of `profile` (experiments/converged_search.py), or the
     one at `path` (a study's own file), or None where there is none."""
     return load_results(Path(path) if path else search_path(profile), "converged search",
                         {"profile", "trials"},
-                        f"python benchmarks/converged_search.py --profile {profile}")
+                        f"python experiments/converged_search.py --profile {profile}")
 
 
 def chosen_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,

@@ -1,4 +1,4 @@
-"""benchmarks/adopt_study.py folds a finished study of a longer search at one NPC into the
+"""experiments/adopt_study.py folds a finished study of a longer search at one NPC into the
 committed search and seeds, and refuses, naming each reason, a study that is not finished, not
 at the profile's length, or whose seeds do not cover what they replace."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from apl_core import report, search
 from apl_core.results import REPOSITORY, recorded_command
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import adopt_study  # noqa: E402
 
 RATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
@@ -118,10 +118,10 @@ def test_an_unfinished_study_search_is_refused(committed, monkeypatch):
 
 def test_a_recorded_command_runs_from_any_clone():
     inside = REPOSITORY / "apl_core" / "results" / "in_progress" / "search.json"
-    assert recorded_command(["python", "benchmarks/converged_search.py", "--methods",
+    assert recorded_command(["python", "experiments/converged_search.py", "--methods",
                              "APL fine-tune", "--out", str(inside), "--runs-dir",
                              "/scratch/runs"]) == (
-        "python benchmarks/converged_search.py --methods 'APL fine-tune' --out "
+        "python experiments/converged_search.py --methods 'APL fine-tune' --out "
         "apl_core/results/in_progress/search.json --runs-dir /scratch/runs")
 
 
@@ -129,10 +129,10 @@ def test_an_adopted_study_is_listed_with_a_command_that_runs_from_any_clone(comm
                                                                            monkeypatch):
     monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
     study = json.loads((committed / "search.json").read_text())
-    study["command"] = (f"python benchmarks/converged_search.py --npcs 100 --methods 'APL "
+    study["command"] = (f"python experiments/converged_search.py --npcs 100 --methods 'APL "
                         f"fine-tune' --out {REPOSITORY}/apl_core/results/in_progress/s.json")
     adopted = search.adopt_study(search.load_search("quick"), study, {100})
     assert adopted["studies"] == [{
-        "npcs": [100], "command": "python benchmarks/converged_search.py --npcs 100 --methods "
+        "npcs": [100], "command": "python experiments/converged_search.py --npcs 100 --methods "
         "'APL fine-tune' --out apl_core/results/in_progress/s.json", "machine": "a CPU",
         "torch": "2.x", "date": "2026-12-04"}]

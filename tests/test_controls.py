@@ -201,7 +201,7 @@ def test_each_budgets_controls_have_their_file_and_a_damaged_one_says_how_to_rer
     (tmp_path / "quick_controls_main.json").write_text("{}")
     with pytest.raises(ValueError, match=r"quick_controls_main.json is not a controls over "
                                          r"seeds results file \(it lacks .*rerun python "
-                                         r"benchmarks/controls_seeds.py --profile quick "
+                                         r"experiments/controls_seeds.py --profile quick "
                                          r"--budget main$"):
         controls.load_controls("quick", "main")
 

@@ -241,7 +241,7 @@ def seeds_results(margins=(0.15, 0.12, 0.03), cnn=0.3):
                              "run": f"{method}-{npc}-{seed}"})
             rows.append({"run": f"features-seed{seed}-npc{npc}", "seed": seed, "npc": npc,
                          "features": features(0.3, 0.1 + 0.01 * seed, 0.4, 0.1)[0]["features"]})
-    return {"profile": "quick", "command": "python benchmarks/converged_seeds.py",
+    return {"profile": "quick", "command": "python experiments/converged_seeds.py",
             "trials": rows}
 
 
@@ -415,7 +415,7 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
     rows = [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.3, "train_top1": 0.5}]
     checks = [{"statement": "the puzzle is learned", "holds": "yes", "measured": "75%"}]
     (tmp_path / "confusion.png").write_bytes(b"png")
-    search = {"profile": "quick", "command": "python benchmarks/converged_search.py",
+    search = {"profile": "quick", "command": "python experiments/converged_search.py",
               "trials": search_trials()}
     path = write_report(tmp_path, "profile **quick**, device **cpu**", pre, rows,
                         features(0.3, 0.1), checks, search=search, seeds=seeds_results())
@@ -437,9 +437,9 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
         "## Fine-tuning: test top-1 (%) at the chosen epoch, training top-1 in brackets",
         "## Frozen features: kNN / linear probe test top-1 (%)",
         "## Where each choice of the converged search sits (quick profile, "
-        "`python benchmarks/converged_search.py`)",
+        "`python experiments/converged_search.py`)",
         "## Over the seeds that draw their own labels (quick profile, "
-        "`python benchmarks/converged_seeds.py`)",
+        "`python experiments/converged_seeds.py`)",
         "## The claim, checked",
         "## Figures",
         "### Position confusion (held-out)"]

@@ -376,7 +376,7 @@ def test_a_study_refuses_a_search_that_is_not_finished():
     five = [trial(lr, 0.1 + lr) for lr in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2)]
     check_finished(five, {10}, "quick")
     with pytest.raises(ValueError, match=r"not finished: BENCHMARK at NPC 10 has 4 of 5 trials\. "
-                                         r"Run benchmarks/converged_search.py --profile quick "
+                                         r"Run experiments/converged_search.py --profile quick "
                                          r"again"):
         check_finished(five[:4], {10}, "quick")
     check_finished(five[:4], {30}, "quick")  # only the NPCs the study runs count

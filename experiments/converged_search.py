@@ -2,7 +2,7 @@
 field's recipe, five learning rates bracketed until the best is interior, the length read
 off each run's validation curve.
 
-    python benchmarks/converged_search.py --profile quick --workers 2 --npcs 10 30 100
+    python experiments/converged_search.py --profile quick --workers 2 --npcs 10 30 100
 
 Pretrains the profile's model with seed 0 (read back when finished), then searches every
 (method, NPC) on the labelled images of seed 0, scoring on the validation part only (the test
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         **measured_on(device),
         "date": datetime.date.today().isoformat(), "workers": args.workers,
         "threads_per_run": max(1, torch.get_num_threads() // args.workers),
-        "command": recorded_command(["python", "benchmarks/converged_search.py",
+        "command": recorded_command(["python", "experiments/converged_search.py",
                                      *(sys.argv[1:] if argv is None else argv)]),
     }
     store = search.TrialStore(Path(args.out) if args.out else search.search_path(args.profile),

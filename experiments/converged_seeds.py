@@ -1,6 +1,6 @@
 """The converged experiment over seeds: every method at the rate the converged search chose.
 
-    python benchmarks/converged_seeds.py --profile quick --seeds 0 1 2 --workers 2
+    python experiments/converged_seeds.py --profile quick --seeds 0 1 2 --workers 2
 
 Reads the choice from apl_core/results/<profile>_converged_search.json, or --search (a
 study's own file), with search.chosen_configs. For each seed s: pretrain the profile's model
@@ -91,7 +91,7 @@ def main(argv=None) -> None:
     found = search.load_search(args.profile, args.search or None)
     if not found or not found["trials"]:
         sys.exit(f"no search results in {args.search or search.search_path(args.profile)}: "
-                 f"run benchmarks/converged_search.py --profile {args.profile} first")
+                 f"run experiments/converged_search.py --profile {args.profile} first")
     every_choice = search.choose(found["trials"])
     chosen = {(method, npc): pick for (method, npc), pick in every_choice.items()
               if (args.npcs is None or npc in args.npcs) and method in args.methods}
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
               "chosen": search.keyed_choices(found["trials"]),
               **measured_on(device),
               "date": datetime.date.today().isoformat(), "workers": args.workers,
-              "command": recorded_command(["python", "benchmarks/converged_seeds.py",
+              "command": recorded_command(["python", "experiments/converged_seeds.py",
                                            *(sys.argv[1:] if argv is None else argv)])}
     store = search.TrialStore(Path(args.out) if args.out else report.seeds_path(args.profile),
                               header)

@@ -1,6 +1,6 @@
 """Fold a finished study of another search length at some NPCs into the committed results.
 
-    python benchmarks/adopt_study.py --profile quick --npcs 100 \\
+    python experiments/adopt_study.py --profile quick --npcs 100 \\
         --search apl_core/results/in_progress/quick_npc100_search.json \\
         --seeds apl_core/results/in_progress/quick_npc100_seeds.json
 
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     committed_seeds = report.load_seeds(args.profile)
     if not committed_search or not committed_seeds:
         sys.exit(f"the {args.profile!r} profile has no committed search and seeds to adopt a "
-                 f"study into: run benchmarks/converged_search.py and converged_seeds.py")
+                 f"study into: run experiments/converged_search.py and converged_seeds.py")
     study_search = load_results(Path(args.search), "converged search", {"protocol", "trials"},
                                 "the study's command (its file's header says which)")
     study_seeds = report.load_seeds(args.profile, args.seeds)
