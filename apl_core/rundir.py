@@ -55,6 +55,10 @@ def run_name(config: Config) -> str:
                                         ("frozenenc", c.freeze_encoder), ("mlphead", c.mlp_head))
                   if on]
         parts.append(f"npc{c.npc}")
+        parts += [f"{short}{_fmt(value)}" for short, value in (
+            ("ls", c.label_smoothing), ("mixup", c.mixup_alpha), ("cutmix", c.cutmix_alpha),
+            ("dpath", c.drop_path)) if value]
+        parts += [c.augment_policy] if c.augment_policy != "none" else []
     if not (isinstance(c, FinetuneConfig) and c.model != "apl"):
         parts += [f"do{_fmt(c.dropout)}", f"pdo{_fmt(c.patch_dropout)}"]
     parts += [c.optimizer] if c.optimizer != "adam" else []
@@ -151,7 +155,7 @@ class RunLog:
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
         for key, value in row.items():
-            if key not in ("epoch", "step"):
+            if key not in ("epoch", "step") and not isinstance(value, str):
                 self.tensorboard.add_scalar(key, value, row["epoch"])
         self.tensorboard.flush()
 

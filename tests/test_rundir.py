@@ -27,9 +27,9 @@ def test_run_names_of_the_smoke_profile_are_stable():
     assert run_name(smoke_pretrain_config("runs")) == \
         "synthetic32-G4K1-flatten-b2h3m2-n1024-do0.15-pdo0.1-lr0.002-bs64-e3-s0-c0c4a68a"
     assert run_name(smoke_finetune_config("runs")) == \
-        "synthetic32-benchmark-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-77c6a6a6"
+        "synthetic32-benchmark-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-b8bcb996"
     assert run_name(smoke_finetune_config("runs", pretrained="runs/pretrain/a-run")) == \
-        "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-1fe88ec4"
+        "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-3c98d6d4"
 
 
 def test_pretraining_run_name_shows_the_settings_that_differ():
@@ -49,6 +49,13 @@ def test_finetuning_run_name_shows_the_model_its_source_and_its_options(tmp_path
                                "do0.1-pdo0.1-lr0.001-bs64-e2-s0")
     assert readable(base.replace(pretrained="a-run")) == \
         "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-bs64-e2-s0"
+    small_data = dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0)
+    assert readable(base.replace(**small_data, augment_policy="randaugment", drop_path=0.1)) == (
+        "synthetic32-benchmark-npc10-ls0.1-mixup0.8-cutmix1-dpath0.1-randaugment-do0.1-pdo0.1-"
+        "lr0.001-bs64-e2-s0")
+    assert readable(base.replace(model="s-cnn", cutmix_alpha=1.0,
+                                 augment_policy="trivialaugment")) == \
+        "synthetic32-s-cnn-npc10-cutmix1-trivialaugment-lr0.001-bs64-e2-s0"
 
 
 def test_run_name_changes_with_every_setting_that_changes_the_result(tmp_path):
@@ -58,7 +65,9 @@ def test_run_name_changes_with_every_setting_that_changes_the_result(tmp_path):
     for change in (dict(test_per_class=7), dict(val_per_class=3), dict(crop_scale=0.5),
                    dict(label_seed=1), dict(warmup_frac=0.2), dict(select_best=True,
                    val_per_class=3), dict(architecture={**SMOKE_ARCHITECTURE, "heads": 1}),
-                   dict(pretrained=str(tmp_path / "pretrain" / "b-run"))):
+                   dict(pretrained=str(tmp_path / "pretrain" / "b-run")),
+                   dict(label_smoothing=0.1), dict(mixup_alpha=0.8), dict(cutmix_alpha=1.0),
+                   dict(augment_policy="trivialaugment"), dict(drop_path=0.1)):
         assert run_name(base.replace(**change)) != name, change
     for same in (dict(device="cuda"), dict(runs_dir="elsewhere"), dict(quiet=False),
                  dict(compile=True), dict(pretrained=str(pretrained / "last.pt")),
@@ -195,11 +204,12 @@ def test_run_log_writes_the_config_and_one_row_per_epoch_as_it_goes(tmp_path):
     text = (run_dir / "config.json").read_text()
     assert PretrainConfig.from_dict(json.loads(text)) == config
     assert '  "lr": 0.002,' in text.splitlines() and text.endswith("}\n")  # one setting a line
-    row = {"epoch": 1, "step": 12, "lr": 0.002, "train_loss": 2.5}
+    row = {"epoch": 1, "step": 12, "lr": 0.002, "train_loss": 2.5, "val_correct": "0f3"}
     log.add(row)
     assert read_metrics(run_dir) == [row]  # on disk before the run ends (a kill keeps it)
     assert scalars(run_dir, "train_loss") == [(1, 2.5)] and scalars(run_dir, "lr") == [(1, 0.002)]
     assert scalars(run_dir, "epoch") == scalars(run_dir, "step") == []
+    assert scalars(run_dir, "val_correct") == []  # a mask of images is no scalar
     log.close()
 
 
