@@ -53,7 +53,7 @@ from .objective import (
     TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
     top1_correct,
 )
-from .rundir import RunLog, open_run
+from .rundir import RunLog, computed_precision, open_run
 
 
 @dataclass
@@ -200,7 +200,8 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
                "images_per_s": train["images"] / train_seconds,
                "epoch_time_s": time.perf_counter() - started}
         weights = {"phase": config.phase, "epoch": epoch + 1, "config": config.to_dict(),
-                   "architecture": architecture, "model": model.state_dict(), "row": row}
+                   "precision": computed_precision(config), "architecture": architecture,
+                   "model": model.state_dict(), "row": row}
         if main and _improves(config, rows, row):
             save_checkpoint(weights, run_dir / "best.pt")
         if main and getattr(config, "snapshot_every", 0) and \

@@ -59,7 +59,10 @@ def main(argv=None) -> None:
     out = Path(args.out) if args.out else controls.results_path(args.profile, args.budget)
     results = {"profile": args.profile, **measured_on(device),
                "date": datetime.date.today().isoformat(),
-               "controls": PROFILES[args.profile]["controls"], "budget": args.budget,
+               # the grids and crops tried, and the budget the controls were pretrained at
+               "controls": {**PROFILES[args.profile]["controls"],
+                            "budget": controls.budget_settings(args.profile, args.budget)},
+               "budget": args.budget,
                "command": recorded_command(["python", "experiments/controls_seeds.py",
                                            *(sys.argv[1:] if argv is None else argv)]),
                "seeds": []}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apl_core.checkpoint import save_checkpoint
+from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import PretrainConfig
 from apl_core.rundir import RunLog, last_evaluation, open_run, read_metrics, run_name
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
@@ -100,10 +100,12 @@ def test_benchmark_run_name_depends_on_its_architecture():
 
 # ---------------------------------------------------------------- open_run
 
-def write_run(config, **saved) -> dict:
-    """A run of `config` with a checkpoint after epoch 1 (no training needed to open it)."""
+def write_run(config, precision=None, **saved) -> dict:
+    """A run of `config` with a checkpoint after epoch 1 (no training needed to open it),
+    computed in `precision` (None: a checkpoint that does not say)."""
     checkpoint = {"phase": config.phase, "epoch": 1, "model": {},
-                  "config": {**config.to_dict(), **saved}}
+                  "config": {**config.to_dict(), **saved},
+                  **({"precision": precision} if precision else {})}
     run_dir = Path(config.runs_dir) / config.phase / config.run_name
     run_dir.mkdir(parents=True)
     save_checkpoint(checkpoint, run_dir / "last.pt")
@@ -168,6 +170,57 @@ def test_resume_returns_the_checkpoint_and_names_the_changed_settings(tmp_path, 
     open_run(config.replace(epochs=2, lr=0.01, dataset="stl10", data_dir="elsewhere"), True)
     assert capsys.readouterr().out == (f"resuming {run_dir} with changed settings: dataset "
                                        f"'synthetic' -> 'stl10'\n")
+
+
+def test_a_run_is_not_resumed_in_another_precision_than_it_computed_in(tmp_path,
+                                                                        monkeypatch):
+    """A run named by hand (the name then digests nothing) that computed in bf16 on one CPU
+    is refused on a CPU where 'auto' computes in fp32, and resumed where it is bf16 again."""
+    from apl_core import device
+
+    config = smoke_pretrain_config(tmp_path, run_name="run", precision="auto")
+    write_run(config, precision="bf16")
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    with pytest.raises(ValueError) as error:
+        open_run(config, "auto")
+    assert str(error.value) == (
+        f"{tmp_path / 'pretrain' / 'run'} computed in bf16 and would resume in fp32 here "
+        f"(precision='auto' on device='cpu'): one run would mix the two. Resume it on a "
+        f"machine that computes in bf16, or start another run (another run_name)")
+    with pytest.raises(ValueError, match="computed in bf16 and would resume in fp32"):
+        open_run(config.replace(precision="fp32"), True)
+    assert open_run(config.replace(precision="bf16"), True)[2]["precision"] == "bf16"
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert open_run(config, True)[2]["epoch"] == 1
+    write_run(config.replace(run_name="older"))  # a checkpoint that does not say: resumed
+    assert open_run(config.replace(run_name="older", precision="fp32"), True)[2]["epoch"] == 1
+
+
+def test_a_run_name_digests_the_precision_computed_not_auto(monkeypatch):
+    """'auto' is bf16 on a CPU with fast bf16 and fp32 on another: the two runs of one
+    config never share a name; each is named as the precision it computes in."""
+    from apl_core import device
+
+    auto = smoke_finetune_config("runs", precision="auto")
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    on_bf16 = run_name(auto)
+    assert on_bf16 == run_name(auto.replace(precision="bf16"))
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    on_fp32 = run_name(auto)
+    assert on_fp32 == run_name(auto.replace(precision="fp32")) != on_bf16
+    assert on_fp32.rsplit("-", 1)[0] == on_bf16.rsplit("-", 1)[0]  # only the digest differs
+    # an explicit precision names the same run on any machine, also without its device here
+    assert run_name(auto.replace(precision="bf16", device="cuda")) == on_bf16
+
+
+def test_a_checkpoint_records_the_precision_its_run_computed_in(tmp_path):
+    from apl_core.train import pretrain
+
+    config = smoke_pretrain_config(tmp_path, epochs=1, num_images=96, holdout_images=32,
+                                   batch_size=32)
+    result = pretrain(config)
+    assert read_checkpoint(result.checkpoint)["precision"] == "fp32"
+    assert read_checkpoint(result.run_dir / "last.pt")["config"]["precision"] == "fp32"
 
 
 # ---------------------------------------------------------------- metrics
