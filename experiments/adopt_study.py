@@ -57,10 +57,12 @@ def study_problems(profile: str, npcs: set[int], committed_search: dict, committ
     chosen = search.choose(study_search["trials"])
     for row in study_seeds["trials"]:
         pick = chosen.get((row.get("method"), row["npc"]))
-        if pick and row["lr"] != pick["lr"]:
+        ran = (row["lr"], row.get("recipe", "base"), row["epochs"]) if pick else None
+        if pick and ran != (pick["lr"], pick["recipe"], pick["adopted"]["epochs"]):
             problems.append(f"the study's seed {row['seed']} ran {row['method']} at NPC "
-                            f"{row['npc']} with lr {row['lr']}, not at the study's choice "
-                            f"({pick['lr']})")
+                            f"{row['npc']} with lr {row['lr']}, the {ran[1]} recipe and "
+                            f"{row['epochs']} epochs, not at the study's choice ({pick['lr']}, "
+                            f"{pick['recipe']}, {pick['adopted']['epochs']} epochs)")
     return problems
 
 
