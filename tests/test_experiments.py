@@ -186,3 +186,30 @@ def test_the_seeds_script_refuses_a_search_that_is_not_finished_or_not_there(
     with pytest.raises(SystemExit, match=r"the search chose nothing at NPC \[30\]: it searched "
                                          r"NPC \[10\]"):
         converged_seeds.main(["--profile", "smoke", "--search", str(out), "--npcs", "30"])
+
+
+def test_the_seeds_script_stores_each_row_and_a_rerun_trains_none(smoke_search, monkeypatch):
+    """Seed 0's chosen run is the search's own (read back, not trained); its row and the
+    features' row are written; a second call adds nothing and trains nothing."""
+    root, out = smoke_search
+    seeds_out = root / "in_progress" / "seeds_rows.json"
+    argv = ["--profile", "smoke", "--methods", "S-CNN", "--device", "cpu", "--runs-dir",
+            str(root / "runs"), "--search", str(out), "--out", str(seeds_out), "--seeds", "0"]
+    trained = []
+    real = search.finetune
+    monkeypatch.setattr(search, "finetune", lambda config, resume: trained.append(
+        config) or real(config, resume=resume))
+    converged_seeds.main(argv)
+    pick = search.choose(json.loads(out.read_text())["trials"])[("S-CNN", 10)]
+    written = json.loads(seeds_out.read_text())
+    row, features = written["trials"]
+    assert (row["method"], row["seed"], row["lr"], row["recipe"], row["epochs"]) == (
+        "S-CNN", 0, pick["lr"], pick["recipe"], pick["adopted"]["epochs"])
+    assert row["run"] == pick["adopted"]["run"]  # the search's own run
+    assert features["run"] == "features-seed0-npc10"
+    assert written["seeds_at"] == {"10": [0]} and written["chosen"]["S-CNN|10"]["lr"] == pick["lr"]
+    monkeypatch.setattr(search, "finetune", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(converged_seeds, "feature_comparison",
+                        lambda *a, **k: pytest.fail("judged again"))
+    converged_seeds.main(argv)
+    assert json.loads(seeds_out.read_text())["trials"] == written["trials"]

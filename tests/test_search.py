@@ -511,6 +511,11 @@ def test_a_longer_run_is_adopted_only_when_it_wins_the_paired_test():
              losses=0, p=1 / 64, better=True),
         dict(multiple=4, epochs=40, best_epoch=20, val_top1=0.9, run=four["run"], wins=0,
              losses=0, p=1.0, better=False)]
+    # 8 wins and 2 losses: p = 56/1024 = 0.055, just short of the 0.05 the rule asks
+    edge = {**trial(1e-3, 0.3), **right(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, of=20)}
+    short = longer(edge, 2, 0.8, 0, 1, 2, 3, 4, 5, 6, 7, *range(10, 18), of_images=20)
+    assert lengthening(edge, [short])["longer"][0]["p"] == pytest.approx(56 / 1024)
+    assert lengthening(edge, [short])["adopted"]["multiple"] == 1
     # a higher accuracy on too few images decides nothing: 2 wins, p = 0.25
     close = longer(chosen, 2, 0.5, 0, 1, 2, 3, 4)
     assert lengthening(chosen, [close])["adopted"]["multiple"] == 1
