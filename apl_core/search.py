@@ -724,25 +724,23 @@ def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, wor
     with worker_pool(workers) as pool:
         searching = {pool.submit(_search_one, method, config, store.path, store.header):
                      (method, config.npc) for method, config in configs}
-        lengthening_jobs, left = {}, {key: len(group) for key, group in groups.items()}
+        left = {key: len(group) for key, group in groups.items()}
         pending = set(searching)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
-                future.result()  # a failed worker stops the study with its error
+                finished = future.result()  # a failed worker stops the study with its error
                 if future in searching:
                     key = searching[future]
                     left[key] -= 1
                     if not left[key]:
-                        job = pool.submit(_lengthen_one, key[0], groups[key][0], store.path,
-                                          store.header)
-                        lengthening_jobs[job] = key
-                        pending.add(job)
-                else:
-                    trials += future.result()
-                    for trial in future.result():
-                        if report is not None:
-                            report(trial)
+                        pending.add(pool.submit(_lengthen_one, key[0], groups[key][0],
+                                                store.path, store.header))
+                    continue
+                trials += finished
+                for trial in finished:
+                    if report is not None:
+                        report(trial)
     return trials
 
 
