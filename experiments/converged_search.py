@@ -171,6 +171,9 @@ def main(argv=None) -> None:
     print(f"\n{len(trials)} runs, {sum(t['seconds'] for t in trials) / 3600:.2f} run-hours at "
           f"{header['threads_per_run']} thread(s) each on {header['machine']}; in {store.path}")
     print(markdown_table(report.search_table(trials, report.validation_images(args.profile))))
+    for (method, npc), pick in search.choose(trials).items():
+        if "flag" in pick:
+            print(f"flagged: {method} at NPC {npc}: {pick['flag']}")
 
 
 if __name__ == "__main__":

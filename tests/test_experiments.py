@@ -79,7 +79,11 @@ def test_the_search_script_writes_every_trial_and_a_rerun_trains_none(smoke_sear
     converged_search.main(["--profile", "smoke", "--methods", "S-CNN", "--device", "cpu",
                            "--runs-dir", str(root / "runs"), "--out", str(out)])
     assert json.loads(out.read_text())["trials"] == trials
-    assert f"{len(trials)} runs" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{len(trials)} runs" in printed
+    pick = search.choose(trials)[("S-CNN", 10)]
+    # a choice bounded by a diverged trial or an edge is named at the end, never passed over
+    assert (f"flagged: S-CNN at NPC 10: {pick['flag']}" in printed) == ("flag" in pick)
 
 
 def test_a_dry_run_prints_the_plan_and_trains_nothing(smoke_search, tmp_path, monkeypatch,
