@@ -16,6 +16,18 @@ batched versions, is not a dependency. Each op is a few lines of plain torch:
 - blur: a separable Gaussian with a per-sample sigma, as a grouped convolution over the
   blurred samples only, with reflect padding like torchvision's `gaussian_blur`;
 - normalize: mean 0.5, std 0.5 on every channel, i.e. [0, 255] -> [-1, 1].
+
+The small-data recipe adds two steps, both torchvision's `transforms.v2`:
+
+- a policy (`AugmentSpec.policy`: TrivialAugmentWide or RandAugment) after the crop, on the
+  uint8 image as the PIL pipeline sees it there; v2 would draw one op for a whole batch, so it
+  runs image by image, each with its own op and magnitude;
+- MixUp or CutMix (`MixSpec`, `mix`) on the finished batch: v2's batch transforms, one mixing
+  weight per batch (as timm's default), each image mixed with its neighbour in the batch, the
+  labels turned into the matching soft targets.
+
+Both draw from torch's global random stream (v2 takes no generator), which a run seeds and
+its checkpoint saves, so a run stays reproducible, also when resumed.
 """
 from __future__ import annotations
 
@@ -25,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import v2
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 
@@ -40,6 +53,7 @@ class AugmentSpec:
     blur_p: float = 0.5
     blur_kernel: int = 9
     blur_sigma: tuple[float, float] = (0.1, 0.5)
+    policy: str = "none"  # none | trivialaugment | randaugment (POLICIES), per image
 
     def __post_init__(self) -> None:
         for name in ("flip_p", "gray_p", "blur_p"):
@@ -53,6 +67,53 @@ class AugmentSpec:
             raise ValueError(f"blur_kernel={self.blur_kernel} must be a positive odd integer")
         if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
             raise ValueError(f"blur_sigma={self.blur_sigma} must satisfy 0 < low <= high")
+        if self.policy != "none" and self.policy not in POLICIES:
+            raise ValueError(f"policy={self.policy!r} must be 'none' or one of {list(POLICIES)}")
+
+
+# torchvision's defaults: TrivialAugment has no parameters; RandAugment two ops of magnitude 9
+# (of 31 bins), DeiT's setting.
+POLICIES = {"trivialaugment": v2.TrivialAugmentWide(), "randaugment": v2.RandAugment()}
+
+
+@dataclass(frozen=True)
+class MixSpec:
+    """MixUp and CutMix of a labelled batch (DeiT's recipe: 0.8 and 1.0, one of the two per
+    batch). An alpha of 0 leaves that one out; both 0 is no mixing."""
+
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 0 (0: off)")
+        if self.num_classes < 2:
+            raise ValueError(f"num_classes={self.num_classes} must be >= 2 to mix labels")
+
+
+def mix(images: torch.Tensor, labels: torch.Tensor,
+        spec: MixSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch (B, 3, H, W) float and its int labels (B,) -> the mixed batch and its soft
+    targets (B, num_classes) float, rows summing to 1: MixUp or CutMix (each equally likely
+    when both are on), or one-hot targets of the unchanged batch when neither is."""
+    mixers = []
+    if spec.mixup_alpha > 0:
+        mixers.append(v2.MixUp(alpha=spec.mixup_alpha, num_classes=spec.num_classes))
+    if spec.cutmix_alpha > 0:
+        mixers.append(v2.CutMix(alpha=spec.cutmix_alpha, num_classes=spec.num_classes))
+    if not mixers:
+        return images, F.one_hot(labels, spec.num_classes).float()
+    return v2.RandomChoice(mixers)(images, labels)
+
+
+def apply_policy(x: torch.Tensor, policy: str) -> torch.Tensor:
+    """POLICIES[policy] on every image of a float batch in [0, 1], each image with its own
+    draw, through uint8 (the policies' posterize and equalize need it)."""
+    transform = POLICIES[policy]
+    pixels = x.mul(255).round_().clamp_(0, 255).to(torch.uint8)
+    return torch.stack([transform(image) for image in pixels]).float().div_(255)
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
@@ -65,7 +126,7 @@ def augment(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator)
 
     Every sample gets its own flip, crop, grayscale and blur parameters, drawn from
     `generator` (which must live on the images' device), so a seeded generator gives the
-    same batch every time.
+    same batch every time; spec.policy's op per image comes from torch's global stream.
     """
     if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(
@@ -82,6 +143,8 @@ def augment(images: torch.Tensor, spec: AugmentSpec, generator: torch.Generator)
     )
     flip = uniform(b) < spec.flip_p
     x = crop_resize(images.float().div_(255), top, left, crop_h, crop_w, flip)
+    if spec.policy != "none":
+        x = apply_policy(x, spec.policy)
 
     gray = (uniform(b) < spec.gray_p).nonzero().squeeze(1)
     if len(gray):

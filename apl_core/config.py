@@ -19,6 +19,8 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 ATTENTION_SCALES = ("standard", "original")
 FINETUNE_MODELS = ("apl", "s-cnn", "s-resnet")
 UNREADABLE_IMAGES = ("skip", "error")  # what a folder dataset does with a file it cannot decode
+# a per-image augmentation policy on top of the crop and flip (apl_core.augment)
+AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")
 
 
 def token_dim(image_size: int, grid: int, crop: int, encoder: str = "flatten") -> int:
@@ -244,6 +246,12 @@ class FinetuneConfig(_Common):
     select_best: bool = False  # keep the weights with the best validation accuracy
     crop_scale: float = 0.8
     num_classes: int = 10
+    # the small-data regularisation (docs/method.md), every part off by default
+    label_smoothing: float = 0.0  # the target's share spread evenly over the classes
+    mixup_alpha: float = 0.0  # MixUp's Beta(alpha, alpha) mixing weight; 0: no MixUp
+    cutmix_alpha: float = 0.0  # CutMix's; with both, each batch takes one of the two
+    augment_policy: str = "none"  # none | trivialaugment | randaugment, drawn per image
+    drop_path: float = 0.0  # stochastic depth of the last block (transformers only)
     # the fine-tuning recipe (docs/method.md)
     epochs: int = 30
     lr: float = 5e-4
@@ -264,6 +272,19 @@ class FinetuneConfig(_Common):
                 "and positional_embedding apply to model='apl' only",
             )
         _check_dropout_and_crop_scale(self)
+        if not 0 <= self.label_smoothing < 1:
+            _fail("label_smoothing", self.label_smoothing, "must be in [0, 1)")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                _fail(name, getattr(self, name), "must be >= 0 (0: off)")
+        if self.augment_policy not in AUGMENT_POLICIES:
+            _fail("augment_policy", self.augment_policy, f"choose one of {AUGMENT_POLICIES}")
+        if not 0 <= self.drop_path < 1:
+            _fail("drop_path", self.drop_path, "must be in [0, 1)")
+        if self.drop_path and self.model != "apl":
+            _fail("drop_path", self.drop_path, "stochastic depth drops transformer blocks: "
+                  "the CNN baselines have none; use drop_path=0 with model="
+                  f"{self.model!r}")
         for name in ("npc", "eval_every", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

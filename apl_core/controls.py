@@ -66,6 +66,14 @@ def control_configs(profile: str, seed: int = 0, budget: str = "small",
     return {name: base.replace(**change) for name, change in changes.items()}
 
 
+def budget_settings(profile: str, budget: str = "small") -> dict:
+    """The pretraining budget every control of `budget` runs at, as its results file records
+    it: the settings the profile's controls budget names (images, epochs, ...) with the
+    values they take at `budget` ('main': the profile's own pretraining's)."""
+    apl = next(iter(control_configs(profile, budget=budget).values()))
+    return {name: getattr(apl, name) for name in PROFILES[profile]["controls"]["budget"]}
+
+
 @dataclass
 class LabelledFeatures:
     """The labelled images the features are judged on: the probe's training images, its
@@ -263,11 +271,11 @@ def results_path(profile: str, budget: str = "small") -> Path:
 
 
 def load_controls(profile: str, budget: str = "small") -> dict | None:
-    """The committed controls over seeds at `budget` (benchmarks/controls_seeds.py), None if
+    """The committed controls over seeds at `budget` (experiments/controls_seeds.py), None if
     there are none for `profile`."""
     return load_results(results_path(profile, budget), "controls over seeds",
                         {"profile", "machine", "command", "seeds"},
-                        f"python benchmarks/controls_seeds.py --profile {profile} "
+                        f"python experiments/controls_seeds.py --profile {profile} "
                         f"--budget {budget}")
 
 

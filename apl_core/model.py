@@ -92,6 +92,24 @@ class PatchDropout(nn.Module):
         return tokens * keep.unsqueeze(-1).to(tokens.dtype), keep
 
 
+class DropPath(nn.Module):
+    """Stochastic depth: while training, drop a residual branch for a whole image with
+    probability p and scale the images that keep it by 1 / (1 - p), so its expected output is
+    unchanged; the identity in evaluation."""
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"drop_path={p} must be in [0, 1)")
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape[0], *(1,) * (x.ndim - 1), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention: fused q/k/v projection without bias, output projection
     with bias.
@@ -144,11 +162,13 @@ class SelfAttention(nn.Module):
 
 class Block(nn.Module):
     """Post-LayerNorm transformer block, as the original:
-    x = LN1(x + Attn(x)); x = Dropout(x); x = LN2(x + FF(x)); x = Dropout(x)."""
+    x = LN1(x + Attn(x)); x = Dropout(x); x = LN2(x + FF(x)); x = Dropout(x).
+    With drop_path > 0 each residual branch (Attn, FF) is dropped per image (DropPath)."""
 
     def __init__(self, dim: int, heads: int, hidden_mult: int, dropout: float,
-                 attention_scale: str = "standard"):
+                 attention_scale: str = "standard", drop_path: float = 0.0):
         super().__init__()
+        self.drop_path = DropPath(drop_path)
         self.attn = SelfAttention(dim, heads, attention_scale)
         self.norm1 = nn.LayerNorm(dim)
         self.ff = nn.Sequential(
@@ -159,8 +179,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         attended, weights = self.attn(x, return_attention)
-        x = self.dropout(self.norm1(x + attended))
-        x = self.dropout(self.norm2(x + self.ff(x)))
+        x = self.dropout(self.norm1(x + self.drop_path(attended)))
+        x = self.dropout(self.norm2(x + self.drop_path(self.ff(x))))
         return x, weights
 
 
@@ -168,13 +188,16 @@ class APLTransformer(nn.Module):
     """Images -> contextualised token features (B, T, D). No positional information, unless
     positional_embedding adds a learned one to each token as a ViT does (the baseline APL is
     compared with, and notebook 06's positional leak). attention_scale and
-    patch_dropout_at_eval select the original's own behaviour (SelfAttention, PatchDropout)."""
+    patch_dropout_at_eval select the original's own behaviour (SelfAttention, PatchDropout).
+    drop_path: stochastic depth of the last block, rising linearly from 0 at the first (DeiT's
+    rule: the early blocks' features are the ones every later block builds on)."""
 
     def __init__(self, image_size: int = 96, grid: int = 7, crop: int = 1,
                  encoder: str = "flatten", blocks: int = 4, heads: int = 16,
                  hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1,
                  positional_embedding: bool = False,
-                 attention_scale: str = "standard", patch_dropout_at_eval: bool = False):
+                 attention_scale: str = "standard", patch_dropout_at_eval: bool = False,
+                 drop_path: float = 0.0):
         super().__init__()
         self.image_size, self.grid, self.crop = image_size, grid, crop
         self.encoder = build_encoder(encoder, crop)
@@ -185,8 +208,8 @@ class APLTransformer(nn.Module):
                 nn.init.trunc_normal_(torch.zeros(1, grid**2, self.dim), std=0.02))
         self.patch_dropout = PatchDropout(patch_dropout, patch_dropout_at_eval)
         self.blocks = nn.ModuleList(
-            Block(self.dim, heads, hidden_mult, dropout, attention_scale)
-            for _ in range(blocks)
+            Block(self.dim, heads, hidden_mult, dropout, attention_scale, rate)
+            for rate in drop_path_rates(drop_path, blocks)
         )
 
     @property
@@ -213,6 +236,13 @@ class APLTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor):
         return self.contextualize(self.patches(images))
+
+
+def drop_path_rates(drop_path: float, blocks: int) -> list[float]:
+    """Each block's DropPath rate: 0 at the first, drop_path at the last, linear between."""
+    if blocks == 1:
+        return [drop_path]
+    return [drop_path * i / (blocks - 1) for i in range(blocks)]
 
 
 def mlp(dim: int, out: int, dropout: float = 0.1) -> nn.Sequential:
@@ -284,12 +314,13 @@ def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:
 
 def build_classifier(config: FinetuneConfig, architecture: PretrainConfig) -> APLClassifier:
     """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
-    with the fine-tuning dropout and PatchDropout, and a positional embedding when the
-    config adds one or the pretrained model has one; frozen for head-only training."""
+    with the fine-tuning dropout, PatchDropout and stochastic depth, and a positional
+    embedding when the config adds one or the pretrained model has one; frozen for head-only
+    training."""
     transformer = APLTransformer(**{
         **architecture_kwargs(architecture),
         "dropout": config.dropout, "patch_dropout": config.patch_dropout,
-        "patch_dropout_at_eval": config.patch_dropout_at_eval,
+        "patch_dropout_at_eval": config.patch_dropout_at_eval, "drop_path": config.drop_path,
         "positional_embedding": config.positional_embedding or architecture.positional_embedding,
     })
     return APLClassifier(transformer, config.num_classes, config.mlp_head,

@@ -2,7 +2,9 @@
 optimizer and learning-rate schedule that step it.
 
     position_loss   pretraining: cross-entropy of each kept token's position logits
-    class_loss      fine-tuning: cross-entropy of the class logits
+    class_loss      fine-tuning: cross-entropy of the class logits (hard or soft targets,
+                    label smoothing)
+    top1_correct    which rows have their target as their top logit
     learning_rate   linear warm-up times cosine annealing, a pure function of progress
     make_optimizer  Adam, AdamW or SGD with Nesterov momentum
 
@@ -33,6 +35,12 @@ def topk_hits(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | 
     return torch.stack([hit.sum() for hit in hits]).float()
 
 
+def top1_correct(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: whether each row's top logit is its target, as topk_hits' top-1 counts it
+    (the same topk call, so ties break the same way)."""
+    return logits.topk(min(max(TOP_K), logits.shape[-1]), dim=-1).indices[..., 0] == targets
+
+
 def position_loss(model: nn.Module, images: torch.Tensor, labels=None):
     """Pretraining: cross-entropy of each kept token's position logits against its position t.
     Tokens removed by PatchDropout are not scored. Returns (loss, top-k hits, tokens scored)."""
@@ -45,11 +53,17 @@ def position_loss(model: nn.Module, images: torch.Tensor, labels=None):
     return loss, topk_hits(logits, targets, keep), count
 
 
-def class_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
-    """Fine-tuning: cross-entropy of the class logits. Returns (loss, top-k hits, images)."""
+def class_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               label_smoothing: float = 0.0):
+    """Fine-tuning: cross-entropy of the class logits against int labels (B,) or soft targets
+    (B, classes) (a MixUp / CutMix batch), with `label_smoothing` of the target spread over
+    the classes. The hits of a soft target count against its largest class: the label of the
+    image that has the larger share of the mix. Returns (loss, top-k hits, images)."""
     logits = model(images)
     count = torch.full((), labels.shape[0], dtype=torch.float32, device=labels.device)
-    return F.cross_entropy(logits.float(), labels), topk_hits(logits, labels), count
+    hard = labels.argmax(dim=-1) if labels.is_floating_point() else labels
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+    return loss, topk_hits(logits, hard), count
 
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor | None], tuple]

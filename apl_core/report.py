@@ -11,7 +11,7 @@ them, and the report written as markdown.
                           the results it wrote
     load_seeds, seed_table, margin_table, seed_checks
                           the converged experiment over seeds that draw their own labels
-                          (benchmarks/converged_seeds.py): means, per-seed paired margins, and
+                          (experiments/converged_seeds.py): means, per-seed paired margins, and
                           the claim checked on the smallest seed's margin
     FIGURES, copy_notebook_figures
                           the report's figures: those notebook 05 draws, and those of other
@@ -35,7 +35,7 @@ from .comparison import FEATURES, METHODS, check_methods
 from .config import profile_config, profile_npcs
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
-from .search import choose, late_check
+from .search import LONGEST, RECIPE_NAMES, choose
 from .stats import mean_sd
 from .tables import markdown_table
 
@@ -263,30 +263,52 @@ def validation_images(profile: str) -> int:
     return config.val_per_class * config.num_classes
 
 
+def longer_runs_cell(pick: dict, val_images: int) -> str:
+    """A choice's longer runs as the search table shows them: each multiple's best epoch and
+    validation top-1 with its paired test against the run adopted before it (validation
+    images won and lost of `val_images`, McNemar's p), then what was adopted."""
+    parts = []
+    for run in pick["longer"]:
+        shown = (f"{run['multiple']}x: {run['best_epoch']}/{run['epochs']}, "
+                 f"{100 * run['val_top1']:.1f}")
+        if run.get("diverged"):
+            shown += f" (diverged: {run['diverged']})"
+        elif run["better"] is not None:
+            shown += (f" (+{run['wins']}/-{run['losses']} of {val_images} images, "
+                      f"p {run['p']:.2g})")
+        parts.append(shown)
+    status = {"shown": f"{pick['adopted']['multiple']}x adopted",
+              "pending": f"{pick['next']}x not run yet",
+              "untested": "no per-image record: untested",
+              "still improving at the cap": f"still improving at {LONGEST}x"}
+    return "; ".join(parts + [status[pick["convergence"]]])
+
+
 def search_table(trials: list[dict], val_images: int) -> list[dict]:
-    """Per (method, NPC) of the converged search: the chosen rate and where it sits among the
-    rates searched, the best epoch out of the run's length, the validation and training top-1
-    there, and the late check of a choice whose best epoch is in its run's last fifth: its
-    doubled run is *flat* or *still rising* against the noise of `val_images` validation
-    images (search.late_check)."""
+    """Per (method, NPC) of the converged search: the chosen recipe and rate, where the rate
+    sits among the rates its recipe searched (and a diverged neighbour, which bounds it but
+    does not bracket it), the best validation top-1 of each recipe, the best epoch out of the
+    run's length, the validation and training top-1 there, and its longer runs against the
+    noise of `val_images` validation images (longer_runs_cell)."""
     table = []
     for (method, npc), pick in sorted(choose(trials).items(),
                                       key=lambda item: (item[0][1], _method_order(item[0][0]))):
-        late = "–"
-        if pick["late"]:
-            late = "not yet doubled"
-            if check := late_check(pick, val_images):
-                double = pick["doubled"]
-                late = (f"doubled: {double['best_epoch']}/{double['epochs']}, "
-                        f"{100 * double['val_top1']:.1f} ({100 * check['gain']:+.1f}, noise "
-                        f"{100 * check['noise']:.1f}: "
-                        f"{'still rising' if check['still_rising'] else 'flat'})")
-        table.append({"method": method, "NPC": npc, "lr": f"{pick['lr']:g}",
+        position = pick["rate_position"] + (", next to a diverged trial"
+                                            if pick["bracket"] == "diverged" else "")
+        recipes = ", ".join(
+            f"{recipe} {100 * found['val_top1']:.1f}"
+            + (" (all diverged)" if found["diverged"] == found["trials"] else "")
+            for recipe, found in sorted(
+                pick["recipes"].items(), key=lambda item: (item[0] not in RECIPE_NAMES,
+                                                           item[0] != "base", item[0])))
+        table.append({"method": method, "NPC": npc, "recipe": pick["recipe"],
+                      "lr": f"{pick['lr']:g}",
                       "rates searched": f"{pick['rates'][0]:g} .. {pick['rates'][-1]:g}",
-                      "position": pick["rate_position"],
+                      "position": position, "recipes (val top-1)": recipes,
                       "best epoch": f"{pick['best_epoch']}/{pick['epochs']}",
                       "val top-1": f"{100 * pick['val_top1']:.1f}",
-                      "train top-1": f"{100 * pick['train_top1']:.0f}", "late check": late})
+                      "train top-1": f"{100 * pick['train_top1']:.0f}",
+                      "longer runs": longer_runs_cell(pick, val_images)})
     return table
 
 
@@ -298,11 +320,11 @@ def seeds_path(profile: str) -> Path:
 
 def load_seeds(profile: str, path: str | Path | None = None) -> dict | None:
     """The committed converged experiment over seeds of `profile`
-    (benchmarks/converged_seeds.py), or the one at `path` (a study's own file), or None;
+    (experiments/converged_seeds.py), or the one at `path` (a study's own file), or None;
     refused if it holds two runs of one (method, NPC, seed)."""
     seeds = load_results(Path(path) if path else seeds_path(profile), "seeds",
                          {"profile", "command", "trials"},
-                         f"benchmarks/converged_seeds.py --profile {profile}")
+                         f"experiments/converged_seeds.py --profile {profile}")
     if seeds:
         _one_run_each(seeds["trials"])
     return seeds
@@ -348,7 +370,7 @@ def _one_run_each(rows: list[dict]) -> None:
                 f"the seeds file has two {row['method']} runs at NPC {row['npc']} for seed "
                 f"{row['seed']} ({seen[key]} and {row['run']}): one is left from an older "
                 f"search. Remove the rows that are not at the search's choice, then run "
-                f"benchmarks/converged_seeds.py again")
+                f"experiments/converged_seeds.py again")
         seen[key] = row["run"]
 
 
@@ -404,17 +426,11 @@ def seed_table(seeds: dict) -> list[dict]:
 
 def still_rising(seeds: dict) -> set[tuple[str, int]]:
     """The (method, NPC) choices of the search behind `seeds` (its header's `chosen`) whose
-    run, doubled, was still rising (search.late_check): measured before they converged."""
-    if not seeds.get("chosen"):
-        return set()
-    images = validation_images(seeds["profile"])
-    rising = set()
-    for key, pick in seeds["chosen"].items():
-        method, npc = key.rsplit("|", 1)
-        check = late_check(pick, images)
-        if check and check["still_rising"]:
-            rising.add((method, int(npc)))
-    return rising
+    longer runs still won the paired test at search.LONGEST times the searched steps:
+    measured before they converged."""
+    return {(key.rsplit("|", 1)[0], int(key.rsplit("|", 1)[1]))
+            for key, pick in (seeds.get("chosen") or {}).items()
+            if pick.get("convergence") == "still improving at the cap"}
 
 
 def _bound(ours_rising: bool, theirs_rising: bool) -> str | None:
@@ -432,8 +448,8 @@ def seed_margins(seeds: dict) -> list[dict]:
     "per_seed": {seed: difference}, "trained", "still_rising": [methods], "bound"}; bar:
     'gain' (a gain is claimed) or 'competitive'; trained: whether its sides are trained runs
     of the search (the frozen features' are not); still_rising: the sides whose choice was
-    still rising when doubled (`still_rising`), and bound what that makes the margin (None
-    where every side converged)."""
+    still improving at its longest run (`still_rising`), and bound what that makes the
+    margin (None where every side converged)."""
     tests, features = seed_runs(seeds)
     npcs = sorted({n for _, n in tests} | {n for _, n in features})
     rising = still_rising(seeds)
@@ -474,7 +490,8 @@ def unconverged(margin: dict) -> str:
 
 def margin_table(seeds: dict) -> list[dict]:
     """Every paired margin (points) per seed, its mean ± sd and the smallest seed's, and
-    whether both sides converged (a side still rising when doubled makes it a bound)."""
+    whether both sides converged (a side still improving at its longest run makes it a
+    bound)."""
     rows = []
     for m in seed_margins(seeds):
         values = list(m["per_seed"].values())

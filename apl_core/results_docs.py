@@ -79,11 +79,11 @@ def course_time_block() -> str:
 
 
 def search_block() -> str:
-    """Where each choice of the converged search sits, with its late check."""
+    """Where each choice of the converged search sits, with its longer runs."""
     found = search.load_search(PROFILE)
     if not found:
         return "(no committed search)"
-    trials = [t for t in found["trials"] if "doubled_of" not in t]
+    trials = [t for t in found["trials"] if search.lengthens(t) is None]
     hours = sum(t["seconds"] for t in found["trials"]) / 3600
     searched = {(t["method"], t["npc"]) for t in trials}
     epochs = {t["npc"]: t["epochs"] for t in trials}

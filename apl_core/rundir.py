@@ -15,6 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .checkpoint import list_runs, read_checkpoint, write_atomic
 from .config import Config, FinetuneConfig, PretrainConfig
+from .device import computed_in
 
 
 def _fmt(value: float) -> str:
@@ -35,7 +36,9 @@ def run_name(config: Config) -> str:
     """config.run_name, or a readable summary of the main settings plus a digest of every
     setting that changes the result, e.g. synthetic48-G4K1-flatten-b4h3m3-n12500-do0.15-
     pdo0.1-lr0.001-bs128-e12-s0-3f9c2a1b. Finished runs are reused by name (the notebooks'
-    cache), so two configs that would train differently never share one."""
+    cache), so two configs that would train differently never share one: the digest holds
+    the precision the run computes in here (`computed_precision`), not 'auto', so a bf16 and
+    an fp32 run of one config are two runs."""
     if config.run_name:
         return config.run_name
     c = config
@@ -55,15 +58,27 @@ def run_name(config: Config) -> str:
                                         ("frozenenc", c.freeze_encoder), ("mlphead", c.mlp_head))
                   if on]
         parts.append(f"npc{c.npc}")
+        parts += [f"{short}{_fmt(value)}" for short, value in (
+            ("ls", c.label_smoothing), ("mixup", c.mixup_alpha), ("cutmix", c.cutmix_alpha),
+            ("dpath", c.drop_path)) if value]
+        parts += [c.augment_policy] if c.augment_policy != "none" else []
     if not (isinstance(c, FinetuneConfig) and c.model != "apl"):
         parts += [f"do{_fmt(c.dropout)}", f"pdo{_fmt(c.patch_dropout)}"]
     parts += [c.optimizer] if c.optimizer != "adam" else []
     parts.append(f"lr{_fmt(c.lr)}")
     parts += [f"wd{_fmt(c.weight_decay)}"] if c.weight_decay else []
     parts += [f"bs{c.batch_size}", f"e{c.epochs}", f"s{c.seed}"]
-    settings = _result_settings(c.to_dict())
+    settings = {**_result_settings(c.to_dict()), "precision": computed_precision(c)}
     digest = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=4)
     return "-".join(parts + [digest.hexdigest()])
+
+
+def computed_precision(config: Config) -> str:
+    """What config's run computes in on its device: its precision, or for 'auto' what that
+    is here (device.computed_in: bf16 on a CPU with fast bf16, fp32 on another CPU)."""
+    if config.precision != "auto":
+        return config.precision
+    return computed_in(config.precision, config.device)
 
 
 def _result_settings(values: dict) -> dict:
@@ -81,7 +96,8 @@ def _result_settings(values: dict) -> dict:
 def open_run(config: Config, resume: bool | str) -> tuple[Config, Path, dict | None]:
     """The config with its run name filled in (so that the run's config.json names its own
     run), the run directory, and the checkpoint to continue from (None: a new run). Refuses
-    to start over an existing run, and to resume when there is nothing to resume."""
+    to start over an existing run, to resume when there is nothing to resume, and to resume
+    a run (by a given run_name) in another precision than the one it computed in."""
     if resume not in (False, True, "auto"):
         raise ValueError(f"resume={resume!r} is invalid: use False, True or 'auto'")
     config = config.replace(run_name=run_name(config))
@@ -90,6 +106,13 @@ def open_run(config: Config, resume: bool | str) -> tuple[Config, Path, dict | N
     if last.is_file():
         if resume:
             checkpoint = read_checkpoint(last)
+            ran_in, now = checkpoint.get("precision"), computed_precision(config)
+            if ran_in is not None and ran_in != now:
+                raise ValueError(
+                    f"{run_dir} computed in {ran_in} and would resume in {now} here "
+                    f"(precision={config.precision!r} on device={config.device!r}): one run "
+                    f"would mix the two. Resume it on a machine that computes in {ran_in}, "
+                    f"or start another run (another run_name)")
             # only what changes the result: another device or folder is not worth a word
             saved = _result_settings({name: value for name, value in checkpoint["config"].items()
                                       if hasattr(config, name)})
@@ -151,7 +174,7 @@ class RunLog:
         self.metrics.write(json.dumps(row) + "\n")
         self.metrics.flush()
         for key, value in row.items():
-            if key not in ("epoch", "step"):
+            if key not in ("epoch", "step") and not isinstance(value, str):
                 self.tensorboard.add_scalar(key, value, row["epoch"])
         self.tensorboard.flush()
 

@@ -1,35 +1,56 @@
-"""The converged search: every trained method of notebook 04 with its field's recipe, its
-learning rate searched on a log scale until the best one lies inside the searched range, and
-its length read off the validation curve.
+"""The converged search: every trained method of notebook 04 with its field's recipe, with
+and without the small-data regularisation, its learning rate searched on a log scale until the
+best one has a finite, worse neighbour on each side, and its length shown sufficient by runs of
+twice as many steps.
 
-    RECIPES          the optimizer, schedule and regularisation of each kind of model
+    RECIPES / SMALL_DATA   each kind of model's optimizer and schedule, and its small-data
+                           regularisation; RECIPE_NAMES: 'base' (the first alone) and
+                           'small-data' (both)
     START_RATES      the rate each method's search starts from (its recipe's usual rate)
-    searched_config  a method's config at one NPC: its recipe, max_steps long, validated often
-    initial_rates / next_rate   the learning-rate bracket
-    search_method    one (method, NPC): TRIALS runs, the next rate chosen from the last ones
-    trial_row        what a finished run contributes: its validation curve and best epoch
-    choose           per (method, NPC) the best (rate, epoch), and where each sits in its range
+    searched_config  a method's config at one NPC: a recipe, max_steps long, validated often
+    initial_rates / next_rate / search_done   the learning-rate bracket
+    search_method    one (method, NPC, recipe): the next rate chosen from the trials so far
+    trial_row        what a finished run contributes: its validation curve, best epoch, which
+                     validation images that epoch got right, and whether it diverged
+    choose           per (method, NPC) the best (recipe, rate, epoch) over both recipes, where
+                     it sits in its range, and its longer runs judged by the paired test
     keyed_choices    the same, keyed 'method|NPC' for a results file's header
-    check_lengths    every trial of a (method, NPC) as long as the profile now makes its runs
-    check_finished   every (method, NPC) searched to the end before a study uses its choice
+    check_lengths / check_precision   every trial of a (method, NPC) as long as the profile
+                     makes its runs, and computed in the precision this machine computes in
+    check_finished   every (method, NPC) searched and lengthened to the end before a study
+                     uses its choice
     adopt_study      a finished study of another length at some NPCs, folded into the results
-    TrialStore / run_search     the results file, and every (method, NPC) searched in parallel,
-                                each with its late check as soon as its own search ends
-    doubled_config   a late choice's run doubled, to show its curve flat
-    late_check       whether a doubled run is flat or still rising, against the noise
-    load_search / chosen_configs       the committed search, and every method at its choice
+    TrialStore / run_search     the results file, and every (method, NPC, recipe) searched in
+                                parallel, each (method, NPC) lengthened as soon as both of its
+                                recipes are searched
+    longer_config    a chosen run made `multiple` times as long
+    search_plan / seconds_per_step     what a search still runs, and what a step costs
+    load_search / chosen_configs       a search, and every method at its adopted choice
     compare          train chosen configs and score each run's best epoch once on the test set
 
-The protocol is the same for every method at a given NPC: TRIALS runs of the same number of
-optimizer steps (the profile's max_steps for that NPC), each validated about 20 times along
-the way, keeping the weights of its best validation epoch (select_best). The first three
-rates are the method's start rate times 10^-0.5, 1 and 10^0.5; each further rate extends the
-range past an edge that holds the best rate, or else halves the log-distance between the best
-rate and its better neighbour. The test set is never evaluated here (evaluate_test=False).
-A choice whose best epoch falls in the last fifth of its run is checked by running it again
-twice as long (`run_search`, `doubled_config`): the doubled run is flat when it gains no more
-validation top-1 than the validation set's noise, and still rising (the run was too short)
-otherwise.
+The protocol is the same for every method at a given NPC. Each recipe gets the same bracket:
+runs of the same number of optimizer steps (the profile's max_steps for that NPC), each
+validated about 20 times along the way, keeping the weights of its best validation epoch
+(select_best). The first three rates are the method's start rate times 10^-0.5, 1 and 10^0.5;
+each further rate extends the range past an edge that holds the best rate, probes halfway (on
+a log scale) toward a diverged neighbour of the best rate, or else halves the log-distance
+between the best rate and its better neighbour; TRIALS trials, then up to EXTRA_TRIALS more
+while the best rate lacks a finite, worse neighbour on either side. The choice per (method, NPC)
+is the best validation over both recipes. The test set is never evaluated here
+(evaluate_test=False).
+
+A trial *diverged* when its loss went non-finite (the run stops; its curve so far is kept) or
+when it learned nothing: its best validation top-1 and its last epoch's training top-1 are both
+within CHANCE_NOISE standard errors of chance on their images. Both halves are needed: a
+transformer from scratch at NPC 10 that memorises its training images (training top-1 far
+above chance) while its validation stays near chance has learned something, too little to
+generalise; that is a result to report, not a failed run. A diverged trial is no bound: the
+search probes between it and the best finite rate.
+
+Convergence is shown by budget, the same way for every choice: the chosen run is run again
+with twice its steps, and the longer run is adopted when it is better on the same validation
+images by the exact one-sided McNemar test (stats.longer_wins, alpha 0.05); it is doubled
+again while it keeps winning, up to LONGEST times the searched length.
 
 A hand-written bracket rather than a general optimiser (Optuna's TPE, Hyperband): one
 variable on a log scale with five trials is a line search, and a bracket that moves toward an
@@ -45,25 +66,24 @@ import fcntl
 import json
 import math
 import shlex
-from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 from .comparison import METHODS, method_config, train_all, worker_pool
-from .config import PROFILES, FinetuneConfig
+from .config import PROFILES, FinetuneConfig, PretrainConfig
 from .data import finetune_sets
-from .device import computed_in
 from .results import RESULTS_DIR, load_results, recorded_command, write_results
-from .rundir import run_name
-from .stats import sampling_noise
-from .train import best_epoch_test_top1, finetune, load_pretrained
+from .rundir import computed_precision, read_metrics, run_name
+from .stats import longer_wins
+from .train import NonFiniteLossError, best_epoch_test_top1, finetune, load_pretrained
 
 
 # Transformers, pretrained or not: AdamW with decoupled weight decay 0.05, linear warm-up over
 # the first 10 % of the steps, cosine decay to zero stepped per batch, gradients clipped at
-# norm 1 (DeiT's and MAE's fine-tuning recipe, without their augmentation stack). CNNs: SGD
-# with Nesterov momentum 0.9, weight decay 5e-4, a short warm-up and cosine decay to zero (the
-# standard ResNet recipe on small images).
+# norm 1 (DeiT's and MAE's fine-tuning recipe). CNNs: SGD with Nesterov momentum 0.9, weight
+# decay 5e-4, a short warm-up and cosine decay to zero (the standard ResNet recipe on small
+# images).
 RECIPES = {
     "transformer": dict(optimizer="adamw", weight_decay=0.05, warmup_frac=0.1,
                         warmup_start=0.01, final_lr_frac=0.0, schedule_per_step=True,
@@ -71,6 +91,20 @@ RECIPES = {
     "cnn": dict(optimizer="sgd", weight_decay=5e-4, warmup_frac=0.05, warmup_start=0.1,
                 final_lr_frac=0.0, schedule_per_step=True, grad_clip=0.0),
 }
+# The small-data regularisation on top (docs/method.md, "Recipes"). Transformers: DeiT's stack
+# (label smoothing 0.1, MixUp 0.8 or CutMix 1.0 per batch, RandAugment with two ops of
+# magnitude 9, stochastic depth 0.1). CNNs: the same stack without stochastic depth, with
+# TrivialAugment, which needs no magnitude to tune (as in "ResNet strikes back", the
+# regularisation that lets a plain ResNet compete with DeiT).
+OFF = dict(label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, augment_policy="none",
+           drop_path=0.0)
+SMALL_DATA = {
+    "transformer": dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
+                        augment_policy="randaugment", drop_path=0.1),
+    "cnn": dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
+                augment_policy="trivialaugment", drop_path=0.0),
+}
+RECIPE_NAMES = ("base", "small-data")
 METHOD_RECIPES = {"APL fine-tune": "transformer", "BENCHMARK": "transformer",
                   "BENCHMARK + positions": "transformer", "S-CNN": "cnn",
                   "S-ResNet-18": "cnn"}
@@ -78,10 +112,13 @@ METHOD_RECIPES = {"APL fine-tune": "transformer", "BENCHMARK": "transformer",
 # rates are an order of magnitude above Adam's (0.1 at batch 128 scaled to batch 32).
 START_RATES = {"APL fine-tune": 1e-4, "BENCHMARK": 3e-4, "BENCHMARK + positions": 3e-4,
                "S-CNN": 0.03, "S-ResNet-18": 0.03}
-TRIALS = 5
+TRIALS = 5  # per (method, NPC, recipe)
+EXTRA_TRIALS = 3  # at most, while the best rate lacks a finite, worse neighbour on a side
 SPACING = 10 ** 0.5  # the first rates are half a decade apart
 EVALUATIONS = 20  # validation points per run, at least
-LATE_FRACTION = 0.8  # a best epoch past this share of the run says the run was too short
+CHANCE_NOISE = 2.0  # standard errors above chance that still count as having learned nothing
+LONGEST = 8  # the longest run of a choice, in multiples of the searched length
+ALPHA = 0.05  # the paired test's level for adopting a longer run
 PROVENANCE = ("command", "machine", "precision", "torch", "date")  # what a results file ran on
 
 
@@ -92,15 +129,39 @@ def epochs_for_steps(steps: int, config: FinetuneConfig) -> int:
     return math.ceil(steps / steps_per_epoch)
 
 
-def searched_config(base: FinetuneConfig, method: str, max_steps: int) -> FinetuneConfig:
-    """`base` (the method's config at one NPC) with the method's recipe, max_steps long,
-    validated at least EVALUATIONS times, keeping its best validation epoch, test unseen."""
+def _kind(method: str) -> str:
     if method not in METHOD_RECIPES:
         raise ValueError(f"method={method!r} is not searched: choose from {METHODS}")
+    return METHOD_RECIPES[method]
+
+
+def recipe_settings(method: str, recipe: str) -> dict:
+    """The regularisation settings of `recipe` ('base': all off, 'small-data') for `method`."""
+    if recipe not in RECIPE_NAMES:
+        raise ValueError(f"recipe={recipe!r} is invalid: choose one of {RECIPE_NAMES}")
+    return dict(OFF) if recipe == "base" else dict(SMALL_DATA[_kind(method)])
+
+
+def recipe_of(method: str, config: FinetuneConfig) -> str:
+    """Which recipe `config` trains `method` with: 'base', 'small-data', or 'custom' (settings
+    of neither)."""
+    settings = {name: getattr(config, name) for name in OFF}
+    for recipe in RECIPE_NAMES:
+        if settings == recipe_settings(method, recipe):
+            return recipe
+    return "custom"
+
+
+def searched_config(base: FinetuneConfig, method: str, max_steps: int,
+                    recipe: str = "base") -> FinetuneConfig:
+    """`base` (the method's config at one NPC) with the method's recipe ('base' or
+    'small-data'), max_steps long, validated at least EVALUATIONS times, keeping its best
+    validation epoch, test unseen."""
     epochs = epochs_for_steps(max_steps, base)
-    return base.replace(**RECIPES[METHOD_RECIPES[method]], lr=START_RATES[method],
-                        epochs=epochs, eval_every=max(1, epochs // EVALUATIONS),
-                        select_best=True, evaluate_test=False)
+    return base.replace(**RECIPES[_kind(method)], **recipe_settings(method, recipe),
+                        lr=START_RATES[method], epochs=epochs,
+                        eval_every=max(1, epochs // EVALUATIONS), select_best=True,
+                        evaluate_test=False)
 
 
 def _rate(value: float) -> float:
@@ -112,98 +173,242 @@ def initial_rates(start: float) -> list[float]:
 
 
 def best_trial(trials: list[dict]) -> dict:
-    """The trial with the highest validation top-1; among equals the first tried."""
-    best = trials[0]
-    for trial in trials[1:]:
+    """The finite trial (not diverged) with the highest validation top-1, among equals the
+    first tried; where every trial diverged, the best of them (`choose` flags it)."""
+    finite = [trial for trial in trials if not trial.get("diverged")] or trials
+    best = finite[0]
+    for trial in finite[1:]:
         if trial["val_top1"] > best["val_top1"]:
             best = trial
     return best
 
 
+def _neighbours(trials: list[dict]) -> tuple[dict, dict | None, dict | None]:
+    """The best finite trial and the trials at the next lower and next higher rate tried."""
+    best = best_trial(trials)
+    ordered = sorted(trials, key=lambda trial: trial["lr"])
+    i = ordered.index(best)
+    return best, ordered[i - 1] if i > 0 else None, \
+        ordered[i + 1] if i + 1 < len(ordered) else None
+
+
+def bracket(trials: list[dict]) -> str:
+    """How the best finite rate is bounded: 'finite' (a finite trial on each side, neither
+    better), 'diverged' (a diverged trial next to it) or 'edge' (nothing tried on a side)."""
+    best, lower, higher = _neighbours(trials)
+    if best.get("diverged"):
+        return "diverged"
+    if lower is None or higher is None:
+        return "edge"
+    return "diverged" if lower.get("diverged") or higher.get("diverged") else "finite"
+
+
 def next_rate(trials: list[dict]) -> float:
-    """The rate to try next: past the edge that holds the best rate, or else halfway (on a
-    log scale) between the best rate and its better neighbour."""
-    rates = sorted(trial["lr"] for trial in trials)
-    score = {trial["lr"]: trial["val_top1"] for trial in trials}
-    best = best_trial(trials)["lr"]
-    i = rates.index(best)
-    if i == 0:
-        return _rate(best / SPACING)
-    if i == len(rates) - 1:
-        return _rate(best * SPACING)
-    lower, higher = rates[i - 1], rates[i + 1]
-    neighbour = higher if score[higher] > score[lower] else lower
-    return _rate(math.sqrt(best * neighbour))
+    """The rate to try next: past the edge that holds the best finite rate; halfway (on a log
+    scale) toward a diverged neighbour of it, the lower one first; or else halfway between it
+    and its better neighbour. Every trial diverged: below the lowest rate (a rate too high
+    is the usual way to diverge)."""
+    if all(trial.get("diverged") for trial in trials):
+        return _rate(min(trial["lr"] for trial in trials) / SPACING)
+    best, lower, higher = _neighbours(trials)
+    if lower is None:
+        return _rate(best["lr"] / SPACING)
+    if higher is None:
+        return _rate(best["lr"] * SPACING)
+    for neighbour in (lower, higher):
+        if neighbour.get("diverged"):
+            return _rate(math.sqrt(best["lr"] * neighbour["lr"]))
+    neighbour = higher if higher["val_top1"] > lower["val_top1"] else lower
+    return _rate(math.sqrt(best["lr"] * neighbour["lr"]))
+
+
+def search_done(trials: list[dict], minimum: int = TRIALS, extra: int = EXTRA_TRIALS) -> bool:
+    """Whether one (method, NPC, recipe)'s search is over: `minimum` trials, the best finite
+    rate with a finite, worse neighbour on each side (else up to `extra` more trials), and a
+    next rate that is new (at three significant digits the step cannot get finer)."""
+    if len(trials) < minimum:
+        return False
+    if len(trials) >= minimum + extra:
+        return True
+    if bracket(trials) == "finite":
+        return True
+    return next_rate(trials) in {trial["lr"] for trial in trials}
 
 
 def search_method(base: FinetuneConfig, run_trial: Callable[[FinetuneConfig], dict],
-                  trials: int = TRIALS) -> list[dict]:
-    """Every trial of one (method, NPC), in the order tried: `base` (a searched_config) at
-    the three initial rates around base.lr, then at next_rate until `trials` are done."""
+                  trials: int = TRIALS, extra: int = EXTRA_TRIALS) -> list[dict]:
+    """Every trial of one (method, NPC, recipe), in the order tried: `base` (a
+    searched_config) at the three initial rates around base.lr, then at next_rate until
+    search_done."""
     done = [run_trial(base.replace(lr=rate)) for rate in initial_rates(base.lr)]
-    while len(done) < trials:
+    while not search_done(done, trials, extra):
         done.append(run_trial(base.replace(lr=next_rate(done))))
     return done
 
 
-def doubled_config(config: FinetuneConfig) -> FinetuneConfig:
-    """The late check: the same run twice as long, validated as often per run."""
-    epochs = 2 * config.epochs
+def longer_config(config: FinetuneConfig, multiple: int = 2) -> FinetuneConfig:
+    """A chosen run `multiple` times as long, validated as often per run."""
+    epochs = multiple * config.epochs
     return config.replace(epochs=epochs, eval_every=max(1, epochs // EVALUATIONS))
 
 
-def trial_row(method: str, config: FinetuneConfig, metrics: list[dict],
-              doubled_of: str = "") -> dict:
-    """A finished run as the search records it: its settings, its validation curve, its
-    best validation epoch (the first of equals) with the training top-1 of that epoch, and
-    what it computed in here (sessions on other machines may differ: 'auto' is bf16 on a CPU
-    with fast bf16, fp32 elsewhere).
-    doubled_of: the chosen run this one doubles (a late check, not a trial of the search)."""
+def learned_nothing(val_top1: float, val_images: int, train_top1: float, train_images: int,
+                    num_classes: int) -> bool:
+    """Both the best validation top-1 and the last training top-1 within CHANCE_NOISE
+    standard errors of chance (1 / num_classes) on their numbers of images."""
+    chance = 1 / num_classes
+
+    def near_chance(top1: float, images: int) -> bool:
+        return top1 <= chance + CHANCE_NOISE * math.sqrt(chance * (1 - chance) / images)
+
+    return near_chance(val_top1, val_images) and near_chance(train_top1, train_images)
+
+
+def trial_row(method: str, config: FinetuneConfig, metrics: list[dict], longer_of: str = "",
+              multiple: int = 1, non_finite: bool = False) -> dict:
+    """A run as the search records it: its settings and recipe, its validation curve, its
+    best validation epoch (the first of equals) with the training top-1 of that epoch and
+    which validation images that epoch got right (`val_correct`, train.correct_mask, over
+    `val_images`), the last epoch's training top-1, what it computed in, and `diverged` (a
+    non-finite loss, or learned nothing) where it did.
+    longer_of, multiple: the chosen run this one is `multiple` times as long as (not a trial of
+    the search). non_finite: the run stopped on a non-finite loss after `metrics`."""
+    name = config.run_name or run_name(config)
     evaluated = [row for row in metrics if "val_top1" in row]
-    if not evaluated:
-        raise ValueError(f"run {config.run_name or run_name(config)} has no validation "
-                         f"evaluation: a searched run needs val_per_class > 0")
-    best = evaluated[0]
+    if not evaluated and not non_finite:
+        raise ValueError(f"run {name} has no validation evaluation: a searched run needs "
+                         f"val_per_class > 0")
+    best = evaluated[0] if evaluated else {"epoch": 0, "step": 0, "val_top1": 0.0,
+                                           "train_top1": 0.0}
     for row in evaluated[1:]:
         if row["val_top1"] > best["val_top1"]:
             best = row
-    return dict(method=method, npc=config.npc, lr=config.lr, epochs=config.epochs,
-                steps=metrics[-1]["step"], best_epoch=best["epoch"], best_step=best["step"],
-                val_top1=best["val_top1"], train_top1=best["train_top1"],
-                val_curve=[[row["epoch"], row["val_top1"]] for row in evaluated],
-                seconds=sum(row["epoch_time_s"] for row in metrics),
-                precision=computed_in(config.precision, config.device),
-                run=config.run_name or run_name(config),
-                **({"doubled_of": doubled_of} if doubled_of else {}))
+    val_images = config.val_per_class * config.num_classes
+    row = dict(method=method, npc=config.npc, recipe=recipe_of(method, config), lr=config.lr,
+               epochs=config.epochs, steps=metrics[-1]["step"] if metrics else 0,
+               best_epoch=best["epoch"], best_step=best["step"], val_top1=best["val_top1"],
+               train_top1=best["train_top1"],
+               last_train_top1=metrics[-1]["train_top1"] if metrics else 0.0,
+               val_curve=[[row["epoch"], row["val_top1"]] for row in evaluated],
+               val_images=val_images, seconds=sum(row["epoch_time_s"] for row in metrics),
+               precision=computed_precision(config), run=name)
+    if "val_correct" in best:
+        row["val_correct"] = best["val_correct"]
+    if non_finite:
+        row["diverged"] = "non-finite loss"
+    elif learned_nothing(row["val_top1"], val_images, row["last_train_top1"],
+                         config.npc * config.num_classes, config.num_classes):
+        row["diverged"] = "learned nothing"
+    if longer_of:
+        row.update(longer_of=longer_of, multiple=multiple)
+    return row
+
+
+def lengthens(trial: dict) -> str | None:
+    """The chosen run that `trial`, a longer run, lengthens (files from before every choice
+    was lengthened call it doubled_of); None for a trial of the search."""
+    return trial.get("longer_of", trial.get("doubled_of"))
+
+
+def lengthening(chosen: dict, longer: list[dict]) -> dict:
+    """The convergence check of a chosen run (a trial row) from its longer runs (rows with
+    longer_of = its run, `multiple` 2, 4, ... LONGEST): each multiple against the run adopted
+    so far by the paired test, adopted when better, the next multiple run only then.
+    {"longer": [per multiple run: multiple, epochs, best_epoch, val_top1, run, and the test's
+    wins, losses, p, better], "adopted": {multiple, epochs, best_epoch, val_top1, run},
+    "convergence", "next": the multiple to run next or None}. convergence: 'shown' (a longer
+    run was not better), 'pending' (the next longer run has not run), 'untested' (a run has no
+    per-image record to pair) or 'still improving at the cap' (LONGEST won too)."""
+    by_multiple = {trial.get("multiple", 2): trial for trial in longer}
+    current, checked = {**chosen, "multiple": 1}, []
+    convergence, upcoming = "still improving at the cap", None
+    multiple = 2
+    while multiple <= LONGEST:
+        run = by_multiple.get(multiple)
+        if run is None:
+            convergence, upcoming = "pending", multiple
+            break
+        entry = {"multiple": multiple, **{k: run[k] for k in ("epochs", "best_epoch",
+                                                             "val_top1", "run")}}
+        if run.get("diverged"):
+            checked.append({**entry, "better": False, "diverged": run["diverged"]})
+            convergence = "shown"
+            break
+        if "val_correct" not in run or "val_correct" not in current:
+            checked.append({**entry, "better": None})
+            convergence = "untested"
+            break
+        test = longer_wins(current, run, ALPHA)
+        checked.append({**entry, **test})
+        if not test["better"]:
+            convergence = "shown"
+            break
+        current = {**run, "multiple": multiple}
+        multiple *= 2
+    adopted = {k: current[k] for k in ("multiple", "epochs", "best_epoch", "val_top1", "run")}
+    return {"longer": checked, "adopted": adopted, "convergence": convergence,
+            "next": upcoming}
+
+
+def _position(lr: float, rates: list[float]) -> str:
+    return "lowest" if lr == rates[0] else "highest" if lr == rates[-1] else "interior"
 
 
 def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
-    """Per (method, NPC): the best trial's rate and epoch, its validation and training top-1,
-    the rates searched, where the chosen rate sits among them ('lowest', 'interior',
-    'highest') and whether its best epoch falls in the last fifth of the run (`late`); for
-    a late choice whose run was doubled (`doubled_config`), the doubled run's best epoch
-    and validation top-1 (`doubled`)."""
-    groups: dict[tuple[str, int], list[dict]] = {}
-    doubles = {t["doubled_of"]: t for t in trials if "doubled_of" in t}
-    for trial in trials:
-        if "doubled_of" not in trial:
-            groups.setdefault((trial["method"], trial["npc"]), []).append(trial)
+    """Per (method, NPC): the best trial over both recipes (by validation top-1, the first
+    recipe among equals): its recipe, rate and epoch, validation and training top-1, the rates
+    its recipe searched, where the chosen rate sits among them ('lowest', 'interior',
+    'highest') and how it is bracketed (`bracket`: 'finite', 'diverged' or 'edge'); `flag`,
+    a sentence where the choice is not bracketed by finite trials, or where every trial
+    diverged and the choice is the best of them (it needs reading, never silent acceptance);
+    each recipe's own best (`recipes`); and its longer runs with the adopted length
+    (`lengthening`'s fields). A recipe with a finite trial beats one whose every trial
+    diverged. Trials without a recipe (files from before the small-data recipe) are the base
+    recipe's."""
     check_lengths(trials)
+    groups: dict[tuple[str, int], dict[str, list[dict]]] = {}
+    longer: dict[str, list[dict]] = {}
+    for trial in trials:
+        if lengthens(trial) is not None:
+            longer.setdefault(lengthens(trial), []).append(trial)
+        else:
+            recipes = groups.setdefault((trial["method"], trial["npc"]), {})
+            recipes.setdefault(trial.get("recipe", "base"), []).append(trial)
     chosen = {}
-    for key, group in groups.items():
-        best = best_trial(group)
-        rates = sorted(trial["lr"] for trial in group)
-        position = ("lowest" if best["lr"] == rates[0] else
-                    "highest" if best["lr"] == rates[-1] else "interior")
-        chosen[key] = dict(lr=best["lr"], epochs=best["epochs"], best_epoch=best["best_epoch"],
-                           val_top1=best["val_top1"], train_top1=best["train_top1"],
-                           rates=rates, rate_position=position,
-                           late=best["best_epoch"] > LATE_FRACTION * best["epochs"],
-                           run=best["run"])
-        if best["run"] in doubles:
-            double = doubles[best["run"]]
-            chosen[key]["doubled"] = {k: double[k] for k in ("epochs", "best_epoch",
-                                                             "val_top1", "run")}
+    for key, recipes in groups.items():
+        per_recipe = {}
+        for recipe, group in recipes.items():
+            best, rates = best_trial(group), sorted(trial["lr"] for trial in group)
+            per_recipe[recipe] = {
+                "lr": best["lr"], "val_top1": best["val_top1"], "run": best["run"],
+                "rates": rates, "rate_position": _position(best["lr"], rates),
+                "bracket": bracket(group), "trials": len(group),
+                "diverged": sum(1 for trial in group if trial.get("diverged"))}
+        # a recipe with a finite trial beats one whose every trial diverged
+        finite = [r for r in recipes if per_recipe[r]["diverged"] < per_recipe[r]["trials"]]
+        pool = finite or list(recipes)
+        candidates = [r for r in RECIPE_NAMES if r in pool] + \
+            [r for r in pool if r not in RECIPE_NAMES]
+        recipe = candidates[0]
+        for other in candidates[1:]:
+            if per_recipe[other]["val_top1"] > per_recipe[recipe]["val_top1"]:
+                recipe = other
+        pick = per_recipe[recipe]
+        best = best_trial(recipes[recipe])
+        chosen[key] = dict(lr=best["lr"], recipe=recipe, epochs=best["epochs"],
+                           best_epoch=best["best_epoch"], val_top1=best["val_top1"],
+                           train_top1=best["train_top1"], rates=pick["rates"],
+                           rate_position=pick["rate_position"], bracket=pick["bracket"],
+                           run=best["run"], recipes=per_recipe,
+                           **lengthening(best, longer.get(best["run"], [])))
+        if not finite:
+            chosen[key]["flag"] = (f"every trial diverged; the chosen rate {best['lr']:g} is "
+                                   f"the best of them ({best['diverged']})")
+        elif pick["bracket"] != "finite":
+            side = ("a diverged trial" if pick["bracket"] == "diverged"
+                    else "the edge of the rates tried")
+            chosen[key]["flag"] = (f"the chosen rate {best['lr']:g} is bounded by {side}, "
+                                   f"not by a finite, worse trial on each side")
     return chosen
 
 
@@ -213,26 +418,13 @@ def keyed_choices(trials: list[dict]) -> dict[str, dict]:
     return {f"{method}|{npc}": pick for (method, npc), pick in choose(trials).items()}
 
 
-def late_check(pick: dict, val_images: int) -> dict | None:
-    """The late check of a choice (`choose`) whose run was doubled: the doubled run's gain in
-    validation top-1, the noise of that gain on `val_images` validation images
-    (stats.sampling_noise), and whether it is still rising (beyond the noise: the choice's run
-    was too short to converge); None for a choice whose run was not doubled."""
-    double = pick.get("doubled")
-    if not double:
-        return None
-    gain = double["val_top1"] - pick["val_top1"]
-    noise = sampling_noise(pick["val_top1"], val_images)
-    return {"gain": gain, "noise": noise, "still_rising": gain > noise}
-
-
 def check_lengths(trials: list[dict], configs: list[tuple[str, FinetuneConfig]] = ()) -> None:
     """Refuse trials of one (method, NPC) that differ in length, among themselves or from the
     searched `configs`: the profile's max_steps changed since some of them ran, and a choice
     among runs of different lengths would not compare like with like."""
     lengths = {(method, config.npc): config.epochs for method, config in configs}
     for trial in trials:
-        if "doubled_of" in trial:
+        if lengthens(trial) is not None:
             continue
         length = lengths.setdefault((trial["method"], trial["npc"]), trial["epochs"])
         if trial["epochs"] != length:
@@ -240,31 +432,56 @@ def check_lengths(trials: list[dict], configs: list[tuple[str, FinetuneConfig]] 
                 f"the search's {trial['method']} runs at NPC {trial['npc']} differ in length: "
                 f"{trial['run']} has {trial['epochs']} epochs where {length} are searched. The "
                 f"profile's max_steps changed since it ran: remove that NPC's trials (and their "
-                f"doubled runs) from the results file, or give --out a new file, and search "
+                f"longer runs) from the results file, or give --out a new file, and search "
                 f"that NPC again (git keeps the old trials)")
 
 
-def late_runs(trials: list[dict]) -> list[str]:
-    """The chosen runs whose best epoch is late and that have no doubled run yet."""
-    return [pick["run"] for pick in choose(trials).values()
-            if pick["late"] and "doubled" not in pick]
+def check_precision(trials: list[dict], configs: list[tuple[str, FinetuneConfig]]) -> None:
+    """Refuse to add runs to a search whose trials of the same (method, NPC) computed in
+    another precision than `configs` compute in here (a study resumed on another CPU): one
+    choice would compare runs of two precisions."""
+    precision = {(method, config.npc): computed_precision(config) for method, config in configs}
+    for trial in trials:
+        here = precision.get((trial["method"], trial["npc"]))
+        if here is not None and trial.get("precision", here) != here:
+            raise ValueError(
+                f"the search's {trial['method']} trials at NPC {trial['npc']} computed in "
+                f"{trial['precision']} ({trial['run']}) and this machine computes them in "
+                f"{here}: resume the study where it ran, or give --out a new file")
 
 
 def check_finished(trials: list[dict], npcs, profile: str) -> None:
-    """Refuse a search that is not finished at `npcs`: a (method, NPC) with fewer than TRIALS
-    trials, or a late choice not yet doubled. A study that trained on a half-made choice
-    would have to be thrown away when the search moves on."""
-    counts = Counter((t["method"], t["npc"]) for t in trials
-                     if "doubled_of" not in t and t["npc"] in npcs)
-    short = [f"{method} at NPC {npc} has {count} of {TRIALS} trials"
-             for (method, npc), count in counts.items() if count < TRIALS]
-    late = set(late_runs([t for t in trials if t["npc"] in npcs]))
-    short += [f"{t['method']} at NPC {t['npc']}'s late choice is not doubled yet"
-              for t in trials if t["run"] in late]
-    if short:
-        raise ValueError(f"the search is not finished: {'; '.join(short)}. Run "
-                         f"benchmarks/converged_search.py --profile {profile} again (it resumes "
-                         f"where it stopped), then this")
+    """Refuse a search that is not finished at `npcs`: a (method, NPC) without both recipes,
+    a recipe whose bracket is not done (search_done), or a choice whose longer runs are not
+    (its next longer run not run yet, or one without the per-image record the paired test
+    needs). A study that trained on a half-made choice would have to be thrown away when the
+    search moves on."""
+    searched: dict[tuple[str, int], dict[str, list[dict]]] = {}
+    for trial in trials:
+        if trial["npc"] in npcs and lengthens(trial) is None:
+            searched.setdefault((trial["method"], trial["npc"]), {}).setdefault(
+                trial.get("recipe", "base"), []).append(trial)
+    problems = []
+    for (method, npc), recipes in searched.items():
+        for recipe in RECIPE_NAMES:
+            group = recipes.get(recipe, [])
+            if not group:
+                problems.append(f"{method} at NPC {npc} has no {recipe} trials")
+            elif not search_done(group):
+                problems.append(f"{method} at NPC {npc}'s {recipe} search has {len(group)} "
+                                f"trials and is not done")
+    if not problems:
+        for (method, npc), pick in choose([t for t in trials if t["npc"] in npcs]).items():
+            if pick["convergence"] == "pending":
+                problems.append(f"{method} at NPC {npc}'s choice has no {pick['next']}x run "
+                                f"yet")
+            elif pick["convergence"] == "untested":
+                problems.append(f"{method} at NPC {npc}'s longer run has no per-image "
+                                f"validation record for the paired test")
+    if problems:
+        raise ValueError(f"the search is not finished: {'; '.join(problems)}. Run "
+                         f"experiments/converged_search.py --profile {profile} again (it "
+                         f"resumes where it stopped), then this")
 
 
 class TrialStore:
@@ -353,14 +570,18 @@ def run_steps(profile: str, base: FinetuneConfig) -> int:
 
 
 def search_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
-                   steps: dict[int, int] | None = None,
+                   steps: dict[int, int] | None = None, recipes=RECIPE_NAMES,
+                   pretrained: PretrainConfig | None = None,
                    **settings) -> list[tuple[str, FinetuneConfig]]:
-    """(method, searched_config) for every method at every NPC, NPC by NPC: the profile's
-    fine-tuning settings with the labels of settings' seed (as notebook 04), the method's
-    recipe at its start rate, and the profile's max_steps at that NPC (`run_steps`), or
-    `steps`' where it names the NPC (a study of a longer maximum, run to its own results file
-    before the profile adopts it)."""
-    _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
+    """(method, searched_config) for every method at every NPC in each of `recipes`, NPC by
+    NPC, method by method: the profile's fine-tuning settings with the labels of settings'
+    seed (as notebook 04), the method's recipe at its start rate, and the profile's max_steps
+    at that NPC (`run_steps`), or `steps`' where it names the NPC (a study of a longer
+    maximum, run to its own results file before the profile adopts it). `pretrained`: the
+    config of `pretrain_run`, read from its checkpoint unless given (a plan made before the
+    run exists)."""
+    if pretrained is None:
+        _, pretrained = load_pretrained(pretrain_run, runs_dir=settings.get("runs_dir", "runs"))
     configs = []
     for npc in npcs:
         for method in methods:
@@ -369,7 +590,8 @@ def search_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
                 raise ValueError(f"the {profile!r} profile has no validation part to choose "
                                  f"an epoch on: give val_per_class > 0")
             length = (steps or {}).get(npc) or run_steps(profile, base)
-            configs.append((method, searched_config(base, method, length)))
+            configs += [(method, searched_config(base, method, length, recipe))
+                        for recipe in recipes]
     return configs
 
 
@@ -378,27 +600,87 @@ def search_path(profile: str) -> Path:
 
 
 def load_search(profile: str, path: str | Path | None = None) -> dict | None:
-    """The committed converged search of `profile` (benchmarks/converged_search.py), or the
-    one at `path` (a study's own file), or None where there is none."""
+    """The committed converged search of `profile` (experiments/converged_search.py), or the
+    one at `path` (a study's own file), or None where there is none. A file from before the
+    small-data recipe and the lengthening reads as the base recipe's trials, its doubled runs
+    as 2x runs without the per-image record (their convergence 'untested')."""
     return load_results(Path(path) if path else search_path(profile), "converged search",
                         {"profile", "trials"},
-                        f"python benchmarks/converged_search.py --profile {profile}")
+                        f"python experiments/converged_search.py --profile {profile}")
+
+
+def adopted_config(method: str, config: FinetuneConfig, pick: dict) -> FinetuneConfig:
+    """A searched config of `method` (either recipe) at `pick` (a choice of `choose`): the
+    chosen recipe and rate, as long as the adopted run."""
+    chosen = config.replace(**recipe_settings(method, pick["recipe"]), lr=pick["lr"])
+    multiple = pick["adopted"]["multiple"]
+    return longer_config(chosen, multiple) if multiple > 1 else chosen
 
 
 def chosen_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
                    found: dict | None = None, **settings) -> list[tuple[str, FinetuneConfig]]:
     """(method, config) for every method at every NPC: its searched config, as long as the
-    search ran it (its header's max_steps), at the rate the search chose (with settings' seed,
-    the very run the search kept for seed 0), or at its recipe's start rate where the search
-    has no choice (a profile without a committed search, an NPC it did not search). `found`:
-    a search's results (a study's own file); by default the profile's committed search."""
+    search ran it (its header's max_steps) times the adopted multiple, with the recipe and
+    rate the search chose (with settings' seed; for seed 0 the very run the search adopted),
+    or the base recipe at its start rate where the search has no choice (a profile without
+    a committed search, an NPC it did not search). `found`: a search's results (a study's
+    own file); by default the profile's committed search."""
     found = found if found is not None else load_search(profile) or {}
     chosen = choose(found["trials"]) if found else {}
     steps = {int(npc): n for npc, n in found.get("protocol", {}).get("max_steps", {}).items()}
-    return [(method, config.replace(lr=chosen[(method, config.npc)]["lr"])
+    return [(method, adopted_config(method, config, chosen[(method, config.npc)])
              if (method, config.npc) in chosen else config)
             for method, config in search_configs(profile, pretrain_run, npcs, methods, steps,
-                                                 **settings)]
+                                                 recipes=("base",), **settings)]
+
+
+def search_plan(configs: list[tuple[str, FinetuneConfig]], trials: list[dict]) -> list[dict]:
+    """What is left of a search of `configs` (search_configs) given its finished `trials`:
+    one row per (method, NPC, recipe) search and one per (method, NPC)'s longer runs, each
+    with the runs it has, and the runs and optimizer steps it still makes at least and at
+    most (the bracket may stop at TRIALS or go on to TRIALS + EXTRA_TRIALS; a choice is
+    lengthened once, or up to LONGEST times its steps while the longer run keeps winning)."""
+    steps = {(method, config.npc): config.epochs * math.ceil(
+        config.npc * config.num_classes / config.batch_size) for method, config in configs}
+    rows, searches = [], {}
+    for method, config in configs:
+        recipe = recipe_of(method, config)
+        group = [t for t in trials if lengthens(t) is None and (t["method"], t["npc"]) ==
+                 (method, config.npc) and t.get("recipe", "base") == recipe]
+        searches.setdefault((method, config.npc), []).append(search_done(group))
+        least = 0 if search_done(group) else max(TRIALS - len(group), 1)
+        most = 0 if search_done(group) else TRIALS + EXTRA_TRIALS - len(group)
+        rows.append(dict(method=method, npc=config.npc, runs=recipe, done=len(group),
+                         least=least, most=most))
+    for (method, npc), finished in searches.items():
+        ahead = [2 ** k for k in range(1, int(math.log2(LONGEST)) + 1)]
+        if all(finished):
+            group = [t for t in trials if (t["method"], t["npc"]) == (method, npc)]
+            pick = choose(group)[(method, npc)]
+            ahead = [m for m in ahead if pick["next"] and m >= pick["next"]]
+        done = sum(1 for t in trials if lengthens(t) is not None and
+                   (t["method"], t["npc"]) == (method, npc))
+        rows.append(dict(method=method, npc=npc, runs="longer runs", done=done,
+                         least=1 if ahead else 0, most=len(ahead),
+                         least_steps=ahead[0] * steps[(method, npc)] if ahead else 0,
+                         most_steps=sum(ahead) * steps[(method, npc)]))
+    for row in rows:
+        if row["runs"] != "longer runs":
+            row.update(least_steps=row["least"] * steps[(row["method"], row["npc"])],
+                       most_steps=row["most"] * steps[(row["method"], row["npc"])])
+    return rows
+
+
+def seconds_per_step(found: dict | None) -> dict[tuple[str, int], float]:
+    """Per (method, NPC) of a search's results, the worker-seconds its runs took per
+    optimizer step (their seconds over their steps): what a plan's steps cost on that
+    machine."""
+    totals: dict[tuple[str, int], list[float]] = {}
+    for trial in (found or {}).get("trials", []):
+        spent = totals.setdefault((trial["method"], trial["npc"]), [0.0, 0])
+        spent[0] += trial["seconds"]
+        spent[1] += trial["steps"]
+    return {key: seconds / steps for key, (seconds, steps) in totals.items() if steps}
 
 
 def compare(configs: list[tuple[str, FinetuneConfig]], workers: int = 1,
@@ -424,40 +706,80 @@ def compare(configs: list[tuple[str, FinetuneConfig]], workers: int = 1,
 
 def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, workers: int = 1,
                report: Callable[[dict], None] | None = None) -> list[dict]:
-    """Search every (method, config) of `configs`, `workers` of them at a time (each with its
-    share of the CPU threads), and double a late choice's run as soon as its own search ends
-    (so a worker never waits on the other methods' searches for its late check); trials found
-    in `store` or finished in runs_dir are read back. Returns every trial, the doubled runs
-    included; `report(trial)` is called as each (method, NPC) finishes. Refuses, before
-    training anything, a store whose trials are not as long as `configs` (check_lengths)."""
-    check_lengths(store.read()["trials"], configs)
+    """Search every (method, config) of `configs` (search_configs: each method at each NPC in
+    each recipe), `workers` of them at a time (each with its share of the CPU threads), and
+    lengthen a (method, NPC)'s choice as soon as all its recipes are searched (so a worker
+    never waits on the other methods' searches); trials found in `store` or finished in
+    runs_dir are read back. Returns every trial, the longer runs included, each (method,
+    NPC)'s as it finishes; `report(trial)` is called on each. Refuses, before training
+    anything, a store whose trials are not as long as `configs` (check_lengths) or computed
+    in another precision (check_precision)."""
+    stored = store.read()["trials"]
+    check_lengths(stored, configs)
+    check_precision(stored, configs)
+    groups: dict[tuple[str, int], list[FinetuneConfig]] = {}
+    for method, config in configs:
+        groups.setdefault((method, config.npc), []).append(config)
     trials = []
     with worker_pool(workers) as pool:
-        futures = [pool.submit(_search_one, method, config, store.path, store.header)
-                   for method, config in configs]
-        for future in futures:
-            for trial in future.result():
-                trials.append(trial)
-                if report is not None:
-                    report(trial)
+        searching = {pool.submit(_search_one, method, config, store.path, store.header):
+                     (method, config.npc) for method, config in configs}
+        left = {key: len(group) for key, group in groups.items()}
+        pending = set(searching)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                finished = future.result()  # a failed worker stops the study with its error
+                if future in searching:
+                    key = searching[future]
+                    left[key] -= 1
+                    if not left[key]:
+                        pending.add(pool.submit(_lengthen_one, key[0], groups[key][0],
+                                                store.path, store.header))
+                    continue
+                trials += finished
+                for trial in finished:
+                    if report is not None:
+                        report(trial)
     return trials
+
+
+def _store_run(method: str, store: TrialStore, config: FinetuneConfig, **longer) -> dict:
+    """The trial row of `config`'s run: read back from the store, or trained (a finished run
+    read back from runs_dir) and added; a run stopped by a non-finite loss is recorded as
+    diverged with its curve so far."""
+    found = store.find(run_name(config))
+    if found is not None:
+        return found
+    try:
+        result = finetune(config, resume="auto")
+        trial = trial_row(method, result.config, result.metrics, **longer)
+    except NonFiniteLossError as error:
+        trial = trial_row(method, config, read_metrics(error.run_dir), non_finite=True,
+                          **longer)
+    store.add(trial)
+    return trial
 
 
 def _search_one(method: str, base: FinetuneConfig, path: Path, header: dict) -> list[dict]:
     store = TrialStore(path, header)
+    return search_method(base, lambda config: _store_run(method, store, config))
 
-    def run_trial(config: FinetuneConfig, doubled_of: str | None = None) -> dict:
-        found = store.find(run_name(config))
-        if found is not None:
-            return found
-        result = finetune(config, resume="auto")
-        trial = trial_row(method, result.config, result.metrics, doubled_of=doubled_of)
-        store.add(trial)
-        return trial
 
-    trials = search_method(base, run_trial)
-    pick = choose(trials)[(method, base.npc)]
-    if pick["late"]:
-        trials.append(run_trial(doubled_config(base.replace(lr=pick["lr"])),
-                                doubled_of=pick["run"]))
-    return trials
+def _lengthen_one(method: str, searched: FinetuneConfig, path: Path,
+                  header: dict) -> list[dict]:
+    """Every trial of (method, searched.npc), after running the longer runs its choice needs:
+    twice the chosen run's steps, doubled again while the longer run wins (`lengthening`)."""
+    store = TrialStore(path, header)
+
+    def group() -> list[dict]:
+        return [t for t in store.read()["trials"] if (t["method"], t["npc"]) ==
+                (method, searched.npc)]
+
+    pick = choose(group())[(method, searched.npc)]
+    while pick["next"] is not None:
+        chosen = searched.replace(**recipe_settings(method, pick["recipe"]), lr=pick["lr"])
+        _store_run(method, store, longer_config(chosen, pick["next"]), longer_of=pick["run"],
+                   multiple=pick["next"])
+        pick = choose(group())[(method, searched.npc)]
+    return group()

@@ -20,6 +20,7 @@ current epoch on.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -33,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .analysis import knn_accuracy
-from .augment import AugmentSpec
+from .augment import AugmentSpec, MixSpec
 from .checkpoint import (
     check_architecture, load_phase_checkpoint, restore_rng_state, rng_state, save_checkpoint,
 )
@@ -50,8 +51,9 @@ from .model import (
 )
 from .objective import (
     TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
+    top1_correct,
 )
-from .rundir import RunLog, open_run
+from .rundir import RunLog, computed_precision, open_run
 
 
 @dataclass
@@ -105,6 +107,28 @@ def evaluate(model, loss_fn: LossFn, loader, dtype, context: DistContext,
                 loss, hits, count = loss_fn(model, images, labels)
             totals += torch.cat([(loss * count)[None], hits, count[None]])
     return summarize(all_reduce_sum(totals, context))
+
+
+def evaluate_correct(model, loader, dtype, context: DistContext,
+                     device: torch.device) -> torch.Tensor:
+    """Which images of an evaluation loader the model gets right (top-1), as a bool tensor
+    over the loader's images in their order in the data, in eval mode, no gradients."""
+    model.eval()
+    correct = torch.zeros(len(loader.data), device=device)
+    with torch.no_grad():
+        for index, (images, labels) in zip(loader.indices(), loader):
+            with autocast(device, dtype):
+                logits = model(images)
+            correct[index.to(device)] = top1_correct(logits, labels).float()
+    # every image is on exactly one rank: the sum over ranks is the whole set
+    return all_reduce_sum(correct, context).bool()
+
+
+def correct_mask(correct: torch.Tensor) -> str:
+    """A bool vector as a hex bitmask, bit i for image i (stats.decode_mask reads it back):
+    which validation images an epoch got right, in a few hundred characters."""
+    bits = "".join("1" if c else "0" for c in reversed(correct.tolist()))
+    return f"{int(bits or '0', 2):0{max(1, math.ceil(len(bits) / 4))}x}"
 
 
 # ---------------------------------------------------------------- the loop shared by both phases
@@ -176,7 +200,8 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
                "images_per_s": train["images"] / train_seconds,
                "epoch_time_s": time.perf_counter() - started}
         weights = {"phase": config.phase, "epoch": epoch + 1, "config": config.to_dict(),
-                   "architecture": architecture, "model": model.state_dict(), "row": row}
+                   "precision": computed_precision(config), "architecture": architecture,
+                   "model": model.state_dict(), "row": row}
         if main and _improves(config, rows, row):
             save_checkpoint(weights, run_dir / "best.pt")
         if main and getattr(config, "snapshot_every", 0) and \
@@ -197,9 +222,11 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; raised before the epoch is saved."""
+    """The loss became NaN or infinite; raised before the epoch is saved. `epoch` (1-based),
+    `run_dir` and `loss` say where: the run's metrics hold the epochs before it."""
 
     def __init__(self, config: Config, epoch: int, run_dir: Path, loss: float):
+        self.epoch, self.run_dir, self.loss = epoch, run_dir, loss
         kept = (f"{run_dir / 'last.pt'} still holds epoch {epoch - 1}" if epoch > 1
                 else "no checkpoint was written")
         super().__init__(
@@ -229,12 +256,18 @@ def _finished(run_dir: Path, checkpoint: dict, config: Config) -> RunResult | No
 
 
 def _loader(data: ImageSet, config: Config, rt: Runtime, train: bool) -> BatchLoader:
-    """Training: shuffled, augmented (RandomResizedCrop scale (crop_scale, 1)). Evaluation:
-    in order, only normalized, every image exactly once."""
-    augment = AugmentSpec(scale=(config.crop_scale, 1.0)) if train else None
+    """Training: shuffled, augmented (RandomResizedCrop scale (crop_scale, 1), and in
+    fine-tuning the config's augment_policy, MixUp and CutMix). Evaluation: in order, only
+    normalized, every image exactly once."""
+    augment = mix = None
+    if train:
+        augment = AugmentSpec(scale=(config.crop_scale, 1.0),
+                              policy=getattr(config, "augment_policy", "none"))
+        if getattr(config, "mixup_alpha", 0) or getattr(config, "cutmix_alpha", 0):
+            mix = MixSpec(config.mixup_alpha, config.cutmix_alpha, config.num_classes)
     return BatchLoader(data, config.batch_size, shuffle=train,
                        drop_last=train and config.phase == "pretrain", device=rt.device,
-                       augment=augment, seed=config.seed, rank=rt.context.rank,
+                       augment=augment, mix=mix, seed=config.seed, rank=rt.context.rank,
                        world_size=rt.context.world_size)
 
 
@@ -330,7 +363,8 @@ def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
     """Fine-tuning, linear probing, BENCHMARK and the CNN baselines (docs/method.md, 'Fine-tuning
     recipe'); `resume` as in `pretrain`. Evaluates on the whole test set (unless
     evaluate_test is off) and the validation part every eval_every epochs and at the last
-    one."""
+    one; a validation records which of its images the epoch got right (`val_correct`, a
+    correct_mask), so that two runs can be compared image by image."""
     config, run_dir, checkpoint = open_run(config, resume)
     if (done := _finished(run_dir, checkpoint, config)) is not None:
         return done
@@ -352,9 +386,11 @@ def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
             metrics.update(test_top1=test["top1"], test_top3=test["top3"],
                            test_top5=test["top5"], test_nll=test["loss"])
         if val_loader is not None:
-            metrics["val_top1"] = evaluate(model, class_loss, val_loader, rt.dtype, rt.context,
-                                           rt.device)["top1"]
+            correct = evaluate_correct(model, val_loader, rt.dtype, rt.context, rt.device)
+            metrics.update(val_top1=correct.sum().item() / correct.numel(),
+                           val_correct=correct_mask(correct))
         return metrics
 
-    return fit(config, run_dir, checkpoint, model, architecture, class_loss,
+    train_loss = functools.partial(class_loss, label_smoothing=config.label_smoothing)
+    return fit(config, run_dir, checkpoint, model, architecture, train_loss,
                _loader(train_set, config, rt, train=True), evaluate_epoch, rt)

@@ -25,6 +25,7 @@ from matplotlib.rcsetup import cycler
 from matplotlib.ticker import MaxNLocator
 
 from .puzzle import crop_offset, extract_patches, unpatchify
+from .search import lengthens
 
 PALETTE = "colorblind"
 HEATMAP = "rocket_r"  # sequential, light = low: probabilities, counts, attention
@@ -599,33 +600,40 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
 
 @_themed
 def convergence_figure(trials: Sequence[dict], chosen: dict,
-                       methods: Sequence[str] | None = None, late_fraction: float = 0.8,
-                       chance: float | None = 0.1,
+                       methods: Sequence[str] | None = None, chance: float | None = 0.1,
                        title: str = "Is every choice inside its search?") -> Figure:
     """The converged search, one column per method. Top: validation top-1 against the
-    learning rate (log scale), one line per NPC, the chosen rate ringed. Bottom: the chosen
-    run's validation curve against the share of its run, the chosen epoch ringed and the
-    run's last fifth shaded; a late choice's doubled run (the late check) dashed beside it, on
-    to 200 %, so that the reader sees whether it was still rising. Trials: apl_core.search
-    rows; chosen: search.choose's result; methods: the columns' order (default: as the trials
-    first name them)."""
+    learning rate (log scale), one line per NPC and recipe (the small-data recipe dotted),
+    diverged trials crossed, the chosen rate ringed. Bottom: the chosen run's validation
+    curve against the share of its run, the chosen epoch ringed, and its longer runs (2x,
+    4x, ...) dashed on the same scale, to 200 % and beyond, so that the reader sees whether
+    more steps still paid. Trials: apl_core.search rows; chosen: search.choose's result;
+    methods: the columns' order (default: as the trials first name them)."""
     searched = dict.fromkeys(t["method"] for t in trials)
     methods = [m for m in methods if m in searched] if methods else list(searched)
     npcs = sorted({t["npc"] for t in trials})
     palette = dict(zip(npcs, sns.color_palette(PALETTE, len(npcs))))
+    styles = {"base": "-", "small-data": ":"}
     fig, axes = _subplots(2, len(methods), figsize=(3.3 * len(methods) + 1.5, 6.6),
                           sharey=True, squeeze=False)
     for column, method in enumerate(methods):
         rates_ax, curve_ax = axes[0][column], axes[1][column]
         longest = 100
         for npc in npcs:
-            runs = sorted((t["lr"], 100 * t["val_top1"]) for t in trials
-                          if (t["method"], t["npc"]) == (method, npc)
-                          and "doubled_of" not in t)
-            if not runs:
+            searched_here = [t for t in trials if (t["method"], t["npc"]) == (method, npc)
+                             and lengthens(t) is None]
+            if not searched_here:
                 continue
+            for recipe, style in styles.items():
+                runs = sorted((t["lr"], 100 * t["val_top1"]) for t in searched_here
+                              if t.get("recipe", "base") == recipe)
+                if runs:
+                    rates_ax.plot(*zip(*runs), marker="o", ms=4, color=palette[npc], ls=style,
+                                  label=f"NPC {npc}" if recipe == "base" else None)
+            for t in searched_here:
+                if t.get("diverged"):
+                    rates_ax.plot(t["lr"], 100 * t["val_top1"], "x", ms=8, color=palette[npc])
             pick = chosen[(method, npc)]
-            rates_ax.plot(*zip(*runs), marker="o", ms=4, color=palette[npc], label=f"NPC {npc}")
             rates_ax.plot(pick["lr"], 100 * pick["val_top1"], "o", ms=11, mfc="none",
                           mec=palette[npc], mew=1.5)
             run = next(t for t in trials if t["run"] == pick["run"])
@@ -637,15 +645,13 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
                           label=f"NPC {npc}")
             curve_ax.plot(100 * pick["best_epoch"] / run["epochs"], 100 * pick["val_top1"], "o",
                           ms=11, mfc="none", mec=palette[npc], mew=1.5)
-            if "doubled" in pick:
-                double = next(t for t in trials if t["run"] == pick["doubled"]["run"])
-                curve_ax.plot(*on_chosen_scale(double["val_curve"]), color=palette[npc], ls="--",
-                              lw=1)
-                longest = 200
+            for longer in (t for t in trials if lengthens(t) == pick["run"]):
+                curve_ax.plot(*on_chosen_scale(longer["val_curve"]), color=palette[npc],
+                              ls="--", lw=1)
+                longest = max(longest, 100 * longer["epochs"] / run["epochs"])
         rates_ax.set_xscale("log")
         rates_ax.set(title=method, xlabel="learning rate (log scale)",
                      ylabel="best validation top-1 (%)")
-        curve_ax.axvspan(100 * late_fraction, 100, color="grey", alpha=0.15, lw=0)
         curve_ax.set(xlim=(0, longest), xlabel="% of the chosen run's epochs",
                      ylabel="validation top-1 (%)")
         for ax in (rates_ax, curve_ax):
@@ -653,9 +659,10 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
                 ax.axhline(100 * chance, color="grey", ls=":")
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles += [plt.Line2D([], [], color=DARK, marker="o", ms=11, mfc="none", ls="none"),
-                Rectangle((0, 0), 1, 1, color="grey", alpha=0.15),
+                plt.Line2D([], [], color=DARK, ls=":"),
+                plt.Line2D([], [], color=DARK, marker="x", ms=8, ls="none"),
                 plt.Line2D([], [], color=DARK, ls="--", lw=1)]
-    labels += ["chosen", "the run's last fifth", "doubled (late check)"]
+    labels += ["chosen", "small-data recipe", "diverged", "longer runs (2x, 4x, ...)"]
     fig.legend(handles, labels, loc="center right", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))

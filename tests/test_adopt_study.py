@@ -1,4 +1,4 @@
-"""benchmarks/adopt_study.py folds a finished study of a longer search at one NPC into the
+"""experiments/adopt_study.py folds a finished study of a longer search at one NPC into the
 committed search and seeds, and refuses, naming each reason, a study that is not finished, not
 at the profile's length, or whose seeds do not cover what they replace."""
 from __future__ import annotations
@@ -12,24 +12,31 @@ import pytest
 from apl_core import report, search
 from apl_core.results import REPOSITORY, recorded_command
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import adopt_study  # noqa: E402
 
 RATES = (3e-5, 1e-4, 3e-4, 1e-3, 3e-3)
 
 
 def trials(npc: int, epochs: int, best: float) -> list[dict]:
-    """A finished search of BENCHMARK at `npc`: five runs, the best at rate `best`, early."""
-    return [dict(method="BENCHMARK", npc=npc, lr=lr, epochs=epochs, best_epoch=epochs // 2,
-                 val_top1=0.5 if lr == best else 0.3, train_top1=0.6,
-                 run=f"BENCHMARK-{npc}-{epochs}-{lr}") for lr in RATES]
+    """A finished search of BENCHMARK at `npc`: five runs of each recipe, the best at rate
+    `best` of the base recipe, and its 2x run, which gets no image more right (not adopted)."""
+    rows = [dict(method="BENCHMARK", npc=npc, recipe=recipe, lr=lr, epochs=epochs,
+                 best_epoch=epochs // 2, val_top1=(0.5 if lr == best else 0.3) - 0.1 * small,
+                 train_top1=0.6, val_correct="1", val_images=4,
+                 run=f"BENCHMARK-{npc}-{epochs}-{lr}-{recipe}")
+            for small, recipe in enumerate(("base", "small-data")) for lr in RATES]
+    chosen = f"BENCHMARK-{npc}-{epochs}-{best}-base"
+    rows.append(dict(rows[RATES.index(best)], epochs=2 * epochs, run=f"{chosen}-x2",
+                     longer_of=chosen, multiple=2))
+    return rows
 
 
 def seed_rows(npc: int, epochs: int, lr: float, seeds=(0, 1)) -> list[dict]:
     rows = []
     for seed in seeds:
-        rows.append(dict(method="BENCHMARK", npc=npc, lr=lr, epochs=epochs, seed=seed,
-                         test_top1=0.4, run=f"seed{seed}-{npc}-{epochs}"))
+        rows.append(dict(method="BENCHMARK", npc=npc, recipe="base", lr=lr, epochs=epochs,
+                         seed=seed, test_top1=0.4, run=f"seed{seed}-{npc}-{epochs}"))
         rows.append({"run": f"features-seed{seed}-npc{npc}", "seed": seed, "npc": npc,
                      "features": {}})
     return rows
@@ -82,8 +89,15 @@ def test_a_study_is_refused_with_every_reason_until_it_can_replace_the_npc(commi
     seeds = json.loads((committed / "seeds.json").read_text())
     seeds["trials"] += seed_rows(100, 120, 1e-3, seeds=(1,))
     (committed / "seeds.json").write_text(json.dumps(seeds))
-    with pytest.raises(SystemExit, match=r"seed 1 ran BENCHMARK at NPC 100 with lr 0\.001, not "
-                                         r"at the study's choice \(0\.0003\)"):
+    with pytest.raises(SystemExit, match=r"seed 1 ran BENCHMARK at NPC 100 with lr 0\.001, the "
+                                         r"base recipe and 120 epochs, not at the study's "
+                                         r"choice \(0\.0003, base, 120 epochs\)"):
+        adopt(committed)
+    seeds["trials"] = [dict(row, lr=3e-4, recipe="small-data") if row.get("lr") == 1e-3
+                       else row for row in seeds["trials"]]
+    (committed / "seeds.json").write_text(json.dumps(seeds))
+    with pytest.raises(SystemExit, match=r"with lr 0\.0003, the small-data recipe and 120 "
+                                         r"epochs, not at the study's choice"):
         adopt(committed)
 
 
@@ -95,7 +109,8 @@ def test_a_finished_study_replaces_its_npc_in_the_committed_search_and_seeds(com
     (committed / "seeds.json").write_text(json.dumps(seeds))
     adopt(committed)
     found = search.load_search("quick")
-    assert {(t["npc"], t["epochs"]) for t in found["trials"]} == {(10, 100), (100, 120)}
+    assert {(t["npc"], t["epochs"]) for t in found["trials"]} == {(10, 100), (10, 200),
+                                                                   (100, 120), (100, 240)}
     assert found["protocol"]["max_steps"] == {"10": 400, "100": 3840}
     assert found["command"] == "search" and found["studies"][0]["command"] == "study search"
     adopted = report.load_seeds("quick")
@@ -112,16 +127,17 @@ def test_an_unfinished_study_search_is_refused(committed, monkeypatch):
     study = json.loads((committed / "search.json").read_text())
     study["trials"] = study["trials"][:4]
     (committed / "search.json").write_text(json.dumps(study))
-    with pytest.raises(SystemExit, match="BENCHMARK at NPC 100 has 4 of 5 trials"):
+    with pytest.raises(SystemExit, match="BENCHMARK at NPC 100's base search has 4 trials and "
+                                         "is not done"):
         adopt(committed)
 
 
 def test_a_recorded_command_runs_from_any_clone():
     inside = REPOSITORY / "apl_core" / "results" / "in_progress" / "search.json"
-    assert recorded_command(["python", "benchmarks/converged_search.py", "--methods",
+    assert recorded_command(["python", "experiments/converged_search.py", "--methods",
                              "APL fine-tune", "--out", str(inside), "--runs-dir",
                              "/scratch/runs"]) == (
-        "python benchmarks/converged_search.py --methods 'APL fine-tune' --out "
+        "python experiments/converged_search.py --methods 'APL fine-tune' --out "
         "apl_core/results/in_progress/search.json --runs-dir /scratch/runs")
 
 
@@ -129,10 +145,10 @@ def test_an_adopted_study_is_listed_with_a_command_that_runs_from_any_clone(comm
                                                                            monkeypatch):
     monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
     study = json.loads((committed / "search.json").read_text())
-    study["command"] = (f"python benchmarks/converged_search.py --npcs 100 --methods 'APL "
+    study["command"] = (f"python experiments/converged_search.py --npcs 100 --methods 'APL "
                         f"fine-tune' --out {REPOSITORY}/apl_core/results/in_progress/s.json")
     adopted = search.adopt_study(search.load_search("quick"), study, {100})
     assert adopted["studies"] == [{
-        "npcs": [100], "command": "python benchmarks/converged_search.py --npcs 100 --methods "
+        "npcs": [100], "command": "python experiments/converged_search.py --npcs 100 --methods "
         "'APL fine-tune' --out apl_core/results/in_progress/s.json", "machine": "a CPU",
         "torch": "2.x", "date": "2026-12-04"}]

@@ -6,8 +6,11 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import RandomResizedCrop
 
+from torchvision.transforms import v2
+
 from apl_core.augment import (
-    AugmentSpec, augment, crop_resize, gaussian_blur, normalize, resized_crop_boxes,
+    POLICIES, AugmentSpec, MixSpec, apply_policy, augment, crop_resize, gaussian_blur, mix,
+    normalize, resized_crop_boxes,
 )
 
 OFF = dict(flip_p=0.0, scale=(1.0, 1.0), ratio=(1.0, 1.0), gray_p=0.0, blur_p=0.0)
@@ -160,6 +163,111 @@ def test_invalid_specs_name_the_field_the_value_and_the_rule(field, value, rule)
     with pytest.raises(ValueError) as error:
         AugmentSpec(**{field: value})
     assert str(error.value) == f"{field}={value} {rule}"
+
+
+def test_an_unknown_policy_is_refused_with_the_known_ones():
+    with pytest.raises(ValueError) as error:
+        AugmentSpec(policy="autoaugment")
+    assert str(error.value) == ("policy='autoaugment' must be 'none' or one of "
+                                "['trivialaugment', 'randaugment']")
+    assert {AugmentSpec(policy=p).policy for p in ("none", *POLICIES)} == {"none", *POLICIES}
+
+
+def test_the_policies_are_torchvisions():
+    assert isinstance(POLICIES["trivialaugment"], v2.TrivialAugmentWide)
+    randaugment = POLICIES["randaugment"]
+    assert isinstance(randaugment, v2.RandAugment)
+    assert (randaugment.num_ops, randaugment.magnitude) == (2, 9)  # DeiT's rand-m9, two ops
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_a_policy_draws_its_op_per_image(policy):
+    """One image repeated 64 times: each copy gets its own op and magnitude, so the copies
+    differ from each other (v2 on the whole batch would give every copy the same)."""
+    torch.manual_seed(0)
+    x = random_images(1).expand(64, -1, -1, -1).float() / 255
+    out = apply_policy(x, policy)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+    distinct = {tuple(image.flatten()[:200].tolist()) for image in out}
+    assert len(distinct) > 8
+
+
+def test_a_policy_runs_on_the_uint8_image_the_pil_pipeline_sees():
+    """Image by image, apply_policy is torchvision's transform of the image rounded to uint8,
+    with the same draws."""
+    x = random_images(3).float() / 255 + 0.001  # off the uint8 grid: rounded first
+    torch.manual_seed(5)
+    out = apply_policy(x, "trivialaugment")
+    torch.manual_seed(5)
+    pixels = (x * 255).round().to(torch.uint8)
+    expected = torch.stack([POLICIES["trivialaugment"](image) for image in pixels])
+    assert torch.equal(out, expected.float() / 255)
+
+
+def test_augment_applies_the_policy_after_the_crop(monkeypatch):
+    calls = []
+    monkeypatch.setattr("apl_core.augment.apply_policy",
+                        lambda x, policy: calls.append((x.clone(), policy)) or 1 - x)
+    images = random_images(4)
+    out = augment(images, AugmentSpec(**OFF, policy="randaugment"), generator())
+    (seen, policy), = calls
+    assert policy == "randaugment"
+    assert torch.allclose(seen, images.float() / 255, atol=1e-6)  # the crop is the identity here
+    assert torch.allclose(out, 1 - 2 * seen, atol=1e-6)  # normalized after the policy
+    calls.clear()
+    augment(images, AugmentSpec(**OFF), generator())
+    assert calls == []  # 'none' calls nothing
+
+
+def test_mix_spec_refuses_negative_alphas_and_a_single_class():
+    for field in ("mixup_alpha", "cutmix_alpha"):
+        with pytest.raises(ValueError) as error:
+            MixSpec(**{field: -0.5})
+        assert str(error.value) == f"{field}=-0.5 must be >= 0 (0: off)"
+    with pytest.raises(ValueError, match="num_classes=1 must be >= 2 to mix labels"):
+        MixSpec(mixup_alpha=0.8, num_classes=1)
+    assert MixSpec(num_classes=2).mixup_alpha == 0.0
+
+
+def test_mixup_blends_each_image_with_its_neighbour_and_its_label_alike():
+    torch.manual_seed(0)
+    images = torch.randn(6, 3, 4, 4)
+    labels = torch.tensor([0, 1, 2, 3, 4, 5])
+    mixed, targets = mix(images, labels, MixSpec(mixup_alpha=0.8, num_classes=8))
+    assert targets.shape == (6, 8) and targets.dtype == torch.float32
+    torch.testing.assert_close(targets.sum(1), torch.ones(6))
+    weight = targets[0, 0].item()  # one weight for the whole batch
+    assert 0 < weight < 1
+    for i in range(6):
+        assert targets[i, i].item() == pytest.approx(weight)
+        assert targets[i, (i - 1) % 6].item() == pytest.approx(1 - weight)
+        torch.testing.assert_close(mixed[i], weight * images[i] + (1 - weight) * images[i - 1])
+
+
+def test_cutmix_pastes_a_box_of_the_neighbour_and_weights_the_labels_by_its_area():
+    torch.manual_seed(1)
+    images = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(4)])
+    mixed, targets = mix(images, torch.arange(4), MixSpec(cutmix_alpha=1.0, num_classes=4))
+    for i in range(4):
+        own = (mixed[i, 0] == i).float().mean().item()  # the share of the image left
+        assert targets[i, i].item() == pytest.approx(own)
+        assert set(mixed[i].unique().tolist()) <= {float(i), float((i - 1) % 4)}
+
+
+def test_with_both_each_batch_takes_mixup_or_cutmix_and_neither_gives_one_hot_targets():
+    images = torch.stack([torch.full((3, 8, 8), float(i)) for i in range(4)])
+    kinds = set()
+    torch.manual_seed(2)
+    for _ in range(40):
+        mixed, _ = mix(images, torch.arange(4), MixSpec(mixup_alpha=0.8, cutmix_alpha=1.0,
+                                                        num_classes=4))
+        values = set(mixed[1].unique().tolist())
+        kinds.add("cutmix" if values <= {0.0, 1.0} else "mixup")
+    assert kinds == {"mixup", "cutmix"}
+    same, one_hot = mix(images, torch.tensor([3, 0, 1, 2]), MixSpec(num_classes=4))
+    assert same is images
+    assert one_hot.tolist() == [[0, 0, 0, 1], [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]]
 
 
 def test_specs_on_the_edge_are_accepted():

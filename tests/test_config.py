@@ -128,6 +128,14 @@ def test_heads_message_suggests_head_counts_up_to_64_that_divide_the_token_dimen
     ("crop_scale", 1.5, "must be in (0, 1]"),
     ("select_best", True,
      "selecting on validation needs a validation part: set val_per_class > 0"),
+    ("label_smoothing", 1.0, "must be in [0, 1)"),
+    ("label_smoothing", -0.1, "must be in [0, 1)"),
+    ("mixup_alpha", -0.1, "must be >= 0 (0: off)"),
+    ("cutmix_alpha", -1.0, "must be >= 0 (0: off)"),
+    ("augment_policy", "autoaugment",
+     "choose one of ('none', 'trivialaugment', 'randaugment')"),
+    ("drop_path", 1.0, "must be in [0, 1)"),
+    ("drop_path", -0.1, "must be in [0, 1)"),
 ])
 def test_invalid_finetune_values(field, value, allowed):
     with pytest.raises(ValueError) as error:
@@ -137,7 +145,8 @@ def test_invalid_finetune_values(field, value, allowed):
 
 def test_finetune_values_on_the_edge_are_accepted():
     edge = dict(npc=1, eval_every=1, num_classes=1, dropout=0.0, patch_dropout=0.0,
-                val_per_class=0, test_per_class=0, crop_scale=1.0)
+                val_per_class=0, test_per_class=0, crop_scale=1.0, label_smoothing=0.0,
+                mixup_alpha=0.0, cutmix_alpha=0.0, drop_path=0.0)
     config = FinetuneConfig(**edge)
     assert {name: getattr(config, name) for name in edge} == edge
     assert FinetuneConfig(select_best=True, val_per_class=1).select_best
@@ -155,6 +164,31 @@ def test_baselines_refuse_pretrained_options(option):
                                              "model='apl' only"):
             FinetuneConfig(model=model, **option)
     assert FinetuneConfig(model="apl", **option).model == "apl"
+
+
+def test_the_small_data_regularisation_is_off_by_default_and_takes_its_values():
+    config = FinetuneConfig()
+    assert (config.label_smoothing, config.mixup_alpha, config.cutmix_alpha,
+            config.augment_policy, config.drop_path) == (0.0, 0.0, 0.0, "none", 0.0)
+    small_data = dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
+                      augment_policy="randaugment", drop_path=0.1)
+    config = FinetuneConfig(**small_data)
+    assert {name: getattr(config, name) for name in small_data} == small_data
+    assert FinetuneConfig(label_smoothing=0.999, drop_path=0.999).drop_path == 0.999
+    for policy in ("none", "trivialaugment", "randaugment"):
+        assert FinetuneConfig(model="s-cnn", augment_policy=policy).augment_policy == policy
+
+
+@pytest.mark.parametrize("model", ["s-cnn", "s-resnet"])
+def test_stochastic_depth_is_refused_for_the_cnns_and_the_rest_of_the_recipe_is_not(model):
+    with pytest.raises(ValueError) as error:
+        FinetuneConfig(model=model, drop_path=0.1)
+    assert str(error.value) == (
+        f"drop_path=0.1 is invalid: stochastic depth drops transformer blocks: the CNN "
+        f"baselines have none; use drop_path=0 with model='{model}'")
+    config = FinetuneConfig(model=model, label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0,
+                            augment_policy="trivialaugment")
+    assert config.drop_path == 0.0 and config.mixup_alpha == 0.8
 
 
 def test_architecture_errors_name_the_key_or_the_field():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from apl_core import controls
 from apl_core.config import PROFILES, profile_config
 from apl_core.controls import RANDOM_INIT, control_configs, labelled_sets, run_controls
 from apl_core.model import build_pretrain_model
@@ -47,6 +48,28 @@ def test_the_main_budget_is_the_profiles_own_pretraining(tmp_path):
     with pytest.raises(ValueError, match="budget='large' is invalid: choose one of "
                                          r"\('small', 'main'\)"):
         control_configs("quick", budget="large")
+
+
+def test_a_budget_is_recorded_as_the_settings_its_controls_ran_at():
+    assert controls.budget_settings("quick") == {"num_images": 4000, "epochs": 4}
+    assert controls.budget_settings("quick", "main") == {"num_images": 12_500, "epochs": 12}
+    assert controls.budget_settings("smoke", "main") == {
+        "num_images": 1024, "holdout_images": 256, "epochs": 3}
+    with pytest.raises(ValueError, match="budget='large' is invalid"):
+        controls.budget_settings("quick", "large")
+
+
+@pytest.mark.parametrize("budget", controls.BUDGETS)
+def test_each_committed_controls_file_records_the_budget_its_rows_ran_at(budget):
+    """Every pretrained control's held-out curve has one point per epoch of the budget the
+    header records, which is the one the header names."""
+    committed = controls.load_controls("quick", budget)
+    recorded = committed["controls"]["budget"]
+    assert recorded == controls.budget_settings("quick", budget)
+    for seed in committed["seeds"]:
+        for row in seed["rows"]:
+            if row["control"] != RANDOM_INIT:
+                assert len(row["position_curve"]) == recorded["epochs"], row["control"]
 
 
 def test_the_budget_curve_judges_every_snapshot_of_one_run(tmp_path):
@@ -201,7 +224,7 @@ def test_each_budgets_controls_have_their_file_and_a_damaged_one_says_how_to_rer
     (tmp_path / "quick_controls_main.json").write_text("{}")
     with pytest.raises(ValueError, match=r"quick_controls_main.json is not a controls over "
                                          r"seeds results file \(it lacks .*rerun python "
-                                         r"benchmarks/controls_seeds.py --profile quick "
+                                         r"experiments/controls_seeds.py --profile quick "
                                          r"--budget main$"):
         controls.load_controls("quick", "main")
 

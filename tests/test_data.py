@@ -653,6 +653,39 @@ def test_loader_applies_augmentation_reproducibly():
     assert torch.equal(a[0][1], next(iter(plain))[1])
 
 
+def test_a_mixing_loader_yields_mixed_batches_and_soft_targets():
+    from apl_core.augment import MixSpec, mix
+
+    dataset = numbered_set(24)
+    dataset = ImageSet(dataset.images, dataset.labels % 4, [])
+    torch.manual_seed(3)
+    mixed = list(BatchLoader(dataset, 8, shuffle=True, drop_last=False, seed=1,
+                             mix=MixSpec(mixup_alpha=0.8, num_classes=4)))
+    torch.manual_seed(3)
+    plain = BatchLoader(dataset, 8, shuffle=True, drop_last=False, seed=1)
+    expected = [mix(images, labels, MixSpec(mixup_alpha=0.8, num_classes=4))
+                for images, labels in plain]
+    assert len(mixed) == 3
+    for (images, targets), (want_images, want_targets) in zip(mixed, expected):
+        assert targets.shape == (8, 4) and torch.equal(targets, want_targets)
+        assert torch.equal(images, want_images)
+    unmixed = BatchLoader(dataset, 8, shuffle=False, drop_last=False)
+    assert next(iter(unmixed))[1].dtype == torch.int64  # no mix: the labels as they are
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_loader_indices_name_the_images_of_each_batch(world_size):
+    for rank in range(world_size):
+        loader = BatchLoader(numbered_set(37), 16, shuffle=False, drop_last=False, rank=rank,
+                             world_size=world_size)
+        indices = loader.indices()
+        assert [index.tolist() for index in indices] == [labels.tolist() for _, labels in loader]
+    shuffled = BatchLoader(numbered_set(37), 8, shuffle=True, drop_last=False, seed=4)
+    shuffled.set_epoch(2)
+    indices = [index.tolist() for index in shuffled.indices()]
+    assert indices == [labels.tolist() for _, labels in shuffled]
+
+
 def test_loader_checks_its_batch_size_and_rank():
     assert len(BatchLoader(numbered_set(3), 1, shuffle=False, drop_last=False)) == 3
     with pytest.raises(ValueError, match=r"^batch_size=0 must be >= 1$"):

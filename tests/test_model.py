@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from apl_core.baselines import SCNN
 from apl_core.checkpoint import save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.model import (APLClassifier, APLPretrainModel, APLTransformer, Block,
+from apl_core.model import (APLClassifier, APLPretrainModel, APLTransformer, Block, DropPath,
                             PatchDropout, SelfAttention, architecture_kwargs, build_classifier,
-                            build_encoder, build_finetune_model, build_pretrain_model, mlp,
-                            pretrain_architecture)
+                            build_encoder, build_finetune_model, build_pretrain_model,
+                            drop_path_rates, mlp, pretrain_architecture)
 from apl_core.puzzle import position_targets
 
 # the textbook transcription of the original (benchmarks/naive_model.py) that the model is
@@ -148,6 +148,73 @@ def test_classifier_trains_with_the_finetuning_dropout_not_the_pretraining_one()
     assert model.transformer.patch_dropout.p == 0.25
 
 
+def test_drop_path_drops_whole_images_and_rescales_the_kept_ones():
+    torch.manual_seed(0)
+    drop = DropPath(0.25)
+    x = torch.ones(4000, 3, 5)
+    out = drop(x)
+    per_image = out[:, 0, 0]
+    # every image kept whole (scaled by 1 / 0.75) or dropped whole
+    assert torch.equal(out, per_image[:, None, None].expand_as(out))
+    assert per_image.unique().tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert 0.22 < (per_image == 0).float().mean() < 0.28  # Binomial(4000, 0.25): sd 0.7 %
+    assert out.mean().item() == pytest.approx(1.0, abs=0.03)  # the expected output is kept
+    drop.eval()
+    assert drop(x) is x
+    assert DropPath(0.0).train()(x) is x
+    with pytest.raises(ValueError, match=r"drop_path=1.0 must be in \[0, 1\)"):
+        DropPath(1.0)
+    with pytest.raises(ValueError, match=r"drop_path=-0.1 must be in \[0, 1\)"):
+        DropPath(-0.1)
+
+
+def test_drop_path_of_a_low_precision_batch_keeps_its_dtype_and_device():
+    x = torch.ones(8, 2, 3, dtype=torch.bfloat16)
+    assert DropPath(0.5)(x).dtype == torch.bfloat16
+    assert DropPath(0.5)(x.to("meta")).device.type == "meta"
+
+
+def test_stochastic_depth_rises_linearly_to_the_last_block():
+    assert drop_path_rates(0.1, 4) == pytest.approx([0.0, 0.1 / 3, 0.2 / 3, 0.1])
+    assert drop_path_rates(0.2, 2) == [0.0, 0.2]
+    assert drop_path_rates(0.1, 1) == [0.1]  # one block: the last
+    model = build_classifier(FinetuneConfig(drop_path=0.3), PretrainConfig(**{**SMALL,
+                                                                              "blocks": 3}))
+    assert [b.drop_path.p for b in model.transformer.blocks] == pytest.approx([0.0, 0.15, 0.3])
+    assert {b.drop_path.p for b in APLTransformer().blocks} == {0.0}  # off by default
+    assert {b.drop_path.p for b in build_pretrain_model(PretrainConfig(**SMALL)).transformer
+            .blocks} == {0.0}
+
+
+def test_a_block_drops_each_residual_branch_per_image_while_training():
+    """Stochastic depth acts on the two residual branches (attention, feed-forward), each with
+    its own draw, before each LayerNorm; the input's own path is never dropped."""
+    torch.manual_seed(0)
+    block = Block(dim=6, heads=2, hidden_mult=2, dropout=0.0, drop_path=0.5)
+    assert isinstance(block.drop_path, DropPath) and block.drop_path.p == 0.5
+    scales = iter([torch.tensor([0.0, 2.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 2.0, 2.0])])
+
+    class Recorded(torch.nn.Module):  # DropPath with its draws fixed: per image, per call
+        def forward(self, branch):
+            return branch * next(scales)[:, None, None]
+
+    x = torch.randn(4, 3, 6)
+    attended, _ = block.attn(x)
+    expected = []
+    for attention_scale, ff_scale in ((0, 0), (2, 0), (0, 2), (2, 2)):
+        y = block.norm1(x + attention_scale * attended)
+        expected.append(block.norm2(y + ff_scale * block.ff(y)))
+    block.drop_path = Recorded()
+    out, _ = block(x)
+    for i in range(4):
+        torch.testing.assert_close(out[i], expected[i][i])
+    plain = Block(dim=6, heads=2, hidden_mult=2, dropout=0.0)
+    plain.load_state_dict(block.state_dict())
+    block.drop_path = DropPath(0.5)
+    block.eval()
+    torch.testing.assert_close(block(x)[0], plain.eval()(x)[0])  # evaluation: no drop
+
+
 def test_classifier_keeps_a_pretrained_positional_embedding_and_freezes_a_probe():
     """The embedding is there when the fine-tuning config adds one or the pretrained model has
     one; head_only freezes the transformer."""
@@ -172,6 +239,7 @@ def test_module_defaults_are_the_configs_defaults():
     assert {b.attn.heads for b in default.blocks} == {config.heads}
     assert {b.ff[0].out_features for b in default.blocks} == {config.hidden_mult * default.dim}
     assert {b.dropout.p for b in default.blocks} == {config.dropout}
+    assert {b.drop_path.p for b in default.blocks} == {tune.drop_path}
     assert default.patch_dropout.p == PatchDropout().p == config.patch_dropout
     assert isinstance(default.encoder, type(build_encoder(config.encoder, config.crop)))
     assert isinstance(APLPretrainModel(default).position_head, torch.nn.Linear)  # no mlp_head

@@ -11,7 +11,7 @@ from torch import nn
 
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.objective import (class_loss, learning_rate, make_optimizer, position_loss,
-                                summarize, topk_hits)
+                                summarize, top1_correct, topk_hits)
 
 
 class FixedOutput(nn.Module):
@@ -132,6 +132,46 @@ def test_class_loss_is_the_cross_entropy_of_the_class_logits():
     assert count.item() == 5
     meta = class_loss(nn.Identity(), images.to("meta"), labels.to("meta"))
     assert [value.device.type for value in meta] == ["meta"] * 3
+
+
+def test_class_loss_smooths_the_target_over_every_class():
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(2))
+    labels = torch.tensor([3, 0, 9, 3])
+    loss, hits, _ = class_loss(nn.Identity(), logits, labels, label_smoothing=0.1)
+    # the target: 0.9 on the label plus 0.01 on every class (0.91 on the label)
+    target = torch.full((4, 10), 0.01)
+    target[torch.arange(4), labels] += 0.9
+    expected = -(target * logits.log_softmax(1)).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(hits, topk_hits(logits, labels))
+    plain, _, _ = class_loss(nn.Identity(), logits, labels)
+    assert plain.item() != pytest.approx(loss.item())
+
+
+def test_class_loss_of_soft_targets_scores_the_label_with_the_larger_share():
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(3))
+    soft = torch.tensor([[0.7, 0.3, 0.0, 0.0], [0.0, 0.0, 0.4, 0.6], [0.0, 1.0, 0.0, 0.0]])
+    loss, hits, count = class_loss(nn.Identity(), logits, soft)
+    expected = -(soft * logits.log_softmax(1)).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert torch.equal(hits, topk_hits(logits, torch.tensor([0, 3, 1])))
+    assert count.item() == 3
+    smoothed, _, _ = class_loss(nn.Identity(), logits, soft, label_smoothing=0.2)
+    target = 0.8 * soft + 0.05  # 0.2 spread over 4 classes
+    assert smoothed.item() == pytest.approx(-(target * logits.log_softmax(1)).sum(1).mean().item(),
+                                            rel=1e-6)
+
+
+def test_top1_correct_marks_each_row_whose_top_logit_is_its_target():
+    logits = torch.tensor([[9.0, 1, 2], [1.0, 2, 3], [5.0, 5.0, 1], [0.0, 0.0, 0.0]])
+    targets = torch.tensor([0, 1, 0, 0])
+    correct = top1_correct(logits, targets)
+    assert correct.dtype == torch.bool and correct.tolist() == [True, False, True, True]
+    # the same rows topk_hits counts at top-1, ties included
+    assert correct.sum().item() == topk_hits(logits, targets)[0].item()
+    wide = torch.randn(50, 12, generator=torch.Generator().manual_seed(4)).round()
+    labels = torch.randint(0, 12, (50,), generator=torch.Generator().manual_seed(5))
+    assert top1_correct(wide, labels).sum().item() == topk_hits(wide, labels)[0].item()
 
 
 def test_summarize_divides_every_sum_by_the_count():

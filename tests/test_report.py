@@ -184,40 +184,80 @@ def test_accuracy_table_has_one_row_per_method_and_test_and_train_per_npc():
                          "| BENCH | 12.5 (13) | – | 20.0 (30) |"]
 
 
+def mask(*images, of=10) -> str:
+    return f"{sum(1 << i for i in images):x}"
+
+
 def search_trials():
-    """APL: 3 rates, the middle one best at epoch 5 of 10; CNN: best at its highest rate, at
-    epoch 10 of 10 (late), and doubled."""
+    """APL: 3 rates, the middle one best, the highest diverged, and a small-data recipe that
+    scores less; CNN: best at its highest rate, and its 2x run, which gets 6 more of 10
+    validation images right (adopted), and its 4x run, none more (the 2x run kept)."""
     rows = [dict(method=m, npc=n, lr=lr, epochs=10, best_epoch=e, val_top1=v, train_top1=0.9,
-                 run=f"{m}-{lr}")
-            for m, n, lr, e, v in [("APL", 10, 1e-4, 5, 0.60), ("APL", 10, 3e-4, 5, 0.71),
-                                   ("APL", 10, 1e-3, 5, 0.65), ("CNN", 30, 1e-3, 9, 0.55),
-                                   ("CNN", 30, 3e-3, 10, 0.58)]]
-    rows.append(dict(method="CNN", npc=30, lr=3e-3, epochs=20, best_epoch=12, val_top1=0.59,
-                     train_top1=0.95, run="CNN-double", doubled_of="CNN-0.003"))
+                 run=f"{m}-{lr}{'-sd' if recipe == 'small-data' else ''}", recipe=recipe,
+                 val_correct=mask(0, 1, 2), val_images=10, **extra)
+            for m, n, lr, e, v, recipe, extra in [
+                ("APL", 10, 1e-4, 5, 0.60, "base", {}), ("APL", 10, 3e-4, 5, 0.71, "base", {}),
+                ("APL", 10, 1e-3, 5, 0.1, "base", {"diverged": "non-finite loss"}),
+                ("APL", 10, 3e-4, 5, 0.64, "small-data", {}),
+                ("CNN", 30, 1e-3, 9, 0.55, "base", {}), ("CNN", 30, 3e-3, 10, 0.58, "base", {})]]
+    for multiple, right in ((2, range(9)), (4, range(9))):
+        rows.append(dict(method="CNN", npc=30, lr=3e-3, epochs=10 * multiple,
+                         best_epoch=6 * multiple, val_top1=0.9, train_top1=0.95,
+                         run=f"CNN-x{multiple}", longer_of="CNN-0.003", multiple=multiple,
+                         val_correct=mask(*right), val_images=10))
     return rows
 
 
-def test_search_table_shows_where_each_choice_sits_and_its_late_check_against_the_noise():
-    assert search_table(search_trials()[::-1], val_images=500) == [
-        {"method": "APL", "NPC": 10, "lr": "0.0003", "rates searched": "0.0001 .. 0.001",
-         "position": "interior", "best epoch": "5/10", "val top-1": "71.0",
-         "train top-1": "90", "late check": "–"},
-        {"method": "CNN", "NPC": 30, "lr": "0.003", "rates searched": "0.001 .. 0.003",
-         "position": "highest", "best epoch": "10/10", "val top-1": "58.0",
-         "train top-1": "90", "late check": "doubled: 12/20, 59.0 (+1.0, noise 6.2: flat)"}]
-    rising = search_table(search_trials(), val_images=50000)[1]["late check"]
-    assert rising == "doubled: 12/20, 59.0 (+1.0, noise 0.6: still rising)"
+def test_search_table_shows_where_each_choice_sits_and_its_longer_runs():
+    assert search_table(search_trials()[::-1], val_images=10) == [
+        {"method": "APL", "NPC": 10, "recipe": "base", "lr": "0.0003",
+         "rates searched": "0.0001 .. 0.001", "position": "interior, next to a diverged trial",
+         "recipes (val top-1)": "base 71.0, small-data 64.0", "best epoch": "5/10",
+         "val top-1": "71.0", "train top-1": "90", "longer runs": "2x not run yet"},
+        {"method": "CNN", "NPC": 30, "recipe": "base", "lr": "0.003",
+         "rates searched": "0.001 .. 0.003", "position": "highest",
+         "recipes (val top-1)": "base 58.0", "best epoch": "10/10", "val top-1": "58.0",
+         "train top-1": "90",
+         "longer runs": "2x: 12/20, 90.0 (+6/-0 of 10 images, p 0.016); 4x: 24/40, 90.0 "
+                        "(+0/-0 of 10 images, p 1); 2x adopted"}]
     in_file_order = [dict(method=m, npc=n, lr=1e-3, epochs=10, best_epoch=5, val_top1=0.5,
                           train_top1=0.9, run=f"{m}-{n}")
                      for m, n in [("APL fine-tune", 30), ("S-CNN", 10), ("BENCHMARK", 10)]]
     assert [(row["method"], row["NPC"]) for row in search_table(in_file_order, 500)] == [
         ("BENCHMARK", 10), ("S-CNN", 10), ("APL fine-tune", 30)]  # by NPC, then METHODS
-    trials = search_trials()
-    trials[-1]["val_top1"] = 0.70
-    assert search_table(trials, val_images=500)[1]["late check"] == (
-        "doubled: 12/20, 70.0 (+12.0, noise 6.2: still rising)")
-    undoubled = search_table(search_trials()[:-1], val_images=500)
-    assert undoubled[1]["late check"] == "not yet doubled"
+
+
+def test_search_table_says_when_a_recipe_diverged_at_every_rate():
+    rows = [dict(method="BENCHMARK", npc=10, lr=lr, epochs=10, best_epoch=5, val_top1=v,
+                 train_top1=0.9, run=f"{recipe}-{lr}", recipe=recipe, **extra)
+            for lr, v, recipe, extra in [
+                (1e-4, 0.2, "base", {}), (1e-3, 0.3, "base", {}), (1e-2, 0.2, "base", {}),
+                (1e-4, 0.11, "small-data", {"diverged": "learned nothing"}),
+                (1e-3, 0.12, "small-data", {"diverged": "learned nothing"})]]
+    row, = search_table(rows[::-1], val_images=500)
+    assert row["recipes (val top-1)"] == "base 30.0, small-data 12.0 (all diverged)"
+    assert row["recipe"] == "base" and row["position"] == "interior"
+
+
+def test_the_longer_runs_cell_says_what_each_run_showed_and_what_was_adopted():
+    pick = {"longer": [], "adopted": {"multiple": 1}, "convergence": "pending", "next": 4}
+    assert report.longer_runs_cell(pick, 500) == "4x not run yet"
+    untested = {"longer": [dict(multiple=2, epochs=200, best_epoch=130, val_top1=0.368,
+                                run="d", better=None)],
+                "adopted": {"multiple": 1}, "convergence": "untested", "next": None}
+    assert report.longer_runs_cell(untested, 500) == (
+        "2x: 130/200, 36.8; no per-image record: untested")
+    diverged = {"longer": [dict(multiple=2, epochs=20, best_epoch=3, val_top1=0.1, run="d",
+                                better=False, diverged="non-finite loss")],
+                "adopted": {"multiple": 1}, "convergence": "shown", "next": None}
+    assert report.longer_runs_cell(diverged, 500) == (
+        "2x: 3/20, 10.0 (diverged: non-finite loss); 1x adopted")
+    capped = {"longer": [dict(multiple=8, epochs=80, best_epoch=80, val_top1=0.5, run="e",
+                              wins=30, losses=3, p=1.2e-6, better=True)],
+              "adopted": {"multiple": 8}, "convergence": "still improving at the cap",
+              "next": None}
+    assert report.longer_runs_cell(capped, 500) == (
+        "8x: 80/80, 50.0 (+30/-3 of 500 images, p 1.2e-06); still improving at 8x")
 
 
 def test_feature_table_gives_knn_and_probe_per_npc():
@@ -241,7 +281,7 @@ def seeds_results(margins=(0.15, 0.12, 0.03), cnn=0.3):
                              "run": f"{method}-{npc}-{seed}"})
             rows.append({"run": f"features-seed{seed}-npc{npc}", "seed": seed, "npc": npc,
                          "features": features(0.3, 0.1 + 0.01 * seed, 0.4, 0.1)[0]["features"]})
-    return {"profile": "quick", "command": "python benchmarks/converged_seeds.py",
+    return {"profile": "quick", "command": "python experiments/converged_seeds.py",
             "trials": rows}
 
 
@@ -263,27 +303,25 @@ def test_seed_tables_give_mean_and_spread_and_every_paired_margin():
                                         "| – |")  # no search behind the frozen features
 
 
-def choice(val_top1, doubled_top1=None):
+def choice(convergence="shown"):
     """A search's choice (search.choose) as the seeds file's header keeps it."""
-    pick = {"val_top1": val_top1, "late": doubled_top1 is not None}
-    if doubled_top1 is not None:
-        pick["doubled"] = {"val_top1": doubled_top1, "epochs": 20, "best_epoch": 18}
-    return pick
+    return {"val_top1": 0.5, "convergence": convergence}
 
 
 def test_a_margin_whose_side_was_still_rising_is_marked_as_a_bound():
     seeds = seeds_results()
-    seeds["chosen"] = {  # 500 validation images in the quick profile: noise 6.3 points at 50 %
-        "BENCHMARK + positions|100": choice(0.5, 0.6), "BENCHMARK|100": choice(0.5, 0.55),
-        "APL fine-tune|10": choice(0.5, 0.6), "BENCHMARK + positions|10": choice(0.5, 0.7),
-        "S-ResNet-18|10": choice(0.5, 0.6), "S-CNN|100": choice(0.5)}
+    rising = choice("still improving at the cap")
+    seeds["chosen"] = {  # still improving at the longest run, or converged (or not yet)
+        "BENCHMARK + positions|100": rising, "BENCHMARK|100": choice("pending"),
+        "APL fine-tune|10": rising, "BENCHMARK + positions|10": rising,
+        "S-ResNet-18|10": rising, "S-CNN|100": choice(), "S-CNN|10": {"val_top1": 0.5}}
     assert report.still_rising(seeds) == {("BENCHMARK + positions", 100), ("APL fine-tune", 10),
                                           ("BENCHMARK + positions", 10), ("S-ResNet-18", 10)}
     converged = {(row["margin (points)"], row["NPC"]): row["converged"]
                  for row in margin_table(seeds)}
     assert converged[("APL fine-tune - BENCHMARK + positions", 100)] == (
         "no: BENCHMARK + positions still rising, so an upper bound")
-    assert converged[("APL fine-tune - BENCHMARK", 100)] == "yes"  # gained within the noise
+    assert converged[("APL fine-tune - BENCHMARK", 100)] == "yes"  # not shown rising
     assert converged[("APL fine-tune - BENCHMARK", 10)] == (
         "no: APL fine-tune still rising, so a lower bound")
     assert converged[("APL fine-tune - BENCHMARK + positions", 10)] == (
@@ -415,7 +453,7 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
     rows = [{"method": "APL fine-tune", "npc": 10, "test_top1": 0.3, "train_top1": 0.5}]
     checks = [{"statement": "the puzzle is learned", "holds": "yes", "measured": "75%"}]
     (tmp_path / "confusion.png").write_bytes(b"png")
-    search = {"profile": "quick", "command": "python benchmarks/converged_search.py",
+    search = {"profile": "quick", "command": "python experiments/converged_search.py",
               "trials": search_trials()}
     path = write_report(tmp_path, "profile **quick**, device **cpu**", pre, rows,
                         features(0.3, 0.1), checks, search=search, seeds=seeds_results())
@@ -423,7 +461,8 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
     assert path == tmp_path / "report.md"
     assert text.startswith("# APL reproduction report\n\nprofile **quick**, device **cpu**")
     for expected in ("| synthetic | 75.0% | 6.2% | 4.0 |", "| APL fine-tune | 30.0 (50) |",
-                     "| APL | 10 | 0.0003 | 0.0001 .. 0.001 | interior | 5/10 |",
+                     "| APL | 10 | base | 0.0003 | 0.0001 .. 0.001 | interior, next to a "
+                     "diverged trial | base 71.0, small-data 64.0 | 5/10 |",
                      "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |",
                      "| APL fine-tune - BENCHMARK | 10 | +15.0 (seed 0), +12.0 (seed 1), ",
                      "| APL-pretrained features | 30.0 / 40.0 |",
@@ -437,9 +476,9 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
         "## Fine-tuning: test top-1 (%) at the chosen epoch, training top-1 in brackets",
         "## Frozen features: kNN / linear probe test top-1 (%)",
         "## Where each choice of the converged search sits (quick profile, "
-        "`python benchmarks/converged_search.py`)",
+        "`python experiments/converged_search.py`)",
         "## Over the seeds that draw their own labels (quick profile, "
-        "`python benchmarks/converged_seeds.py`)",
+        "`python experiments/converged_seeds.py`)",
         "## The claim, checked",
         "## Figures",
         "### Position confusion (held-out)"]

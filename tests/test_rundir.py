@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from apl_core.checkpoint import save_checkpoint
+from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import PretrainConfig
 from apl_core.rundir import RunLog, last_evaluation, open_run, read_metrics, run_name
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
@@ -27,9 +27,9 @@ def test_run_names_of_the_smoke_profile_are_stable():
     assert run_name(smoke_pretrain_config("runs")) == \
         "synthetic32-G4K1-flatten-b2h3m2-n1024-do0.15-pdo0.1-lr0.002-bs64-e3-s0-c0c4a68a"
     assert run_name(smoke_finetune_config("runs")) == \
-        "synthetic32-benchmark-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-77c6a6a6"
+        "synthetic32-benchmark-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-b8bcb996"
     assert run_name(smoke_finetune_config("runs", pretrained="runs/pretrain/a-run")) == \
-        "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-1fe88ec4"
+        "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-wd0.0001-bs64-e2-s0-3c98d6d4"
 
 
 def test_pretraining_run_name_shows_the_settings_that_differ():
@@ -49,6 +49,13 @@ def test_finetuning_run_name_shows_the_model_its_source_and_its_options(tmp_path
                                "do0.1-pdo0.1-lr0.001-bs64-e2-s0")
     assert readable(base.replace(pretrained="a-run")) == \
         "synthetic32-from-a-run-npc10-do0.1-pdo0.1-lr0.001-bs64-e2-s0"
+    small_data = dict(label_smoothing=0.1, mixup_alpha=0.8, cutmix_alpha=1.0)
+    assert readable(base.replace(**small_data, augment_policy="randaugment", drop_path=0.1)) == (
+        "synthetic32-benchmark-npc10-ls0.1-mixup0.8-cutmix1-dpath0.1-randaugment-do0.1-pdo0.1-"
+        "lr0.001-bs64-e2-s0")
+    assert readable(base.replace(model="s-cnn", cutmix_alpha=1.0,
+                                 augment_policy="trivialaugment")) == \
+        "synthetic32-s-cnn-npc10-cutmix1-trivialaugment-lr0.001-bs64-e2-s0"
 
 
 def test_run_name_changes_with_every_setting_that_changes_the_result(tmp_path):
@@ -58,7 +65,9 @@ def test_run_name_changes_with_every_setting_that_changes_the_result(tmp_path):
     for change in (dict(test_per_class=7), dict(val_per_class=3), dict(crop_scale=0.5),
                    dict(label_seed=1), dict(warmup_frac=0.2), dict(select_best=True,
                    val_per_class=3), dict(architecture={**SMOKE_ARCHITECTURE, "heads": 1}),
-                   dict(pretrained=str(tmp_path / "pretrain" / "b-run"))):
+                   dict(pretrained=str(tmp_path / "pretrain" / "b-run")),
+                   dict(label_smoothing=0.1), dict(mixup_alpha=0.8), dict(cutmix_alpha=1.0),
+                   dict(augment_policy="trivialaugment"), dict(drop_path=0.1)):
         assert run_name(base.replace(**change)) != name, change
     for same in (dict(device="cuda"), dict(runs_dir="elsewhere"), dict(quiet=False),
                  dict(compile=True), dict(pretrained=str(pretrained / "last.pt")),
@@ -91,10 +100,12 @@ def test_benchmark_run_name_depends_on_its_architecture():
 
 # ---------------------------------------------------------------- open_run
 
-def write_run(config, **saved) -> dict:
-    """A run of `config` with a checkpoint after epoch 1 (no training needed to open it)."""
+def write_run(config, precision=None, **saved) -> dict:
+    """A run of `config` with a checkpoint after epoch 1 (no training needed to open it),
+    computed in `precision` (None: a checkpoint that does not say)."""
     checkpoint = {"phase": config.phase, "epoch": 1, "model": {},
-                  "config": {**config.to_dict(), **saved}}
+                  "config": {**config.to_dict(), **saved},
+                  **({"precision": precision} if precision else {})}
     run_dir = Path(config.runs_dir) / config.phase / config.run_name
     run_dir.mkdir(parents=True)
     save_checkpoint(checkpoint, run_dir / "last.pt")
@@ -161,6 +172,57 @@ def test_resume_returns_the_checkpoint_and_names_the_changed_settings(tmp_path, 
                                        f"'synthetic' -> 'stl10'\n")
 
 
+def test_a_run_is_not_resumed_in_another_precision_than_it_computed_in(tmp_path,
+                                                                        monkeypatch):
+    """A run named by hand (the name then digests nothing) that computed in bf16 on one CPU
+    is refused on a CPU where 'auto' computes in fp32, and resumed where it is bf16 again."""
+    from apl_core import device
+
+    config = smoke_pretrain_config(tmp_path, run_name="run", precision="auto")
+    write_run(config, precision="bf16")
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    with pytest.raises(ValueError) as error:
+        open_run(config, "auto")
+    assert str(error.value) == (
+        f"{tmp_path / 'pretrain' / 'run'} computed in bf16 and would resume in fp32 here "
+        f"(precision='auto' on device='cpu'): one run would mix the two. Resume it on a "
+        f"machine that computes in bf16, or start another run (another run_name)")
+    with pytest.raises(ValueError, match="computed in bf16 and would resume in fp32"):
+        open_run(config.replace(precision="fp32"), True)
+    assert open_run(config.replace(precision="bf16"), True)[2]["precision"] == "bf16"
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    assert open_run(config, True)[2]["epoch"] == 1
+    write_run(config.replace(run_name="older"))  # a checkpoint that does not say: resumed
+    assert open_run(config.replace(run_name="older", precision="fp32"), True)[2]["epoch"] == 1
+
+
+def test_a_run_name_digests_the_precision_computed_not_auto(monkeypatch):
+    """'auto' is bf16 on a CPU with fast bf16 and fp32 on another: the two runs of one
+    config never share a name; each is named as the precision it computes in."""
+    from apl_core import device
+
+    auto = smoke_finetune_config("runs", precision="auto")
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: True)
+    on_bf16 = run_name(auto)
+    assert on_bf16 == run_name(auto.replace(precision="bf16"))
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: False)
+    on_fp32 = run_name(auto)
+    assert on_fp32 == run_name(auto.replace(precision="fp32")) != on_bf16
+    assert on_fp32.rsplit("-", 1)[0] == on_bf16.rsplit("-", 1)[0]  # only the digest differs
+    # an explicit precision names the same run on any machine, also without its device here
+    assert run_name(auto.replace(precision="bf16", device="cuda")) == on_bf16
+
+
+def test_a_checkpoint_records_the_precision_its_run_computed_in(tmp_path):
+    from apl_core.train import pretrain
+
+    config = smoke_pretrain_config(tmp_path, epochs=1, num_images=96, holdout_images=32,
+                                   batch_size=32)
+    result = pretrain(config)
+    assert read_checkpoint(result.checkpoint)["precision"] == "fp32"
+    assert read_checkpoint(result.run_dir / "last.pt")["config"]["precision"] == "fp32"
+
+
 # ---------------------------------------------------------------- metrics
 
 def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
@@ -195,11 +257,12 @@ def test_run_log_writes_the_config_and_one_row_per_epoch_as_it_goes(tmp_path):
     text = (run_dir / "config.json").read_text()
     assert PretrainConfig.from_dict(json.loads(text)) == config
     assert '  "lr": 0.002,' in text.splitlines() and text.endswith("}\n")  # one setting a line
-    row = {"epoch": 1, "step": 12, "lr": 0.002, "train_loss": 2.5}
+    row = {"epoch": 1, "step": 12, "lr": 0.002, "train_loss": 2.5, "val_correct": "0f3"}
     log.add(row)
     assert read_metrics(run_dir) == [row]  # on disk before the run ends (a kill keeps it)
     assert scalars(run_dir, "train_loss") == [(1, 2.5)] and scalars(run_dir, "lr") == [(1, 0.002)]
     assert scalars(run_dir, "epoch") == scalars(run_dir, "step") == []
+    assert scalars(run_dir, "val_correct") == []  # a mask of images is no scalar
     log.close()
 
 

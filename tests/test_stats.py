@@ -4,9 +4,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from scipy import stats as scipy_stats
 
 from apl_core.stats import (
-    T_975, detectable_difference, mean_sd, seed_half_width, sampling_noise, verdict,
+    T_975, decode_mask, detectable_difference, equivalence, longer_wins, mcnemar_p, mean_sd,
+    seed_half_width, sampling_noise, verdict,
 )
 
 
@@ -64,3 +66,102 @@ def test_a_zero_difference_on_one_seed_is_no_sign_and_beyond_means_strictly_beyo
     assert verdict(mixed, 0.5, 1000) == "no detectable difference"
     edge = sampling_noise(0.5, 1000)
     assert verdict([edge] * 3, 0.5, 1000) == "no detectable difference"  # exactly at the noise
+
+
+# ---------------------------------------------------------------- McNemar's exact test
+
+@pytest.mark.parametrize("wins, losses, p", [
+    (8, 2, 56 / 1024),  # P(X >= 8), X ~ Binomial(10, 1/2): (45 + 10 + 1) / 2^10
+    (9, 1, 11 / 1024),
+    (2, 8, 1013 / 1024),  # losing is no evidence of winning
+    (5, 5, 638 / 1024),
+    (1, 0, 0.5),
+    (0, 0, 1.0),  # no image tells the runs apart
+    (0, 3, 1.0),
+])
+def test_mcnemar_p_is_the_binomial_tail_of_the_discordant_images(wins, losses, p):
+    assert mcnemar_p(wins, losses) == pytest.approx(p, abs=1e-12)
+
+
+def test_mcnemar_p_matches_scipys_binomial_test_and_refuses_negative_counts():
+    for wins, losses in ((30, 12), (12, 30), (60, 41), (3, 250)):
+        expected = scipy_stats.binomtest(wins, wins + losses, 0.5, alternative="greater").pvalue
+        assert mcnemar_p(wins, losses) == pytest.approx(expected, rel=1e-9)
+    with pytest.raises(ValueError, match="wins=-1, losses=2: counts of images cannot be negative"):
+        mcnemar_p(-1, 2)
+    with pytest.raises(ValueError, match="cannot be negative"):
+        mcnemar_p(2, -1)
+
+
+def test_decode_mask_reads_bit_i_as_image_i():
+    assert decode_mask("5", 3) == [True, False, True]
+    assert decode_mask("0a", 8) == [False, True, False, True, False, False, False, False]
+    assert decode_mask("0", 2) == [False, False]
+    with pytest.raises(ValueError, match="marks an image past the 2 it covers"):
+        decode_mask("4", 2)
+
+
+def mask(correct: list[bool]) -> str:
+    return f"{sum(1 << i for i, c in enumerate(correct) if c):x}"
+
+
+def test_a_longer_run_wins_only_by_the_paired_test_on_the_same_images():
+    # 10 images: the longer run gets images 0-8 right, the shorter 0 and 9: 8 wins, 1 loss
+    shorter = {"val_correct": mask([i in (0, 9) for i in range(10)]), "val_images": 10}
+    longer = {"val_correct": mask([i < 9 for i in range(10)]), "val_images": 10}
+    result = longer_wins(shorter, longer)
+    assert (result["wins"], result["losses"]) == (8, 1)
+    assert result["p"] == pytest.approx(10 / 512) and result["better"]
+    assert not longer_wins(longer, shorter)["better"]
+    assert not longer_wins(shorter, longer, alpha=0.01)["better"]  # p = 0.0195
+    # the same accuracy gain on images both runs share is no evidence: 2 wins, 0 losses
+    close = {"val_correct": mask([i in (0, 1, 9) for i in range(10)]), "val_images": 10}
+    tie = {"val_correct": mask([i in (0, 1, 2, 3, 9) for i in range(10)]), "val_images": 10}
+    assert longer_wins(close, tie) == {"wins": 2, "losses": 0, "p": 0.25, "better": False}
+    with pytest.raises(ValueError, match="10 and 12 validation images cannot be paired"):
+        longer_wins(shorter, {**longer, "val_images": 12})
+
+
+# ---------------------------------------------------------------- equivalence (TOST)
+
+def test_equivalence_is_shown_when_both_one_sided_tests_reject_the_margin():
+    differences = [0.01, -0.01, 0.02, 0.0, 0.01]
+    result = equivalence(differences, 0.05)
+    lower = scipy_stats.ttest_1samp(differences, -0.05, alternative="greater").pvalue
+    upper = scipy_stats.ttest_1samp(differences, 0.05, alternative="less").pvalue
+    assert result["verdict"] == "shown"
+    assert result["p_within"] == pytest.approx(max(lower, upper))
+    assert result["mean"] == pytest.approx(0.006) and result["seeds"] == 5
+    assert result["margin"] == 0.05
+    # the same differences against a margin they do not clear
+    assert equivalence(differences, 0.015)["verdict"] == "not shown"
+
+
+def test_equivalence_is_refuted_beyond_the_margin_on_either_side():
+    below = [-0.09, -0.08, -0.10, -0.085, -0.095]
+    result = equivalence(below, 0.05)
+    assert result["verdict"] == "refuted"
+    expected = scipy_stats.ttest_1samp(below, -0.05, alternative="less").pvalue
+    assert result["p_beyond"] == pytest.approx(expected)
+    assert equivalence([-d for d in below], 0.05)["verdict"] == "refuted"  # far above too
+
+
+def test_equivalence_not_shown_when_the_seeds_spread_too_wide_to_tell():
+    # the mean (-1 point) is within 5, but three draws that spread by 3 points cannot show
+    # it: the 90 % interval reaches past -5
+    wide = [-0.04, 0.02, -0.01]
+    result = equivalence(wide, 0.05)
+    assert result["verdict"] == "not shown"
+    assert 0.05 < result["p_within"] < 1 and result["p_beyond"] > 0.05
+    assert equivalence(wide * 2, 0.05)["verdict"] == "shown"  # six draws of the same spread
+
+
+def test_equivalence_of_identical_differences_and_its_refusals():
+    assert equivalence([0.01, 0.01, 0.01], 0.05)["verdict"] == "shown"
+    assert equivalence([0.06, 0.06], 0.05)["verdict"] == "refuted"
+    exactly = equivalence([0.05, 0.05], 0.05)
+    assert (exactly["verdict"], exactly["p_within"], exactly["p_beyond"]) == ("not shown", 0.5, 0.5)
+    with pytest.raises(ValueError, match="1 difference\\(s\\): an equivalence test needs two"):
+        equivalence([0.01], 0.05)
+    with pytest.raises(ValueError, match="margin=0 is invalid"):
+        equivalence([0.01, 0.02], 0)

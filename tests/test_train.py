@@ -15,11 +15,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import apl_core.train as train
+from apl_core.augment import AugmentSpec, MixSpec
 from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
+from apl_core.data import BatchLoader, ImageSet
 from apl_core.distributed import DistContext
 from apl_core.model import build_finetune_model, pretrain_architecture
 from apl_core.rundir import read_metrics, run_name
+from apl_core.stats import decode_mask
 from apl_core.train import (
     RunResult, best_epoch_test_top1, finetune, learning_rate, load_pretrained, pretrain,
     profile_pretrain_run, snapshot_path,
@@ -138,22 +141,37 @@ def test_training_loaders_shuffle_and_augment_evaluation_loaders_see_each_image_
     finetune(smoke_finetune_config(tmp_path, seed=4, val_per_class=3, batch_size=16,
                                    architecture=SMOKE_ARCHITECTURE))
     options = [(len(b.data), b.batch_size, b.shuffle, b.drop_last, b.device,
-                b.augment and b.augment.scale, b.seed, b.rank, b.world_size) for b in built]
+                b.augment and b.augment.scale, b.augment and b.augment.policy, b.mix, b.seed,
+                b.rank, b.world_size) for b in built]
     cpu = torch.device("cpu")
     assert options == [
-        (64, 32, False, False, cpu, None, 3, 0, 1),  # held-out part
-        (128, 32, True, True, cpu, (0.6, 1.0), 3, 0, 1),  # pretraining: whole batches only
-        (200, 16, False, False, cpu, None, 4, 0, 1),  # test set
-        (30, 16, False, False, cpu, None, 4, 0, 1),  # validation part
-        (100, 16, True, False, cpu, (0.8, 1.0), 4, 0, 1)]  # fine-tuning: every image
+        (64, 32, False, False, cpu, None, None, None, 3, 0, 1),  # held-out part
+        (128, 32, True, True, cpu, (0.6, 1.0), "none", None, 3, 0, 1),  # whole batches only
+        (200, 16, False, False, cpu, None, None, None, 4, 0, 1),  # test set
+        (30, 16, False, False, cpu, None, None, None, 4, 0, 1),  # validation part
+        (100, 16, True, False, cpu, (0.8, 1.0), "none", None, 4, 0, 1)]  # every image
 
+    built.clear()
+    finetune(smoke_finetune_config(tmp_path, val_per_class=3, augment_policy="trivialaugment",
+                                   mixup_alpha=0.8, cutmix_alpha=1.0, model="s-cnn"))
+    *evaluation, training = built
+    assert all(b.augment is None and b.mix is None for b in evaluation)  # scored as they are
+    assert training.augment == AugmentSpec(scale=(0.8, 1.0), policy="trivialaugment")
+    assert training.mix == MixSpec(mixup_alpha=0.8, cutmix_alpha=1.0, num_classes=10)
+    built.clear()
+    finetune(smoke_finetune_config(tmp_path, val_per_class=3, cutmix_alpha=1.0, model="s-cnn"))
+    assert built[-1].mix == MixSpec(mixup_alpha=0.0, cutmix_alpha=1.0, num_classes=10)
+
+    built.clear()
     finetune(smoke_finetune_config(tmp_path, val_per_class=3, evaluate_test=False,
                                    architecture=SMOKE_ARCHITECTURE))
-    assert [len(loader.data) for loader in built[5:]] == [30, 100]  # no test images loaded
+    assert [len(loader.data) for loader in built] == [30, 100]  # no test images loaded
 
     def images(loaders) -> set[bytes]:
         return {image.numpy().tobytes() for loader in loaders for image in loader.data.images}
 
+    built.clear()
+    pretrain(smoke_pretrain_config(tmp_path, seed=3, **TINY))
     pretrain(smoke_pretrain_config(tmp_path, seed=4, **TINY))
     assert images(built[:2]) != images(built[-2:])  # the seed draws the images themselves
 
@@ -375,6 +393,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         f"the pretrain loss became nan in epoch 2; the run stopped and {last} still holds "
         f"epoch 1. Try a lower lr (now 0.002), grad_clip > 0 (e.g. 1.0) or precision='fp32' "
         f"(now 'fp32')")
+    assert (error.value.epoch, error.value.run_dir, math.isnan(error.value.loss)) == (
+        2, last.parent, True)
     checkpoint = read_checkpoint(last)
     assert checkpoint["epoch"] == 1 and read_metrics(last.parent) == checkpoint["metrics"]
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
@@ -419,9 +439,11 @@ def test_finetuning_from_pretrained_run(option, pretrained_run, tmp_path):
 def test_a_run_without_the_test_set_evaluates_only_validation(tmp_path, monkeypatch):
     """evaluate_test=False (the hyper-parameter search): no test image is scored."""
     scored = []
-    evaluate = train.evaluate
+    evaluate, evaluate_correct = train.evaluate, train.evaluate_correct
     monkeypatch.setattr(train, "evaluate", lambda model, loss, loader, *args:
                         scored.append(len(loader.data)) or evaluate(model, loss, loader, *args))
+    monkeypatch.setattr(train, "evaluate_correct", lambda model, loader, *args:
+                        scored.append(len(loader.data)) or evaluate_correct(model, loader, *args))
     config = smoke_finetune_config(tmp_path, epochs=2, val_per_class=3, evaluate_test=False,
                                    architecture=SMOKE_ARCHITECTURE)
     rows = finetune(config).metrics
@@ -453,7 +475,8 @@ def test_from_scratch_models_train_on_the_same_recipe(tmp_path, monkeypatch):
         optimizer = train.make_optimizer(params, config, torch.device("cpu"))
         assert isinstance(optimizer, torch.optim.Adam)
         assert optimizer.param_groups[0]["weight_decay"] == config.weight_decay == 1e-4
-        assert all(args[1] is train.class_loss for args, _ in calls["epoch"]), model
+        assert all(args[1].func is train.class_loss and args[1].keywords == {
+            "label_smoothing": 0.0} for args, _ in calls["epoch"]), model
         rows = results[model].metrics
         assert [r["lr"] for r in rows] == [learning_rate(e, config) for e in range(3)], model
     training_sets = {model: [args[0] for args, kwargs in calls["loader"] if kwargs.get("train")]
@@ -479,32 +502,44 @@ def test_options_freeze_what_they_say():
 
 
 def scripted_evaluation(monkeypatch, val_top1s):
-    """evaluate() scores the validation part with these top-1s in turn, the test set alike."""
+    """The validation part (40 images) is scored with these top-1s in turn, its first images
+    right; evaluate() scores the test set alike every time."""
     scores = iter(val_top1s)
 
     def evaluate(model, loss_fn, loader, *args):
-        if len(loader.data) == 200:  # the test subset, 20 per class
-            return {"loss": 1.5, "top1": 0.25, "top3": 0.5, "top5": 0.75}
-        return {"loss": 2.0, "top1": next(scores), "top3": 1.0, "top5": 1.0}
+        assert len(loader.data) == 200  # the test subset, 20 per class
+        return {"loss": 1.5, "top1": 0.25, "top3": 0.5, "top5": 0.75}
+
+    def evaluate_correct(model, loader, *args):
+        assert len(loader.data) == 40
+        return torch.arange(40) < round(40 * next(scores))
 
     monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train, "evaluate_correct", evaluate_correct)
+
+
+def first_right(top1: float) -> str:
+    """The mask of 40 validation images whose first 40 x top1 are right."""
+    return train.correct_mask(torch.arange(40) < round(40 * top1))
 
 
 def test_finetuning_evaluates_every_eval_every_epochs_and_at_the_last(tmp_path, monkeypatch):
     scripted_evaluation(monkeypatch, [0.5, 0.5, 0.25])
-    result = finetune(smoke_finetune_config(tmp_path, epochs=5, eval_every=2, val_per_class=3,
+    result = finetune(smoke_finetune_config(tmp_path, epochs=5, eval_every=2, val_per_class=4,
                                             architecture=SMOKE_ARCHITECTURE))
     scored = dict(test_top1=0.25, test_top3=0.5, test_top5=0.75, test_nll=1.5)
+    half = {"val_top1": 0.5, "val_correct": first_right(0.5)}
     assert [{k: v for k, v in row.items() if k.startswith(("test_", "val_"))}
-            for row in result.metrics] == [{}, {**scored, "val_top1": 0.5}, {},
-                                           {**scored, "val_top1": 0.5},
-                                           {**scored, "val_top1": 0.25}]
+            for row in result.metrics] == [{}, {**scored, **half}, {}, {**scored, **half},
+                                           {**scored, "val_top1": 0.25,
+                                            "val_correct": first_right(0.25)}]
+    assert first_right(0.25) == "00000003ff"  # images 0-9 of 40
     assert not (result.run_dir / "best.pt").exists()  # only select_best keeps one
 
 
 def test_select_best_keeps_the_first_best_validation_epoch(tmp_path, monkeypatch):
     scripted_evaluation(monkeypatch, [0.5, 0.5, 0.25])  # epochs 2, 4 (a tie) and 5
-    result = finetune(smoke_finetune_config(tmp_path, epochs=5, eval_every=2, val_per_class=3,
+    result = finetune(smoke_finetune_config(tmp_path, epochs=5, eval_every=2, val_per_class=4,
                                             select_best=True, architecture=SMOKE_ARCHITECTURE))
     best, last = (read_checkpoint(result.run_dir / name) for name in ("best.pt", "last.pt"))
     assert (best["phase"], best["epoch"], best["row"]) == ("finetune", 2, result.metrics[1])
@@ -579,21 +614,24 @@ def test_bf16_autocast_trains_and_evaluates_on_cpu(tmp_path, monkeypatch):
     autocast = set()
 
     def recording(loss_fn):
-        def loss(model, images, labels):
+        def loss(model, images, labels, **options):
             autocast.add((loss_fn.__name__, model.training, len(images),
                           torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu")))
-            return loss_fn(model, images, labels)
+            return loss_fn(model, images, labels, **options)
         return loss
 
     monkeypatch.setattr(train, "position_loss", recording(train.position_loss))
     monkeypatch.setattr(train, "class_loss", recording(train.class_loss))
+    top1_correct = train.top1_correct
+    monkeypatch.setattr(train, "top1_correct", lambda logits, labels: autocast.add(
+        ("top1_correct", len(logits), logits.dtype)) or top1_correct(logits, labels))
     result = pretrain(smoke_pretrain_config(tmp_path, precision="bf16", epochs=1, **TINY))
     finetune(smoke_finetune_config(tmp_path, precision="bf16", epochs=1, val_per_class=3,
                                    batch_size=100, architecture=SMOKE_ARCHITECTURE))
     bf16 = torch.bfloat16
     assert autocast == {("position_loss", True, 32, bf16), ("position_loss", False, 32, bf16),
                         ("class_loss", True, 100, bf16), ("class_loss", False, 100, bf16),
-                        ("class_loss", False, 30, bf16)}  # train, test and validation batches
+                        ("top1_correct", 30, bf16)}  # train, test and validation batches
     assert math.isfinite(result.metrics[0]["train_loss"])
     weights = read_checkpoint(result.checkpoint)["model"]
     assert all(w.dtype == torch.float32 for w in weights.values())  # autocast, fp32 weights
@@ -669,3 +707,63 @@ def test_evaluate_averages_over_every_image_in_eval_mode_without_gradients():
     # loss: (2 x 3 + 6 x 1) / 4 images; hits@k: (2 + 1) / 4 for every k here
     assert result == {"loss": 3.0, "top1": 0.75, "top3": 0.75, "top5": 0.75}
     assert seen == [(False, False), (False, False)] and torch.is_grad_enabled()
+
+
+def test_evaluate_correct_marks_each_image_in_its_place_in_the_data():
+    """The model below is right on images whose number is even; with two ranks each rank sees
+    part of every batch, and the marks are in the data's order either way."""
+    images = (torch.arange(37) % 256).to(torch.uint8).view(37, 1, 1, 1).expand(37, 3, 4, 4)
+    data = ImageSet(images.clone(), torch.zeros(37, dtype=torch.int64), [])
+
+    class EvenIsClassZero(nn.Module):
+        def forward(self, batch):  # pixel value v -> class 0 when v is even, else class 1
+            number = torch.round((batch[:, 0, 0, 0] + 1) * 255 / 2)
+            return torch.stack([(number % 2 == 0).float(), (number % 2).float()], dim=1)
+
+    model = EvenIsClassZero().train()
+    loader = BatchLoader(data, 8, shuffle=False, drop_last=False)
+    correct = train.evaluate_correct(model, loader, None, DistContext(), torch.device("cpu"))
+    assert correct.dtype == torch.bool and correct.tolist() == [i % 2 == 0 for i in range(37)]
+    assert not model.training
+    halves = [train.evaluate_correct(model, BatchLoader(data, 8, shuffle=False, drop_last=False,
+                                                        rank=rank, world_size=2),
+                                     None, DistContext(), torch.device("cpu"))
+              for rank in range(2)]
+    assert (halves[0] | halves[1]).tolist() == correct.tolist()
+    assert not (halves[0] & halves[1]).any()  # no image on both ranks
+
+
+def test_correct_mask_is_hex_with_bit_i_for_image_i():
+    assert train.correct_mask(torch.tensor([True, False, True])) == "5"
+    assert train.correct_mask(torch.tensor([False] * 8)) == "00"
+    assert train.correct_mask(torch.tensor([True] * 9)) == "1ff"
+    assert train.correct_mask(torch.tensor([], dtype=torch.bool)) == "0"
+    marks = [i % 3 == 0 or i == 499 for i in range(500)]
+    mask = train.correct_mask(torch.tensor(marks))
+    assert len(mask) == 125 and decode_mask(mask, 500) == marks
+
+
+def test_the_small_data_recipe_trains_and_scores_each_validation_image(tmp_path):
+    """Label smoothing, MixUp and CutMix, a policy and stochastic depth together: the run
+    trains with finite losses, and every validation records which images it got right."""
+    config = smoke_finetune_config(tmp_path, epochs=2, val_per_class=3, evaluate_test=False,
+                                   architecture=SMOKE_ARCHITECTURE, label_smoothing=0.1,
+                                   mixup_alpha=0.8, cutmix_alpha=1.0,
+                                   augment_policy="randaugment", drop_path=0.1)
+    rows = finetune(config).metrics
+    for row in rows:
+        assert math.isfinite(row["train_loss"]) and 0 <= row["train_top1"] <= 1
+        marks = decode_mask(row["val_correct"], 30)
+        assert sum(marks) / 30 == row["val_top1"]
+    again = finetune(config.replace(run_name="again")).metrics
+    assert [row["train_loss"] for row in again] == [row["train_loss"] for row in rows]
+
+
+def test_label_smoothing_reaches_the_training_loss_only(tmp_path, monkeypatch):
+    losses = []
+    real = train.class_loss
+    monkeypatch.setattr(train, "class_loss", lambda *args, **kwargs: losses.append(
+        kwargs.get("label_smoothing")) or real(*args, **kwargs))
+    finetune(smoke_finetune_config(tmp_path, epochs=1, model="s-cnn", label_smoothing=0.2))
+    # two training batches smoothed; the test set scored on the plain loss
+    assert losses[:2] == [0.2, 0.2] and set(losses[2:]) == {None}

@@ -244,20 +244,34 @@ def test_no_widgets_outside_ipython(monkeypatch):
     assert not viz.widgets_can_render()
 
 
-def test_convergence_columns_follow_the_given_order_and_leave_out_doubled_runs():
+def test_convergence_columns_follow_the_given_order_and_leave_out_longer_runs():
     doubled = dict(CONVERGENCE_TRIALS[1], run="double", epochs=20, val_top1=0.9,
                    val_curve=[[4, 0.5], [10, 0.6], [20, 0.9]],
                    doubled_of=CONVERGENCE_TRIALS[1]["run"])
-    trials = CONVERGENCE_TRIALS + [doubled]
+    longer = dict(CONVERGENCE_TRIALS[7], run="longer", epochs=40, val_top1=0.9,
+                  val_curve=[[20, 0.5], [40, 0.7]], longer_of=CONVERGENCE_TRIALS[7]["run"],
+                  multiple=4)
+    small_data = [dict(t, recipe="small-data", run=t["run"] + "sd", val_top1=0.1,
+                       **({"diverged": "learned nothing"} if t["lr"] == 0.1 else {}))
+                  for t in CONVERGENCE_TRIALS[:3]]
+    trials = CONVERGENCE_TRIALS + [doubled, longer] + small_data
     fig = viz.convergence_figure(trials, search.choose(trials), ["b", "missing", "a"])
     assert [ax.get_title() for ax in fig.axes[:2]] == ["b", "a"]
     a_rates = fig.axes[1].lines[0].get_ydata()  # a at NPC 10: its three rates, not the double
     assert list(a_rates) == pytest.approx([100 * (0.5 - abs(lr - 0.01))
                                            for lr in (0.001, 0.01, 0.1)])
+    dotted = [line for line in fig.axes[1].lines if line.get_linestyle() == ":"
+              and len(line.get_xdata()) == 3]
+    assert [list(line.get_ydata()) for line in dotted] == [pytest.approx([10, 10, 10])]
+    crossed = [line for line in fig.axes[1].lines if line.get_marker() == "x"]
+    assert [(list(line.get_xdata()), list(line.get_ydata())) for line in crossed] == [
+        ([0.1], [pytest.approx(10)])]
     b_curves, a_curves = fig.axes[2], fig.axes[3]
     dashed = [line for line in a_curves.lines if line.get_linestyle() == "--"]
     assert [list(line.get_xdata()) for line in dashed] == [[40, 100, 200]]  # on the chosen scale
     assert list(dashed[0].get_ydata()) == pytest.approx([50, 60, 90])
-    assert a_curves.get_xlim() == (0, 200) and b_curves.get_xlim() == (0, 100)
-    assert not [line for line in b_curves.lines if line.get_linestyle() == "--"]
+    assert a_curves.get_xlim() == (0, 200)
+    b_dashed = [line for line in b_curves.lines if line.get_linestyle() == "--"]
+    assert [list(line.get_xdata()) for line in b_dashed] == [[200, 400]]  # b at NPC 10, 4x
+    assert b_curves.get_xlim() == (0, 400)
     plt.close(fig)

@@ -5,7 +5,7 @@ import hashlib
 
 import torch
 
-from ..augment import AugmentSpec, augment, normalize
+from ..augment import AugmentSpec, MixSpec, augment, mix, normalize
 from .imageset import ImageSet
 
 
@@ -32,13 +32,16 @@ class BatchLoader:
 
     Call set_epoch(epoch) before each epoch, like DistributedSampler; without it, each
     complete pass moves on to the next epoch by itself, so epochs never repeat by accident.
+
+    With `mix` (MixUp / CutMix, a labelled training set) every augmented batch is mixed and
+    its labels are soft targets (B, classes).
     """
 
     RESIDENT_LIMIT_BYTES = 2 << 30
 
     def __init__(self, data: ImageSet, batch_size: int, *, shuffle: bool, drop_last: bool,
                  device: torch.device | str = "cpu", augment: AugmentSpec | None = None,
-                 seed: int = 0, resident: bool | None = None, rank: int = 0, world_size: int = 1):
+                 mix: MixSpec | None = None, seed: int = 0, resident: bool | None = None, rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -54,6 +57,7 @@ class BatchLoader:
         self.drop_last = drop_last
         self.device = torch.device(device)
         self.augment = augment
+        self.mix = mix
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
@@ -98,6 +102,11 @@ class BatchLoader:
     def __len__(self) -> int:
         return len(self._local_batches())
 
+    def indices(self) -> list[torch.Tensor]:
+        """The images of this rank's batches, as positions in the data, in the order of the
+        next pass (evaluation: which image each prediction belongs to)."""
+        return self._local_batches()
+
     def __iter__(self):
         generator = None
         if self.augment is not None:
@@ -105,10 +114,11 @@ class BatchLoader:
             generator.manual_seed(_derive_seed(self.seed, self.epoch, self.rank))
         for index in self._local_batches():
             images, labels = self._fetch(index)
-            if self.augment is None:
-                yield normalize(images), labels
-            else:
-                yield augment(images, self.augment, generator), labels
+            images = normalize(images) if self.augment is None else \
+                augment(images, self.augment, generator)
+            if self.mix is not None:
+                images, labels = mix(images, labels, self.mix)
+            yield images, labels
         self.epoch += 1
 
     def _fetch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

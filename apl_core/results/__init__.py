@@ -1,6 +1,6 @@
 """The committed results of the studies (JSON files next to this one, written by the scripts
-in benchmarks/), and their one loader and writer: the course reads them instead of rerunning hours of
-training."""
+in experiments/), and their one loader and writer: the course reads them instead of rerunning
+hours of training."""
 from __future__ import annotations
 
 import json

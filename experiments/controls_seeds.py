@@ -9,12 +9,12 @@ its paired difference from APL per seed with the verdict (`controls.verdict_tabl
 cached in --runs-dir, so an interrupted sweep resumes, and the course's own seed 0 is read
 back from the course's runs.
 
-    python benchmarks/controls_seeds.py --profile quick --seeds 0 1 2 --runs-dir course_output/runs
+    python experiments/controls_seeds.py --profile quick --seeds 0 1 2 --runs-dir course_output/runs
 
 At the main budget (the profile's own pretraining, notebook 02's), with the features judged at
 every epoch's snapshot (the budget curve), for the original's two arguments:
 
-    python benchmarks/controls_seeds.py --profile quick --budget main --snapshot-every 1 \\
+    python experiments/controls_seeds.py --profile quick --budget main --snapshot-every 1 \\
         --names 'positional leak' 'K = 0'
 """
 from __future__ import annotations
@@ -59,8 +59,11 @@ def main(argv=None) -> None:
     out = Path(args.out) if args.out else controls.results_path(args.profile, args.budget)
     results = {"profile": args.profile, **measured_on(device),
                "date": datetime.date.today().isoformat(),
-               "controls": PROFILES[args.profile]["controls"], "budget": args.budget,
-               "command": recorded_command(["python", "benchmarks/controls_seeds.py",
+               # the grids and crops tried, and the budget the controls were pretrained at
+               "controls": {**PROFILES[args.profile]["controls"],
+                            "budget": controls.budget_settings(args.profile, args.budget)},
+               "budget": args.budget,
+               "command": recorded_command(["python", "experiments/controls_seeds.py",
                                            *(sys.argv[1:] if argv is None else argv)]),
                "seeds": []}
     for seed in args.seeds:

@@ -1,6 +1,6 @@
 """Fold a finished study of another search length at some NPCs into the committed results.
 
-    python benchmarks/adopt_study.py --profile quick --npcs 100 \\
+    python experiments/adopt_study.py --profile quick --npcs 100 \\
         --search apl_core/results/in_progress/quick_npc100_search.json \\
         --seeds apl_core/results/in_progress/quick_npc100_seeds.json
 
@@ -57,10 +57,12 @@ def study_problems(profile: str, npcs: set[int], committed_search: dict, committ
     chosen = search.choose(study_search["trials"])
     for row in study_seeds["trials"]:
         pick = chosen.get((row.get("method"), row["npc"]))
-        if pick and row["lr"] != pick["lr"]:
+        ran = (row["lr"], row.get("recipe", "base"), row["epochs"]) if pick else None
+        if pick and ran != (pick["lr"], pick["recipe"], pick["adopted"]["epochs"]):
             problems.append(f"the study's seed {row['seed']} ran {row['method']} at NPC "
-                            f"{row['npc']} with lr {row['lr']}, not at the study's choice "
-                            f"({pick['lr']})")
+                            f"{row['npc']} with lr {row['lr']}, the {ran[1]} recipe and "
+                            f"{row['epochs']} epochs, not at the study's choice ({pick['lr']}, "
+                            f"{pick['recipe']}, {pick['adopted']['epochs']} epochs)")
     return problems
 
 
@@ -76,7 +78,7 @@ def main(argv=None) -> None:
     committed_seeds = report.load_seeds(args.profile)
     if not committed_search or not committed_seeds:
         sys.exit(f"the {args.profile!r} profile has no committed search and seeds to adopt a "
-                 f"study into: run benchmarks/converged_search.py and converged_seeds.py")
+                 f"study into: run experiments/converged_search.py and converged_seeds.py")
     study_search = load_results(Path(args.search), "converged search", {"protocol", "trials"},
                                 "the study's command (its file's header says which)")
     study_seeds = report.load_seeds(args.profile, args.seeds)
