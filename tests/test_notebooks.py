@@ -1,6 +1,6 @@
 """The course notebooks: committed clean, and executed end to end with papermill (smoke profile).
 
-The end-to-end run executes notebooks 01-05 through `apl_core.course.run_course` (the runner
+The end-to-end run executes notebooks 01-06 through `apl_core.course.run_course` (the runner
 behind `make run`) into a temporary folder, then checks each notebook's figures and the numbers
 it recorded in output_dir/<notebook>.json.
 """
