@@ -18,7 +18,8 @@ from .data import ImageSet
 
 @dataclass
 class PositionAnalysis:
-    probs: torch.Tensor  # (N, T, T) predicted position distribution of every token
+    log_probs: torch.Tensor  # (N, T, T) log of each token's predicted position distribution
+    probs: torch.Tensor  # (N, T, T) that distribution
     confusion: torch.Tensor  # (T, T) counts, rows = true position, columns = predicted
     per_position_accuracy: torch.Tensor  # (T,)
     accuracy: float  # top-1 over all tokens
@@ -81,6 +82,7 @@ def position_analysis(model, images: ImageSet | torch.Tensor, batch_size: int = 
     confusion = torch.bincount((truth * t + predicted).flatten(), minlength=t * t).reshape(t, t)
     assignment = solve_puzzles(log_probs)
     return PositionAnalysis(
+        log_probs=log_probs,
         probs=log_probs.exp(),
         confusion=confusion,
         per_position_accuracy=confusion.diag() / confusion.sum(1).clamp(min=1),

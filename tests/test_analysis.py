@@ -281,7 +281,8 @@ def test_position_analysis_counts_scripted_predictions_exactly():
     log_probs = _scripted_log_probs()
     model = ScriptedModel(log_probs).train()
     result = position_analysis(model, _id_images(4), batch_size=3)
-    assert torch.allclose(result.probs, log_probs.exp())
+    assert torch.allclose(result.log_probs, log_probs) and result.log_probs.dtype == torch.float32
+    assert torch.equal(result.probs, result.log_probs.exp())
     assert result.confusion.tolist() == [[1, 2, 0, 1], [0, 3, 1, 0], [1, 0, 3, 0], [1, 0, 0, 3]]
     assert result.per_position_accuracy.tolist() == [0.25, 0.75, 0.75, 0.75]
     assert result.accuracy == 10 / 16
