@@ -301,6 +301,13 @@ def knn_accuracy(transformer, train: ImageSet, test: ImageSet, k: int = 20,
 PROBE_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
+def probe_loss(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
+               penalty: float) -> torch.Tensor:
+    """The linear probe's objective: the cross-entropy of the head's class logits plus
+    `penalty` times the squared L2 norm of its weights (the bias is not penalised)."""
+    return F.cross_entropy(head(features), labels) + penalty * head.weight.square().sum()
+
+
 @dataclass
 class ProbeResult:
     penalty: float  # chosen on the validation part
@@ -333,7 +340,7 @@ def feature_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Ten
 
         def closure():
             optimizer.zero_grad()
-            loss = F.cross_entropy(head(x), y) + penalty * head.weight.square().sum()
+            loss = probe_loss(head, x, y, penalty)
             loss.backward()
             return loss
 
