@@ -11,7 +11,7 @@ from apl_core import exercises
 from apl_core.exercises import BEGIN, END, has_solution, strip_solutions
 
 NOTEBOOKS = sorted(exercises.notebooks_dir().glob("[0-9][0-9]_*.ipynb"))
-WITH_EXERCISES = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04")]
+WITH_EXERCISES = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04", "05")]
 
 
 def solution_lines(source: str) -> list[str]:
