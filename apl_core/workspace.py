@@ -89,11 +89,3 @@ def setup(name: str, profile: str, output_dir: str | Path, data_dir: str | Path,
     model, config = load_pretrained(run, runs_dir=runs_dir, device=resolved)
     return Notebook(name, profile, out, resolved, settings, config, str(run), model)
 
-
-def workspace(output_dir: str | Path, data_dir: str | Path, runs_dir: str | Path,
-              device: str = "auto") -> tuple[Path, str, dict]:
-    """The output folder, the resolved device and the run settings (`setup`'s first three)."""
-    resolved = str(resolve_device(device))
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    return out, resolved, {"data_dir": data_dir, "runs_dir": runs_dir, "device": device}
