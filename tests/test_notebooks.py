@@ -283,7 +283,7 @@ def test_the_student_version_runs_up_to_its_first_exercise(smoke_course, tmp_pat
         declared = papermill.inspect_notebook(str(path))
         parameters = {k: v for k, v in course.notebook_parameters(path.stem, base, figures).items()
                       if k in declared}
-        executed = tmp_path / "executed" / path.name
+        executed = tmp_path / f"executed_{path.name}"
         with pytest.raises(papermill.PapermillExecutionError) as failure:
             papermill.execute_notebook(str(path), str(executed), parameters=parameters,
                                        kernel_name="python3", progress_bar=False,
@@ -293,6 +293,6 @@ def test_the_student_version_runs_up_to_its_first_exercise(smoke_course, tmp_pat
         failed = [i for i, c in enumerate(cells) if c.cell_type == "code"
                   and any(o.get("output_type") == "error" for o in c.get("outputs", []))]
         first_exercise = next(i for i, c in enumerate(cells)
-                              if "raise NotImplementedError()" in c.source)
+                              if c.cell_type == "code" and "raise NotImplementedError()" in c.source)
         assert failed == [first_exercise], f"{path.stem} failed before its first exercise"
         assert (figures / f"{path.stem}.json").is_file(), f"{path.stem} recorded nothing"
