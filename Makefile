@@ -8,7 +8,7 @@ PROFILE ?= auto
 OUT     ?= course_output
 PY      := $(VENV)/bin/python
 
-.PHONY: run test lab figures mutation setup benchmark results-docs clean
+.PHONY: run test lab figures mutation setup benchmark results-docs exercises clean
 
 setup: $(VENV)/.installed
 
@@ -42,6 +42,10 @@ test: setup
 # docs/results.md's and the README's tables, rewritten from the committed results
 results-docs: setup
 	$(PY) -m apl_core.results_docs
+
+# the student version of the notebooks: every exercise's solution stripped
+exercises: setup
+	$(PY) -m apl_core.exercises --out $(OUT)/student
 
 # from scratch: mutmut keeps which tests cover which function in mutants/ and misses edited tests
 mutation: setup

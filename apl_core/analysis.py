@@ -18,7 +18,8 @@ from .data import ImageSet
 
 @dataclass
 class PositionAnalysis:
-    probs: torch.Tensor  # (N, T, T) predicted position distribution of every token
+    log_probs: torch.Tensor  # (N, T, T) log of each token's predicted position distribution
+    probs: torch.Tensor  # (N, T, T) that distribution
     confusion: torch.Tensor  # (T, T) counts, rows = true position, columns = predicted
     per_position_accuracy: torch.Tensor  # (T,)
     accuracy: float  # top-1 over all tokens
@@ -81,6 +82,7 @@ def position_analysis(model, images: ImageSet | torch.Tensor, batch_size: int = 
     confusion = torch.bincount((truth * t + predicted).flatten(), minlength=t * t).reshape(t, t)
     assignment = solve_puzzles(log_probs)
     return PositionAnalysis(
+        log_probs=log_probs,
         probs=log_probs.exp(),
         confusion=confusion,
         per_position_accuracy=confusion.diag() / confusion.sum(1).clamp(min=1),
@@ -299,6 +301,13 @@ def knn_accuracy(transformer, train: ImageSet, test: ImageSet, k: int = 20,
 PROBE_PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
+def probe_loss(head: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
+               penalty: float) -> torch.Tensor:
+    """The linear probe's objective: the cross-entropy of the head's class logits plus
+    `penalty` times the squared L2 norm of its weights (the bias is not penalised)."""
+    return F.cross_entropy(head(features), labels) + penalty * head.weight.square().sum()
+
+
 @dataclass
 class ProbeResult:
     penalty: float  # chosen on the validation part
@@ -331,7 +340,7 @@ def feature_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Ten
 
         def closure():
             optimizer.zero_grad()
-            loss = F.cross_entropy(head(x), y) + penalty * head.weight.square().sum()
+            loss = probe_loss(head, x, y, penalty)
             loss.backward()
             return loss
 

@@ -270,13 +270,17 @@ def results_path(profile: str, budget: str = "small") -> Path:
     return RESULTS_DIR / f"{profile}_controls{'' if budget == 'small' else '_' + budget}.json"
 
 
-def load_controls(profile: str, budget: str = "small") -> dict | None:
+def load_controls(profile: str, budget: str = "small", required: bool = False) -> dict | None:
     """The committed controls over seeds at `budget` (experiments/controls_seeds.py), None if
-    there are none for `profile`."""
-    return load_results(results_path(profile, budget), "controls over seeds",
-                        {"profile", "machine", "command", "seeds"},
-                        f"python experiments/controls_seeds.py --profile {profile} "
-                        f"--budget {budget}")
+    there are none for `profile`, or an error naming the command that makes them (required)."""
+    rerun = f"python experiments/controls_seeds.py --profile {profile} --budget {budget}"
+    path = results_path(profile, budget)
+    results = load_results(path, "controls over seeds",
+                           {"profile", "machine", "command", "seeds"}, rerun)
+    if results is None and required:
+        raise FileNotFoundError(f"{path} does not exist: restore it with git checkout, or "
+                                f"rerun {rerun}")
+    return results
 
 
 def control_table(results: dict) -> list[dict]:

@@ -9,7 +9,7 @@ from torch import nn
 
 from apl_core.analysis import (
     accuracy_vs_patch_dropout, attention_maps, knn_accuracy, knn_vote, position_analysis,
-    solve_puzzles,
+    probe_loss, solve_puzzles,
 )
 from apl_core.augment import normalize
 from apl_core.data import ImageSet, load_split, split_holdout
@@ -281,7 +281,8 @@ def test_position_analysis_counts_scripted_predictions_exactly():
     log_probs = _scripted_log_probs()
     model = ScriptedModel(log_probs).train()
     result = position_analysis(model, _id_images(4), batch_size=3)
-    assert torch.allclose(result.probs, log_probs.exp())
+    assert torch.allclose(result.log_probs, log_probs) and result.log_probs.dtype == torch.float32
+    assert torch.equal(result.probs, result.log_probs.exp())
     assert result.confusion.tolist() == [[1, 2, 0, 1], [0, 3, 1, 0], [1, 0, 3, 0], [1, 0, 0, 3]]
     assert result.per_position_accuracy.tolist() == [0.25, 0.75, 0.75, 0.75]
     assert result.accuracy == 10 / 16
@@ -616,3 +617,16 @@ def test_knn_accuracy_asks_20_neighbours_by_default():
                      .expand(1, 3, 4, 4).contiguous(), torch.tensor([0]), ["a", "b"])
     assert knn_accuracy(ColourFeatures(), bank, query) == 1.0
     assert knn_accuracy(ColourFeatures(), bank, query, k=21) == 0.0
+
+
+def test_probe_loss_is_the_cross_entropy_plus_the_weights_squared_norm():
+    head = nn.Linear(3, 2)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, -2.0, 0.0], [0.5, 0.0, 1.0]]))
+        head.bias.copy_(torch.tensor([3.0, -1.0]))  # large, and not penalised
+    x, y = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0]]), torch.tensor([1, 0])
+    logits = x @ head.weight.T + head.bias
+    cross_entropy = -(logits.log_softmax(1)[[0, 1], [1, 0]]).mean()
+    squared_norm = 1 + 4 + 0.25 + 1
+    torch.testing.assert_close(probe_loss(head, x, y, 0.0), cross_entropy)
+    torch.testing.assert_close(probe_loss(head, x, y, 0.1), cross_entropy + 0.1 * squared_norm)

@@ -1,6 +1,6 @@
 """The course notebooks: committed clean, and executed end to end with papermill (smoke profile).
 
-The end-to-end run executes notebooks 01-05 through `apl_core.course.run_course` (the runner
+The end-to-end run executes notebooks 01-06 through `apl_core.course.run_course` (the runner
 behind `make run`) into a temporary folder, then checks each notebook's figures and the numbers
 it recorded in output_dir/<notebook>.json.
 """
@@ -11,9 +11,10 @@ import sys
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 
-from apl_core import course, publish
+from apl_core import course, exercises, publish
 from apl_core.comparison import METHODS
 from apl_core.controls import RANDOM_INIT, control_configs
 from apl_core.rundir import read_metrics
@@ -266,3 +267,34 @@ def test_publish_figures_says_what_made_them(smoke_course, tmp_path):
             (out / "figures" / f"{name}.png").read_bytes()
     provenance = (tmp_path / "figures" / "PROVENANCE.md").read_text()
     assert "smoke profile" in provenance and "threads" in provenance
+
+
+@pytest.mark.slow
+def test_the_student_version_runs_up_to_its_first_exercise(smoke_course, tmp_path):
+    """`make exercises`' notebooks, run in course order on the smoke course's finished runs:
+    each records its results and stops at its first exercise's NotImplementedError (in the
+    exercise's cell, or in its test cell where the exercise writes a function), not before."""
+    out, _ = smoke_course
+    figures = tmp_path / "figures"
+    base = dict(profile="smoke", device="cpu", data_dir=str(out / "data"),
+                runs_dir=str(out / "runs"), output_dir=str(figures),
+                report_dir=str(tmp_path / "report"), interactive=False)
+    for path in exercises.write_student_version(tmp_path / "student"):
+        declared = papermill.inspect_notebook(str(path))
+        parameters = {k: v for k, v in course.notebook_parameters(path.stem, base, figures).items()
+                      if k in declared}
+        executed = tmp_path / f"executed_{path.name}"
+        with pytest.raises(papermill.PapermillExecutionError) as failure:
+            papermill.execute_notebook(str(path), str(executed), parameters=parameters,
+                                       kernel_name="python3", progress_bar=False,
+                                       cwd=str(path.parent))
+        assert failure.value.ename == "NotImplementedError", path.stem
+        code = [c for c in nbformat.read(executed, as_version=4).cells if c.cell_type == "code"]
+        failed = [i for i, c in enumerate(code)
+                  if any(o.get("output_type") == "error" for o in c.get("outputs", []))]
+        first_exercise = next(i for i, c in enumerate(code)
+                              if "raise NotImplementedError()" in c.source)
+        # an exercise that writes a function fails where its test cell calls it
+        assert failed in ([first_exercise], [first_exercise + 1]), \
+            f"{path.stem} failed in cells {failed}, not at its first exercise {first_exercise}"
+        assert (figures / f"{path.stem}.json").is_file(), f"{path.stem} recorded nothing"
