@@ -334,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true",
                    help="stream every cell's output and the kernel's warnings (default: one "
                         "line per notebook)")
-    p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: %(default)s)")
+    p.add_argument("--kernel", default="python3",
+                   help="Jupyter kernel; python3 is the Python that runs the course, whichever "
+                        "kernel the notebooks name (default: %(default)s)")
     p.add_argument("--publish-figures", metavar="DIR", default=None,
                    help="afterwards, copy the README's figures to DIR (make figures: "
                         "docs/figures)")
