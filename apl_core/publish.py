@@ -32,7 +32,7 @@ README_FIGURES = ("01_puzzle_photo", "01_dataset_puzzle", "03_confusion", "03_at
 
 
 class SiteError(RuntimeError):
-    """The site cannot be built (no executed course, no checkout, Sphinx missing)."""
+    """The site cannot be built: no executed course, no checkout, Sphinx missing or failing."""
 
 
 def repository_url() -> str:
