@@ -30,7 +30,7 @@ def test_the_course_has_its_six_notebooks():
 def test_committed_notebook_is_clean(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"]["name"] == "apl-course"  # make registers it
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), \
         f"{path.name} has stored outputs: strip them before committing"
