@@ -200,10 +200,23 @@ def test_a_site_without_an_executed_course_says_in_one_line_to_run_make_run(tmp_
 
 
 def test_the_site_has_a_page_per_notebook_with_its_launch_links_and_figures(small_course):
+    last = small_course / f"{publish.course_notebooks()[-1]}.ipynb"
+    with_widget = nbformat.read(last, as_version=4)  # a progress bar, as tqdm shows it
+    with_widget.cells[1].outputs.append(nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "a1", "version_major": 2,
+                                                     "version_minor": 0},
+        "text/plain": "epochs: 100%|##########| 3/3"}))
+    with_widget.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "state": {}, "version_major": 2, "version_minor": 0}}
+    nbformat.write(with_widget, last)
     index, problems = publish.build_site(small_course)
     assert problems == []  # Sphinx's -W: not one warning
     assert index == small_course / "site" / "index.html"
     assert "apl-course: learn, run and extend APL pretraining" in index.read_text()
+    widget_page = (small_course / "site" / "notebooks" / f"{last.stem}.html").read_text()
+    assert "epochs: 100%|##########| 3/3" in widget_page  # its text: no widget manager
+    for page in (small_course / "site").rglob("*.html"):  # nothing from a CDN
+        assert not re.search(r"<script[^>]+src=\"(https?:)?//", page.read_text()), page
     for name in publish.course_notebooks():
         page = (small_course / "site" / "notebooks" / f"{name}.html").read_text()
         for url in publish.notebook_links(name).values():
