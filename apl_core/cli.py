@@ -1,10 +1,12 @@
-"""Command line: `python -m apl_core pretrain|finetune [options]` and `... course [options]`.
+"""Command line: `python -m apl_core pretrain|finetune [options]`, `... course [options]` and
+`... site [options]`.
 
 Every config field is an option (`--grid 4`, `--mlp-head` / `--no-mlp-head`), generated from
 the dataclass with its default shown in --help. A config is built from, in order of
 precedence: the options given, then `--config FILE` (JSON or YAML), then `--profile`, then the
 dataclass defaults. A run's own config.json is a valid --config file, so
 `--config runs/pretrain/NAME/config.json --resume --epochs 600` continues a run for longer.
+Nothing here imports torch before the arguments are read: `--help` answers at once.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from pathlib import Path
 
 import yaml
 
-from .checkpoint import CheckpointError
 from .config import (
     DATASETS, ENCODERS, FINETUNE_MODELS, OPTIMIZERS, PHASES, PRECISIONS, PROFILES,
     UNREADABLE_IMAGES, profile_values,
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
             _add_field(sub, field)
     commands.add_parser("course", add_help=False,
                         help="run the course notebooks headless (options: course --help)")
+    commands.add_parser("site", add_help=False,
+                        help="build the course site from the executed notebooks "
+                             "(options: site --help)")
     return parser
 
 
@@ -116,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         from .course import main as course_main  # imports papermill: only when asked for
 
         return course_main(argv[1:]) or 0
+    if argv[:1] == ["site"]:
+        from .publish import main as site_main
+
+        return site_main(argv[1:]) or 0
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -124,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     # torch and the data pipeline are imported after the arguments are checked: --help is quick
     from . import train
+    from .checkpoint import CheckpointError
     from .distributed import shutdown
 
     run = {"pretrain": train.pretrain, "finetune": train.finetune}[args.command]

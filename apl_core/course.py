@@ -3,9 +3,10 @@
     python -m apl_core course --profile auto --out course_output
 
 writes into OUT the executed notebooks, their figures (OUT/figures), the report
-(OUT/report) and the training runs (OUT/runs, reused when the course is run again),
-and passes the run locations from one notebook to the next. CUDA is used when present.
-What a finished course publishes (index.html, the README's figures) is `apl_core.publish`'s.
+(OUT/report), the training runs (OUT/runs, reused when the course is run again) and the course
+site (OUT/site/index.html), and passes the run locations from one notebook to the next. CUDA is
+used when present. What a finished course publishes (the site, the README's figures) is
+`apl_core.publish`'s.
 """
 from __future__ import annotations
 
@@ -24,8 +25,7 @@ import time
 from pathlib import Path
 
 from .config import PROFILES
-from .publish import missing_readme_figures, publish_figures, write_index
-from .results import RESULTS_DIR, load_results
+from .publish import SiteError, build_site, missing_readme_figures, publish_figures
 
 NOTEBOOKS = (
     "01_puzzle_construction",
@@ -253,13 +253,18 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
         rows.append(dict(notebook=name, seconds=round(seconds, 1), executed=str(path)))
         print(f"[{i}/{len(names)}] {name:<38} {seconds:6.0f} s  -> {path.name}", flush=True)
     total = time.perf_counter() - start
-    index = write_index(out, rows, profile, device)
+    try:  # the notebooks ran: a site that cannot be built is said, not a failed course
+        index, problems = build_site(out)
+    except SiteError as err:
+        index, problems = None, [f"not built: {err}"]
+    for problem in problems:
+        print(f"site: {problem}", flush=True)
     # with what it ran on: a committed copy is docs/results.md's course time
     summary = dict(profile=profile, device=device, **measured_on(device),
                    date=datetime.date.today().isoformat(),
                    command=f"python -m apl_core course --profile {profile}",
                    total_seconds=round(total, 1), notebooks=rows, figures=str(figures),
-                   report=str(report), runs=base["runs_dir"], index=str(index))
+                   report=str(report), runs=base["runs_dir"], site=str(index) if index else None)
     (out / "course_summary.json").write_text(json.dumps(summary, indent=2))
     if publish:
         missing = missing_readme_figures(out)
@@ -269,13 +274,16 @@ def run_course(profile: str = "auto", out: str | Path = "course_output", device:
         publish_figures(out, Path(publish), profile, device)
         print(f"figures for the README copied to {publish}")
     print(f"course finished in {total / 60:.1f} min: {len(rows)} notebook(s) in {out}\n"
-          f"  browse:  {index}\n  figures: {figures}\n  report:  {report / 'report.md'}\n"
+          + (f"  read:    {index}\n" if index else "")
+          + f"  figures: {figures}\n  report:  {report / 'report.md'}\n"
           f"  runs:    {base['runs_dir']}"
           + ("" if log_output else f"\n  kernel warnings: {out / 'kernel.log'}"), flush=True)
     return rows
 
 
 def course_time_path(profile: str) -> Path:
+    from .results import RESULTS_DIR  # torch, through the checkpoint writer: not for --help
+
     return RESULTS_DIR / f"{profile}_course_time.json"
 
 
@@ -283,6 +291,8 @@ def load_course_time(profile: str) -> dict | None:
     """The committed timing of `profile`'s course (the course_summary.json of a `make run`
     from a fresh clone), or None where there is none; refused unless it times every notebook
     (a run with --only is not the course's time)."""
+    from .results import load_results
+
     rerun = (f"make run PROFILE={profile} from a fresh clone and copy its "
              f"course_output/course_summary.json there")
     path = course_time_path(profile)
@@ -324,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", "-v", action="store_true",
                    help="stream every cell's output and the kernel's warnings (default: one "
                         "line per notebook)")
-    p.add_argument("--kernel", default="python3", help="Jupyter kernel (default: %(default)s)")
+    p.add_argument("--kernel", default="python3",
+                   help="Jupyter kernel; python3 is the Python that runs the course, whichever "
+                        "kernel the notebooks name (default: %(default)s)")
     p.add_argument("--publish-figures", metavar="DIR", default=None,
                    help="afterwards, copy the README's figures to DIR (make figures: "
                         "docs/figures)")

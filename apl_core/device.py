@@ -3,6 +3,7 @@
     resolve_device      a device name ('auto', 'cpu', 'cuda', 'cuda:N') -> torch.device
     autocast_dtype      a precision ('auto', 'fp32', 'bf16', 'fp16') -> the autocast dtype
     cpu_has_fast_bf16   whether this CPU computes bf16 faster than fp32
+    cuda_has_native_bf16 whether a GPU computes bf16 in hardware (not emulated)
     autocast            the autocast context for a device and dtype (disabled for fp32)
     machine_description what a run's numbers were measured on ('AMD EPYC (2 threads)')
     computed_in         what a precision ('auto' included) computes in on a device
@@ -32,12 +33,23 @@ def cpu_has_fast_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes bf16 in hardware: NVIDIA from compute capability 8.0 (Ampere)
+    on, and the AMD GPUs that ROCm builds of torch run on. An older GPU such as the T4 (7.5)
+    emulates bf16, slower than its fp16; torch.cuda.is_bf16_supported() still answers yes
+    there, counting the emulation."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for `precision`, None for full fp32. 'auto' takes bf16 where the
-    device computes it fast, fp16 (with gradient scaling) on CUDA without bf16, else fp32."""
+    device computes it natively, fp16 (with gradient scaling) on other CUDA GPUs, else
+    fp32."""
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     if precision == "fp16" and device.type != "cuda":
         raise ValueError("precision='fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")

@@ -5,7 +5,7 @@ with a title, labelled axes and a colour bar or legend where colours carry meani
 returns the `matplotlib.figure.Figure` (the notebooks show it and `save` it). The course's look,
 `theme()`, is a style context rather than a global setting (importing this module changes
 none): each figure is made in it and, being a `ThemedFigure`, drawn in it whenever it is shown
-or saved. `widgets_can_render()` tells notebook 01 whether its slider panel can be shown.
+or saved. `widgets_can_render()` tells notebooks 01 and 03 whether their panels can be shown.
 """
 from __future__ import annotations
 
@@ -811,21 +811,28 @@ def save(fig: Figure, output_dir, name: str) -> Path:
 # ---------------------------------------------------------------- interactive panels
 
 def widgets_can_render() -> bool:
-    """Whether this kernel serves a notebook open in JupyterLab (or Jupyter Notebook), whose
-    page renders ipywidgets, rather than a headless run (papermill, nbconvert --execute,
-    nbclient): notebook 01 shows its sliders only then, the static figure always."""
+    """Whether this kernel serves a notebook open in a front end that renders ipywidgets
+    (JupyterLab, Jupyter Notebook 7, VS Code, Colab, Kaggle's editor) rather than a headless
+    run (papermill, nbconvert --execute, nbclient): notebooks 01 and 03 show their panels only
+    then, their static figures always."""
     # Why not widgets everywhere: nbclient, which papermill and nbconvert run on, imitates the
     # Output widget of `interact` by sending what the function shows back to the kernel, and
     # with a figure-sized output the cell never finishes (nbclient #312, papermill #723;
-    # notebook 01 hung in every papermill run). A Jupyter server names the notebook of each
-    # kernel it starts in JPY_SESSION_NAME; nbclient starts its kernels itself, their history
-    # kept in memory, which tells them apart also when papermill runs from a notebook's cell
-    # (its kernel inherits the variable).
+    # notebook 01 hung in every papermill run). nbclient starts its kernels itself, their
+    # history kept in memory: that tells a headless run apart whatever else it inherits (a
+    # papermill started from a notebook's cell inherits that kernel's environment).
+    # The front ends: a Jupyter server names the notebook of each kernel it starts in
+    # JPY_SESSION_NAME; VS Code gives its kernels __vsc_ipynb_file__; Colab's kernel runs
+    # Colab's own shell; Kaggle marks an editor's session "Interactive", a saved run "Batch".
     from IPython import get_ipython
 
     shell = get_ipython()
-    return (shell is not None and bool(os.environ.get("JPY_SESSION_NAME"))
-            and str(shell.history_manager.hist_file) != ":memory:")
+    if shell is None or str(shell.history_manager.hist_file) == ":memory:":
+        return False
+    return bool(os.environ.get("JPY_SESSION_NAME")
+                or "__vsc_ipynb_file__" in shell.user_ns
+                or type(shell).__module__.startswith("google.colab")
+                or os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Interactive")
 
 
 __all__ = [

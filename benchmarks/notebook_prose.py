@@ -2,9 +2,10 @@
 
     python benchmarks/notebook_prose.py
 
-Per notebook: the words of its markdown cells (prose), the non-blank lines of its code cells,
-words per code line, and the setup share: the parameters cell and the cell after it (the
-imports and paths) as a share of the code lines. The course asks for at least 9 words of prose
+Per notebook: the words of its markdown cells (prose), the non-blank lines of its code cells
+(not the Colab and Kaggle setup cell, the same in every notebook), words per code line, and
+the setup share: the parameters cell and the cell after it (the imports and paths) as a share
+of the code lines. The course asks for at least 9 words of prose
 per code line (tests/test_notebooks.py holds every notebook to it).
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ def prose_counts(path: Path) -> dict:
     cells = json.loads(path.read_text())["cells"]
     words = sum(len(re.findall(r"[A-Za-z0-9][\w'.,%-]*", "".join(c["source"])))
                 for c in cells if c["cell_type"] == "markdown")
-    code = [c for c in cells if c["cell_type"] == "code"]
+    code = [c for c in cells if c["cell_type"] == "code" and c.get("id") != "setup"]
     lines = [sum(1 for line in "".join(c["source"]).splitlines() if line.strip()) for c in code]
     first = next(i for i, c in enumerate(code) if "parameters" in c["metadata"].get("tags", []))
     setup = sum(lines[first:first + 2])

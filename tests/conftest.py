@@ -46,6 +46,19 @@ def pretrained_run(tmp_path_factory):
     return pretrain(smoke_pretrain_config(runs, epochs=4, knn_every=2))
 
 
+@pytest.fixture(scope="session")
+def smoke_course(tmp_path_factory):
+    """The whole course in the smoke profile, run once by the runner behind `make run`
+    (apl_core.course.run_course), which builds the course site at its end: (OUT, one row per
+    notebook). The notebook tests check its notebooks, the site and browser tests its site."""
+    from apl_core.course import run_course
+
+    out = tmp_path_factory.mktemp("course")
+    rows = run_course(profile="smoke", out=out, device="cpu", data_dir=out / "data",
+                      log_output=False)
+    return out, rows
+
+
 def mutation_test_file(mutant: str) -> str:
     """The test file that judges a mutant of apl_core.<module> (`make mutation`): the module's
     own, tests/test_<module>.py; the data package's modules share tests/test_data.py."""

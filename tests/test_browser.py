@@ -1,8 +1,13 @@
-"""A student's first steps, in a real browser: JupyterLab serves notebooks 01 and 03, headless
-Chromium runs all their cells in the smoke profile; notebook 01's slider panel renders and
-moving the G slider redraws the puzzle; notebook 03's game is played: a cell chosen for every
-tile, "check" pressed, both scores read. Needs Debian's `chromium` (`.ci/run` installs it); no
-browser download."""
+"""In a real browser, headless Chromium driven by Playwright (Debian's `chromium`, which
+`.ci/run` installs; no browser download):
+
+- the course site that `make run` builds, opened from file:// with every other request refused:
+  every notebook page shows its figures and typeset math, and its Colab and Kaggle links; search
+  finds PatchDropout; next and previous lead through the notebooks in order;
+- a student's first steps: JupyterLab serves notebooks 01 and 03 and runs all their cells in the
+  smoke profile; notebook 01's slider panel renders and moving the G slider redraws the puzzle;
+  notebook 03's game is played: a cell chosen for every tile, "check" pressed, both scores read.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -20,6 +25,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from apl_core.publish import notebook_links
+from apl_core.setup_cell import KERNELSPEC
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -69,6 +77,11 @@ def jupyterlab(tmp_path):
     (settings / "apputils-extension").mkdir()  # no "get notified about news?" toast
     (settings / "apputils-extension" / "notification.jupyterlab-settings").write_text(
         '{"fetchNews": "false"}')
+    kernels = tmp_path / "jupyter" / "kernels"  # the apl-course kernel, as make setup registers it
+    (kernels / KERNELSPEC["name"]).mkdir(parents=True)
+    (kernels / KERNELSPEC["name"] / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": KERNELSPEC["display_name"], "language": KERNELSPEC["language"]}))
     log = open(tmp_path / "jupyterlab.log", "w")
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1",
@@ -78,7 +91,7 @@ def jupyterlab(tmp_path):
          f"--LabApp.workspaces_dir={tmp_path / 'lab-workspaces'}",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
+        env={**os.environ, "OMP_NUM_THREADS": "1", "JUPYTER_PATH": str(tmp_path / "jupyter")})
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 60
@@ -213,3 +226,146 @@ def test_notebook_03_game_is_played_in_jupyterlab_and_scores_both_players(jupyte
             panel.inner_text()
         panel.screenshot(path=shots / "3_game_checked.png")
 
+
+
+# ---------------------------------------------------------------- the course site, offline
+
+COURSE = sorted(path.stem for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+SCREENSHOT = ROOT / "docs" / "figures" / "site_notebook_page.png"  # the README shows it
+
+
+@pytest.fixture(scope="module")
+def offline_site(smoke_course):
+    """The site that the smoke course's run built, in headless Chromium where every request
+    that is not file:// is refused: (site folder, page, refused URLs, page errors)."""
+    from playwright.sync_api import sync_playwright
+
+    out, _ = smoke_course
+    site = out / "site"
+    assert (site / "index.html").is_file(), "the course run built no site"
+    refused, errors = [], []
+
+    def refuse_the_network(route):
+        if route.request.url.startswith("file:"):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-dev-shm-usage"])
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        context.route("**/*", refuse_the_network)
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.on("console", lambda message: message.type == "error" and errors.append(message.text))
+        try:
+            yield site, page, refused, errors
+        finally:
+            browser.close()
+
+
+def open_page(page, path: Path) -> None:
+    """Open a page of the site and wait until MathJax has typeset it (where it has math)."""
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    page.wait_for_function("() => !window.MathJax || (MathJax.startup && MathJax.startup.promise)")
+    page.evaluate("() => window.MathJax ? MathJax.startup.promise.then(() => true) : true")
+
+
+def article_prose(page) -> str:
+    """The text of the page's article without its code, its outputs' plain text and the
+    typeset math: what is left of a formula there was not typeset."""
+    return page.evaluate("""() => {
+        const article = document.querySelector("article").cloneNode(true);
+        article.querySelectorAll("pre, code, mjx-container").forEach(e => e.remove());
+        return article.textContent;
+    }""")
+
+
+def markdown_has_math(notebook: Path) -> bool:
+    cells = json.loads(notebook.read_text())["cells"]
+    return any(c["cell_type"] == "markdown" and "$" in "".join(c["source"]) for c in cells)
+
+
+def image_outputs(notebook: Path) -> int:
+    cells = json.loads(notebook.read_text())["cells"]
+    return sum("image/png" in output.get("data", {}) for cell in cells
+               for output in cell.get("outputs", []))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", COURSE)
+def test_every_notebook_page_shows_its_figures_math_and_launch_links_offline(offline_site,
+                                                                            smoke_course, name):
+    site, page, refused, errors = offline_site
+    executed = smoke_course[0] / f"{name}.ipynb"
+    open_page(page, site / "notebooks" / f"{name}.html")
+    assert page.locator("article img").count() >= image_outputs(executed)
+    assert page.evaluate("""() => [...document.querySelectorAll("article img")]
+                            .every(img => img.complete && img.naturalWidth > 0)"""), \
+        "a figure did not load"
+    if markdown_has_math(executed):
+        assert page.locator("article mjx-container").count() > 0, "no math was typeset"
+    raw_tex = re.findall(r"\$[^$\s][^$]*\$|\\\(.{0,30}|\\\[.{0,30}", article_prose(page))
+    assert not raw_tex, f"formulas left as TeX: {raw_tex[:3]}"
+    links = page.locator("article a.apl-launch")
+    assert {links.nth(i).inner_text(): links.nth(i).get_attribute("href")
+            for i in range(links.count())} == \
+        {f"Open in {service}": url for service, url in notebook_links(name).items()}
+    assert not refused, f"the page asked the network for {refused}"
+    assert not errors, errors
+    if name == COURSE[0]:
+        page.screenshot(path=SCREENSHOT)
+
+
+@pytest.mark.slow
+def test_next_and_previous_lead_through_the_notebooks_in_order(offline_site):
+    site, page, refused, _ = offline_site
+    open_page(page, site / "notebooks" / f"{COURSE[0]}.html")
+    visited = [COURSE[0]]
+    for _ in COURSE[1:]:
+        page.click("a.right-next")
+        page.wait_for_load_state("load")
+        visited.append(Path(page.url).stem)
+    assert visited == COURSE
+    for _ in COURSE[1:]:
+        page.click("a.left-prev")
+        page.wait_for_load_state("load")
+        visited.append(Path(page.url).stem)
+    assert visited[len(COURSE) - 1:] == COURSE[::-1]
+    page.click("a.left-prev")  # before the first notebook: the front page, the README
+    assert Path(page.url).name == "index.html" and "apl-course" in page.title()
+    assert not refused
+
+
+@pytest.mark.slow
+def test_search_finds_patchdropout_offline(offline_site):
+    site, page, refused, errors = offline_site
+    page.goto(f"{(site / 'search.html').as_uri()}?q=PatchDropout")
+    results = page.locator("#search-results ul.search li a")
+    results.first.wait_for()
+    found = {Path(results.nth(i).get_attribute("href").split("?")[0].split("#")[0]).stem
+             for i in range(results.count())}
+    assert "02_pretraining" in found, found
+    assert not refused and not errors, (refused, errors)
+
+
+@pytest.mark.slow
+def test_the_front_page_is_the_readme_with_its_figures_and_every_chapter(offline_site):
+    site, page, refused, _ = offline_site
+    open_page(page, site / "index.html")
+    readme_title = (ROOT / "README.md").read_text().splitlines()[0].removeprefix("# ")
+    assert page.locator("article h1").first.inner_text().strip().startswith(
+        readme_title.split(":")[0])
+    assert page.evaluate("""() => [...document.querySelectorAll("article img")]
+                            .every(img => img.complete && img.naturalWidth > 0)""")
+    sidebar = page.locator("nav.bd-links").inner_text().replace("\u2019", "'")  # smart quotes
+    for name in COURSE:
+        title = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())["cells"][0]
+        assert "".join(title["source"]).splitlines()[0].removeprefix("# ") in sidebar
+    for chapter in (ROOT / "docs").glob("*.md"):
+        assert chapter.read_text().splitlines()[0].removeprefix("# ") in sidebar
+    assert not refused

@@ -37,6 +37,19 @@ def test_help_lists_every_option_with_its_default(capsys):
         assert "(default: 7)" in text if phase == "pretrain" else "(default: 30)" in text
 
 
+@pytest.mark.parametrize("command", [[], ["pretrain"], ["finetune"], ["course"], ["site"]])
+def test_help_answers_without_importing_torch(command):
+    """--help is read before anything heavy is imported (it answers in a tenth of a second
+    where importing torch takes seconds)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "apl_core", *command,
+                           "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("usage: python -m apl_core")
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0]
+                for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "apl_core" in imported  # -X importtime listed the imports
+    assert not imported & {"torch", "numpy", "matplotlib", "papermill", "sphinx"}
+
+
 def test_precedence_options_over_file_over_profile(tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text("lr: 0.01\ngrid: 2\nheads: 3\nmlp_head: true\n")

@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from apl_core import course
+from apl_core import course, publish
 from apl_core.checkpoint import read_checkpoint
 from apl_core.rundir import read_metrics
 
@@ -152,3 +152,129 @@ def test_a_committed_course_time_must_time_every_notebook(tmp_path, monkeypatch)
                                          r"'02_pretraining'\], not the whole course.*make run "
                                          r"PROFILE=quick from a fresh clone"):
         course.load_course_time("quick")
+
+
+# ---------------------------------------------------------------- the course site
+
+def executed_notebook(path: Path, title: str, outputs: list) -> None:
+    """A small executed notebook: a title with math, and one code cell with `outputs`."""
+    cell = nbformat.v4.new_code_cell("print('hello')", execution_count=1)
+    cell.outputs = outputs
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell(f"# {title}\n\nA grid of $G \\times G$ patches."), cell],
+        metadata={"language_info": {"name": "python"}}), path)
+
+
+def a_figure() -> str:
+    """A 1 x 1 PNG, base64."""
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure(figsize=(0.1, 0.1))
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.fixture
+def small_course(tmp_path):
+    """OUT as a course run leaves it, with small notebooks of the course's names."""
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in publish.course_notebooks():
+        executed_notebook(out / f"{name}.ipynb", f"{name[:2]} · notebook {name}", [
+            nbformat.v4.new_output("stream", name="stdout", text="hello\n"),
+            nbformat.v4.new_output("display_data", data={"image/png": a_figure()})])
+    return out
+
+
+def test_a_site_without_an_executed_course_says_in_one_line_to_run_make_run(tmp_path, capsys):
+    assert publish.main(["--out", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"site not built: no executed notebooks in {tmp_path}: run `make run` first "
+                   f"(it executes the course and builds the site)")
+    assert not (tmp_path / "site").exists()
+
+
+def test_the_site_has_a_page_per_notebook_with_its_launch_links_and_figures(small_course):
+    last = small_course / f"{publish.course_notebooks()[-1]}.ipynb"
+    with_widget = nbformat.read(last, as_version=4)  # a progress bar, as tqdm shows it
+    with_widget.cells[1].outputs.append(nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "a1", "version_major": 2,
+                                                     "version_minor": 0},
+        "text/plain": "epochs: 100%|##########| 3/3"}))
+    with_widget.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {
+        "state": {}, "version_major": 2, "version_minor": 0}}
+    nbformat.write(with_widget, last)
+    index, problems = publish.build_site(small_course)
+    assert problems == []  # Sphinx's -W: not one warning
+    assert index == small_course / "site" / "index.html"
+    assert "apl-course: learn, run and extend APL pretraining" in index.read_text()
+    widget_page = (small_course / "site" / "notebooks" / f"{last.stem}.html").read_text()
+    assert "epochs: 100%|##########| 3/3" in widget_page  # its text: no widget manager
+    for page in (small_course / "site").rglob("*.html"):  # nothing from a CDN
+        assert not re.search(r"<script[^>]+src=\"(https?:)?//", page.read_text()), page
+    for name in publish.course_notebooks():
+        page = (small_course / "site" / "notebooks" / f"{name}.html").read_text()
+        for url in publish.notebook_links(name).values():
+            assert f'href="{url}"' in page
+        assert 'src="../_images/' in page and "hello" in page
+        assert "print(" in page  # the code is shown, as it ran
+    for chapter in publish.chapters():
+        assert (small_course / "site" / "docs" / f"{chapter}.html").is_file()
+    assert (small_course / "site" / "_static" / "mathjax" / "tex-chtml.js").is_file()
+
+
+def test_a_broken_notebook_is_named_and_the_rest_of_the_site_is_built(small_course, capsys):
+    first, second, third, *_ = publish.course_notebooks()
+    text = (small_course / f"{first}.ipynb").read_text()
+    (small_course / f"{first}.ipynb").write_text(text[:len(text) // 2])  # cut short
+    executed_notebook(small_course / f"{second}.ipynb", "02 · a broken figure", [
+        nbformat.v4.new_output("display_data", data={"image/png": "not an image"}),
+        nbformat.v4.new_output("stream", name="stdout", text="still shown\n")])
+    (small_course / f"{third}.ipynb").unlink()  # a run with --only
+    old_site = small_course / "site" / "old.html"
+    old_site.parent.mkdir()
+    old_site.write_text("a site built before")
+
+    assert publish.main(["--out", str(small_course)]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"site: not executed in {small_course}, so not in the site (a run with "
+                      f"--only?): {third}")
+    assert err[1].startswith(f"site: {first}: {small_course / first}.ipynb could not be read "
+                             f"(NotJSONError") and err[1].endswith("its page says so")
+    assert err[2] == (f"site: {second}: cell 2's output 1: its image/png is not valid base64; "
+                      f"left out")
+    assert len(err) == 3
+    site = small_course / "site"
+    assert not old_site.exists()  # replaced by the new build
+    assert "could not be read" in (site / "notebooks" / f"{first}.html").read_text()
+    page = (site / "notebooks" / f"{second}.html").read_text()
+    assert "this output could not be shown: its image/png is not valid base64" in page
+    assert "still shown" in page
+    assert not (site / "notebooks" / f"{third}.html").exists()
+    for name in publish.course_notebooks()[3:]:
+        assert (site / "notebooks" / f"{name}.html").is_file()
+
+
+def test_the_notebooks_open_on_colab_and_kaggle_from_the_repository(monkeypatch):
+    monkeypatch.setattr(publish, "repository_url", lambda: "https://github.com/someone/apl")
+    assert publish.notebook_links("01_puzzle_construction") == {
+        "Colab": "https://colab.research.google.com/github/someone/apl/blob/main/notebooks/"
+                 "01_puzzle_construction.ipynb",
+        "Kaggle": "https://kaggle.com/kernels/welcome?src=https://github.com/someone/apl/blob/"
+                  "main/notebooks/01_puzzle_construction.ipynb"}
+
+
+@pytest.mark.slow
+def test_the_course_runs_site_builds_without_a_warning(smoke_course):
+    """The site of the smoke course (run once for the notebook and browser tests), built
+    again: not one warning (Sphinx's -W), every notebook a page."""
+    out, rows = smoke_course
+    index, problems = publish.build_site(out)
+    assert problems == []
+    for row in rows:
+        assert (out / "site" / "notebooks" / f"{row['notebook']}.html").is_file()

@@ -31,7 +31,7 @@ def test_the_course_has_its_six_notebooks():
 def test_committed_notebook_is_clean(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
+    assert nb.metadata["kernelspec"]["name"] == "apl-course"  # make registers it
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), \
         f"{path.name} has stored outputs: strip them before committing"
@@ -97,11 +97,10 @@ def test_course_prints_one_line_per_notebook_and_an_index(tmp_path, capsys):
         "01_puzzle_construction"]
     assert "Executing Cell" not in printed and "profile smoke: dataset" not in printed, \
         "cell output leaked into the course's own output"
-    assert len(lines) <= 9
-    index = (out / "index.html").read_text()
-    assert 'href="html/01_puzzle_construction.html"' in index
-    page = (out / "html" / "01_puzzle_construction.html").read_text()
-    assert "data:image/png;base64" in page  # the figures are embedded
+    assert len(lines) <= 10
+    assert f"  read:    {out / 'site' / 'index.html'}" in lines
+    page = (out / "site" / "notebooks" / "01_puzzle_construction.html").read_text()
+    assert 'src="../_images/' in page  # its figures
 
 
 @pytest.mark.slow  # three papermill runs of notebook 01: ~45 s on 2 cores
@@ -158,14 +157,6 @@ EXPECTED_FIGURES = {
     "06_why_it_works": ["06_controls", "06_leak_curves", "06_attention_distance",
                         "06_controls_seeds"],
 }
-
-
-@pytest.fixture(scope="module")
-def smoke_course(tmp_path_factory):
-    out = tmp_path_factory.mktemp("course")
-    rows = course.run_course(profile="smoke", out=out, device="cpu",
-                             data_dir=out / "data", log_output=False)
-    return out, rows
 
 
 def results(out: Path, name: str) -> dict:
