@@ -223,7 +223,7 @@ def test_each_budgets_controls_have_their_file_and_a_damaged_one_says_how_to_rer
     assert controls.load_controls("quick", "main") is None
     with pytest.raises(FileNotFoundError, match=r"quick_controls_main.json does not exist: "
                                                 r"restore it with git checkout, or rerun python "
-                                                r"benchmarks/controls_seeds.py --profile quick "
+                                                r"experiments/controls_seeds.py --profile quick "
                                                 r"--budget main$"):
         controls.load_controls("quick", "main", required=True)
     (tmp_path / "quick_controls_main.json").write_text("{}")
