@@ -37,9 +37,12 @@ def seed_rows(npc: int, epochs: int, lr: float, seeds=(0, 1)) -> list[dict]:
     rows = []
     for seed in seeds:
         rows.append(dict(method="BENCHMARK", npc=npc, recipe="base", lr=lr, epochs=epochs,
-                         seed=seed, test_top1=0.4, run=f"seed{seed}-{npc}-{epochs}"))
+                         seed=seed, test_top1=0.4 + epochs / 1000, test_images=1000,
+                         run=f"seed{seed}-{npc}-{epochs}"))
         rows.append({"run": f"features-seed{seed}-npc{npc}", "seed": seed, "npc": npc,
-                     "features": {}})
+                     "features": {name: {"knn_top1": 0.3, "probe_top1": 0.4}
+                                  for name in ("APL-pretrained features",
+                                               "random-init features")}})
     return rows
 
 
@@ -141,6 +144,13 @@ def test_a_finished_study_replaces_its_npc_in_the_committed_search_and_seeds(com
     assert sorted((row["seed"], row.get("epochs", 0)) for row in adopted["replaced_trials"]) == [
         (0, 0), (0, 30), (1, 0), (1, 30)]
     assert (committed / "search.json").exists() and (committed / "seeds.json").exists()
+    # the tables read it: NPC 100's test now and before, on the same two seeds
+    at_100 = report.recipe_table(found, adopted)[1]
+    assert (at_100["NPC"], at_100["test now"], at_100["test before"]) == (
+        100, "52.0 ± 0.0 (2 seeds)", "43.0 ± 0.0 (2 seeds)")
+    assert report.protocol_line(found) == (
+        "NPC 10: base recipe only, length by the earlier late check (a doubled run never "
+        "adopted); NPC 100: base and small-data recipes, lengths by the paired test")
 
 
 def test_an_unfinished_study_search_is_refused(committed, monkeypatch):

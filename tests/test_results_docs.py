@@ -131,7 +131,8 @@ def test_the_search_block_states_each_npcs_length_from_the_committed_search(monk
                           "30": {"recipes": ["base", "small-data"], "lengths": "paired test"}}
     text = " ".join(results_docs.search_block().split())
     assert ("Protocol: NPC 10: base recipe only, length by the earlier late check (a doubled run "
-            "never adopted); NPC 30: base and small-data recipes, lengths by the paired test.") in text
+            "never adopted); NPC 30: base and small-data recipes, lengths by the paired "
+            "test.") in text
 
 
 def test_the_recipes_block_pairs_the_recipes_where_the_search_ran_both(monkeypatch):
