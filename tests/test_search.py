@@ -904,8 +904,13 @@ def test_the_committed_quick_search_reads_as_the_base_recipe_at_the_profiles_len
     assert sorted({npc for _, npc in choose(trials)}) == sorted(steps)
     with pytest.raises(ValueError, match="has no small-data trials"):
         check_finished(trials, {10}, "quick")
-    assert search.npc_protocols(load_search("quick")) == {
-        npc: {"recipes": ["base"], "lengths": "late check"} for npc in sorted(steps)}
+
+
+def test_the_committed_npc_100_reads_as_the_earlier_protocol():
+    """NPC 100 is not searched again (too costly on 2 cores): its committed rows ran the base
+    recipe alone, lengthened by the earlier late check, and the results say so."""
+    assert search.npc_protocols(load_search("quick"))[100] == {"recipes": ["base"],
+                                                               "lengths": "late check"}
 
 
 def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run, tmp_path,
