@@ -22,7 +22,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.rcsetup import cycler
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from .puzzle import crop_offset, extract_patches, unpatchify
 from .search import LONGEST, lengthens
@@ -670,6 +670,7 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
             budget_ax.plot(adopted["multiple"], 100 * adopted["val_top1"], "o", ms=11,
                            mfc="none", mec=palette[npc], mew=1.5)
         rates_ax.set_xscale("log")
+        rates_ax.xaxis.set_minor_formatter(NullFormatter())  # labels of a narrow range collide
         rates_ax.set(title=method, xlabel="learning rate (log scale)",
                      ylabel="best validation top-1 (%)")
         budget_ax.set_xscale("log", base=2)
