@@ -4,30 +4,39 @@ them, and the report written as markdown.
     pretraining_summary   notebook 02's run: what it trained and what it reached
     accuracy_table        notebook 04's comparison: test top-1 at each run's chosen epoch
     feature_table         the frozen features: kNN and the linear probe, APL against random init
-    search_table          where the converged search's every choice sits (apl_core.search)
-    claim_checks          each statement of the claim, yes or no, with the measured margin
-    sweep_plan, load_sweep
-                          notebook 04's NPCs, live NPCs and methods from its parameters, and
-                          the results it wrote
-    load_seeds, seed_table, margin_table, seed_checks
+    search_table, recipe_table, protocol_line
+                          where the converged search's every choice sits (apl_core.search),
+                          what the small-data recipe changes, and which protocol made each NPC
+    claim_checks          each statement of the claim on one seed, yes or no, with the
+                          measured margin and the bar it is held to
+    sweep_plan, load_sweep, sweep_over_seeds
+                          notebook 04's NPCs, live NPCs and methods from its parameters, the
+                          results it wrote, and its sweep beside every committed seed
+    load_seeds, seed_table, margin_table, claim_tests, claim_table
                           the converged experiment over seeds that draw their own labels
                           (experiments/converged_seeds.py): means, per-seed paired margins, and
-                          the claim checked on the smallest seed's margin
+                          the claim as tests over the seeds: "APL beats X" a paired difference
+                          beyond the detectable difference, "competitive" an equivalence test
     FIGURES, copy_notebook_figures
                           the report's figures: those notebook 05 draws, and those of other
                           notebooks it copies next to report.md
     write_report          report.md: the provenance line, the tables and the figures
 
-A difference counts only beyond the noise of the test set: the standard error of an accuracy
-near p on n images is sqrt(p (1 - p) / n), at most sqrt(0.25 / n), and we ask for twice that, at
-least 2 points (`noise_margin`). What pretraining is claimed to buy must be larger still: at
-least 5 points (`gain_margin`); being competitive means at most 5 points behind.
+On one seed, a difference counts only beyond the noise of the test set: the standard error of
+an accuracy near p on n images is sqrt(p (1 - p) / n), at most sqrt(0.25 / n), and we ask for
+twice that, at least 2 points (`noise_margin`). What pretraining is claimed to buy must be
+larger still: at least 5 points (`gain_margin`); being competitive means at most 5 points
+behind. Over seeds the claim is a test (apl_core.stats): a gain holds when the seeds' paired
+difference is beyond the difference they and the test set can detect, with the same sign on
+every seed (`stats.verdict`); "competitive" is equivalence within 5 points either way by two
+one-sided t-tests (`stats.equivalence`), over at least EQUIVALENCE_SEEDS label draws.
 """
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import statistics
 from pathlib import Path
 from typing import NamedTuple
 
@@ -35,8 +44,9 @@ from .comparison import FEATURES, METHODS, check_methods
 from .config import profile_config, profile_npcs
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
-from .search import LONGEST, RECIPE_NAMES, choose
-from .stats import mean_sd
+from .search import LONGEST, RECIPE_NAMES, choose, describe_protocol, npc_protocols
+from .stats import (detectable_difference, equivalence, mcnemar_two_sided_p, mean_sd,
+                    paired_counts, verdict)
 from .tables import markdown_table
 
 CHANCE = 0.1  # 10 classes
@@ -48,7 +58,16 @@ PAIRS = (
 CNNS = ("S-CNN", "S-ResNet-18")
 # the frozen features' measures: (key in a feature row, what it is called)
 MEASURES = (("probe_top1", "linear probe"), ("knn_top1", "kNN"))
-COMPETITIVE = 0.05  # "competitive": at most this far behind
+COMPETITIVE = 0.05  # "competitive": at most this far behind; over seeds, equivalent within it
+# An equivalence test over fewer label draws has an interval so wide that it shows nothing
+# but a gross difference: five draws at least, as the claim's margins are smallest at NPC 10.
+EQUIVALENCE_SEEDS = 5
+# The test each row of the claim table used.
+ONE_RUN = "one run: > 3x chance"
+ONE_SEED_NOISE = "one seed: beyond the test set's noise"
+ONE_SEED_BAR = "one seed: its margin against the bar"
+PAIRED_DIFFERENCE = "paired difference over seeds, beyond the detectable difference"
+EQUIVALENCE = "equivalence over seeds: two one-sided t-tests at ±5 points"
 
 
 def noise_margin(test_images: int) -> float:
@@ -72,13 +91,15 @@ def _points(share: float) -> str:
     return f"{100 * share:.3g}"
 
 
-def _check(statement: str, holds: bool, detail: str) -> dict:
-    return {"statement": statement, "holds": "yes" if holds else "no", "measured": detail}
+def _check(statement: str, test: str, holds: bool, detail: str) -> dict:
+    return {"statement": statement, "test": test, "holds": "yes" if holds else "no",
+            "measured": detail}
 
 
 def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
                  position_top1: float, positions: int, test_images: int) -> list[dict]:
-    """One row (statement, holds: yes/no, measured) per statement of the claim.
+    """One row (statement, test, holds: yes/no, measured) per statement of the claim, on one
+    seed's runs.
 
     accuracy: test top-1 per (method, NPC); features: one row per NPC, {"npc", "features":
     comparison.feature_comparison's result}; position_top1: held-out position accuracy of
@@ -88,7 +109,7 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
     npcs = sorted({n for _, n in accuracy})
     methods = list(dict.fromkeys(m for m, _ in accuracy))
     checks = [_check("the puzzle is learned: held-out position accuracy far above chance (> 3x)",
-                     position_top1 > 3 * chance,
+                     ONE_RUN, position_top1 > 3 * chance,
                      f"{position_top1:.1%} vs chance {chance:.1%} "
                      f"({position_top1 / chance:.1f}x)")]
 
@@ -99,7 +120,7 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
         best = max((m for m in methods if (m, n) in accuracy), key=lambda m: accuracy[(m, n)])
         checks.append(_check(f"the classes are learned at all at NPC {n}: the best method beats "
                              f"chance (10%) by more than {_points(margin)} points",
-                             accuracy[(best, n)] > CHANCE + margin,
+                             ONE_SEED_NOISE, accuracy[(best, n)] > CHANCE + margin,
                              f"best: {best}, {accuracy[(best, n)]:.1%}"))
     low = npcs[0] if npcs else None
     for a, b, what in PAIRS:
@@ -107,11 +128,12 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
             gaps = {n: gap(a, b, n) for n in npcs}
             d = gaps[low]
             checks.append(_check(f"with few labels (NPC {low}), {what} by {_points(gain)} "
-                                 f"points or more", _at_least(d, gain), f"{100 * d:+.1f} points"))
+                                 f"points or more", ONE_SEED_BAR, _at_least(d, gain),
+                                 f"{100 * d:+.1f} points"))
             wins = [n for n in npcs if _at_least(gaps[n], gain)]
             margins = ", ".join("–" if math.isnan(g) else f"{100 * g:+.1f}"
                                 for g in gaps.values())  # – where a side did not run there
-            checks.append(_check("... and at every NPC of the sweep", wins == npcs,
+            checks.append(_check("... and at every NPC of the sweep", ONE_SEED_BAR, wins == npcs,
                                  f"at NPC {wins} of {npcs}; margins {margins} points"))
     for n in npcs:
         cnns = [m for m in CNNS if (m, n) in accuracy]
@@ -122,7 +144,7 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
             checks.append(_check(
                 f"competitive with the CNN baselines at NPC {n} (within "
                 f"{_points(COMPETITIVE)} points of the best, {best}, or better, with something "
-                f"above chance)", _at_least(d, -COMPETITIVE) and learned,
+                f"above chance)", ONE_SEED_BAR, _at_least(d, -COMPETITIVE) and learned,
                 f"{100 * d:+.1f} points vs {best}"))
     if features:
         row = max(features, key=lambda r: r["npc"])
@@ -132,7 +154,8 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
             checks.append(_check(
                 f"the features alone carry class information: the {measure} on APL features "
                 f"beats it on random-init features by {_points(gain)} points or more (NPC "
-                f"{row['npc']})", _at_least(d, gain), f"{apl[key]:.1%} vs {random[key]:.1%}"))
+                f"{row['npc']})", ONE_SEED_BAR, _at_least(d, gain),
+                f"{apl[key]:.1%} vs {random[key]:.1%}"))
     return checks
 
 
@@ -284,32 +307,117 @@ def longer_runs_cell(pick: dict, val_images: int) -> str:
     return "; ".join(parts + [status[pick["convergence"]]])
 
 
+def _recipe_best(found: dict | None) -> str:
+    """A recipe's best validation top-1 as the search table shows it."""
+    if found is None:
+        return "not searched"
+    return (f"{100 * found['val_top1']:.1f}"
+            + (" (all diverged)" if found["diverged"] == found["trials"] else ""))
+
+
+BOUNDS = {"finite": "finite trials", "diverged": "a diverged trial (flagged)",
+          "edge": "the edge of the rates (flagged)"}
+
+
 def search_table(trials: list[dict], val_images: int) -> list[dict]:
-    """Per (method, NPC) of the converged search: the chosen recipe and rate, where the rate
-    sits among the rates its recipe searched (and a diverged neighbour, which bounds it but
-    does not bracket it), the best validation top-1 of each recipe, the best epoch out of the
-    run's length, the validation and training top-1 there, and its longer runs against the
-    noise of `val_images` validation images (longer_runs_cell)."""
+    """Per (method, NPC) of the converged search: each recipe's best validation top-1 (base /
+    small-data), the chosen recipe and rate, where the rate sits among the rates its recipe
+    searched and what bounds it (finite, worse trials on both sides; a diverged trial or the
+    edge, both flagged), the best epoch out of the run's length, the validation and training
+    top-1 there, and its longer runs with the paired test against the noise of `val_images`
+    validation images (longer_runs_cell)."""
     table = []
     for (method, npc), pick in sorted(choose(trials).items(),
                                       key=lambda item: (item[0][1], _method_order(item[0][0]))):
-        position = pick["rate_position"] + (", next to a diverged trial"
-                                            if pick["bracket"] == "diverged" else "")
-        recipes = ", ".join(
-            f"{recipe} {100 * found['val_top1']:.1f}"
-            + (" (all diverged)" if found["diverged"] == found["trials"] else "")
-            for recipe, found in sorted(
-                pick["recipes"].items(), key=lambda item: (item[0] not in RECIPE_NAMES,
-                                                           item[0] != "base", item[0])))
-        table.append({"method": method, "NPC": npc, "recipe": pick["recipe"],
-                      "lr": f"{pick['lr']:g}",
-                      "rates searched": f"{pick['rates'][0]:g} .. {pick['rates'][-1]:g}",
-                      "position": position, "recipes (val top-1)": recipes,
+        found = pick["recipes"][pick["recipe"]]
+        bound = ("every trial diverged (flagged)" if found["diverged"] == found["trials"]
+                 else BOUNDS[pick["bracket"]])
+        table.append({"method": method, "NPC": npc,
+                      "val top-1: base / small-data": " / ".join(
+                          _recipe_best(pick["recipes"].get(recipe)) for recipe in RECIPE_NAMES),
+                      "chosen": pick["recipe"], "lr": f"{pick['lr']:g}",
+                      "position": f"{pick['rate_position']} of {pick['rates'][0]:g} .. "
+                                  f"{pick['rates'][-1]:g} ({found['trials']} trials)",
+                      "bounded by": bound,
                       "best epoch": f"{pick['best_epoch']}/{pick['epochs']}",
                       "val top-1": f"{100 * pick['val_top1']:.1f}",
                       "train top-1": f"{100 * pick['train_top1']:.0f}",
                       "longer runs": longer_runs_cell(pick, val_images)})
     return table
+
+
+def protocol_line(results: dict) -> str:
+    """Which protocol made each NPC's rows of a search's results (search.npc_protocols), NPCs
+    of the same protocol together: 'NPC 10 / 30: ...; NPC 100: ...'."""
+    groups: dict[str, list[int]] = {}
+    for npc, summary in npc_protocols(results).items():
+        groups.setdefault(describe_protocol(summary), []).append(npc)
+    return "; ".join(f"NPC {' / '.join(map(str, npcs))}: {words}"
+                     for words, npcs in groups.items())
+
+
+def _paired_validation(trials: list[dict], pick: dict) -> str:
+    """The small-data recipe's best against the base recipe's, on the same validation images:
+    the difference in points and the two-sided McNemar test of it."""
+    base, small = (pick["recipes"][recipe] for recipe in RECIPE_NAMES)
+    runs = {trial["run"]: trial for trial in trials}
+    first, second = runs[base["run"]], runs[small["run"]]
+    shown = f"{100 * (second['val_top1'] - first['val_top1']):+.1f}"
+    if "val_correct" not in first or "val_correct" not in second:
+        return f"{shown} (no per-image record)"
+    wins, losses = paired_counts(first, second)
+    return (f"{shown} (+{wins}/-{losses} of {first['val_images']} images, p "
+            f"{mcnemar_two_sided_p(wins, losses):.2g})")
+
+
+def _test_cell(runs: dict[int, float]) -> str:
+    """Test top-1 over seeds: mean ± sd, and how many seeds."""
+    return f"{mean_sd(list(runs.values()))} ({len(runs)} seed{'s' * (len(runs) > 1)})"
+
+
+def recipe_table(found: dict, seeds: dict | None = None) -> list[dict]:
+    """What the small-data recipe changes, per (method, NPC) of the search `found`: each
+    recipe's best validation top-1, the small-data recipe's difference on the same validation
+    images (points, two-sided McNemar; a dash where the search did not run it: protocol_line
+    says where), and the recipe and length adopted. With `seeds` (run at the search's choices): the
+    adopted choice's test top-1 over its seeds and, at an NPC where the seeds file keeps the
+    rows a study replaced (`replaced_trials`: the same seeds under the earlier choice), their
+    test top-1 and the paired difference now - before with its verdict on the test images the
+    seeds were scored on (stats.verdict)."""
+    now = seed_runs(seeds)[0] if seeds else {}
+    before = seed_runs({"trials": seeds.get("replaced_trials", [])})[0] if seeds else {}
+    table = []
+    for (method, npc), pick in sorted(choose(found["trials"]).items(),
+                                      key=lambda item: (item[0][1], _method_order(item[0][0]))):
+        both = all(recipe in pick["recipes"] for recipe in RECIPE_NAMES)
+        row = {"method": method, "NPC": npc,
+               "val top-1: base / small-data": " / ".join(
+                   _recipe_best(pick["recipes"].get(recipe)) for recipe in RECIPE_NAMES),
+               "small-data - base (val)": (_paired_validation(found["trials"], pick) if both
+                                           else "–"),
+               "adopted": pick["recipe"] + (f", {pick['adopted']['multiple']}x"
+                                            if pick["adopted"]["multiple"] > 1 else "")}
+        if seeds:
+            ours, earlier = now.get((method, npc), {}), before.get((method, npc), {})
+            row["test now"] = _test_cell(ours) if ours else "–"
+            if earlier:
+                row["test before"] = _test_cell(earlier)
+                row["now - before (paired)"] = _paired_seeds(
+                    ours, earlier, next(r["test_images"] for r in seeds["trials"]
+                                        if "test_images" in r))
+        table.append(row)
+    return table
+
+
+def _paired_seeds(ours: dict[int, float], theirs: dict[int, float], test_images: int) -> str:
+    """ours - theirs over the seeds both have: mean ± sd and stats.verdict's word."""
+    shared = [s for s in sorted(ours) if s in theirs]
+    if len(shared) < 2:
+        return f"{len(shared)} seed{'s' * (len(shared) != 1)} in common: not tested"
+    differences = [ours[s] - theirs[s] for s in shared]
+    level = statistics.mean([ours[s] for s in shared] + [theirs[s] for s in shared])
+    return (f"{mean_sd(differences)} over {len(shared)} seeds: "
+            f"{verdict(differences, level, test_images)}")
 
 
 # ---------------------------------------------------------------- seeds
@@ -350,6 +458,15 @@ def load_sweep(path: str | Path, profile: str) -> dict:
             f"{path} does not exist: run notebook 04_fine_tuning first (or the whole course: "
             f"python -m apl_core course --profile {profile}), or pass finetune_results")
     return json.loads(path.read_text())
+
+
+def sweep_over_seeds(sweep: list[dict], seeds: dict | None, seed: int) -> list[dict]:
+    """Notebook 04's sweep (the runs of seed `seed`) and every other committed seed's runs of
+    its methods and NPCs: what the accuracy-vs-NPC figure draws, each seed a point."""
+    drawn = {(row["method"], row["npc"]) for row in sweep}
+    return sweep + [row for row in (seeds or {}).get("trials", [])
+                    if "test_top1" in row and row["seed"] != seed
+                    and (row["method"], row["npc"]) in drawn]
 
 
 def _method_order(method: str) -> int:
@@ -444,42 +561,48 @@ def seed_margins(seeds: dict) -> list[dict]:
     """Each margin the claim rests on, per NPC and per seed, paired (the two sides of a seed
     share its labelled images and pretraining), over the seeds that have both sides: APL
     fine-tune against each BENCHMARK and against the better CNN of the seed, and APL
-    features against random-init features for each measure. {"margin", "npc", "bar",
-    "per_seed": {seed: difference}, "trained", "still_rising": [methods], "bound"}; bar:
-    'gain' (a gain is claimed) or 'competitive'; trained: whether its sides are trained runs
-    of the search (the frozen features' are not); still_rising: the sides whose choice was
-    still improving at its longest run (`still_rising`), and bound what that makes the
-    margin (None where every side converged)."""
+    features against random-init features for each measure. {"margin", "claim", "npc",
+    "bar", "per_seed": {seed: difference}, "level", "trained", "still_rising": [methods],
+    "bound"}; claim: what the margin is claimed to show, in words; bar: 'gain' (a gain is
+    claimed) or 'competitive'; level: the mean accuracy of both sides over those seeds (the
+    test set's noise depends on it); trained: whether its sides are trained runs of the
+    search (the frozen features' are not); still_rising: the sides whose choice was still
+    improving at its longest run (`still_rising`), and bound what that makes the margin (None
+    where every side converged)."""
     tests, features = seed_runs(seeds)
     npcs = sorted({n for _, n in tests} | {n for _, n in features})
     rising = still_rising(seeds)
     margins = []
 
-    def add(margin: str, npc: int, bar: str, per_seed: dict, ours_sides=(),
+    def add(margin: str, claim: str, npc: int, bar: str, sides: dict, ours_sides=(),
             theirs_sides=()) -> None:
+        """sides: {seed: (ours, theirs)} top-1 of the seeds that have both."""
         ours, theirs = ([m for m in side if (m, npc) in rising]
                         for side in (ours_sides, theirs_sides))
-        if per_seed:
-            margins.append({"margin": margin, "npc": npc, "bar": bar, "per_seed": per_seed,
+        if sides:
+            margins.append({"margin": margin, "claim": claim, "npc": npc, "bar": bar,
+                            "per_seed": {s: a - b for s, (a, b) in sides.items()},
+                            "level": statistics.mean(v for pair in sides.values() for v in pair),
                             "trained": bool(ours_sides), "still_rising": ours + theirs,
                             "bound": _bound(bool(ours), bool(theirs))})
 
-    for a, b, _ in PAIRS:
+    for a, b, what in PAIRS:
         for npc in npcs:
             ours, theirs = tests.get((a, npc), {}), tests.get((b, npc), {})
-            add(f"{a} - {b}", npc, "gain",
-                {s: ours[s] - theirs[s] for s in sorted(ours) if s in theirs}, [a], [b])
+            add(f"{a} - {b}", what, npc, "gain",
+                {s: (ours[s], theirs[s]) for s in sorted(ours) if s in theirs}, [a], [b])
     for npc in npcs:
         ours = tests.get(("APL fine-tune", npc), {})
         cnns = [tests.get((m, npc), {}) for m in CNNS]
-        add("APL fine-tune - the better CNN", npc, "competitive",
-            {s: ours[s] - max(cnn[s] for cnn in cnns) for s in sorted(ours)
+        add("APL fine-tune - the better CNN", "APL fine-tune is competitive with the better CNN "
+            "of each seed", npc, "competitive",
+            {s: (ours[s], max(cnn[s] for cnn in cnns)) for s in sorted(ours)
              if all(s in cnn for cnn in cnns)}, ["APL fine-tune"], CNNS)
     for _, measure in MEASURES:
         for npc in npcs:
-            add(f"{measure}: APL - random-init features", npc, "gain",
-                {s: apl - random for s, (apl, random)
-                 in sorted(features.get((measure, npc), {}).items())})
+            add(f"{measure}: APL - random-init features", f"the features alone carry class "
+                f"information: the {measure} on APL features beats it on random-init features",
+                npc, "gain", dict(sorted(features.get((measure, npc), {}).items())))
     return margins
 
 
@@ -504,36 +627,57 @@ def margin_table(seeds: dict) -> list[dict]:
     return rows
 
 
-def seed_checks(seeds: dict, test_images: int) -> list[dict]:
-    """The claim over seeds, one row per margin over every NPC: a gain holds when the
-    smallest seed's paired margin reaches gain_margin at every NPC (not the mean: one bad draw
-    of labels is enough to doubt it); competitive when it is -5 points or more at every NPC.
-    A margin that fewer than two seeds measure is left out: one seed is not a claim over
-    seeds."""
-    gain = gain_margin(test_images)
-    by_margin: dict[str, list[dict]] = {}
-    for m in seed_margins(seeds):
-        by_margin.setdefault(m["margin"], []).append(m)
-    checks = []
-    for margin, entries in by_margin.items():
-        if min(len(e["per_seed"]) for e in entries) < 2:
-            continue
-        smallest = {e["npc"]: min(e["per_seed"].values()) for e in entries}
-        seeds_used = sorted({s for e in entries for s in e["per_seed"]})
-        if entries[0]["bar"] == "gain":
-            bar, holds = f">= {_points(gain)} points", all(_at_least(v, gain)
-                                                           for v in smallest.values())
+def margin_test(margin: dict, test_images: int) -> dict:
+    """The test of one margin's claim (seed_margins) on its seeds and `test_images` test
+    images: {"test", "holds", "measured"}. A gain holds ('yes') when the mean paired difference
+    is beyond the detectable difference with the same sign on every seed (`stats.verdict`);
+    'competitive' is the equivalence test within COMPETITIVE either way ('shown', 'not shown'
+    or 'refuted'). With fewer seeds than the test needs (two; EQUIVALENCE_SEEDS) it is 'not
+    tested', and `measured` says so beside the mean."""
+    differences = list(margin["per_seed"].values())
+    n = len(differences)
+    spread = f"{mean_sd(differences)} points over {n} seed{'s' * (n > 1)}"
+    if margin["bar"] == "gain":
+        if n < 2:
+            holds, detail = "not tested", f"{spread}: the test needs 2 or more"
         else:
-            bar = f">= -{_points(COMPETITIVE)} points"
-            holds = all(_at_least(v, -COMPETITIVE) for v in smallest.values())
-        caveats = "".join(f"; at NPC {e['npc']} {unconverged(e)}" for e in entries
-                          if e["still_rising"])
-        checks.append(_check(
-            f"over seeds {seeds_used}, which draw their own labels: {margin} {bar} on every "
-            f"seed at every NPC", holds,
-            "smallest seed's margin " + ", ".join(f"{100 * v:+.1f} (NPC {npc})"
-                                                  for npc, v in smallest.items()) + caveats))
-    return checks
+            detectable = detectable_difference(differences, margin["level"], test_images)
+            holds = "yes" if verdict(differences, margin["level"], test_images) == "higher" \
+                else "no"
+            detail = (f"{spread}, smallest {100 * min(differences):+.1f}; detectable "
+                      f"{100 * detectable:.1f}")
+        test = PAIRED_DIFFERENCE
+    else:
+        if n < EQUIVALENCE_SEEDS:
+            holds, detail = "not tested", (f"{spread}: the test needs {EQUIVALENCE_SEEDS} or "
+                                           f"more")
+        else:
+            result = equivalence(differences, COMPETITIVE)
+            low, high = result["interval"]
+            holds, detail = result["verdict"], (f"{spread}; 90 % interval {100 * low:+.1f} .. "
+                                                f"{100 * high:+.1f}")
+        test = EQUIVALENCE
+    if margin["still_rising"]:
+        detail += f"; {unconverged(margin)}"
+    return {"test": test, "holds": holds, "measured": detail}
+
+
+def claim_tests(seeds: dict, test_images: int) -> list[dict]:
+    """The claim over seeds, one row (statement, test, holds, measured) per margin and NPC
+    (seed_margins, margin_test): "APL beats X" as a paired difference over seeds beyond the
+    detectable difference, "competitive" as an equivalence test at 5 points; a row whose
+    seeds are too few says so instead of a verdict."""
+    return [{"statement": f"{margin['claim']} at NPC {margin['npc']}",
+             **margin_test(margin, test_images)} for margin in seed_margins(seeds)]
+
+
+def claim_table(checks: list[dict], tests: list[dict]) -> list[dict]:
+    """The claim as the report states it: the tests over seeds (claim_tests) after the checks
+    of one seed (claim_checks) that they do not restate (the puzzle, the classes learned at
+    all); without tests over seeds, every check of the one seed."""
+    if not tests:
+        return checks
+    return [check for check in checks if check["test"] != ONE_SEED_BAR] + tests
 
 
 class ReportFigure(NamedTuple):
@@ -574,10 +718,13 @@ def write_report(report_dir: str | Path, provenance: str, pretraining: dict, row
     report_dir = Path(report_dir)
     extra = []
     if search:
+        protocols = protocol_line(search)
         extra += [f"## Where each choice of the converged search sits ({search['profile']} "
-                  f"profile, `{search['command']}`)",
+                  f"profile, `{search['command']}`)", *([protocols + "."] if protocols else []),
                   markdown_table(search_table(search["trials"],
-                                              validation_images(search["profile"])))]
+                                              validation_images(search["profile"]))),
+                  "## What the small-data recipe changes",
+                  markdown_table(recipe_table(search, seeds))]
     if seeds:
         extra += [f"## Over the seeds that draw their own labels ({seeds['profile']} profile, "
                   f"`{seeds['command']}`)", markdown_table(seed_table(seeds)),

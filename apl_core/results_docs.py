@@ -78,6 +78,19 @@ def course_time_block() -> str:
               f"course is {verdict} it ({total:.1f} of {allowed:.1f} minutes).")])
 
 
+def _paragraphs(*parts: str) -> str:
+    """The non-empty parts, a blank line between them."""
+    return "\n\n".join(part for part in parts if part)
+
+
+def _protocols(results: dict) -> str:
+    """Which protocol made each NPC's rows of `results` (a search, or seeds run at its
+    choices: without protocols of their own, the committed search's), as a sentence."""
+    line = report.protocol_line(results) or report.protocol_line(
+        search.load_search(PROFILE) or {"trials": []})
+    return _wrap(f"Protocol: {line}.") if line else ""
+
+
 def search_block() -> str:
     """Where each choice of the converged search sits, with its longer runs."""
     found = search.load_search(PROFILE)
@@ -89,15 +102,30 @@ def search_block() -> str:
     epochs = {t["npc"]: t["epochs"] for t in trials}
     npcs = sorted(epochs)
     steps = found["protocol"]["max_steps"]
-    return "\n\n".join([
+    return _paragraphs(
         _provenance(found, f": {len(trials)} trials of {len(searched)} (method, NPC) pairs, "
                            f"{hours:.1f} run-hours at {found['threads_per_run']} thread each, "
                            f"{found['workers']} at a time. Every run at NPC "
                            f"{' / '.join(map(str, npcs))} is "
                            f"{' / '.join(f'{steps[str(n)]:,}' for n in npcs)} optimizer steps "
                            f"long ({' / '.join(str(epochs[n]) for n in npcs)} epochs)."),
+        _protocols(found),
         markdown_table(report.search_table(found["trials"],
-                                           report.validation_images(found["profile"])))])
+                                           report.validation_images(found["profile"]))))
+
+
+def recipes_block() -> str:
+    """What the small-data recipe changes per (method, NPC), on validation and, with the
+    committed seeds, on test."""
+    found = search.load_search(PROFILE)
+    if not found:
+        return "(no committed search)"
+    if not any("small-data" in summary["recipes"]
+               for summary in search.npc_protocols(found).values()):
+        return _wrap(f"{_protocols(found)} No NPC of the committed search ran the small-data "
+                     f"recipe.")
+    return _paragraphs(_protocols(found),
+                       markdown_table(report.recipe_table(found, report.load_seeds(PROFILE))))
 
 
 def seed0_block() -> str:
@@ -115,12 +143,14 @@ def seeds_block() -> str:
     seeds = report.load_seeds(PROFILE)
     if not seeds:
         return "(no committed seeds)"
-    return "\n\n".join([_provenance(seeds), markdown_table(report.seed_table(seeds)),
-                        markdown_table(report.margin_table(seeds))])
+    return _paragraphs(_provenance(seeds), _protocols(seeds),
+                       markdown_table(report.seed_table(seeds)),
+                       markdown_table(report.margin_table(seeds)))
 
 
 def claims_block() -> str:
-    """Notebook 05's claim table for seed 0 and, with two seeds or more, over the seeds."""
+    """Notebook 05's claim table: seed 0's checks that the seeds do not restate, then the claim
+    as tests over the seeds, each row naming its test."""
     seeds = report.load_seeds(PROFILE)
     rows, features = report.seed_rows(seeds, 0)
     if not rows:
@@ -128,7 +158,8 @@ def claims_block() -> str:
     position = rows[0]["position_top1"]
     checks = report.claim_checks(report.accuracy_by_run(rows), features, position, POSITIONS,
                                  TEST_IMAGES)
-    return markdown_table(checks + report.seed_checks(seeds, TEST_IMAGES))
+    return _paragraphs(_protocols(seeds), markdown_table(
+        report.claim_table(checks, report.claim_tests(seeds, TEST_IMAGES))))
 
 
 def controls_block(budget: str) -> str:
@@ -154,14 +185,17 @@ def headline_block() -> str:
         if margin["npc"] == low:
             values = list(margin["per_seed"].values())
             bound = f" ({report.unconverged(margin)})" if margin["still_rising"] else ""
+            tested = report.margin_test(margin, TEST_IMAGES)
             lines.append(f"- {margin['margin']} at NPC {low}: {mean_sd(values)} points over "
                          f"{len(values)} seed{'s' * (len(values) > 1)}, smallest "
-                         f"{100 * min(values):+.1f}{bound}.")
+                         f"{100 * min(values):+.1f}{bound}; {tested['test']}: "
+                         f"{tested['holds']}.")
     return "\n".join(_wrap(line, "  ") for line in lines)
 
 
 BLOCKS: dict[str, Callable[[], str]] = {
-    "converged-search": search_block, "seed-0": seed0_block, "seeds": seeds_block,
+    "converged-search": search_block, "recipes": recipes_block, "seed-0": seed0_block,
+    "seeds": seeds_block,
     "claims": claims_block, "controls-small": functools.partial(controls_block, "small"),
     "controls-main": functools.partial(controls_block, "main"), "headline": headline_block,
     "course-time": course_time_block,

@@ -19,7 +19,8 @@ twice as many steps.
                      makes its runs, and computed in the precision this machine computes in
     check_finished   every (method, NPC) searched and lengthened to the end before a study
                      uses its choice
-    adopt_study      a finished study of another length at some NPCs, folded into the results
+    adopt_study      a finished study at some NPCs, folded into the results; npc_protocols
+                     says which protocol each NPC's rows ran under
     TrialStore / run_search     the results file, and every (method, NPC, recipe) searched in
                                 parallel, each (method, NPC) lengthened as soon as both of its
                                 recipes are searched
@@ -525,12 +526,45 @@ class TrialStore:
             write_results(self.path, results)
 
 
-def adopt_study(committed: dict, study: dict, npcs) -> dict:
+def protocol_summary(protocol: dict) -> dict:
+    """What a search's header `protocol` ran: {"recipes": the recipes it searched, "lengths":
+    'paired test' (every choice lengthened while a longer run wins the paired test) or 'late
+    check' (the earlier rule: a choice whose best epoch fell in its run's last fifth was run
+    twice as long, its searched length kept)}."""
+    return {"recipes": list(RECIPE_NAMES) if "small_data" in protocol else ["base"],
+            "lengths": "late check" if "late_fraction" in protocol else "paired test"}
+
+
+def describe_protocol(summary: dict) -> str:
+    """A protocol_summary in words, as the docs' tables state it."""
+    recipes = ("base recipe only" if summary["recipes"] == ["base"]
+               else " and ".join(summary["recipes"]) + " recipes")
+    lengths = ("lengths by the paired test" if summary["lengths"] == "paired test"
+               else "length by the earlier late check (a doubled run never adopted)")
+    return f"{recipes}, {lengths}"
+
+
+def npc_protocols(results: dict) -> dict[int, dict]:
+    """Per NPC of a search's or a seeds study's results, the protocol its rows ran under
+    (protocol_summary): its header's protocol at every NPC it holds, and where a study was
+    adopted into it (adopt_study), the file's own `protocols` at each NPC. A seeds file that
+    no study was adopted into has none: its search's are its own."""
+    found = ({row["npc"]: protocol_summary(results["protocol"]) for row in results["trials"]}
+             if "protocol" in results else {})
+    found.update({int(npc): summary for npc, summary in results.get("protocols", {}).items()})
+    return dict(sorted(found.items()))
+
+
+def adopt_study(committed: dict, study: dict, npcs, keep_replaced: bool = False) -> dict:
     """`committed` (a search's or a seeds study's results) with its rows at `npcs` replaced by
-    `study`'s (the same kind of file, from a search of another length at those NPCs, run with
-    --max-steps and --out), the study's max_steps there, and the study's provenance (command,
-    its paths in the repository made relative, machine, torch, date) listed in `studies`: the
-    results as one search at the new lengths."""
+    `study`'s (the same kind of file, from a search at those NPCs run to a file of its own
+    with --out, and --max-steps where its length is new), the study's max_steps there, the
+    protocol each NPC's rows ran under (`protocols`, npc_protocols: the study's at `npcs`,
+    the committed file's elsewhere), and the study's provenance (command, its paths in the
+    repository made relative, machine, torch, date) listed in `studies`: the results as one
+    search. keep_replaced: the committed rows at `npcs` kept apart as `replaced_trials` (a
+    seeds file: the same seeds under the earlier choice, which the study's effect is paired
+    against; at each NPC the rows the last study there replaced)."""
     npcs = set(npcs)
     missing = sorted(npcs - {row["npc"] for row in study["trials"]})
     if missing:
@@ -546,6 +580,15 @@ def adopt_study(committed: dict, study: dict, npcs) -> dict:
         steps = {**committed["protocol"]["max_steps"],
                  **{str(npc): study["protocol"]["max_steps"][str(npc)] for npc in npcs}}
         adopted["protocol"] = {**committed["protocol"], "max_steps": steps}
+    protocols = {**npc_protocols(committed),
+                 **{npc: summary for npc, summary in npc_protocols(study).items()
+                    if npc in npcs}}
+    if protocols:
+        adopted["protocols"] = {str(npc): summary for npc, summary in sorted(protocols.items())}
+    if keep_replaced:
+        adopted["replaced_trials"] = (
+            [row for row in committed.get("replaced_trials", []) if row["npc"] not in npcs]
+            + [row for row in committed["trials"] if row["npc"] in npcs])
     return adopted
 
 

@@ -19,7 +19,8 @@ Two tests ask sharper questions of paired data:
 - `mcnemar_p`: is one run better than another on the same images? Exact McNemar, one-sided:
   only the images the two runs disagree on carry information, and under "no difference" each
   of them is equally likely to go either way (a fair coin over the discordant images). The
-  search adopts a longer run only when it wins this test (`longer_wins`).
+  search adopts a longer run only when it wins this test (`longer_wins`); two recipes'
+  choices are compared with its two-sided form (`mcnemar_two_sided_p`).
 - `equivalence`: are two methods within a margin of each other over seeds? Two one-sided
   t-tests (TOST) on the paired differences: equivalence is *shown* when the mean is above
   -margin and below +margin, each at one-sided alpha (the 90 % interval inside the margin);
@@ -99,18 +100,31 @@ def decode_mask(mask: str, images: int) -> list[bool]:
     return [bool(value >> i & 1) for i in range(images)]
 
 
+def mcnemar_two_sided_p(wins: int, losses: int) -> float:
+    """Exact two-sided McNemar p-value that two runs differ on the same images: twice the
+    one-sided p-value of the side with more discordant images, at most 1."""
+    return min(1.0, 2 * mcnemar_p(max(wins, losses), min(wins, losses)))
+
+
+def paired_counts(first: dict, second: dict) -> tuple[int, int]:
+    """(images `second` gets right and `first` wrong, images `first` gets right and `second`
+    wrong): the discordant images of two search rows scored on the same validation images,
+    each with `val_correct` (the hex bitmask of its best epoch's right answers) and
+    `val_images`."""
+    if first["val_images"] != second["val_images"]:
+        raise ValueError(f"runs scored on {first['val_images']} and {second['val_images']} "
+                         f"validation images cannot be paired")
+    before = decode_mask(first["val_correct"], first["val_images"])
+    after = decode_mask(second["val_correct"], second["val_images"])
+    return (sum(a and not b for a, b in zip(after, before)),
+            sum(b and not a for a, b in zip(after, before)))
+
+
 def longer_wins(shorter: dict, longer: dict, alpha: float = 0.05) -> dict:
     """Is `longer` (a run of more steps) better on validation than `shorter`, by the exact
-    one-sided McNemar test at `alpha` on the same validation images? Each is a search row
-    with `val_correct` (the hex bitmask of its best epoch's right answers) and `val_images`.
+    one-sided McNemar test at `alpha` on the same validation images (`paired_counts`)?
     {"wins", "losses", "p", "better"}."""
-    if shorter["val_images"] != longer["val_images"]:
-        raise ValueError(f"runs scored on {shorter['val_images']} and {longer['val_images']} "
-                         f"validation images cannot be paired")
-    before = decode_mask(shorter["val_correct"], shorter["val_images"])
-    after = decode_mask(longer["val_correct"], longer["val_images"])
-    wins = sum(a and not b for a, b in zip(after, before))
-    losses = sum(b and not a for a, b in zip(after, before))
+    wins, losses = paired_counts(shorter, longer)
     p = mcnemar_p(wins, losses)
     return {"wins": wins, "losses": losses, "p": p, "better": p < alpha}
 
@@ -123,7 +137,9 @@ def equivalence(differences: list[float], margin: float, alpha: float = 0.05) ->
     "shown" when the mean is above -margin and below +margin, each by a one-sided t-test at
     `alpha`; "refuted" when it is below -margin or above +margin by a one-sided t-test at
     `alpha`; "not shown" otherwise. {"verdict", "mean", "margin", "seeds", "p_within" (the
-    larger TOST p-value), "p_beyond" (the smaller of the two beyond-the-margin p-values)}."""
+    larger TOST p-value), "p_beyond" (the smaller of the two beyond-the-margin p-values),
+    "interval" (the mean's 1 - 2 alpha confidence interval: equivalence is shown exactly when
+    it lies inside the margins)}."""
     n = len(differences)
     if n < 2:
         raise ValueError(f"{n} difference(s): an equivalence test needs two seeds or more")
@@ -141,5 +157,6 @@ def equivalence(differences: list[float], margin: float, alpha: float = 0.05) ->
     p_within = max(above(-margin), 1 - above(margin))
     p_beyond = min(1 - above(-margin), above(margin))
     verdict = "shown" if p_within < alpha else "refuted" if p_beyond < alpha else "not shown"
+    half = float(scipy_stats.t.ppf(1 - alpha, n - 1)) * se
     return {"verdict": verdict, "mean": mean, "margin": margin, "seeds": n,
-            "p_within": p_within, "p_beyond": p_beyond}
+            "p_within": p_within, "p_beyond": p_beyond, "interval": (mean - half, mean + half)}

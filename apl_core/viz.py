@@ -22,10 +22,10 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.rcsetup import cycler
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter
 
 from .puzzle import crop_offset, extract_patches, unpatchify
-from .search import lengthens
+from .search import LONGEST, lengthens
 
 PALETTE = "colorblind"
 HEATMAP = "rocket_r"  # sequential, light = low: probabilities, counts, attention
@@ -571,17 +571,34 @@ def patch_dropout_figure(rows: Sequence[dict], chance: float | None = None,
 @_themed
 def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | None = 0.1,
                title: str = "Test accuracy against labelled images per class") -> Figure:
-    """Accuracy vs NPC (log x), one line per method. Rows: {'method', 'npc', metric}."""
+    """Accuracy vs NPC (log x), one line per method. Rows: {'method', 'npc', metric}; several
+    rows of one (method, NPC) are seeds: the line goes through their mean, a bar spans one
+    standard deviation either side, and each seed is a dot (the methods set a little apart
+    so that their dots do not hide each other)."""
     fig, ax = _subplots(figsize=(7.5, 4.8))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
     markers = "osD^vPX*"
+    runs: dict[tuple[str, int], list[float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            runs.setdefault((r["method"], r["npc"]), []).append(100 * r[metric])
+    seeds = max(map(len, runs.values()), default=1)
     for m, method in enumerate(methods):
-        pts = sorted((r["npc"], 100 * r[metric]) for r in rows
-                     if r["method"] == method and r.get(metric) is not None)
-        if pts:
-            ax.plot(*zip(*pts), marker=markers[m % len(markers)], label=method,
-                    color=palette[method])
+        npcs = sorted(n for (name, n) in runs if name == method)
+        if not npcs:
+            continue
+        apart = 1.04 ** (m - (len(methods) - 1) / 2) if seeds > 1 else 1.0  # on the log axis
+        xs = [n * apart for n in npcs]
+        values = [runs[(method, n)] for n in npcs]
+        ax.errorbar(xs, [float(np.mean(v)) for v in values],
+                    yerr=[float(np.std(v, ddof=1)) if len(v) > 1 else 0.0 for v in values]
+                    if seeds > 1 else None, capsize=3, marker=markers[m % len(markers)],
+                    label=method, color=palette[method])
+        if seeds > 1:
+            ax.scatter([x for x, v in zip(xs, values) for _ in v],
+                       [value for v in values for value in v], s=14, alpha=0.45,
+                       color=palette[method], zorder=3)
     npcs = sorted({r["npc"] for r in rows})
     top = max([100 * r[metric] for r in rows if r.get(metric) is not None] + [10.0])
     ax.set_ylim(0, min(100, top + 10))  # from 0, so that noise does not look like a gap
@@ -593,7 +610,8 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
         ax.axhline(100 * chance, color="grey", ls=":", label=f"chance {100 * chance:.0f}%")
     ax.set(title=title, xlabel="labelled images per class (NPC, log scale)",
            ylabel="test top-1 accuracy (%)")
-    ax.legend(title="method", fontsize=9)
+    ax.legend(title=f"method: mean ± sd over up to {seeds} seeds, each a dot" if seeds > 1
+              else "method", fontsize=9, title_fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -604,21 +622,23 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
                        title: str = "Is every choice inside its search?") -> Figure:
     """The converged search, one column per method. Top: validation top-1 against the
     learning rate (log scale), one line per NPC and recipe (the small-data recipe dotted),
-    diverged trials crossed, the chosen rate ringed. Bottom: the chosen run's validation
-    curve against the share of its run, the chosen epoch ringed, and its longer runs (2x,
-    4x, ...) dashed on the same scale, to 200 % and beyond, so that the reader sees whether
-    more steps still paid. Trials: apl_core.search rows; chosen: search.choose's result;
-    methods: the columns' order (default: as the trials first name them)."""
+    diverged trials crossed, the chosen rate ringed. Bottom: the length, shown by budget: the
+    chosen run's best validation top-1 at 1x its steps and its longer runs' at 2x, 4x, 8x, one
+    line per NPC, each longer run filled where it won the paired test against the run before
+    it, hollow where it did not (or had no per-image record to pair), crossed where it
+    diverged, the adopted length ringed. Trials: apl_core.search rows; chosen:
+    search.choose's result; methods: the columns' order (default: as the trials first name
+    them)."""
     searched = dict.fromkeys(t["method"] for t in trials)
     methods = [m for m in methods if m in searched] if methods else list(searched)
     npcs = sorted({t["npc"] for t in trials})
     palette = dict(zip(npcs, sns.color_palette(PALETTE, len(npcs))))
     styles = {"base": "-", "small-data": ":"}
+    multiples = [2 ** k for k in range(int(math.log2(LONGEST)) + 1)]
     fig, axes = _subplots(2, len(methods), figsize=(3.3 * len(methods) + 1.5, 6.6),
                           sharey=True, squeeze=False)
     for column, method in enumerate(methods):
-        rates_ax, curve_ax = axes[0][column], axes[1][column]
-        longest = 100
+        rates_ax, budget_ax = axes[0][column], axes[1][column]
         for npc in npcs:
             searched_here = [t for t in trials if (t["method"], t["npc"]) == (method, npc)
                              and lengthens(t) is None]
@@ -636,36 +656,44 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
             pick = chosen[(method, npc)]
             rates_ax.plot(pick["lr"], 100 * pick["val_top1"], "o", ms=11, mfc="none",
                           mec=palette[npc], mew=1.5)
-            run = next(t for t in trials if t["run"] == pick["run"])
-
-            def on_chosen_scale(curve):  # (% of the chosen run's epochs, validation top-1 %)
-                return zip(*[(100 * epoch / run["epochs"], 100 * val) for epoch, val in curve])
-
-            curve_ax.plot(*on_chosen_scale(run["val_curve"]), color=palette[npc],
-                          label=f"NPC {npc}")
-            curve_ax.plot(100 * pick["best_epoch"] / run["epochs"], 100 * pick["val_top1"], "o",
-                          ms=11, mfc="none", mec=palette[npc], mew=1.5)
-            for longer in (t for t in trials if lengthens(t) == pick["run"]):
-                curve_ax.plot(*on_chosen_scale(longer["val_curve"]), color=palette[npc],
-                              ls="--", lw=1)
-                longest = max(longest, 100 * longer["epochs"] / run["epochs"])
+            lengths = [(1, 100 * pick["val_top1"])] + [(run["multiple"], 100 * run["val_top1"])
+                                                       for run in pick["longer"]]
+            budget_ax.plot(*zip(*lengths), color=palette[npc], marker="o", ms=5,
+                           label=f"NPC {npc}")
+            for run in pick["longer"]:
+                point = (run["multiple"], 100 * run["val_top1"])
+                if run.get("diverged"):
+                    budget_ax.plot(*point, "x", ms=9, color=palette[npc])
+                elif not run["better"]:
+                    budget_ax.plot(*point, "o", ms=5, mfc="white", mec=palette[npc])
+            adopted = pick["adopted"]
+            budget_ax.plot(adopted["multiple"], 100 * adopted["val_top1"], "o", ms=11,
+                           mfc="none", mec=palette[npc], mew=1.5)
         rates_ax.set_xscale("log")
+        rates_ax.xaxis.set_minor_formatter(NullFormatter())  # labels of a narrow range collide
         rates_ax.set(title=method, xlabel="learning rate (log scale)",
                      ylabel="best validation top-1 (%)")
-        curve_ax.set(xlim=(0, longest), xlabel="% of the chosen run's epochs",
-                     ylabel="validation top-1 (%)")
-        for ax in (rates_ax, curve_ax):
+        budget_ax.set_xscale("log", base=2)
+        budget_ax.set_xticks(multiples)
+        budget_ax.set_xticklabels([f"{m}x" for m in multiples])
+        budget_ax.minorticks_off()
+        budget_ax.set(xlim=(0.8, LONGEST * 1.25), xlabel="steps, times the searched run's",
+                      ylabel="best validation top-1 (%)")
+        for ax in (rates_ax, budget_ax):
             if chance:
                 ax.axhline(100 * chance, color="grey", ls=":")
     handles, labels = axes[0][0].get_legend_handles_labels()
     handles += [plt.Line2D([], [], color=DARK, marker="o", ms=11, mfc="none", ls="none"),
                 plt.Line2D([], [], color=DARK, ls=":"),
                 plt.Line2D([], [], color=DARK, marker="x", ms=8, ls="none"),
-                plt.Line2D([], [], color=DARK, ls="--", lw=1)]
-    labels += ["chosen", "small-data recipe", "diverged", "longer runs (2x, 4x, ...)"]
-    fig.legend(handles, labels, loc="center right", fontsize=9)
+                plt.Line2D([], [], color=DARK, marker="o", ms=5, ls="none"),
+                plt.Line2D([], [], color=DARK, marker="o", ms=5, mfc="white", ls="none")]
+    labels += ["chosen rate, adopted length", "small-data recipe", "diverged",
+               "longer run: won the paired test", "longer run: did not (or untested)"]
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0, 1 - 1.6 / fig.get_figwidth(), 1))
+    fig.tight_layout()
+    # outside the axes, to their right: a saved or shown figure's tight box takes it in
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9)
     return fig
 
 

@@ -1,21 +1,27 @@
-"""Fold a finished study of another search length at some NPCs into the committed results.
+"""Fold a finished study at some NPCs into the committed search and seeds.
 
-    python experiments/adopt_study.py --profile quick --npcs 100 \\
-        --search apl_core/results/in_progress/quick_npc100_search.json \\
-        --seeds apl_core/results/in_progress/quick_npc100_seeds.json
+    python experiments/adopt_study.py --profile quick --npcs 10 30 \\
+        --search apl_core/results/in_progress/quick_small_data_search.json \\
+        --seeds apl_core/results/in_progress/quick_small_data_seeds.json
 
-The study is converged_search.py --max-steps STEPS --out FILE at those NPCs, then
-converged_seeds.py --search FILE --out SEEDS_FILE (docs/method.md). Set the profile's max_steps
-at those NPCs to the study's first (apl_core/config.py). The adoption refuses a study whose
-length is not the profile's, whose search is not finished, or whose seeds lack a row that the
-committed seeds have at those NPCs or were not run at the study's choice. Then it replaces
+The study is converged_search.py --npcs ... --out FILE (with --max-steps STEPS where its length
+is new: set the profile's max_steps at those NPCs to it first, apl_core/config.py), then
+converged_seeds.py --search FILE --out SEEDS_FILE (docs/method.md). The adoption refuses, with
+every reason at once, a study whose length is not the profile's, whose search is not finished
+(search.check_finished), that did not search a method the committed search has there, that ran
+with other recipes than this code's, or whose seeds lack a row: one that the committed seeds
+have at those NPCs, or one of its own plan (each seed of its header's `seeds_at` for every
+chosen method and the frozen features), or ran away from the study's choice. Then it replaces
 those NPCs' trials in apl_core/results/<profile>_converged_search.json and their rows in
-<profile>_converged_seeds.json with the study's, and removes the study's files (git keeps
-them). Rewrite the docs after it: python -m apl_core.results_docs.
+<profile>_converged_seeds.json with the study's, records in both which protocol each NPC's rows
+ran under (`protocols`), and keeps the seeds rows it replaced (`replaced_trials`: the same seeds
+under the earlier choice, for the paired comparison). The study's files are left where they
+are. Rewrite the docs after it: python -m apl_core.results_docs.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -50,11 +56,24 @@ def study_problems(profile: str, npcs: set[int], committed_search: dict, committ
                  for method, npc in sorted({(t["method"], t["npc"])
                                             for t in committed_search["trials"]} - searched)
                  if npc in npcs]
+    for key, here in (("recipes", search.RECIPES), ("small_data", search.SMALL_DATA)):
+        ran = study_search["protocol"].get(key)
+        if ran is not None and ran != json.loads(json.dumps(here)):
+            problems.append(f"the study ran with {key} {ran} and apl_core/search.py now has "
+                            f"{here}: the course would not rerun the study's choices")
+    try:
+        chosen = search.choose([t for t in study_search["trials"] if t["npc"] in npcs])
+    except ValueError as error:  # trials of one (method, NPC) that differ in length
+        problems.append(str(error))
+        chosen = {}
+    planned = {(seed, int(npc), what)
+               for npc, seeds in study_seeds.get("seeds_at", {}).items() if int(npc) in npcs
+               for what in [m for m, n in chosen if n == int(npc)] + ["features"]
+               for seed in seeds}
+    needed = planned | {row_key(row) for row in committed_seeds["trials"] if row["npc"] in npcs}
     have = {row_key(row) for row in study_seeds["trials"]}
     problems += [f"the study's seeds lack seed {seed}'s {what} at NPC {npc}"
-                 for seed, npc, what in sorted({row_key(row) for row in committed_seeds["trials"]
-                                                if row["npc"] in npcs} - have)]
-    chosen = search.choose(study_search["trials"])
+                 for seed, npc, what in sorted(needed - have)]
     for row in study_seeds["trials"]:
         pick = chosen.get((row.get("method"), row["npc"]))
         ran = (row["lr"], row.get("recipe", "base"), row["epochs"]) if pick else None
@@ -90,16 +109,15 @@ def main(argv=None) -> None:
     if problems:
         sys.exit("the study cannot be adopted yet:\n- " + "\n- ".join(problems))
     adopted_search = search.adopt_study(committed_search, study_search, npcs)
-    adopted_seeds = search.adopt_study(committed_seeds, study_seeds, npcs)
-    adopted_seeds["chosen"] = search.keyed_choices(adopted_search["trials"])
+    adopted_seeds = search.adopt_study(committed_seeds, study_seeds, npcs, keep_replaced=True)
+    adopted_seeds.update(chosen=search.keyed_choices(adopted_search["trials"]),
+                         protocols=adopted_search["protocols"])
     for path, results in ((search.search_path(args.profile), adopted_search),
                           (report.seeds_path(args.profile), adopted_seeds)):
         write_results(path, results)
         print(f"wrote {path}")
-    for study in (args.search, args.seeds):
-        Path(study).unlink()
-        print(f"removed {study}")
-    print("now rewrite the docs: python -m apl_core.results_docs")
+    print(f"the study's files are kept ({args.search}, {args.seeds}); now rewrite the docs "
+          f"(python -m apl_core.results_docs) and the figures (make figures)")
 
 
 if __name__ == "__main__":

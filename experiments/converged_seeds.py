@@ -176,6 +176,8 @@ def main(argv=None) -> None:
     # the header describes the whole file, whichever NPCs this call adds to it
     header = {"profile": args.profile, "search": found.get("date"),
               "chosen": search.keyed_choices(found["trials"]),
+              "protocols": {str(npc): summary
+                            for npc, summary in search.npc_protocols(found).items()},
               "seeds_at": {str(npc): seeds for npc, seeds in sorted(seeds_at.items())},
               **measured_on(device),
               "date": datetime.date.today().isoformat(), "workers": args.workers,

@@ -1,6 +1,7 @@
-"""experiments/adopt_study.py folds a finished study of a longer search at one NPC into the
-committed search and seeds, and refuses, naming each reason, a study that is not finished, not
-at the profile's length, or whose seeds do not cover what they replace."""
+"""experiments/adopt_study.py folds a finished study at some NPCs into the committed search and
+seeds, saying per NPC which protocol made its rows, and refuses, naming each reason, a study
+that is not finished, not at the profile's length, run with other recipes, or whose seeds do
+not cover what they replace or what they planned."""
 from __future__ import annotations
 
 import json
@@ -36,9 +37,12 @@ def seed_rows(npc: int, epochs: int, lr: float, seeds=(0, 1)) -> list[dict]:
     rows = []
     for seed in seeds:
         rows.append(dict(method="BENCHMARK", npc=npc, recipe="base", lr=lr, epochs=epochs,
-                         seed=seed, test_top1=0.4, run=f"seed{seed}-{npc}-{epochs}"))
+                         seed=seed, test_top1=0.4 + epochs / 1000, test_images=1000,
+                         run=f"seed{seed}-{npc}-{epochs}"))
         rows.append({"run": f"features-seed{seed}-npc{npc}", "seed": seed, "npc": npc,
-                     "features": {}})
+                     "features": {name: {"knn_top1": 0.3, "probe_top1": 0.4}
+                                  for name in ("APL-pretrained features",
+                                               "random-init features")}})
     return rows
 
 
@@ -51,8 +55,9 @@ def provenance(command: str) -> dict:
 def committed(tmp_path, monkeypatch):
     monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
-    search_file = {**provenance("search"), "workers": 2,
-                   "protocol": {"trials": 5, "max_steps": {"10": 400, "100": 960}},
+    search_file = {**provenance("search"), "workers": 2,  # the earlier protocol's header
+                   "protocol": {"trials": 5, "late_fraction": 0.8,
+                                "max_steps": {"10": 400, "100": 960}},
                    "trials": trials(10, 100, 1e-4) + trials(100, 30, 3e-3)}
     seeds_file = {**provenance("seeds"), "chosen": {},
                   "trials": seed_rows(10, 100, 1e-4) + seed_rows(100, 30, 3e-3)}
@@ -61,11 +66,17 @@ def committed(tmp_path, monkeypatch):
     study = tmp_path / "in_progress"
     study.mkdir()
     (study / "search.json").write_text(json.dumps(
-        {**provenance("study search"), "protocol": {"max_steps": {"10": 400, "100": 3840}},
+        {**provenance("study search"), "protocol": STUDY_PROTOCOL,
          "trials": trials(100, 120, 3e-4)}))
     (study / "seeds.json").write_text(json.dumps(
-        {**provenance("study seeds"), "trials": seed_rows(100, 120, 3e-4, seeds=(0,))}))
+        {**provenance("study seeds"), "seeds_at": {"100": [0, 1]},
+         "trials": seed_rows(100, 120, 3e-4, seeds=(0,))}))
     return study
+
+
+# the header converged_search.py writes now: both recipes, lengths by the paired test
+STUDY_PROTOCOL = {"max_steps": {"10": 400, "100": 3840}, "recipes": search.RECIPES,
+                  "small_data": search.SMALL_DATA, "longest": 8, "alpha": 0.05}
 
 
 def adopt(study: Path) -> None:
@@ -84,6 +95,8 @@ def test_a_study_is_refused_with_every_reason_until_it_can_replace_the_npc(commi
     assert "lack seed 1's BENCHMARK at NPC 100" in message
     assert "lack seed 1's features at NPC 100" in message
     assert (committed / "search.json").exists()  # nothing is written or removed
+    assert report.load_seeds("quick")["trials"][-1]["npc"] == 100
+    assert search.load_search("quick")["trials"][-1]["epochs"] == 60
 
     monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
     seeds = json.loads((committed / "seeds.json").read_text())
@@ -119,7 +132,25 @@ def test_a_finished_study_replaces_its_npc_in_the_committed_search_and_seeds(com
         (1, 10, 0), (1, 10, 100), (1, 100, 0), (1, 100, 120)]
     assert adopted["chosen"]["BENCHMARK|100"]["lr"] == 3e-4
     assert adopted["chosen"]["BENCHMARK|10"]["lr"] == 1e-4
-    assert not (committed / "search.json").exists() and not (committed / "seeds.json").exists()
+    # each file says which protocol made each NPC's rows: NPC 10 kept the earlier one's
+    both = {"recipes": ["base", "small-data"], "lengths": "paired test"}
+    earlier = {"recipes": ["base"], "lengths": "late check"}
+    for results in (found, adopted):
+        assert results["protocols"] == {"10": earlier, "100": both}
+        assert search.npc_protocols(results) == {10: earlier, 100: both}
+    assert search.describe_protocol(earlier) == ("base recipe only, length by the earlier late "
+                                                 "check (a doubled run never adopted)")
+    # the seeds rows the study replaced, kept for the paired comparison with the new choice
+    assert sorted((row["seed"], row.get("epochs", 0)) for row in adopted["replaced_trials"]) == [
+        (0, 0), (0, 30), (1, 0), (1, 30)]
+    assert (committed / "search.json").exists() and (committed / "seeds.json").exists()
+    # the tables read it: NPC 100's test now and before, on the same two seeds
+    at_100 = report.recipe_table(found, adopted)[1]
+    assert (at_100["NPC"], at_100["test now"], at_100["test before"]) == (
+        100, "52.0 ± 0.0 (2 seeds)", "43.0 ± 0.0 (2 seeds)")
+    assert report.protocol_line(found) == (
+        "NPC 10: base recipe only, length by the earlier late check (a doubled run never "
+        "adopted); NPC 100: base and small-data recipes, lengths by the paired test")
 
 
 def test_an_unfinished_study_search_is_refused(committed, monkeypatch):
@@ -129,6 +160,34 @@ def test_an_unfinished_study_search_is_refused(committed, monkeypatch):
     (committed / "search.json").write_text(json.dumps(study))
     with pytest.raises(SystemExit, match="BENCHMARK at NPC 100's base search has 4 trials and "
                                          "is not done"):
+        adopt(committed)
+
+
+def test_seeds_that_lack_a_row_of_their_own_plan_are_refused(committed, monkeypatch):
+    """The study's seeds planned seeds 0-3 at NPC 100 (its header's seeds_at), more than the
+    committed seeds have: the adoption waits for every one of them."""
+    monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
+    seeds = json.loads((committed / "seeds.json").read_text())
+    seeds["seeds_at"] = {"100": [0, 1, 2, 3]}
+    seeds["trials"] += seed_rows(100, 120, 3e-4, seeds=(1, 2))
+    (committed / "seeds.json").write_text(json.dumps(seeds))
+    with pytest.raises(SystemExit) as refused:
+        adopt(committed)
+    lines = str(refused.value).splitlines()
+    assert lines[1:] == ["- the study's seeds lack seed 3's BENCHMARK at NPC 100",
+                         "- the study's seeds lack seed 3's features at NPC 100"]
+
+
+def test_a_study_run_with_other_recipes_than_the_codes_is_refused(committed, monkeypatch):
+    monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
+    study = json.loads((committed / "search.json").read_text())
+    study["protocol"]["small_data"]["cnn"]["label_smoothing"] = 0.2
+    (committed / "search.json").write_text(json.dumps(study))
+    seeds = json.loads((committed / "seeds.json").read_text())
+    seeds["trials"] += seed_rows(100, 120, 3e-4, seeds=(1,))
+    (committed / "seeds.json").write_text(json.dumps(seeds))
+    with pytest.raises(SystemExit, match=r"the study ran with small_data .*'label_smoothing': "
+                                         r"0\.2.* and apl_core/search\.py now has"):
         adopt(committed)
 
 

@@ -70,6 +70,8 @@ def test_the_search_script_writes_every_trial_and_a_rerun_trains_none(smoke_sear
     assert written["command"].startswith("python experiments/converged_search.py --profile "
                                          "smoke --methods S-CNN")
     assert "late_fraction" not in written["protocol"]
+    assert search.npc_protocols(written) == {10: {"recipes": ["base", "small-data"],
+                                                  "lengths": "paired test"}}
     trials = written["trials"]
     assert {t.get("recipe") for t in trials if search.lengthens(t) is None} == {
         "base", "small-data"}
@@ -212,6 +214,8 @@ def test_the_seeds_script_stores_each_row_and_a_rerun_trains_none(smoke_search, 
     assert row["run"] == pick["adopted"]["run"]  # the search's own run
     assert features["run"] == "features-seed0-npc10"
     assert written["seeds_at"] == {"10": [0]} and written["chosen"]["S-CNN|10"]["lr"] == pick["lr"]
+    assert written["protocols"] == {"10": {"recipes": ["base", "small-data"],
+                                           "lengths": "paired test"}}  # the search's
     monkeypatch.setattr(search, "finetune", lambda *a, **k: pytest.fail("trained"))
     monkeypatch.setattr(converged_seeds, "feature_comparison",
                         lambda *a, **k: pytest.fail("judged again"))

@@ -1,7 +1,8 @@
 """Notebook 05's report: the pretraining read back from its run, the converged search's
-choices with where they sit, the seeds' paired margins, and the claim checks: a margin counts
-only beyond the test set's noise and the 5-point bar, at every NPC, on the smallest seed, and a
-flat comparison is reported as 'no'."""
+choices with where they sit and what the small-data recipe changes, the seeds' paired margins,
+and the claim: on one seed a margin counts only beyond the test set's noise and the 5-point
+bar; over seeds a gain is a paired difference beyond the detectable difference and
+"competitive" an equivalence test, each row naming its test, and too few seeds say so."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ import pytest
 from apl_core import report
 from apl_core.tables import markdown_table
 from apl_core.report import (
-    accuracy_table, claim_checks, feature_table, gain_margin, margin_table, noise_margin,
-    pretraining_summary, search_table, seed_checks, seed_table, write_report,
+    EQUIVALENCE, ONE_RUN, ONE_SEED_BAR, ONE_SEED_NOISE, PAIRED_DIFFERENCE, accuracy_table,
+    claim_checks, claim_table, claim_tests, feature_table, gain_margin, margin_table,
+    noise_margin, pretraining_summary, recipe_table, search_table, seed_table, write_report,
 )
 
 
@@ -83,35 +85,36 @@ def test_claim_rows_state_each_threshold_and_a_margin_exactly_at_it_holds():
     by = "by 12.5 points or more"
     assert checks == [
         {"statement": "the puzzle is learned: held-out position accuracy far above chance (> 3x)",
-         "holds": "no", "measured": "18.8% vs chance 6.2% (3.0x)"},
+         "test": ONE_RUN, "holds": "no", "measured": "18.8% vs chance 6.2% (3.0x)"},
         {"statement": "the classes are learned at all at NPC 10: the best method beats chance "
-                      "(10%) by more than 12.5 points", "holds": "yes",
+                      "(10%) by more than 12.5 points", "test": ONE_SEED_NOISE, "holds": "yes",
          "measured": "best: S-CNN, 56.2%"},
         {"statement": "the classes are learned at all at NPC 30: the best method beats chance "
-                      "(10%) by more than 12.5 points", "holds": "yes",
+                      "(10%) by more than 12.5 points", "test": ONE_SEED_NOISE, "holds": "yes",
          "measured": "best: APL fine-tune, 75.0%"},
         {"statement": f"with few labels (NPC 10), APL fine-tune beats BENCHMARK (same model, "
-                      f"random init) {by}", "holds": "yes", "measured": "+12.5 points"},
-        {"statement": "... and at every NPC of the sweep", "holds": "yes",
+                      f"random init) {by}", "test": ONE_SEED_BAR, "holds": "yes",
+         "measured": "+12.5 points"},
+        {"statement": "... and at every NPC of the sweep", "test": ONE_SEED_BAR, "holds": "yes",
          "measured": "at NPC [10, 30] of [10, 30]; margins +12.5, +12.5 points"},
         {"statement": f"with few labels (NPC 10), APL fine-tune, without positions, beats the "
                       f"same transformer with positional embeddings from scratch (a ViT) {by}",
-         "holds": "no", "measured": "+6.2 points"},
+         "test": ONE_SEED_BAR, "holds": "no", "measured": "+6.2 points"},
         # BENCHMARK + positions did not run at NPC 30: no margin there, so no win
-        {"statement": "... and at every NPC of the sweep", "holds": "no",
+        {"statement": "... and at every NPC of the sweep", "test": ONE_SEED_BAR, "holds": "no",
          "measured": "at NPC [] of [10, 30]; margins +6.2, – points"},
         {"statement": "competitive with the CNN baselines at NPC 10 (within 5 points of the best, "
-                      "S-CNN, or better, with something above chance)", "holds": "no",
-         "measured": "-6.2 points vs S-CNN"},
+                      "S-CNN, or better, with something above chance)", "test": ONE_SEED_BAR,
+         "holds": "no", "measured": "-6.2 points vs S-CNN"},
         {"statement": "competitive with the CNN baselines at NPC 30 (within 5 points of the best, "
-                      "S-CNN, or better, with something above chance)", "holds": "yes",
-         "measured": "+0.0 points vs S-CNN"},
+                      "S-CNN, or better, with something above chance)", "test": ONE_SEED_BAR,
+         "holds": "yes", "measured": "+0.0 points vs S-CNN"},
         {"statement": f"the features alone carry class information: the linear probe on APL "
                       f"features beats it on random-init features {by} (NPC 30)",
-         "holds": "yes", "measured": "25.0% vs 12.5%"},
+         "test": ONE_SEED_BAR, "holds": "yes", "measured": "25.0% vs 12.5%"},
         {"statement": f"the features alone carry class information: the kNN on APL features "
                       f"beats it on random-init features {by} (NPC 30)",
-         "holds": "yes", "measured": "50.0% vs 37.5%"},
+         "test": ONE_SEED_BAR, "holds": "yes", "measured": "50.0% vs 37.5%"},
     ]
 
 
@@ -210,14 +213,14 @@ def search_trials():
 
 def test_search_table_shows_where_each_choice_sits_and_its_longer_runs():
     assert search_table(search_trials()[::-1], val_images=10) == [
-        {"method": "APL", "NPC": 10, "recipe": "base", "lr": "0.0003",
-         "rates searched": "0.0001 .. 0.001", "position": "interior, next to a diverged trial",
-         "recipes (val top-1)": "base 71.0, small-data 64.0", "best epoch": "5/10",
-         "val top-1": "71.0", "train top-1": "90", "longer runs": "2x not run yet"},
-        {"method": "CNN", "NPC": 30, "recipe": "base", "lr": "0.003",
-         "rates searched": "0.001 .. 0.003", "position": "highest",
-         "recipes (val top-1)": "base 58.0", "best epoch": "10/10", "val top-1": "58.0",
-         "train top-1": "90",
+        {"method": "APL", "NPC": 10, "val top-1: base / small-data": "71.0 / 64.0",
+         "chosen": "base", "lr": "0.0003", "position": "interior of 0.0001 .. 0.001 (3 trials)",
+         "bounded by": "a diverged trial (flagged)", "best epoch": "5/10", "val top-1": "71.0",
+         "train top-1": "90", "longer runs": "2x not run yet"},
+        {"method": "CNN", "NPC": 30, "val top-1: base / small-data": "58.0 / not searched",
+         "chosen": "base", "lr": "0.003", "position": "highest of 0.001 .. 0.003 (2 trials)",
+         "bounded by": "the edge of the rates (flagged)", "best epoch": "10/10",
+         "val top-1": "58.0", "train top-1": "90",
          "longer runs": "2x: 12/20, 90.0 (+6/-0 of 10 images, p 0.016); 4x: 24/40, 90.0 "
                         "(+0/-0 of 10 images, p 1); 2x adopted"}]
     in_file_order = [dict(method=m, npc=n, lr=1e-3, epochs=10, best_epoch=5, val_top1=0.5,
@@ -235,8 +238,11 @@ def test_search_table_says_when_a_recipe_diverged_at_every_rate():
                 (1e-4, 0.11, "small-data", {"diverged": "learned nothing"}),
                 (1e-3, 0.12, "small-data", {"diverged": "learned nothing"})]]
     row, = search_table(rows[::-1], val_images=500)
-    assert row["recipes (val top-1)"] == "base 30.0, small-data 12.0 (all diverged)"
-    assert row["recipe"] == "base" and row["position"] == "interior"
+    assert row["val top-1: base / small-data"] == "30.0 / 12.0 (all diverged)"
+    assert row["chosen"] == "base" and row["position"].startswith("interior")
+    assert row["bounded by"] == "finite trials"
+    only = [dict(r, recipe="small-data") for r in rows[3:]]
+    assert search_table(only, val_images=500)[0]["bounded by"] == "every trial diverged (flagged)"
 
 
 def test_the_longer_runs_cell_says_what_each_run_showed_and_what_was_adopted():
@@ -269,8 +275,9 @@ def test_feature_table_gives_knn_and_probe_per_npc():
 
 
 def seeds_results(margins=(0.15, 0.12, 0.03), cnn=0.3):
-    """Three seeds: APL fine-tune ahead of both BENCHMARKs by `margins` at every NPC, the
-    CNNs at `cnn` and `cnn - 0.1`, APL's features ahead by 20 - seed points (kNN)."""
+    """A seed per margin: APL fine-tune ahead of both BENCHMARKs by `margins` at every NPC, the
+    CNNs at `cnn` and `cnn - 0.1`, APL's features ahead by 20 - seed points (kNN); every run
+    scored on 1,000 test images."""
     rows = []
     for seed, margin in enumerate(margins):
         for npc in (10, 100):
@@ -278,7 +285,7 @@ def seeds_results(margins=(0.15, 0.12, 0.03), cnn=0.3):
                                 ("BENCHMARK + positions", 0.3), ("S-CNN", cnn - 0.1),
                                 ("S-ResNet-18", cnn)):
                 rows.append({"method": method, "npc": npc, "seed": seed, "test_top1": acc,
-                             "run": f"{method}-{npc}-{seed}"})
+                             "test_images": 1000, "run": f"{method}-{npc}-{seed}"})
             rows.append({"run": f"features-seed{seed}-npc{npc}", "seed": seed, "npc": npc,
                          "features": features(0.3, 0.1 + 0.01 * seed, 0.4, 0.1)[0]["features"]})
     return {"profile": "quick", "command": "python experiments/converged_seeds.py",
@@ -330,13 +337,13 @@ def test_a_margin_whose_side_was_still_rising_is_marked_as_a_bound():
         "no: APL fine-tune, S-ResNet-18 still rising, so no bound either way")
     assert converged[("APL fine-tune - the better CNN", 100)] == "yes"
     assert converged[("kNN: APL - random-init features", 10)] == "–"
-    checks = {c["statement"]: c for c in seed_checks(seeds, 1000)}
-    vit = checks["over seeds [0, 1, 2], which draw their own labels: APL fine-tune - BENCHMARK + "
-                 "positions >= 5 points on every seed at every NPC"]
-    assert vit["measured"] == (
-        "smallest seed's margin +3.0 (NPC 10), +3.0 (NPC 100); at NPC 10 APL fine-tune, "
-        "BENCHMARK + positions still rising, so no bound either way; at NPC 100 BENCHMARK + "
-        "positions still rising, so an upper bound")
+    tests = {c["statement"]: c for c in claim_tests(seeds, 1000)}
+    vit = ("APL fine-tune, without positions, beats the same transformer with positional "
+           "embeddings from scratch (a ViT)")
+    assert tests[f"{vit} at NPC 100"]["measured"].endswith(
+        "; BENCHMARK + positions still rising, so an upper bound")
+    assert tests[f"{vit} at NPC 10"]["measured"].endswith(
+        "; APL fine-tune, BENCHMARK + positions still rising, so no bound either way")
     assert report.still_rising(seeds_results()) == set()  # no search behind the seeds
 
 
@@ -349,19 +356,40 @@ def test_a_seed_that_lacks_a_run_is_counted_and_left_out_of_its_margins():
             "| +12.0 |") in markdown_table(margin_table(seeds))
 
 
-def test_the_claim_over_seeds_rests_on_the_smallest_seed():
-    weak = {c["statement"]: c for c in seed_checks(seeds_results((0.15, 0.12, 0.03)), 1000)}
-    strong = {c["statement"]: c for c in seed_checks(seeds_results((0.15, 0.12, 0.06)), 1000)}
-    key = ("over seeds [0, 1, 2], which draw their own labels: APL fine-tune - BENCHMARK >= 5 "
-           "points on every seed at every NPC")
-    assert weak[key]["holds"] == "no" and "+3.0 (NPC 10)" in weak[key]["measured"]
-    assert strong[key]["holds"] == "yes"  # the mean is 10 points in both: it does not decide
-    assert [c["holds"] for c in strong.values()] == ["yes"] * 5
-    cnn = ("over seeds [0, 1, 2], which draw their own labels: APL fine-tune - the better CNN "
-           ">= -5 points on every seed at every NPC")
-    behind = {c["statement"]: c for c in seed_checks(seeds_results(cnn=0.5), 1000)}[cnn]
-    assert behind == {"statement": cnn, "holds": "no", "measured":
-                      "smallest seed's margin -17.0 (NPC 10), -17.0 (NPC 100)"}
+BEATS = "APL fine-tune beats BENCHMARK (same model, random init) at NPC 10"
+COMPETES = "APL fine-tune is competitive with the better CNN of each seed at NPC 10"
+
+
+def test_a_gain_over_seeds_holds_beyond_the_detectable_difference_and_names_its_test():
+    # 15, 14, 16 points: the seeds' 95 % half-width 2.5, the test set's noise 4.3 points
+    tests = {c["statement"]: c for c in claim_tests(seeds_results((0.15, 0.14, 0.16)), 1000)}
+    assert tests[BEATS] == {"statement": BEATS, "test": PAIRED_DIFFERENCE, "holds": "yes",
+                            "measured": "15.0 ± 1.0 points over 3 seeds, smallest +14.0; "
+                                        "detectable 4.3"}
+    # the mean is 10 points in both, the spread decides: 3, 12, 15 cannot show it
+    spread = {c["statement"]: c for c in claim_tests(seeds_results((0.15, 0.12, 0.03)), 1000)}
+    assert spread[BEATS]["holds"] == "no"
+    assert spread[BEATS]["measured"] == ("10.0 ± 6.2 points over 3 seeds, smallest +3.0; "
+                                         "detectable 15.5")
+    assert [c["test"] for c in tests.values()] == (
+        [PAIRED_DIFFERENCE] * 4 + [EQUIVALENCE] * 2 + [PAIRED_DIFFERENCE] * 4)
+    assert [c["statement"].rsplit(" at NPC ", 1)[1] for c in tests.values()] == ["10", "100"] * 5
+
+
+def test_competitive_is_an_equivalence_test_over_at_least_five_label_draws():
+    level = (0.01, -0.01, 0.0, 0.02, -0.01)  # the CNN at 0.3: APL - the better CNN = margin
+    shown = {c["statement"]: c for c in claim_tests(seeds_results(level), 1000)}[COMPETES]
+    assert (shown["test"], shown["holds"]) == (EQUIVALENCE, "shown")
+    assert shown["measured"] == "0.2 ± 1.3 points over 5 seeds; 90 % interval -1.0 .. +1.4"
+    behind = {c["statement"]: c for c in claim_tests(seeds_results(level, cnn=0.45),
+                                                      1000)}[COMPETES]
+    assert behind["holds"] == "refuted" and behind["measured"].startswith("-14.8 ± 1.3")
+    wide = (0.04, -0.06, 0.0, 0.05, -0.07)  # within 5 on average, too spread to show it
+    assert {c["statement"]: c for c in claim_tests(seeds_results(wide), 1000)}[
+        COMPETES]["holds"] == "not shown"
+    three = {c["statement"]: c for c in claim_tests(seeds_results(level[:3]), 1000)}[COMPETES]
+    assert three == {"statement": COMPETES, "test": EQUIVALENCE, "holds": "not tested",
+                     "measured": "0.0 ± 1.0 points over 3 seeds: the test needs 5 or more"}
 
 
 def test_a_margin_of_exactly_the_bar_in_whole_test_images_meets_it():
@@ -380,28 +408,18 @@ def test_a_margin_of_exactly_the_bar_in_whole_test_images_meets_it():
     accuracy[("S-ResNet-18", 10)] = 0.395
     checks = {c["statement"]: c["holds"] for c in claim_checks(accuracy, [], 0.5, 16, 1000)}
     assert checks[competitive] == "no"
-    seeds = seeds_results((0.05, 0.05), cnn=0.35)  # APL 0.35: 0.35 - 0.3, 0.35 - 0.35 + ...
-    for row in seeds["trials"]:
-        if row.get("method") == "APL fine-tune":
-            row["test_top1"] = 0.300
-        elif row.get("method") in ("BENCHMARK", "BENCHMARK + positions"):
-            row["test_top1"] = 0.250
-        elif row.get("method") == "S-ResNet-18":
-            row["test_top1"] = 0.350
-    assert [c["holds"] for c in seed_checks(seeds, 1000)][:3] == ["yes", "yes", "yes"]
-    for row in seeds["trials"]:
-        if row.get("method") == "S-ResNet-18":
-            row["test_top1"] = 0.3501
-    assert [c["holds"] for c in seed_checks(seeds, 1000)][:3] == ["yes", "yes", "no"]
 
 
-def test_two_seeds_at_one_npc_are_a_claim_and_a_margin_one_seed_measures_is_left_out():
+def test_a_margin_that_one_seed_measures_says_it_is_not_tested():
     seeds = seeds_results((0.15, 0.12))
     seeds["trials"] = [row for row in seeds["trials"] if row["npc"] == 10
                        and not (row.get("method") == "BENCHMARK" and row["seed"] == 1)]
-    checks = [c["statement"] for c in seed_checks(seeds, 1000)]
-    assert len(checks) == 4 and not any("- BENCHMARK >=" in c for c in checks)
-    assert all(c.startswith("over seeds [0, 1],") for c in checks)
+    tests = {c["statement"]: c for c in claim_tests(seeds, 1000)}
+    assert len(tests) == 5 and tests[BEATS] == {
+        "statement": BEATS, "test": PAIRED_DIFFERENCE, "holds": "not tested",
+        "measured": "15.0 points over 1 seed: the test needs 2 or more"}
+    assert tests["APL fine-tune, without positions, beats the same transformer with positional "
+                 "embeddings from scratch (a ViT) at NPC 10"]["holds"] in ("yes", "no")
 
 
 def test_seed_margins_skip_a_side_that_did_not_run_and_say_what_each_claims():
@@ -435,16 +453,26 @@ def test_the_features_are_judged_at_the_largest_npc_and_a_method_missing_at_an_n
     assert checks["the features alone carry class information: the kNN on APL features beats "
                   "it on random-init features by 5 points or more (NPC 30)"]["holds"] == "yes"
     every = [c for c in checks.values() if c["statement"] == "... and at every NPC of the sweep"]
-    assert every == [{"statement": "... and at every NPC of the sweep", "holds": "no",
-                      "measured": "at NPC [10] of [10, 30]; margins +20.0, – points"}]
+    assert every == [{"statement": "... and at every NPC of the sweep", "test": ONE_SEED_BAR,
+                      "holds": "no", "measured": "at NPC [10] of [10, 30]; margins +20.0, – "
+                                                 "points"}]
     assert [c["statement"] for c in claim_checks({}, [], 0.5, 16, 1000)] == [
         "the puzzle is learned: held-out position accuracy far above chance (> 3x)"]
 
 
 def test_one_seed_is_no_claim_over_seeds():
     seeds = seeds_results((0.15,))
-    assert seed_checks(seeds, 1000) == []
+    assert {c["holds"] for c in claim_tests(seeds, 1000)} == {"not tested"}
     assert "| APL fine-tune | 45.0 | 45.0 |" in markdown_table(seed_table(seeds))
+
+
+def test_the_claim_table_keeps_the_one_seed_checks_the_tests_do_not_restate():
+    checks = claim_checks(sweep(0.30, 0.12), features(0.35, 0.1), 0.7, 16, 1000)
+    tests = claim_tests(seeds_results((0.15, 0.14, 0.16)), 1000)
+    table = claim_table(checks, tests)
+    assert [c["test"] for c in table[:4]] == [ONE_RUN] + [ONE_SEED_NOISE] * 3
+    assert table[4:] == tests
+    assert claim_table(checks, []) == checks  # no seeds: the one seed is the claim
 
 
 def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path):
@@ -454,15 +482,17 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
     checks = [{"statement": "the puzzle is learned", "holds": "yes", "measured": "75%"}]
     (tmp_path / "confusion.png").write_bytes(b"png")
     search = {"profile": "quick", "command": "python experiments/converged_search.py",
-              "trials": search_trials()}
+              "protocol": {"small_data": {}, "alpha": 0.05}, "trials": search_trials()}
     path = write_report(tmp_path, "profile **quick**, device **cpu**", pre, rows,
                         features(0.3, 0.1), checks, search=search, seeds=seeds_results())
     text = path.read_text()
     assert path == tmp_path / "report.md"
     assert text.startswith("# APL reproduction report\n\nprofile **quick**, device **cpu**")
     for expected in ("| synthetic | 75.0% | 6.2% | 4.0 |", "| APL fine-tune | 30.0 (50) |",
-                     "| APL | 10 | base | 0.0003 | 0.0001 .. 0.001 | interior, next to a "
-                     "diverged trial | base 71.0, small-data 64.0 | 5/10 |",
+                     "NPC 10 / 30: base and small-data recipes, lengths by the paired test.",
+                     "| APL | 10 | 71.0 / 64.0 | base | 0.0003 | interior of 0.0001 .. 0.001 "
+                     "(3 trials) | a diverged trial (flagged) | 5/10 |",
+                     "| APL | 10 | 71.0 / 64.0 | -7.0 (+0/-0 of 10 images, p 1) | base |",
                      "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |",
                      "| APL fine-tune - BENCHMARK | 10 | +15.0 (seed 0), +12.0 (seed 1), ",
                      "| APL-pretrained features | 30.0 / 40.0 |",
@@ -477,6 +507,7 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
         "## Frozen features: kNN / linear probe test top-1 (%)",
         "## Where each choice of the converged search sits (quick profile, "
         "`python experiments/converged_search.py`)",
+        "## What the small-data recipe changes",
         "## Over the seeds that draw their own labels (quick profile, "
         "`python experiments/converged_seeds.py`)",
         "## The claim, checked",
@@ -589,3 +620,66 @@ def test_load_sweep_names_the_missing_file_and_the_notebook_that_writes_it(tmp_p
         report.load_sweep(missing, "smoke")
     missing.write_text(json.dumps({"rows": [1]}))
     assert report.load_sweep(str(missing), "smoke") == {"rows": [1]}
+
+
+def recipe_search():
+    """BENCHMARK at NPC 10 searched with both recipes (of 20 validation images, small-data's
+    best gets 5 right that base's best gets wrong, none the other way, and its 2x run 8 more:
+    adopted), S-CNN at NPC 100 with the base recipe alone, under the earlier protocol."""
+    rows = [dict(method="BENCHMARK", npc=10, lr=lr, epochs=10, best_epoch=5, val_top1=v,
+                 train_top1=0.9, run=f"{recipe}-{lr}", recipe=recipe, val_correct=right,
+                 val_images=20)
+            for lr, v, recipe, right in [
+                (1e-4, 0.05, "base", mask(0)), (3e-4, 0.15, "base", mask(0, 1, 2)),
+                (1e-3, 0.05, "base", mask(1)), (1e-4, 0.05, "small-data", mask(0)),
+                (3e-4, 0.4, "small-data", mask(*range(8))),
+                (1e-3, 0.05, "small-data", mask(2))]]
+    rows.append(dict(rows[4], epochs=20, val_top1=0.8, run="small-data-x2",
+                     longer_of="small-data-0.0003", multiple=2, val_correct=mask(*range(16))))
+    rows += [dict(method="S-CNN", npc=100, lr=lr, epochs=10, best_epoch=5, val_top1=v,
+                  train_top1=0.9, run=f"cnn-{lr}") for lr, v in ((0.01, 0.5), (0.03, 0.6))]
+    return {"protocol": {"small_data": {}, "alpha": 0.05},
+            "protocols": {"10": {"recipes": ["base", "small-data"], "lengths": "paired test"},
+                          "100": {"recipes": ["base"], "lengths": "late check"}},
+            "trials": rows}
+
+
+def test_the_recipe_table_pairs_the_small_data_recipe_with_the_base_one_on_validation():
+    found = recipe_search()
+    bench, cnn = recipe_table(found)
+    assert bench == {"method": "BENCHMARK", "NPC": 10, "val top-1: base / small-data":
+                     "15.0 / 40.0", "small-data - base (val)": "+25.0 (+5/-0 of 20 images, "
+                     "p 0.062)", "adopted": "small-data, 2x"}
+    assert cnn["small-data - base (val)"] == "–"
+    assert cnn["val top-1: base / small-data"] == "60.0 / not searched"
+    assert report.protocol_line(found) == (
+        "NPC 10: base and small-data recipes, lengths by the paired test; NPC 100: base recipe "
+        "only, length by the earlier late check (a doubled run never adopted)")
+
+
+def test_the_recipe_table_gives_the_test_now_and_before_over_the_same_seeds():
+    """At NPC 10 a study replaced the seeds' BENCHMARK runs (test 30 %): the small-data choice
+    scores 45, 44 and 46 % on the same three seeds."""
+    seeds = {"trials": [{"method": "BENCHMARK", "npc": 10, "seed": s, "test_top1": acc,
+                         "test_images": 1000, "run": f"now-{s}"}
+                        for s, acc in enumerate((0.45, 0.44, 0.46))],
+             "replaced_trials": [{"method": "BENCHMARK", "npc": 10, "seed": s, "test_top1": 0.3,
+                                  "test_images": 1000, "run": f"before-{s}"} for s in range(3)]}
+    bench, cnn = recipe_table(recipe_search(), seeds)
+    assert (bench["test now"], bench["test before"]) == ("45.0 ± 1.0 (3 seeds)",
+                                                         "30.0 ± 0.0 (3 seeds)")
+    assert bench["now - before (paired)"] == "15.0 ± 1.0 over 3 seeds: higher"
+    assert cnn["test now"] == "–" and "test before" not in cnn  # nothing replaced there
+    seeds["replaced_trials"] = seeds["replaced_trials"][:1]
+    assert recipe_table(recipe_search(), seeds)[0]["now - before (paired)"] == (
+        "1 seed in common: not tested")
+
+
+def test_notebook_04s_figure_draws_every_committed_seed_beside_its_own():
+    sweep = [{"method": "S-CNN", "npc": 10, "test_top1": 0.5, "seed": 0}]
+    seeds = seeds_results()
+    drawn = report.sweep_over_seeds(sweep, seeds, 0)
+    assert drawn[0] is sweep[0]
+    assert [(r["method"], r["npc"], r["seed"]) for r in drawn[1:]] == [
+        ("S-CNN", 10, 1), ("S-CNN", 10, 2)]  # other seeds, the sweep's methods and NPCs
+    assert report.sweep_over_seeds(sweep, None, 0) == sweep

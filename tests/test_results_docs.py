@@ -55,7 +55,8 @@ def test_every_block_says_which_results_are_missing(monkeypatch):
     monkeypatch.setattr(results_docs.controls, "load_controls", lambda profile, budget: None)
     monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: None)
     assert {name: block() for name, block in results_docs.BLOCKS.items()} == {
-        "converged-search": "(no committed search)", "seed-0": "(no committed seed 0)",
+        "converged-search": "(no committed search)", "recipes": "(no committed search)",
+        "seed-0": "(no committed seed 0)",
         "seeds": "(no committed seeds)", "claims": "(no committed seed 0)",
         "controls-small": "(no committed controls at the small budget)",
         "controls-main": "(no committed controls at the main budget)",
@@ -123,6 +124,50 @@ def test_the_search_block_states_each_npcs_length_from_the_committed_search(monk
     assert ("`python benchmarks/converged_search.py` on a CPU, torch 2.x: 6 trials of 2 (method, "
             "NPC) pairs, 2.0 run-hours at 1 thread each, 2 at a time. Every run at NPC 10 / 30 is "
             "400 / 1,920 optimizer steps long (10 / 10 epochs).") in text
+    assert ("Protocol: NPC 10 / 30: base recipe only, lengths by the paired test. | method | NPC "
+            "| val top-1: base / small-data |") in text
+    # a study adopted at NPC 30 with both recipes: the table says which NPC ran which
+    found["protocols"] = {"10": {"recipes": ["base"], "lengths": "late check"},
+                          "30": {"recipes": ["base", "small-data"], "lengths": "paired test"}}
+    text = " ".join(results_docs.search_block().split())
+    assert ("Protocol: NPC 10: base recipe only, length by the earlier late check (a doubled run "
+            "never adopted); NPC 30: base and small-data recipes, lengths by the paired "
+            "test.") in text
+
+
+def test_the_recipes_block_pairs_the_recipes_where_the_search_ran_both(monkeypatch):
+    from test_report import recipe_search, seeds_results
+
+    found = recipe_search()
+    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: found)
+    monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds_results())
+    text = results_docs.recipes_block()
+    assert " ".join(text.split()).startswith("Protocol: NPC 10: base and small-data recipes, "
+                                             "lengths by the paired test; NPC 100: base recipe "
+                                             "only")
+    assert ("| BENCHMARK | 10 | 15.0 / 40.0 | +25.0 (+5/-0 of 20 images, p 0.062) | small-data, "
+            "2x | 30.0 ± 0.0 (3 seeds) |") in text
+    found["protocols"]["10"] = found["protocols"]["100"]
+    found["trials"] = [t for t in found["trials"] if t.get("recipe", "base") == "base"]
+    assert results_docs.recipes_block().endswith("No NPC of the committed search ran the "
+                                                 "small-data recipe.")
+
+
+def test_the_claims_block_states_the_claim_as_tests_over_the_seeds(monkeypatch):
+    from test_report import seeds_results
+
+    seeds = seeds_results((0.15, 0.14, 0.16))
+    for row in seeds["trials"]:
+        row["position_top1"] = 0.75
+    monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds)
+    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: None)
+    lines = results_docs.claims_block().splitlines()
+    assert lines[0] == "| statement | test | holds | measured |"
+    tests = [line.split(" | ")[1] for line in lines[2:]]
+    assert tests == ([results_docs.report.ONE_RUN] + [results_docs.report.ONE_SEED_NOISE] * 2
+                     + [results_docs.report.PAIRED_DIFFERENCE] * 4
+                     + [results_docs.report.EQUIVALENCE] * 2
+                     + [results_docs.report.PAIRED_DIFFERENCE] * 4)
 
 
 def test_wrap_never_splits_a_run_name_or_a_hyphenated_option():
@@ -143,9 +188,12 @@ def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monk
     lines = results_docs.headline_block().splitlines()
     assert lines[0] == ("- Held-out position top-1 after pretraining (seed 0): 75.0 % against "
                         "chance 6.25 %.")
-    assert lines[1] == ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, "
-                        "smallest +6.0.")
     items = "\n".join(lines).split("\n- ")  # a long item wraps, indented, at 100 characters
+    assert " ".join(items[1].split()) == (
+        "APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest +6.0; "
+        "paired difference over seeds, beyond the detectable difference: no.")
+    assert " ".join(items[3].split()).endswith(  # three seeds are too few for equivalence
+        "equivalence over seeds: two one-sided t-tests at ±5 points: not tested.")
     assert len(items) == 6 and all("NPC 10" in item for item in items[1:])
     assert max(map(len, lines)) <= 100 and all(line.startswith(("- ", "  ")) for line in lines)
     for seeds_kept, over in ((2, "over 2 seeds,"), (1, "over 1 seed,")):
@@ -163,12 +211,12 @@ def test_the_headline_says_which_margin_is_a_bound(monkeypatch):
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds)
     text = " ".join(results_docs.headline_block().split())
     assert ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest "
-            "+6.0 (BENCHMARK still rising, so an upper bound).") in text
-    assert "positions at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest +6.0. -" in text
+            "+6.0 (BENCHMARK still rising, so an upper bound); paired") in text
+    assert "positions at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest +6.0; paired" in text
     seeds["chosen"]["APL fine-tune|10"] = choice("still improving at the cap")
     text = " ".join(results_docs.headline_block().split())
     assert ("- APL fine-tune - BENCHMARK at NPC 10: 11.0 ± 4.6 points over 3 seeds, smallest "
-            "+6.0 (APL fine-tune, BENCHMARK still rising, so no bound either way).") in text
+            "+6.0 (APL fine-tune, BENCHMARK still rising, so no bound either way); ") in text
 
 
 def test_make_results_docs_rewrites_every_docs_file(tmp_path, monkeypatch, capsys):

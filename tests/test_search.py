@@ -843,9 +843,27 @@ def test_adopt_study_replaces_only_its_npcs_rows_and_keeps_its_provenance():
     at_30 = adopt_study(adopted, {**study, "command": "study at 30",
                                   "protocol": {"trials": 5, "max_steps": {"30": 1000}}}, [30])
     assert [s["command"] for s in at_30["studies"]] == ["study", "study at 30"]  # one per NPC
-    seeds = adopt_study({"trials": [{"seed": 1, "npc": 100, "run": "old"}]},
-                        {**study, "trials": [{"seed": 1, "npc": 100, "run": "new"}]}, [100])
-    assert seeds["trials"] == [{"seed": 1, "npc": 100, "run": "new"}] and "protocol" not in seeds
+    # each NPC's protocol: the study's where it replaced the rows, the committed one's elsewhere
+    assert adopted["protocols"] == {"10": {"recipes": ["base"], "lengths": "paired test"},
+                                    "100": {"recipes": ["base"], "lengths": "paired test"}}
+    newer = adopt_study(adopted, {**study, "protocol": {**study["protocol"], "small_data": {}}},
+                        [100])
+    assert newer["protocols"]["100"]["recipes"] == ["base", "small-data"]
+    assert newer["protocols"]["10"] == adopted["protocols"]["10"]
+    old_seeds = {"trials": [{"seed": 1, "npc": 100, "run": "old"},
+                            {"seed": 1, "npc": 10, "run": "kept"}]}
+    seeds_study = {"command": "seeds study", "machine": "B", "torch": "2"}
+    seeds = adopt_study(old_seeds, {**seeds_study, "trials": [{"seed": 1, "npc": 100,
+                                                               "run": "new"}]},
+                        [100], keep_replaced=True)
+    assert seeds["trials"] == [{"seed": 1, "npc": 10, "run": "kept"},
+                               {"seed": 1, "npc": 100, "run": "new"}]
+    assert "protocol" not in seeds and "protocols" not in seeds  # adopt_study.py copies them
+    assert seeds["replaced_trials"] == [{"seed": 1, "npc": 100, "run": "old"}]
+    at_10 = adopt_study(seeds, {**seeds_study, "trials": [{"seed": 1, "npc": 10,
+                                                           "run": "newer"}]},
+                        [10], keep_replaced=True)
+    assert [row["run"] for row in at_10["replaced_trials"]] == ["old", "kept"]
     with pytest.raises(ValueError, match=r"no rows at NPC \[10\]"):
         adopt_study(committed, study, [10, 100])
 
@@ -886,6 +904,13 @@ def test_the_committed_quick_search_reads_as_the_base_recipe_at_the_profiles_len
     assert sorted({npc for _, npc in choose(trials)}) == sorted(steps)
     with pytest.raises(ValueError, match="has no small-data trials"):
         check_finished(trials, {10}, "quick")
+
+
+def test_the_committed_npc_100_reads_as_the_earlier_protocol():
+    """NPC 100 is not searched again (too costly on 2 cores): its committed rows ran the base
+    recipe alone, lengthened by the earlier late check, and the results say so."""
+    assert search.npc_protocols(load_search("quick"))[100] == {"recipes": ["base"],
+                                                               "lengths": "late check"}
 
 
 def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run, tmp_path,

@@ -7,8 +7,8 @@ import pytest
 from scipy import stats as scipy_stats
 
 from apl_core.stats import (
-    T_975, decode_mask, detectable_difference, equivalence, longer_wins, mcnemar_p, mean_sd,
-    seed_half_width, sampling_noise, verdict,
+    T_975, decode_mask, detectable_difference, equivalence, longer_wins, mcnemar_p,
+    mcnemar_two_sided_p, mean_sd, paired_counts, seed_half_width, sampling_noise, verdict,
 )
 
 
@@ -122,6 +122,18 @@ def test_a_longer_run_wins_only_by_the_paired_test_on_the_same_images():
         longer_wins(shorter, {**longer, "val_images": 12})
 
 
+def test_two_runs_differ_by_the_two_sided_test_whichever_side_won():
+    assert mcnemar_two_sided_p(8, 1) == pytest.approx(2 * 10 / 512)
+    assert mcnemar_two_sided_p(1, 8) == mcnemar_two_sided_p(8, 1)
+    for wins, losses in ((8, 1), (3, 5), (12, 4)):
+        expected = scipy_stats.binomtest(wins, wins + losses, 0.5).pvalue
+        assert mcnemar_two_sided_p(wins, losses) == pytest.approx(expected, rel=1e-9)
+    assert mcnemar_two_sided_p(3, 3) == 1.0 and mcnemar_two_sided_p(0, 0) == 1.0  # never above 1
+    first = {"val_correct": mask([i in (0, 9) for i in range(10)]), "val_images": 10}
+    second = {"val_correct": mask([i < 9 for i in range(10)]), "val_images": 10}
+    assert paired_counts(first, second) == (8, 1) and paired_counts(second, first) == (1, 8)
+
+
 # ---------------------------------------------------------------- equivalence (TOST)
 
 def test_equivalence_is_shown_when_both_one_sided_tests_reject_the_margin():
@@ -133,6 +145,10 @@ def test_equivalence_is_shown_when_both_one_sided_tests_reject_the_margin():
     assert result["p_within"] == pytest.approx(max(lower, upper))
     assert result["mean"] == pytest.approx(0.006) and result["seeds"] == 5
     assert result["margin"] == 0.05
+    # the 90 % interval: inside the margins exactly when both one-sided tests reject them
+    half = scipy_stats.t.ppf(0.95, 4) * scipy_stats.sem(differences)
+    assert result["interval"] == pytest.approx((0.006 - half, 0.006 + half))
+    assert -0.05 < result["interval"][0] and result["interval"][1] < 0.05
     # the same differences against a margin they do not clear
     assert equivalence(differences, 0.015)["verdict"] == "not shown"
 
@@ -158,6 +174,7 @@ def test_equivalence_not_shown_when_the_seeds_spread_too_wide_to_tell():
 
 def test_equivalence_of_identical_differences_and_its_refusals():
     assert equivalence([0.01, 0.01, 0.01], 0.05)["verdict"] == "shown"
+    assert equivalence([0.01, 0.01, 0.01], 0.05)["interval"] == pytest.approx((0.01, 0.01))
     assert equivalence([0.06, 0.06], 0.05)["verdict"] == "refuted"
     exactly = equivalence([0.05, 0.05], 0.05)
     assert (exactly["verdict"], exactly["p_within"], exactly["p_beyond"]) == ("not shown", 0.5, 0.5)

@@ -276,20 +276,29 @@ def test_no_widgets_outside_ipython(monkeypatch):
     assert not viz.widgets_can_render()
 
 
-def test_convergence_columns_follow_the_given_order_and_leave_out_longer_runs():
-    doubled = dict(CONVERGENCE_TRIALS[1], run="double", epochs=20, val_top1=0.9,
-                   val_curve=[[4, 0.5], [10, 0.6], [20, 0.9]],
-                   doubled_of=CONVERGENCE_TRIALS[1]["run"])
-    longer = dict(CONVERGENCE_TRIALS[7], run="longer", epochs=40, val_top1=0.9,
-                  val_curve=[[20, 0.5], [40, 0.7]], longer_of=CONVERGENCE_TRIALS[7]["run"],
-                  multiple=4)
-    small_data = [dict(t, recipe="small-data", run=t["run"] + "sd", val_top1=0.1,
-                       **({"diverged": "learned nothing"} if t["lr"] == 0.1 else {}))
-                  for t in CONVERGENCE_TRIALS[:3]]
-    trials = CONVERGENCE_TRIALS + [doubled, longer] + small_data
+def mask(*images: int) -> str:
+    return f"{sum(1 << i for i in images):x}"
+
+
+def test_convergence_columns_follow_the_given_order_and_show_each_length_by_budget():
+    """a at NPC 10: its 2x run wins the paired test (adopted), its 4x run does not; a at NPC
+    30: a doubled run of the earlier protocol, without the per-image record; b at NPC 10: its
+    2x run diverged."""
+    trials = [dict(t, val_correct=mask(0, 1, 2), val_images=10) for t in CONVERGENCE_TRIALS]
+    a10, a30, b10 = trials[1], trials[4], trials[7]
+    trials += [dict(a10, run="a-x2", epochs=20, val_top1=0.9, longer_of=a10["run"], multiple=2,
+                    val_correct=mask(*range(9))),
+               dict(a10, run="a-x4", epochs=40, val_top1=0.91, longer_of=a10["run"],
+                    multiple=4, val_correct=mask(*range(9))),
+               dict(a30, run="a30-double", epochs=20, val_top1=0.6, doubled_of=a30["run"]),
+               dict(b10, run="b-x2", epochs=20, val_top1=0.1, longer_of=b10["run"], multiple=2,
+                    diverged="non-finite loss")]
+    trials += [dict(t, recipe="small-data", run=t["run"] + "sd", val_top1=0.1,
+                    **({"diverged": "learned nothing"} if t["lr"] == 0.1 else {}))
+               for t in CONVERGENCE_TRIALS[:3]]
     fig = viz.convergence_figure(trials, search.choose(trials), ["b", "missing", "a"])
     assert [ax.get_title() for ax in fig.axes[:2]] == ["b", "a"]
-    a_rates = fig.axes[1].lines[0].get_ydata()  # a at NPC 10: its three rates, not the double
+    a_rates = fig.axes[1].lines[0].get_ydata()  # a at NPC 10: its three rates, no longer run
     assert list(a_rates) == pytest.approx([100 * (0.5 - abs(lr - 0.01))
                                            for lr in (0.001, 0.01, 0.1)])
     dotted = [line for line in fig.axes[1].lines if line.get_linestyle() == ":"
@@ -298,12 +307,44 @@ def test_convergence_columns_follow_the_given_order_and_leave_out_longer_runs():
     crossed = [line for line in fig.axes[1].lines if line.get_marker() == "x"]
     assert [(list(line.get_xdata()), list(line.get_ydata())) for line in crossed] == [
         ([0.1], [pytest.approx(10)])]
-    b_curves, a_curves = fig.axes[2], fig.axes[3]
-    dashed = [line for line in a_curves.lines if line.get_linestyle() == "--"]
-    assert [list(line.get_xdata()) for line in dashed] == [[40, 100, 200]]  # on the chosen scale
-    assert list(dashed[0].get_ydata()) == pytest.approx([50, 60, 90])
-    assert a_curves.get_xlim() == (0, 200)
-    b_dashed = [line for line in b_curves.lines if line.get_linestyle() == "--"]
-    assert [list(line.get_xdata()) for line in b_dashed] == [[200, 400]]  # b at NPC 10, 4x
-    assert b_curves.get_xlim() == (0, 400)
+    b_budget, a_budget = fig.axes[2], fig.axes[3]
+
+    def drawn(ax, **style):
+        return [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines
+                if all(getattr(line, f"get_{key}")() == value for key, value in style.items())
+                and len(line.get_xdata())]
+
+    assert drawn(a_budget, linestyle="-") == [([1, 2, 4], pytest.approx([50, 90, 91])),
+                                              ([1, 2], pytest.approx([50, 60]))]
+    hollow = drawn(a_budget, markerfacecolor="white")
+    assert hollow == [([4], [pytest.approx(91)]), ([2], [pytest.approx(60)])]  # lost, untested
+    ringed = drawn(a_budget, markerfacecolor="none")
+    assert ringed == [([2], [pytest.approx(90)]), ([1], [pytest.approx(50)])]  # adopted
+    assert drawn(b_budget, marker="x") == [([2], [pytest.approx(10)])]
+    assert [t.get_text() for t in a_budget.get_xticklabels()] == ["1x", "2x", "4x", "8x"]
     plt.close(fig)
+
+
+
+
+def test_the_accuracy_figure_draws_every_seed_around_its_mean():
+    rows = [dict(method=m, npc=n, seed=s, test_top1=base + s / 100)
+            for m, base in (("a", 0.3), ("b", 0.5)) for n in (10, 30) for s in range(3)]
+    rows.append(dict(method="a", npc=100, seed=0, test_top1=0.8))  # one seed at NPC 100
+    fig = viz.npc_figure(rows)
+    ax = fig.axes[0]
+    a_line, b_line = (container.lines[0] for container in ax.containers)
+    assert list(a_line.get_ydata()) == pytest.approx([31, 31, 80])  # the mean of each NPC
+    assert a_line.get_xdata()[0] < 10 < b_line.get_xdata()[0]  # a and b set apart
+    a_bars = ax.containers[0].lines[2][0].get_segments()  # one sd either side of the mean
+    assert [list(seg[:, 1]) for seg in a_bars] == [pytest.approx([30, 32])] * 2 + [[80, 80]]
+    dots = ax.collections
+    seeds = [list(c.get_offsets()[:, 1]) for c in dots
+             if type(c).__name__ == "PathCollection"]
+    assert seeds[0] == pytest.approx([30, 31, 32, 30, 31, 32, 80])
+    assert "over up to 3 seeds" in ax.get_legend().get_title().get_text()
+    plt.close(fig)
+    single = viz.npc_figure([r for r in rows if r["seed"] == 0])
+    assert single.axes[0].get_legend().get_title().get_text() == "method"
+    assert list(single.axes[0].lines[0].get_xdata()) == [10, 30, 100]  # not set apart
+    plt.close(single)
