@@ -136,9 +136,11 @@ def main(argv=None) -> None:
         reference = search.load_search(args.profile, args.reference or None)
         rows = search.search_plan(configs, store.read()["trials"])
         table = plan_table(rows, search.seconds_per_step(reference))
+        state = ("not needed: APL fine-tune is not searched"
+                 if "APL fine-tune" not in args.methods
+                 else "finished" if (pretrain_run / "last.pt").exists() else "to train first")
         print(f"the plan of {store.path} ({'exists' if store.path.exists() else 'new'}); "
-              f"pretraining {pretrain_run} "
-              f"({'finished' if (pretrain_run / 'last.pt').exists() else 'to train first'})")
+              f"pretraining {pretrain_run} ({state})")
         print(markdown_table(table))
         rates = search.seconds_per_step(reference)
         least, most = (sum(row[key] for row in rows) for key in ("least", "most"))
@@ -149,13 +151,15 @@ def main(argv=None) -> None:
               f"with {args.workers} worker(s)), at the seconds per step of "
               f"{args.reference or search.search_path(args.profile)} for each method and NPC "
               f"(its runs used the base recipe: the small-data recipe's augmentation costs "
-              f"more, not measured there); the pretraining, when it is still to train, "
-              f"comes first")
+              f"more, not measured there); the pretraining, when it is still to train and "
+              f"APL fine-tune is searched, comes first")
         return
-    run = pretrain(pretraining, resume="auto")
+    # Only APL fine-tune reads the pretraining: a search of the other methods starts at once.
+    if "APL fine-tune" in args.methods:
+        pretrain(pretraining, resume="auto")
     store.write_header()
-    configs = search.search_configs(args.profile, str(run.run_dir), npcs, args.methods,
-                                    steps, **settings)
+    configs = search.search_configs(args.profile, str(pretrain_run), npcs, args.methods,
+                                    steps, pretrained=pretraining, **settings)
 
     def print_trial(trial):
         kind = (f"{trial['multiple']}x" if "multiple" in trial

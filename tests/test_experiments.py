@@ -98,7 +98,8 @@ def test_a_dry_run_prints_the_plan_and_trains_nothing(smoke_search, tmp_path, mo
                            "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
                            "--out", str(fresh), "--dry-run", "--reference", str(out)])
     printed = capsys.readouterr().out
-    assert "(new); pretraining" in printed and "(to train first)" in printed
+    assert "(new); pretraining" in printed and "(not needed: APL fine-tune is not searched)" \
+        in printed
     assert "| S-CNN | 10 | base | 0 | 5-8 | 30-48 |" in printed  # 3 epochs of 2 steps
     assert "| S-ResNet-18 | 10 | longer runs | 0 | 1-3 | 12-84 | ? |" in printed  # no reference
     assert "22-38 runs left" in printed
@@ -106,8 +107,15 @@ def test_a_dry_run_prints_the_plan_and_trains_nothing(smoke_search, tmp_path, mo
     converged_search.main(["--profile", "smoke", "--methods", "S-CNN", "--device", "cpu",
                            "--runs-dir", str(root / "runs"), "--out", str(out), "--dry-run"])
     printed = capsys.readouterr().out
-    assert "(exists); pretraining" in printed and "(finished)" in printed
-    assert "0-0 runs left" in printed
+    assert "(exists); pretraining" in printed and "0-0 runs left" in printed
+    converged_search.main(["--profile", "smoke", "--device", "cpu", "--runs-dir",
+                           str(tmp_path / "runs"), "--out", str(fresh), "--dry-run"])
+    assert "(to train first)" in capsys.readouterr().out
+
+
+def test_a_search_without_apl_trains_no_pretraining(smoke_search):
+    root, _ = smoke_search
+    assert (root / "runs").is_dir() and not (root / "runs" / "pretrain").exists()
 
 
 @pytest.mark.parametrize("argv, message", [
