@@ -6,8 +6,9 @@
     notebook_links   a notebook's "Open in Colab" and "Open in Kaggle" addresses
     publish_figures  the README's figures, with a note of what made them (make figures)
 
-The repository's public address is set once, as [project.urls] Repository in pyproject.toml;
-the site, the notebooks' setup cell (apl_core.setup_cell) and CITATION.cff take it from there.
+The repository's public address is set once, as [project.urls] Repository in pyproject.toml
+(read by apl_core.repository); the site, the notebooks' setup cell (apl_core.setup_cell) and
+CITATION.cff take it from there.
 """
 from __future__ import annotations
 
@@ -20,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent  # the checkout
+from .repository import ROOT, course_notebooks, repository_url
+from .setup_cell import MARK
+
 SITE_CONFIG = ROOT / "site"  # conf.py: the site's Sphinx settings
 BRANCH = "main"  # the branch whose notebooks the Colab and Kaggle links open
 # The figures the README shows, as `make figures` publishes them to docs/figures/.
@@ -35,12 +37,6 @@ class SiteError(RuntimeError):
     """The site cannot be built: no executed course, no checkout, Sphinx missing or failing."""
 
 
-def repository_url() -> str:
-    """The repository's public address: [project.urls] Repository in pyproject.toml."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return project["urls"]["Repository"]
-
-
 def notebook_links(name: str) -> dict[str, str]:
     """Where notebook `name` (e.g. '01_puzzle_construction') opens on Colab and on Kaggle:
     the committed notebook in the repository, whose first cell installs the course there."""
@@ -49,11 +45,6 @@ def notebook_links(name: str) -> dict[str, str]:
     github = repository.removeprefix("https://github.com/")
     return {"Colab": f"https://colab.research.google.com/github/{github}/{path}",
             "Kaggle": f"https://kaggle.com/kernels/welcome?src={repository}/{path}"}
-
-
-def course_notebooks() -> list[str]:
-    """The course's notebooks, in order: the numbered notebooks of notebooks/."""
-    return sorted(path.stem for path in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def chapters() -> list[str]:
@@ -103,8 +94,6 @@ def stage_notebook(executed: Path, dest: Path) -> list[str]:
     (it does nothing in the repository) is left out, and the Colab and Kaggle links go under
     the title."""
     import nbformat
-
-    from .setup_cell import MARK
 
     name = executed.stem
     try:

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .publish import ROOT, course_notebooks, repository_url
+from .repository import ROOT, course_notebooks, repository_url
 
 TEMPLATE = Path(__file__).with_name("setup_cell.txt")
 MARK = "# Setup for Colab and Kaggle"  # its first line: how an older copy is recognised

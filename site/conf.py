@@ -8,7 +8,8 @@ import importlib.util
 import shutil
 from pathlib import Path
 
-from apl_core.publish import BRANCH, repository_url
+from apl_core.publish import BRANCH
+from apl_core.repository import repository_url
 
 project = "APL course"
 author = "the apl-course authors"

@@ -14,7 +14,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from apl_core import course, publish
+from apl_core import course, publish, repository
 from apl_core.checkpoint import read_checkpoint
 from apl_core.rundir import read_metrics
 
@@ -184,7 +184,7 @@ def small_course(tmp_path):
     """OUT as a course run leaves it, with small notebooks of the course's names."""
     out = tmp_path / "out"
     out.mkdir()
-    for name in publish.course_notebooks():
+    for name in repository.course_notebooks():
         executed_notebook(out / f"{name}.ipynb", f"{name[:2]} · notebook {name}", [
             nbformat.v4.new_output("stream", name="stdout", text="hello\n"),
             nbformat.v4.new_output("display_data", data={"image/png": a_figure()})])
@@ -200,7 +200,7 @@ def test_a_site_without_an_executed_course_says_in_one_line_to_run_make_run(tmp_
 
 
 def test_the_site_has_a_page_per_notebook_with_its_launch_links_and_figures(small_course):
-    last = small_course / f"{publish.course_notebooks()[-1]}.ipynb"
+    last = small_course / f"{repository.course_notebooks()[-1]}.ipynb"
     with_widget = nbformat.read(last, as_version=4)  # a progress bar, as tqdm shows it
     with_widget.cells[1].outputs.append(nbformat.v4.new_output("display_data", data={
         "application/vnd.jupyter.widget-view+json": {"model_id": "a1", "version_major": 2,
@@ -217,7 +217,7 @@ def test_the_site_has_a_page_per_notebook_with_its_launch_links_and_figures(smal
     assert "epochs: 100%|##########| 3/3" in widget_page  # its text: no widget manager
     for page in (small_course / "site").rglob("*.html"):  # nothing from a CDN
         assert not re.search(r"<script[^>]+src=\"(https?:)?//", page.read_text()), page
-    for name in publish.course_notebooks():
+    for name in repository.course_notebooks():
         page = (small_course / "site" / "notebooks" / f"{name}.html").read_text()
         for url in publish.notebook_links(name).values():
             assert f'href="{url}"' in page
@@ -229,7 +229,7 @@ def test_the_site_has_a_page_per_notebook_with_its_launch_links_and_figures(smal
 
 
 def test_a_broken_notebook_is_named_and_the_rest_of_the_site_is_built(small_course, capsys):
-    first, second, third, *_ = publish.course_notebooks()
+    first, second, third, *_ = repository.course_notebooks()
     text = (small_course / f"{first}.ipynb").read_text()
     (small_course / f"{first}.ipynb").write_text(text[:len(text) // 2])  # cut short
     executed_notebook(small_course / f"{second}.ipynb", "02 · a broken figure", [
@@ -256,7 +256,7 @@ def test_a_broken_notebook_is_named_and_the_rest_of_the_site_is_built(small_cour
     assert "this output could not be shown: its image/png is not valid base64" in page
     assert "still shown" in page
     assert not (site / "notebooks" / f"{third}.html").exists()
-    for name in publish.course_notebooks()[3:]:
+    for name in repository.course_notebooks()[3:]:
         assert (site / "notebooks" / f"{name}.html").is_file()
 
 

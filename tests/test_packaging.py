@@ -22,7 +22,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from apl_core import setup_cell
-from apl_core.publish import course_notebooks, repository_url
+from apl_core.repository import course_notebooks, repository_url
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
