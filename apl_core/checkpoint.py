@@ -6,7 +6,8 @@ cannot run code and does not depend on this package's class layout:
     phase          "pretrain" or "finetune"
     epoch, step    epochs and optimizer steps completed
     config         the run's config as a plain dict
-    architecture   what the weights need to be loaded into (see `check_architecture`)
+    architecture   what the weights need to be loaded into (`pretrain_architecture` for a
+                   pretraining run; see `check_architecture`)
     model          state dict; optimizer, scaler: their state dicts
     rng            torch CPU and CUDA generator states of every rank (for an exact resume)
     metrics        the metric rows so far (metrics.jsonl is rewritten from them on resume)
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import torch
+
+from .config import ARCHITECTURE_FIELDS, PretrainConfig
 
 
 class CheckpointError(RuntimeError):
@@ -127,6 +130,13 @@ def load_phase_checkpoint(path_or_run_name: str | Path, phase: str,
         raise ValueError(f"{str(path_or_run_name)!r} is a {checkpoint['phase']} checkpoint, "
                          f"not a {PHASE_NAMES[phase]} one; give a {PHASE_NAMES[phase]} run")
     return checkpoint
+
+
+def pretrain_architecture(config: PretrainConfig) -> dict:
+    """What a pretraining checkpoint's weights fit: image size and ARCHITECTURE_FIELDS, not
+    the recipe (lr, dropout, ...)."""
+    return {"image_size": config.image_size,
+            **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS}}
 
 
 def check_architecture(found: dict, expected: dict, where: str | Path) -> None:

@@ -35,7 +35,7 @@ from .data import data_source, finetune_sets, load_split, split_holdout
 from .device import resolve_device
 from .model import build_pretrain_model
 from .stats import detectable_difference, mean_sd, verdict
-from .rundir import read_metrics
+from .rundir import read_metrics, train_seconds
 from .train import RunResult, load_finetuned, load_pretrained, pretrain, snapshot_path
 from .results import RESULTS_DIR, load_results
 
@@ -171,7 +171,7 @@ def _row(name: str, config: PretrainConfig, result: RunResult) -> dict:
     return {"control": name, "grid": config.grid, "crop": config.crop,
             "position_top1": last["val_top1"], "chance": 1 / config.num_tokens,
             "position_curve": [row["val_top1"] for row in result.metrics],
-            "train_seconds": sum(row["epoch_time_s"] for row in result.metrics),
+            "train_seconds": train_seconds(result.metrics),
             "run_dir": str(result.run_dir.resolve())}
 
 

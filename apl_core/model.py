@@ -4,12 +4,14 @@ permutation-equivariant. Two models put a head on it: `APLPretrainModel` (pretra
 position classifier shared by all tokens) and `APLClassifier` (fine-tuning, a class head on
 the mean over tokens).
 
-`build_pretrain_model` and `build_classifier` build them from a config. `build_finetune_model`
-builds what a fine-tuning run trains (a CNN baseline, or the classifier on a pretrained run's
-transformer or on BENCHMARK's fresh one) with the architecture its checkpoints record, as
-`pretrain_architecture` gives a pretraining run's.
+`TransformerConfig` is the transformer's architecture and regularisation, built from a
+pretraining config by `TransformerConfig.of`. `build_pretrain_model`, `build_classifier` and
+`build_finetune_model` build the models from the phases' configs, untrained: a pretrained
+run's weights are loaded by `apl_core.train`.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
 
 import torch
 import torch.nn.functional as F
@@ -17,10 +19,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from .baselines import SCNN, s_resnet18
-from .checkpoint import check_architecture, load_phase_checkpoint
-from .config import (
-    ARCHITECTURE_FIELDS, ATTENTION_SCALES, FinetuneConfig, PretrainConfig, token_dim,
-)
+from .config import ATTENTION_SCALES, FinetuneConfig, PretrainConfig, token_dim
 from .puzzle import extract_patches
 
 
@@ -137,11 +136,9 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, return_attention: bool = False):
         b, t, _ = x.shape
         # (B, T, 3 H s) -> q, k, v as (B, H, T, s) strided views, no copy. unbind(2) rather
-        # than permute(2, 0, 3, 1, 4) + unbind(0): the same views, but autograd then stacks
-        # the three gradients straight into the (B, T, 3, H, s) layout of the qkv output
-        # (one copy), where the permuted version stacks them (3, B, H, T, s)-major and
-        # copies again to undo the permutation (measured: the attention's forward + backward
-        # about 10% faster on CPU; the copy shows up as ViewBackward0 -> clone in a profile).
+        # than permute(2, 0, 3, 1, 4) + unbind(0): the same views, but then the backward pass
+        # stacks the three gradients straight into the (B, T, 3, H, s) layout of the qkv
+        # output, with no second copy to undo a permutation.
         q, k, v = (part.transpose(1, 2) for part in
                    self.qkv(x).view(b, t, 3, self.heads, -1).unbind(2))
         if return_attention:
@@ -184,6 +181,35 @@ class Block(nn.Module):
         return x, weights
 
 
+@dataclass(frozen=True)
+class TransformerConfig:
+    """APLTransformer's architecture and regularisation; the defaults are the paper's."""
+
+    image_size: int = 96
+    grid: int = 7
+    crop: int = 1
+    encoder: str = "flatten"  # flatten | cnn | resnet18
+    blocks: int = 4
+    heads: int = 16
+    hidden_mult: int = 3  # the feed-forward layer's width, in token dimensions
+    attention_scale: str = "standard"  # or "original": the original's (SelfAttention)
+    positional_embedding: bool = False  # a learned one per grid position, as a ViT's
+    dropout: float = 0.15
+    patch_dropout: float = 0.1
+    patch_dropout_at_eval: bool = False  # drop in evaluation too, as the original
+    drop_path: float = 0.0  # stochastic depth of the last block
+
+    @classmethod
+    def of(cls, config: PretrainConfig) -> TransformerConfig:
+        """A pretraining config's transformer (pretraining has no stochastic depth)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)
+                      if f.name != "drop_path"})
+
+    @property
+    def dim(self) -> int:
+        return token_dim(self.image_size, self.grid, self.crop, self.encoder)
+
+
 class APLTransformer(nn.Module):
     """Images -> contextualised token features (B, T, D). No positional information, unless
     positional_embedding adds a learned one to each token as a ViT does (the baseline APL is
@@ -192,24 +218,21 @@ class APLTransformer(nn.Module):
     drop_path: stochastic depth of the last block, rising linearly from 0 at the first (DeiT's
     rule: the early blocks' features are the ones every later block builds on)."""
 
-    def __init__(self, image_size: int = 96, grid: int = 7, crop: int = 1,
-                 encoder: str = "flatten", blocks: int = 4, heads: int = 16,
-                 hidden_mult: int = 3, dropout: float = 0.15, patch_dropout: float = 0.1,
-                 positional_embedding: bool = False,
-                 attention_scale: str = "standard", patch_dropout_at_eval: bool = False,
-                 drop_path: float = 0.0):
+    def __init__(self, config: TransformerConfig):
         super().__init__()
-        self.image_size, self.grid, self.crop = image_size, grid, crop
-        self.encoder = build_encoder(encoder, crop)
-        self.dim = token_dim(image_size, grid, crop, encoder)
+        self.config = config
+        self.image_size, self.grid, self.crop = config.image_size, config.grid, config.crop
+        self.encoder = build_encoder(config.encoder, config.crop)
+        self.dim = config.dim
         self.position_embedding = None
-        if positional_embedding:  # ViT's initialisation
+        if config.positional_embedding:  # ViT's initialisation
             self.position_embedding = nn.Parameter(
-                nn.init.trunc_normal_(torch.zeros(1, grid**2, self.dim), std=0.02))
-        self.patch_dropout = PatchDropout(patch_dropout, patch_dropout_at_eval)
+                nn.init.trunc_normal_(torch.zeros(1, config.grid**2, self.dim), std=0.02))
+        self.patch_dropout = PatchDropout(config.patch_dropout, config.patch_dropout_at_eval)
         self.blocks = nn.ModuleList(
-            Block(self.dim, heads, hidden_mult, dropout, attention_scale, rate)
-            for rate in drop_path_rates(drop_path, blocks)
+            Block(self.dim, config.heads, config.hidden_mult, config.dropout,
+                  config.attention_scale, rate)
+            for rate in drop_path_rates(config.drop_path, config.blocks)
         )
 
     @property
@@ -299,75 +322,40 @@ class APLClassifier(nn.Module):
         return self.class_head(features.mean(dim=1))
 
 
-def architecture_kwargs(config: PretrainConfig) -> dict:
-    """APLTransformer's arguments: the image size, the architecture (ARCHITECTURE_FIELDS but
-    the head, which is not the transformer's) and the dropout rates."""
-    names = ("image_size", *(n for n in ARCHITECTURE_FIELDS if n != "mlp_head"),
-             "dropout", "patch_dropout", "patch_dropout_at_eval")
-    return {name: getattr(config, name) for name in names}
-
-
 def build_pretrain_model(config: PretrainConfig) -> APLPretrainModel:
-    transformer = APLTransformer(**architecture_kwargs(config))
-    return APLPretrainModel(transformer, config.mlp_head)
+    return APLPretrainModel(APLTransformer(TransformerConfig.of(config)), config.mlp_head)
 
 
 def build_classifier(config: FinetuneConfig, architecture: PretrainConfig) -> APLClassifier:
-    """The fine-tuning model on `architecture` (from a checkpoint, or BENCHMARK's own),
+    """The fine-tuning model on `architecture` (a pretrained run's config, or BENCHMARK's),
     with the fine-tuning dropout, PatchDropout and stochastic depth, and a positional
     embedding when the config adds one or the pretrained model has one; frozen for head-only
-    training."""
-    transformer = APLTransformer(**{
-        **architecture_kwargs(architecture),
-        "dropout": config.dropout, "patch_dropout": config.patch_dropout,
-        "patch_dropout_at_eval": config.patch_dropout_at_eval, "drop_path": config.drop_path,
-        "positional_embedding": config.positional_embedding or architecture.positional_embedding,
-    })
-    return APLClassifier(transformer, config.num_classes, config.mlp_head,
-                         frozen_transformer=config.head_only)
+    training, its patch encoder frozen with freeze_encoder."""
+    transformer = APLTransformer(replace(
+        TransformerConfig.of(architecture), dropout=config.dropout,
+        patch_dropout=config.patch_dropout, patch_dropout_at_eval=config.patch_dropout_at_eval,
+        drop_path=config.drop_path,
+        positional_embedding=config.positional_embedding or architecture.positional_embedding))
+    classifier = APLClassifier(transformer, config.num_classes, config.mlp_head,
+                               frozen_transformer=config.head_only)
+    if config.freeze_encoder:  # a learned patch encoder stays as pretrained
+        transformer.encoder.requires_grad_(False)
+    return classifier
 
 
-def pretrain_architecture(config: PretrainConfig) -> dict:
-    """What a pretraining checkpoint's weights fit: image size and ARCHITECTURE_FIELDS."""
-    return {"image_size": config.image_size,
-            **{name: getattr(config, name) for name in ARCHITECTURE_FIELDS}}
-
-
-def build_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
-    """The model to fine-tune and its architecture (compared with last.pt on resume):
-    a baseline, the APL classifier on a pretrained transformer, or BENCHMARK's fresh one."""
-    architecture = {"model": config.model, "image_size": config.image_size,
-                    "num_classes": config.num_classes}
+def build_finetune_model(config: FinetuneConfig,
+                         pretrained: PretrainConfig | None = None) -> nn.Module:
+    """The model a fine-tuning run trains, before any pretrained weights are loaded: a CNN
+    baseline, or the APL classifier on the architecture of `pretrained` (the pretrained run's
+    config) or, for BENCHMARK, of config.architecture."""
     if config.model == "s-cnn":
-        return SCNN(config.image_size, config.num_classes), architecture
+        return SCNN(config.image_size, config.num_classes)
     if config.model == "s-resnet":
-        return s_resnet18(config.num_classes), architecture
-    pretrained = None
-    if config.pretrained:
-        pretrained = load_phase_checkpoint(config.pretrained, "pretrain", config.runs_dir)
-        check_architecture(pretrained["architecture"],
-                           {"image_size": config.image_size, **config.architecture},
-                           config.pretrained)
-        transformer_config = PretrainConfig.from_dict(pretrained["config"])
-    else:
+        return s_resnet18(config.num_classes)
+    if pretrained is None:
         try:
-            transformer_config = PretrainConfig(image_size=config.image_size, **config.architecture)
+            pretrained = PretrainConfig(image_size=config.image_size, **config.architecture)
         except ValueError as error:
             raise ValueError(f"BENCHMARK builds the APL architecture from `architecture` "
                              f"(else PretrainConfig's defaults): {error}") from error
-    model = build_classifier(config, transformer_config)
-    if pretrained is not None:
-        prefix = "transformer."
-        weights = {k[len(prefix):]: v for k, v in pretrained["model"].items()
-                   if k.startswith(prefix)}
-        # a positional embedding is new to the pretrained model: it keeps its initialisation
-        missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
-        if set(missing) - {"position_embedding"} or unexpected:
-            raise ValueError(f"pretrained={config.pretrained!r} does not fit the transformer: "
-                             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
-    if config.freeze_encoder:  # a learned patch encoder stays as pretrained
-        model.transformer.encoder.requires_grad_(False)
-    architecture.update({name: getattr(transformer_config, name) for name in ARCHITECTURE_FIELDS},
-                        mlp_head=config.mlp_head,
-                        positional_embedding=model.transformer.position_embedding is not None)
-    return model, architecture
+    return build_classifier(config, pretrained)

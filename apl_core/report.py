@@ -43,7 +43,7 @@ from typing import NamedTuple
 from .comparison import FEATURES, METHODS, check_methods
 from .config import profile_config, profile_npcs
 from .results import RESULTS_DIR, load_results
-from .rundir import read_metrics
+from .rundir import read_metrics, train_seconds
 from .search import LONGEST, RECIPE_NAMES, choose, describe_protocol, npc_protocols
 from .stats import (detectable_difference, equivalence, mcnemar_two_sided_p, mean_sd,
                     paired_counts, verdict)
@@ -171,7 +171,7 @@ def pretraining_summary(run_dir: str | Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     metrics = read_metrics(run_dir)
     last, positions = metrics[-1], config["grid"] ** 2
-    minutes = sum(r["epoch_time_s"] for r in metrics) / 60
+    minutes = train_seconds(metrics) / 60
     row = {"dataset": config["dataset"], "image px": config["image_size"], "G": config["grid"],
            "K": config["crop"], "T": positions, "epochs": last["epoch"],
            "train images": config["num_images"] or "all",
@@ -209,7 +209,7 @@ def pretraining_record(result, profile: str, device) -> dict:
             "tokens": config.num_tokens, "chance": 1 / config.num_tokens,
             "train_top1": last["train_top1"], "val_top1": last.get("val_top1"),
             "val_top5": last.get("val_top5"), "val_loss": last.get("val_loss"),
-            "train_time_s": sum(r["epoch_time_s"] for r in result.metrics),
+            "train_time_s": train_seconds(result.metrics),
             "images_per_s": last["images_per_s"], "device": str(device),
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),

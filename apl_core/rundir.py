@@ -148,6 +148,11 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
+def train_seconds(metrics: list[dict]) -> float:
+    """The seconds a run's epochs took, training and evaluation, from its metric rows."""
+    return sum(row["epoch_time_s"] for row in metrics)
+
+
 def last_evaluation(metrics: list[dict], run_dir: str | Path) -> dict:
     """The last row of a fine-tuning run's metrics that holds a test evaluation: the number the
     recipe fixes in advance (the best epoch would be chosen on the test set)."""

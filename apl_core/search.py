@@ -75,7 +75,7 @@ from .comparison import METHODS, method_config, train_all, worker_pool
 from .config import PROFILES, FinetuneConfig, PretrainConfig
 from .data import finetune_sets
 from .results import RESULTS_DIR, load_results, recorded_command, write_results
-from .rundir import computed_precision, read_metrics, run_name
+from .rundir import computed_precision, read_metrics, run_name, train_seconds
 from .stats import longer_wins
 from .train import NonFiniteLossError, best_epoch_test_top1, finetune, load_pretrained
 
@@ -291,7 +291,7 @@ def trial_row(method: str, config: FinetuneConfig, metrics: list[dict], longer_o
                train_top1=best["train_top1"],
                last_train_top1=metrics[-1]["train_top1"] if metrics else 0.0,
                val_curve=[[row["epoch"], row["val_top1"]] for row in evaluated],
-               val_images=val_images, seconds=sum(row["epoch_time_s"] for row in metrics),
+               val_images=val_images, seconds=train_seconds(metrics),
                precision=computed_precision(config), run=name)
     if "val_correct" in best:
         row["val_correct"] = best["val_correct"]

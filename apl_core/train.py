@@ -1,8 +1,8 @@
 """The training engine: APL pretraining and fine-tuning share one loop.
 
     pretrain(config) / finetune(config)   load the data, build the model, then call `fit`
-    load_pretrained                      a pretraining run's model, ready to analyse
-    profile_pretrain_run                 the run notebooks 03-06 analyse when none is given
+    load_pretrained / load_finetuned     a finished run's model, ready to analyse
+    load_finetune_model                  the model a fine-tuning run starts from
     fit                                  the epoch loop: train, evaluate, checkpoint, log
     train_one_epoch / evaluate           one pass over a loader
 
@@ -21,7 +21,6 @@ current epoch on.
 from __future__ import annotations
 
 import functools
-import json
 import math
 import time
 from collections.abc import Callable
@@ -36,9 +35,10 @@ from tqdm.auto import tqdm
 from .analysis import knn_accuracy
 from .augment import AugmentSpec, MixSpec
 from .checkpoint import (
-    check_architecture, load_phase_checkpoint, restore_rng_state, rng_state, save_checkpoint,
+    check_architecture, load_phase_checkpoint, pretrain_architecture, restore_rng_state,
+    rng_state, save_checkpoint,
 )
-from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig, profile_config
+from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig
 from .data import (
     BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
 )
@@ -46,9 +46,7 @@ from .device import autocast, autocast_dtype, resolve_device
 from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
 )
-from .model import (
-    APLPretrainModel, build_finetune_model, build_pretrain_model, pretrain_architecture,
-)
+from .model import APLPretrainModel, build_finetune_model, build_pretrain_model
 from .objective import (
     TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
     top1_correct,
@@ -65,73 +63,6 @@ class RunResult:
 
 
 # ---------------------------------------------------------------- one epoch
-
-def train_one_epoch(model, loss_fn: LossFn, loader, optimizer, scaler, epoch: int,
-                    config: Config, dtype, context: DistContext, progress=None) -> dict:
-    """One pass over the training loader; returns mean loss, top-1/3/5 and images seen."""
-    model.train()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    totals = torch.zeros(2 + len(TOP_K), device=next(iter(params)).device)
-    images_seen, steps = 0, len(loader)
-    for i, (images, labels) in enumerate(loader):
-        progress_epochs = epoch + i / steps if config.schedule_per_step else epoch
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(progress_epochs, config)
-        with autocast(images.device, dtype):
-            loss, hits, count = loss_fn(model, images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if config.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            nn.utils.clip_grad_norm_(params, config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        totals += torch.cat([(loss.detach() * count)[None], hits, count[None]])
-        images_seen += images.shape[0]
-        if progress is not None:
-            progress.update(1)
-    return {**summarize(all_reduce_sum(totals, context)),
-            "images": images_seen * context.world_size}
-
-
-def evaluate(model, loss_fn: LossFn, loader, dtype, context: DistContext,
-             device: torch.device) -> dict:
-    """Mean loss and top-1/3/5 over an evaluation loader (each image once), in eval mode:
-    no dropout, no PatchDropout, no gradients."""
-    model.eval()
-    totals = torch.zeros(2 + len(TOP_K), device=device)
-    # no_grad as a context, not a decorator: mutmut makes no mutants of decorated functions
-    with torch.no_grad():
-        for images, labels in loader:
-            with autocast(device, dtype):
-                loss, hits, count = loss_fn(model, images, labels)
-            totals += torch.cat([(loss * count)[None], hits, count[None]])
-    return summarize(all_reduce_sum(totals, context))
-
-
-def evaluate_correct(model, loader, dtype, context: DistContext,
-                     device: torch.device) -> torch.Tensor:
-    """Which images of an evaluation loader the model gets right (top-1), as a bool tensor
-    over the loader's images in their order in the data, in eval mode, no gradients."""
-    model.eval()
-    correct = torch.zeros(len(loader.data), device=device)
-    with torch.no_grad():
-        for index, (images, labels) in zip(loader.indices(), loader):
-            with autocast(device, dtype):
-                logits = model(images)
-            correct[index.to(device)] = top1_correct(logits, labels).float()
-    # every image is on exactly one rank: the sum over ranks is the whole set
-    return all_reduce_sum(correct, context).bool()
-
-
-def correct_mask(correct: torch.Tensor) -> str:
-    """A bool vector as a hex bitmask, bit i for image i (stats.decode_mask reads it back):
-    which validation images an epoch got right, in a few hundred characters."""
-    bits = "".join("1" if c else "0" for c in reversed(correct.tolist()))
-    return f"{int(bits or '0', 2):0{max(1, math.ceil(len(bits) / 4))}x}"
-
-
-# ---------------------------------------------------------------- the loop shared by both phases
 
 @dataclass
 class Runtime:
@@ -151,16 +82,102 @@ def runtime(config: Config) -> Runtime:
     return Runtime(device, dtype, context)
 
 
+@dataclass
+class Trainer:
+    """What a training step needs: the model as it trains (wrapped by DDP, compiled when the
+    config asks), the phase's loss, the optimizer, the fp16 loss scaler and the runtime."""
+    model: nn.Module
+    loss_fn: LossFn
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    rt: Runtime
+
+
+def train_one_epoch(trainer: Trainer, loader, epoch: int, config: Config,
+                    progress=None) -> dict:
+    """One pass over the training loader; returns mean loss, top-1/3/5 and images seen."""
+    model, optimizer, scaler = trainer.model, trainer.optimizer, trainer.scaler
+    model.train()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    totals = torch.zeros(2 + len(TOP_K), device=next(iter(params)).device)
+    images_seen, steps = 0, len(loader)
+    for i, (images, labels) in enumerate(loader):
+        progress_epochs = epoch + i / steps if config.schedule_per_step else epoch
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(progress_epochs, config)
+        with autocast(images.device, trainer.rt.dtype):
+            loss, hits, count = trainer.loss_fn(model, images, labels)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(params, config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        totals += torch.cat([(loss.detach() * count)[None], hits, count[None]])
+        images_seen += images.shape[0]
+        if progress is not None:
+            progress.update(1)
+    return {**summarize(all_reduce_sum(totals, trainer.rt.context)),
+            "images": images_seen * trainer.rt.context.world_size}
+
+
+def evaluate(model, loss_fn: LossFn, loader, rt: Runtime) -> dict:
+    """Mean loss and top-1/3/5 over an evaluation loader (each image once), in eval mode:
+    no dropout, no PatchDropout, no gradients."""
+    model.eval()
+    totals = torch.zeros(2 + len(TOP_K), device=rt.device)
+    with torch.no_grad():
+        for images, labels in loader:
+            with autocast(rt.device, rt.dtype):
+                loss, hits, count = loss_fn(model, images, labels)
+            totals += torch.cat([(loss * count)[None], hits, count[None]])
+    return summarize(all_reduce_sum(totals, rt.context))
+
+
+def evaluate_correct(model, loader, rt: Runtime) -> torch.Tensor:
+    """Which images of an evaluation loader the model gets right (top-1), as a bool tensor
+    over the loader's images in their order in the data, in eval mode, no gradients."""
+    model.eval()
+    correct = torch.zeros(len(loader.data), device=rt.device)
+    with torch.no_grad():
+        for index, (images, labels) in zip(loader.indices(), loader):
+            with autocast(rt.device, rt.dtype):
+                logits = model(images)
+            correct[index.to(rt.device)] = top1_correct(logits, labels).float()
+    # every image is on exactly one rank: the sum over ranks is the whole set
+    return all_reduce_sum(correct, rt.context).bool()
+
+
+def correct_mask(correct: torch.Tensor) -> str:
+    """A bool vector as a hex bitmask, bit i for image i (stats.decode_mask reads it back):
+    which validation images an epoch got right, in a few hundred characters."""
+    bits = "".join("1" if c else "0" for c in reversed(correct.tolist()))
+    return f"{int(bits or '0', 2):0{max(1, math.ceil(len(bits) / 4))}x}"
+
+
+# ---------------------------------------------------------------- the loop shared by both phases
+
 TRAIN_METRICS = {"pretrain": ("loss", "top1", "top3", "top5"), "finetune": ("loss", "top1")}
 PROGRESS_METRICS = ("train_loss", "train_top1", "val_top1", "test_top1", "images_per_s")
 
 
-def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Module,
-        architecture: dict, loss_fn: LossFn, train_loader, evaluate_epoch: Callable[[int], dict],
-        rt: Runtime) -> RunResult:
+@dataclass
+class Run:
+    """A run about to train: its config, its directory, what its weights fit (saved with
+    them, see `apl_core.checkpoint`) and its last.pt when it resumes."""
+    config: Config
+    dir: Path
+    architecture: dict
+    resume_from: dict | None
+
+
+def fit(run: Run, model: nn.Module, loss_fn: LossFn, train_loader,
+        evaluate_epoch: Callable[[int], dict], rt: Runtime) -> RunResult:
     """Train `model` for config.epochs epochs (from the checkpoint's epoch when resuming):
     each epoch trains, evaluates (`evaluate_epoch(epoch) -> metrics`), then saves last.pt and
     appends a metrics row. A non-finite loss stops the run before anything is saved."""
+    config, run_dir, resume_from = run.config, run.dir, run.resume_from
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(trainable, config, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
@@ -175,6 +192,7 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
     train_model = DistributedDataParallel(model) if rt.context.enabled else model
     if config.compile:
         train_model = torch.compile(train_model)
+    trainer = Trainer(train_model, loss_fn, optimizer, scaler, rt)
     main, quiet = rt.context.is_main, config.quiet or not rt.context.is_main
     log = RunLog(run_dir, config, rows) if main else None
     if not quiet:
@@ -188,19 +206,18 @@ def fit(config: Config, run_dir: Path, resume_from: dict | None, model: nn.Modul
         started = time.perf_counter()
         with tqdm(total=len(train_loader), desc=f"epoch {epoch + 1}", unit="batch",
                   leave=False, disable=quiet) as batches:
-            train = train_one_epoch(train_model, loss_fn, train_loader, optimizer, scaler, epoch,
-                                    config, rt.dtype, rt.context, batches)
-        train_seconds = time.perf_counter() - started
+            train = train_one_epoch(trainer, train_loader, epoch, config, batches)
+        step_seconds = time.perf_counter() - started
         if not math.isfinite(train["loss"]):
             raise NonFiniteLossError(config, epoch + 1, run_dir, train["loss"])
         step += len(train_loader)
         row = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                **{f"train_{key}": train[key] for key in TRAIN_METRICS[config.phase]},
                **evaluate_epoch(epoch + 1),
-               "images_per_s": train["images"] / train_seconds,
+               "images_per_s": train["images"] / step_seconds,
                "epoch_time_s": time.perf_counter() - started}
         weights = {"phase": config.phase, "epoch": epoch + 1, "config": config.to_dict(),
-                   "precision": computed_precision(config), "architecture": architecture,
+                   "precision": computed_precision(config), "architecture": run.architecture,
                    "model": model.state_dict(), "row": row}
         if main and _improves(config, rows, row):
             save_checkpoint(weights, run_dir / "best.pt")
@@ -280,9 +297,9 @@ def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     config, run_dir, checkpoint = open_run(config, resume)
     if (done := _finished(run_dir, checkpoint, config)) is not None:
         return done
-    architecture = pretrain_architecture(config)
+    run = Run(config, run_dir, pretrain_architecture(config), checkpoint)
     if checkpoint is not None:
-        check_architecture(checkpoint["architecture"], architecture, run_dir / "last.pt")
+        check_architecture(checkpoint["architecture"], run.architecture, run_dir / "last.pt")
     rt = runtime(config)
     images = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
                         seed=config.seed)
@@ -297,14 +314,14 @@ def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     def evaluate_epoch(epoch: int) -> dict:
         metrics = {}
         if held_out_loader is not None:
-            held = evaluate(model, position_loss, held_out_loader, rt.dtype, rt.context, rt.device)
+            held = evaluate(model, position_loss, held_out_loader, rt)
             metrics.update({f"val_{key}": value for key, value in held.items()})
         if knn is not None and (epoch % config.knn_every == 0 or epoch == config.epochs):
             metrics["knn_top1"] = knn_accuracy(model.transformer, *knn, device=rt.device)
         return metrics
 
-    return fit(config, run_dir, checkpoint, model, architecture, position_loss,
-               _loader(train_set, config, rt, train=True), evaluate_epoch, rt)
+    return fit(run, model, position_loss, _loader(train_set, config, rt, train=True),
+               evaluate_epoch, rt)
 
 
 def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
@@ -317,19 +334,6 @@ def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
     return model.to(resolve_device(device)).eval(), config
 
 
-def profile_pretrain_run(profile: str, pretrain_run: str = "", summary: str | Path | None = None,
-                         **settings) -> str:
-    """The pretraining run a notebook analyses: `pretrain_run` when given; else the run that
-    notebook 02 recorded in `summary` (its 02_pretraining.json), when that file exists; else
-    the profile's own run with `settings` (data_dir, runs_dir, device, ...), read back when
-    finished and trained now otherwise."""
-    if pretrain_run:
-        return pretrain_run
-    if summary is not None and Path(summary).is_file():
-        return json.loads(Path(summary).read_text())["run_dir"]
-    return str(pretrain(profile_config(profile, "pretrain", **settings), resume="auto").run_dir)
-
-
 # ---------------------------------------------------------------- fine-tuning
 
 def load_finetuned(path_or_run_name: str | Path, device: str = "cpu",
@@ -340,10 +344,41 @@ def load_finetuned(path_or_run_name: str | Path, device: str = "cpu",
     checkpoint = load_phase_checkpoint(path_or_run_name, "finetune", runs_dir)
     config = FinetuneConfig.from_dict(checkpoint["config"])
     found = checkpoint["architecture"]
-    model, _ = build_finetune_model(config.replace(pretrained="", architecture={
+    model = build_finetune_model(config.replace(pretrained="", architecture={
         name: found[name] for name in ARCHITECTURE_FIELDS if name in found}))
     model.load_state_dict(checkpoint["model"])
     return model.to(resolve_device(device)).eval(), config
+
+
+def load_finetune_model(config: FinetuneConfig) -> tuple[nn.Module, dict]:
+    """The model a fine-tuning run starts from, with the pretrained run's transformer weights
+    when it has one, and its architecture (what its checkpoints record, compared with last.pt
+    on resume): a baseline, the APL classifier on a pretrained transformer, or BENCHMARK's
+    fresh one."""
+    architecture = {"model": config.model, "image_size": config.image_size,
+                    "num_classes": config.num_classes}
+    if config.model != "apl":
+        return build_finetune_model(config), architecture
+    if not config.pretrained:
+        model = build_finetune_model(config)
+    else:
+        pretrained = load_phase_checkpoint(config.pretrained, "pretrain", config.runs_dir)
+        check_architecture(pretrained["architecture"],
+                           {"image_size": config.image_size, **config.architecture},
+                           config.pretrained)
+        model = build_finetune_model(config, PretrainConfig.from_dict(pretrained["config"]))
+        prefix = "transformer."
+        weights = {k[len(prefix):]: v for k, v in pretrained["model"].items()
+                   if k.startswith(prefix)}
+        # a positional embedding is new to the pretrained model: it keeps its initialisation
+        missing, unexpected = model.transformer.load_state_dict(weights, strict=False)
+        if set(missing) - {"position_embedding"} or unexpected:
+            raise ValueError(f"pretrained={config.pretrained!r} does not fit the transformer: "
+                             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+    transformer = model.transformer.config
+    architecture.update({name: getattr(transformer, name) for name in ARCHITECTURE_FIELDS
+                         if name != "mlp_head"}, mlp_head=config.mlp_head)
+    return model, architecture
 
 
 def best_epoch_test_top1(run_dir: str | Path, device: str = "auto") -> float:
@@ -356,7 +391,7 @@ def best_epoch_test_top1(run_dir: str | Path, device: str = "auto") -> float:
     model, config = load_finetuned(path, device=device)
     rt = runtime(config.replace(device=device))
     test = _loader(finetune_sets(config)[2], config, rt, train=False)
-    return evaluate(model, class_loss, test, rt.dtype, rt.context, rt.device)["top1"]
+    return evaluate(model, class_loss, test, rt)["top1"]
 
 
 def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
@@ -369,7 +404,8 @@ def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
     if (done := _finished(run_dir, checkpoint, config)) is not None:
         return done
     rt = runtime(config)
-    model, architecture = build_finetune_model(config)
+    model, architecture = load_finetune_model(config)
+    run = Run(config, run_dir, architecture, checkpoint)
     if checkpoint is not None:
         check_architecture(checkpoint["architecture"], architecture, run_dir / "last.pt")
     train_set, val_set, test_set = finetune_sets(config)
@@ -382,15 +418,15 @@ def finetune(config: FinetuneConfig, resume: bool | str = False) -> RunResult:
             return {}
         metrics = {}
         if config.evaluate_test:
-            test = evaluate(model, class_loss, test_loader, rt.dtype, rt.context, rt.device)
+            test = evaluate(model, class_loss, test_loader, rt)
             metrics.update(test_top1=test["top1"], test_top3=test["top3"],
                            test_top5=test["top5"], test_nll=test["loss"])
         if val_loader is not None:
-            correct = evaluate_correct(model, val_loader, rt.dtype, rt.context, rt.device)
+            correct = evaluate_correct(model, val_loader, rt)
             metrics.update(val_top1=correct.sum().item() / correct.numel(),
                            val_correct=correct_mask(correct))
         return metrics
 
     train_loss = functools.partial(class_loss, label_smoothing=config.label_smoothing)
-    return fit(config, run_dir, checkpoint, model, architecture, train_loss,
-               _loader(train_set, config, rt, train=True), evaluate_epoch, rt)
+    return fit(run, model, train_loss, _loader(train_set, config, rt, train=True),
+               evaluate_epoch, rt)

@@ -24,7 +24,7 @@ from .device import resolve_device
 from .model import APLPretrainModel
 from .report import load_sweep
 from .rundir import read_metrics, run_name
-from .train import load_pretrained, profile_pretrain_run
+from .train import load_pretrained, pretrain
 
 PRETRAINING_RECORD = "02_pretraining.json"
 FINE_TUNING_RECORD = "04_fine_tuning.json"
@@ -88,4 +88,17 @@ def setup(name: str, profile: str, output_dir: str | Path, data_dir: str | Path,
     run = profile_pretrain_run(profile, pretrain_run, recorded, **settings)
     model, config = load_pretrained(run, runs_dir=runs_dir, device=resolved)
     return Notebook(name, profile, out, resolved, settings, config, str(run), model)
+
+
+def profile_pretrain_run(profile: str, pretrain_run: str = "", summary: str | Path | None = None,
+                         **settings) -> str:
+    """The pretraining run a notebook analyses: `pretrain_run` when given; else the run that
+    notebook 02 recorded in `summary` (its 02_pretraining.json), when that file exists; else
+    the profile's own run with `settings` (data_dir, runs_dir, device, ...), read back when
+    finished and trained now otherwise."""
+    if pretrain_run:
+        return pretrain_run
+    if summary is not None and Path(summary).is_file():
+        return json.loads(Path(summary).read_text())["run_dir"]
+    return str(pretrain(profile_config(profile, "pretrain", **settings), resume="auto").run_dir)
 

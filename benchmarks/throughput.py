@@ -200,10 +200,12 @@ class OurStep:
     def __init__(self, model, phase, config, device, dtype, compile_model=False):
         self.model, self.config, self.device, self.dtype = model, config, device, dtype
         params = [p for p in model.parameters() if p.requires_grad]
-        self.loss_fn = engine.position_loss if phase == "pretrain" else engine.class_loss
-        self.optimizer = engine.make_optimizer(params, config, device)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        self.train_model = torch.compile(model) if compile_model else model
+        self.trainer = engine.Trainer(
+            torch.compile(model) if compile_model else model,
+            engine.position_loss if phase == "pretrain" else engine.class_loss,
+            engine.make_optimizer(params, config, device),
+            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+            engine.Runtime(device, dtype, DistContext()))
         self.times: list[float] = []
         self.epoch = 0
 
@@ -214,9 +216,7 @@ class OurStep:
         return times[-steps:]
 
     def run_loader(self, loader):
-        result = engine.train_one_epoch(self.train_model, self.loss_fn, loader, self.optimizer,
-                                        self.scaler, self.epoch, self.config, self.dtype,
-                                        DistContext())
+        result = engine.train_one_epoch(self.trainer, loader, self.epoch, self.config)
         self.epoch += 1
         return result
 

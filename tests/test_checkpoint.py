@@ -7,9 +7,10 @@ import torch
 import apl_core.checkpoint as checkpoint
 from apl_core.checkpoint import (
     CheckpointError, check_architecture, list_runs, load_checkpoint, load_phase_checkpoint,
-    read_checkpoint, resolve_checkpoint, restore_rng_state, rng_state, save_checkpoint,
-    write_atomic,
+    pretrain_architecture, read_checkpoint, resolve_checkpoint, restore_rng_state, rng_state,
+    save_checkpoint, write_atomic,
 )
+from apl_core.config import PretrainConfig
 
 
 def state(value: float) -> dict:
@@ -254,3 +255,14 @@ def test_a_checkpoint_that_would_run_code_is_refused_everywhere(tmp_path, capsys
     assert not marker.exists(), "loading the checkpoint ran its code"
     torch.load(path, weights_only=False)  # the control: an unsafe load does run it
     assert marker.exists()
+
+
+def test_pretrain_architecture_is_what_the_weights_fit():
+    """The image size and the architecture fields, not the recipe (lr, dropout, ...)."""
+    config = PretrainConfig(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2,
+                            attention_scale="original", mlp_head=True, lr=1e-2,
+                            dropout=0.3)
+    assert pretrain_architecture(config) == {
+        "image_size": 32, "grid": 4, "crop": 1, "encoder": "flatten", "blocks": 2, "heads": 3,
+        "hidden_mult": 2, "attention_scale": "original", "positional_embedding": False,
+        "mlp_head": True}

@@ -92,9 +92,9 @@ def test_finetune_from_a_run_takes_the_runs_architecture_not_the_profiles(pretra
     config = config_of(["finetune", "--profile", "quick", "--image-size", "32",
                         "--pretrained", str(pretrained_run.run_dir)])
     assert config.architecture == {} and config.pretrained
-    from apl_core.model import build_finetune_model
+    from apl_core.train import load_finetune_model
 
-    model, architecture = build_finetune_model(config)
+    model, architecture = load_finetune_model(config)
     assert architecture["blocks"] == pretrained_run.config.blocks
     assert len(model.transformer.blocks) == pretrained_run.config.blocks
 

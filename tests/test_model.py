@@ -7,12 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from apl_core.baselines import SCNN
-from apl_core.checkpoint import save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.model import (APLClassifier, APLPretrainModel, APLTransformer, Block, DropPath,
-                            PatchDropout, SelfAttention, architecture_kwargs, build_classifier,
+                            PatchDropout, SelfAttention, TransformerConfig, build_classifier,
                             build_encoder, build_finetune_model, build_pretrain_model,
-                            drop_path_rates, mlp, pretrain_architecture)
+                            drop_path_rates, mlp)
 from apl_core.puzzle import position_targets
 
 # the textbook transcription of the original (benchmarks/naive_model.py) that the model is
@@ -20,7 +19,10 @@ from apl_core.puzzle import position_targets
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 SMALL = dict(image_size=32, grid=4, crop=1, heads=3, blocks=2, hidden_mult=2)
-SMALL_ARCHITECTURE = {name: value for name, value in SMALL.items() if name != "image_size"}
+
+
+def small_transformer(**changes) -> APLTransformer:
+    return APLTransformer(TransformerConfig(**{**SMALL, **changes}))
 
 
 @pytest.mark.parametrize("encoder", ["flatten", "cnn", "resnet18"])
@@ -41,7 +43,7 @@ def test_positional_embedding_makes_the_model_see_token_order():
     """The ViT baseline: a learned embedding per grid position, added to each token, so the
     model is no longer equivariant to the order of its tokens."""
     torch.manual_seed(0)
-    transformer = APLTransformer(**SMALL, positional_embedding=True).eval()
+    transformer = small_transformer(positional_embedding=True).eval()
     assert transformer.position_embedding.shape == (1, 16, transformer.dim)
     assert 0 < transformer.position_embedding.std() < 0.05  # ViT's initialisation, std 0.02
     assert any(p is transformer.position_embedding for p in transformer.parameters())
@@ -55,15 +57,15 @@ def test_positional_embedding_makes_the_model_see_token_order():
         unpermuted, _, _ = transformer.contextualize(patches)
     assert not torch.allclose(shuffled, features[:, permutation], atol=1e-3)
     torch.testing.assert_close(zero, unpermuted[:, permutation], atol=1e-4, rtol=1e-4)
-    assert APLTransformer(**SMALL).position_embedding is None
+    assert small_transformer().position_embedding is None
 
 
 def test_positional_embedding_is_added_to_each_token():
     """Token i gets embedding i added before the blocks: the model with the embedding computes
     what the same model without it computes on the tokens shifted by the embedding."""
     torch.manual_seed(0)
-    with_positions = APLTransformer(**SMALL, positional_embedding=True).eval()
-    without = APLTransformer(**SMALL).eval()
+    with_positions = small_transformer(positional_embedding=True).eval()
+    without = small_transformer().eval()
     without.load_state_dict(with_positions.state_dict(), strict=False)
     with torch.no_grad():
         with_positions.position_embedding.normal_()
@@ -77,7 +79,7 @@ def test_linear_probe_keeps_the_frozen_transformer_in_evaluation_mode():
     """A probe trains its head on the features the frozen model computes: no dropout, no
     PatchDropout in the transformer even in training mode; the full fine-tune keeps both."""
     images = torch.randn(4, 3, 32, 32)
-    probe = APLClassifier(APLTransformer(**SMALL, dropout=0.5, patch_dropout=0.5), 10,
+    probe = APLClassifier(small_transformer(dropout=0.5, patch_dropout=0.5), 10,
                           frozen_transformer=True).train()
     assert probe.training and probe.class_head.training
     assert not any(m.training for m in probe.transformer.modules())
@@ -85,7 +87,7 @@ def test_linear_probe_keeps_the_frozen_transformer_in_evaluation_mode():
         "class_head.weight", "class_head.bias"}
     torch.testing.assert_close(probe(images), probe(images))
     assert not probe.eval().training and not probe.train().transformer.training
-    full = APLClassifier(APLTransformer(**SMALL, dropout=0.5, patch_dropout=0.5), 10).train()
+    full = APLClassifier(small_transformer(dropout=0.5, patch_dropout=0.5), 10).train()
     assert all(m.training for m in full.transformer.modules())
     assert all(p.requires_grad for p in full.parameters())
     assert not torch.allclose(full(images), full(images))
@@ -181,7 +183,7 @@ def test_stochastic_depth_rises_linearly_to_the_last_block():
     model = build_classifier(FinetuneConfig(drop_path=0.3), PretrainConfig(**{**SMALL,
                                                                               "blocks": 3}))
     assert [b.drop_path.p for b in model.transformer.blocks] == pytest.approx([0.0, 0.15, 0.3])
-    assert {b.drop_path.p for b in APLTransformer().blocks} == {0.0}  # off by default
+    assert {b.drop_path.p for b in small_transformer().blocks} == {0.0}  # off by default
     assert {b.drop_path.p for b in build_pretrain_model(PretrainConfig(**SMALL)).transformer
             .blocks} == {0.0}
 
@@ -229,13 +231,26 @@ def test_classifier_keeps_a_pretrained_positional_embedding_and_freezes_a_probe(
     assert all(p.requires_grad for p in build_classifier(FinetuneConfig(), plain).parameters())
 
 
+def test_a_finetune_model_is_built_on_the_pretrained_architecture_else_on_its_own():
+    """On a pretrained run's config when given, else BENCHMARK's config.architecture; the CNN
+    baselines need neither."""
+    architecture = {name: value for name, value in SMALL.items() if name != "image_size"}
+    tune = FinetuneConfig(image_size=32, architecture={**architecture, "blocks": 1})
+    assert len(build_finetune_model(tune).transformer.blocks) == 1
+    assert len(build_finetune_model(tune, PretrainConfig(**SMALL)).transformer.blocks) == 2
+    assert isinstance(build_finetune_model(FinetuneConfig(model="s-cnn", image_size=32)), SCNN)
+
+
 def test_module_defaults_are_the_configs_defaults():
     # the paper's architecture is written down in config.py; the modules must agree with it
     config, tune = PretrainConfig(), FinetuneConfig()
-    default, configured = APLTransformer(), APLTransformer(**architecture_kwargs(config))
-    for name in ("image_size", "grid", "crop", "dim", "num_tokens"):
-        assert getattr(default, name) == getattr(configured, name), name
-    assert len(default.blocks) == len(configured.blocks) == config.blocks
+    assert TransformerConfig() == TransformerConfig.of(config)
+    assert TransformerConfig().drop_path == tune.drop_path
+    default = APLTransformer(TransformerConfig())
+    for name in ("image_size", "grid", "crop", "num_tokens"):
+        assert getattr(default, name) == getattr(config, name), name
+    assert default.dim == config.token_dim
+    assert len(default.blocks) == config.blocks
     assert {b.attn.heads for b in default.blocks} == {config.heads}
     assert {b.ff[0].out_features for b in default.blocks} == {config.hidden_mult * default.dim}
     assert {b.dropout.p for b in default.blocks} == {config.dropout}
@@ -453,8 +468,8 @@ def test_original_scale_returns_the_weights_it_uses():
     """The attention weights shown in the notebooks are the ones the output is computed from,
     with either scaling."""
     torch.manual_seed(0)
-    transformer = APLTransformer(**SMALL, dropout=0.0, patch_dropout=0.0,
-                                 attention_scale="original").eval()
+    transformer = small_transformer(dropout=0.0, patch_dropout=0.0,
+                                    attention_scale="original").eval()
     x = torch.randn(2, 16, transformer.dim)
     attention = transformer.blocks[0].attn
     fused, _ = attention(x)
@@ -485,144 +500,3 @@ def test_patch_dropout_at_eval_drops_patches_in_evaluation_mode_too():
                                                 patch_dropout_at_eval=True)).eval()
     _, keep = model(torch.randn(50, 3, 32, 32))
     assert not keep.all()
-
-
-# ---------------------------------------------------------------- what a fine-tuning run trains
-
-def test_pretrain_architecture_is_what_the_weights_fit():
-    """The image size and the architecture fields, not the recipe (lr, dropout, ...)."""
-    config = PretrainConfig(**SMALL, attention_scale="original", mlp_head=True, lr=1e-2,
-                            dropout=0.3)
-    assert pretrain_architecture(config) == {
-        "image_size": 32, "grid": 4, "crop": 1, "encoder": "flatten", "blocks": 2, "heads": 3,
-        "hidden_mult": 2, "attention_scale": "original", "positional_embedding": False,
-        "mlp_head": True}
-
-
-def save_pretrained(runs_dir, name="tiny", weights=None, **changes):
-    """A pretraining run's last.pt as train.pretrain writes it, without the training: the
-    untrained model's weights (or `weights`), under runs_dir/pretrain/name."""
-    torch.manual_seed(0)
-    config = PretrainConfig(**{**SMALL, **changes})
-    model = build_pretrain_model(config)
-    run = runs_dir / "pretrain" / name
-    run.mkdir(parents=True)
-    save_checkpoint({"phase": "pretrain", "config": config.to_dict(),
-                     "architecture": pretrain_architecture(config),
-                     "model": model.state_dict() if weights is None else weights},
-                    run / "last.pt")
-    return model
-
-
-def test_finetuning_starts_from_the_pretrained_transformer_of_a_run_name(tmp_path):
-    """The pretrained run's transformer, weights and architecture (from its checkpoint, not
-    the fine-tuning config), under the fine-tuning config's own head."""
-    pretrained = save_pretrained(tmp_path, attention_scale="original", mlp_head=True)
-    config = FinetuneConfig(image_size=32, num_classes=7, pretrained="tiny",
-                            runs_dir=str(tmp_path))
-    model, architecture = build_finetune_model(config)
-    assert architecture == {
-        "model": "apl", "image_size": 32, "num_classes": 7, "grid": 4, "crop": 1,
-        "encoder": "flatten", "blocks": 2, "heads": 3, "hidden_mult": 2,
-        "attention_scale": "original", "positional_embedding": False, "mlp_head": False}
-    assert isinstance(model, APLClassifier) and isinstance(model.class_head, torch.nn.Linear)
-    assert model.class_head.out_features == 7
-    weights = pretrained.state_dict()
-    assert all(torch.equal(value, weights["transformer." + name])
-               for name, value in model.transformer.state_dict().items())
-    assert all(p.requires_grad for p in model.parameters())
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
-
-
-def test_positions_added_to_a_pretrained_model_are_new_the_rest_is_loaded(tmp_path):
-    """positional_embedding=True on a model pretrained without one: the embedding keeps its
-    initialisation and trains, every other weight is loaded; a model pretrained with one
-    keeps its own."""
-    pretrained = save_pretrained(tmp_path).state_dict()
-    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path),
-                            positional_embedding=True)
-    model, architecture = build_finetune_model(config)
-    assert architecture["positional_embedding"]
-    for name, value in model.transformer.state_dict().items():
-        if name != "position_embedding":
-            assert torch.equal(value, pretrained["transformer." + name]), name
-    assert model.transformer.position_embedding.requires_grad
-    assert 0 < model.transformer.position_embedding.std() < 0.05
-    leak = save_pretrained(tmp_path, "leak", positional_embedding=True)
-    model, architecture = build_finetune_model(config.replace(pretrained="leak"))
-    assert architecture["positional_embedding"]
-    assert torch.equal(model.transformer.position_embedding,
-                       leak.transformer.position_embedding)
-
-
-def test_finetuning_options_freeze_the_pretrained_parts_they_name(tmp_path):
-    save_pretrained(tmp_path, encoder="cnn", heads=4)
-    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path),
-                            architecture={**SMALL_ARCHITECTURE, "encoder": "cnn", "heads": 4})
-    model, _ = build_finetune_model(config.replace(freeze_encoder=True))
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
-    assert frozen == {name for name, _ in model.named_parameters()
-                      if name.startswith("transformer.encoder.")}
-    model, _ = build_finetune_model(config.replace(head_only=True))
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"class_head.weight", "class_head.bias"}
-
-
-def test_a_pretrained_run_of_another_architecture_is_refused_with_the_field(tmp_path):
-    save_pretrained(tmp_path)
-    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path))
-    with pytest.raises(ValueError, match=r"^checkpoint tiny holds another architecture "
-                                         r"\(blocks: checkpoint has 2, config asks for 3\)"):
-        build_finetune_model(config.replace(architecture={**SMALL_ARCHITECTURE, "blocks": 3}))
-    with pytest.raises(ValueError, match=r"^checkpoint tiny holds another architecture "
-                                         r"\(image_size: checkpoint has 32, config asks for 48\)"):
-        build_finetune_model(config.replace(image_size=48))
-
-
-@pytest.mark.parametrize("change,missing,unexpected", [
-    ("drop", ["blocks.1.attn.proj.bias"], []),
-    ("add", [], ["extra"]),
-])
-def test_pretrained_weights_that_do_not_fit_the_transformer_are_refused(
-        tmp_path, change, missing, unexpected):
-    weights = build_pretrain_model(PretrainConfig(**SMALL)).state_dict()
-    if change == "drop":
-        del weights["transformer.blocks.1.attn.proj.bias"]
-    else:
-        weights["transformer.extra"] = torch.zeros(1)
-    save_pretrained(tmp_path, weights=weights)
-    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path))
-    with pytest.raises(ValueError) as error:
-        build_finetune_model(config)
-    assert str(error.value) == (f"pretrained='tiny' does not fit the transformer: "
-                                f"missing {missing}, unexpected {unexpected}")
-
-
-def test_benchmark_is_a_fresh_apl_classifier_on_the_configured_architecture():
-    config = FinetuneConfig(image_size=32, num_classes=7,
-                            architecture={**SMALL_ARCHITECTURE, "blocks": 1})
-    model, architecture = build_finetune_model(config)
-    assert architecture == {
-        "model": "apl", "image_size": 32, "num_classes": 7, "grid": 4, "crop": 1,
-        "encoder": "flatten", "blocks": 1, "heads": 3, "hidden_mult": 2,
-        "attention_scale": "standard", "positional_embedding": False, "mlp_head": False}
-    assert isinstance(model, APLClassifier) and len(model.transformer.blocks) == 1
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
-    # the architecture dict is checked when the config is made; changed later, it is checked here
-    config.architecture["heads"] = 5
-    with pytest.raises(ValueError) as error:
-        build_finetune_model(config)
-    assert str(error.value) == (
-        "BENCHMARK builds the APL architecture from `architecture` (else PretrainConfig's "
-        "defaults): heads=5 is invalid: must divide the token dimension D = 147; head counts "
-        "that would: [1, 3, 7, 21, 49]")
-
-
-@pytest.mark.parametrize("name", ["s-cnn", "s-resnet"])
-def test_cnn_baselines_are_built_for_the_image_size_and_classes(name):
-    model, architecture = build_finetune_model(FinetuneConfig(model=name, image_size=32,
-                                                              num_classes=7))
-    assert architecture == {"model": name, "image_size": 32, "num_classes": 7}
-    assert isinstance(model, SCNN) == (name == "s-cnn")
-    assert not isinstance(model, APLClassifier)
-    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

@@ -10,7 +10,9 @@ import pytest
 
 from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import PretrainConfig
-from apl_core.rundir import RunLog, last_evaluation, open_run, read_metrics, run_name
+from apl_core.rundir import (
+    RunLog, last_evaluation, open_run, read_metrics, run_name, train_seconds,
+)
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
 
@@ -228,6 +230,12 @@ def test_a_checkpoint_records_the_precision_its_run_computed_in(tmp_path):
 def test_read_metrics_skips_a_line_cut_short_by_a_kill(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "lo\n{"epoch": 3}\n')
     assert read_metrics(tmp_path) == [{"epoch": 1}, {"epoch": 3}]
+
+
+def test_a_runs_seconds_are_the_sum_of_its_epochs_times():
+    rows = [{"epoch": 1, "epoch_time_s": 1.5}, {"epoch": 2, "epoch_time_s": 2.0}]
+    assert train_seconds(rows) == 3.5
+    assert train_seconds([]) == 0
 
 
 def test_the_last_evaluation_is_the_last_row_with_a_test_score():

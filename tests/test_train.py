@@ -3,7 +3,6 @@ input fails before any work."""
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import os
 import re
@@ -16,20 +15,23 @@ from tqdm.auto import tqdm
 
 import apl_core.train as train
 from apl_core.augment import AugmentSpec, MixSpec
+from apl_core.baselines import SCNN
 from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.data import BatchLoader, ImageSet
 from apl_core.distributed import DistContext
-from apl_core.model import build_finetune_model, pretrain_architecture
+from apl_core.model import APLClassifier, build_pretrain_model
+from apl_core.checkpoint import pretrain_architecture
 from apl_core.rundir import read_metrics, run_name
 from apl_core.stats import decode_mask
 from apl_core.train import (
-    RunResult, best_epoch_test_top1, finetune, learning_rate, load_pretrained, pretrain,
-    profile_pretrain_run, snapshot_path,
+    RunResult, Runtime, best_epoch_test_top1, finetune, learning_rate, load_finetune_model,
+    load_pretrained, pretrain, snapshot_path,
 )
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
 TIMING = ("images_per_s", "epoch_time_s")
+CPU = Runtime(torch.device("cpu"), None, DistContext())  # fp32, one process
 # 192 images, 64 held out: 4 training steps of 32 images an epoch (a fraction of a second)
 TINY = dict(num_images=192, holdout_images=64, batch_size=32)
 
@@ -70,9 +72,9 @@ def test_a_run_trains_every_weight_and_logs_each_epoch(tmp_path, monkeypatch, ca
     monkeypatch.setattr(train, "position_loss", recording_loss)
     initial, real_fit = {}, train.fit
 
-    def fit(config, run_dir, resume_from, model, *args):
+    def fit(run, model, *args):
         initial.update({k: v.clone() for k, v in model.state_dict().items()})
-        return real_fit(config, run_dir, resume_from, model, *args)
+        return real_fit(run, model, *args)
 
     monkeypatch.setattr(train, "fit", fit)
     config = smoke_pretrain_config(tmp_path, epochs=2, quiet=False, **TINY)
@@ -309,20 +311,6 @@ def test_last_checkpoint_loads_with_weights_only(pretrained_run):
     assert state["metrics"] == pretrained_run.metrics
 
 
-def test_the_pretrain_run_to_analyse_is_the_given_one_then_02s_then_the_profiles(
-        tiny_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
-    settings = dict(runs_dir=str(tiny_run.run_dir.parents[1]), device="cpu", precision="fp32",
-                    epochs=1, **TINY)  # the settings of the tiny_run fixture
-    summary = tmp_path / "02_pretraining.json"
-    assert profile_pretrain_run("smoke", "runs/given", summary, **settings) == "runs/given"
-    assert profile_pretrain_run("smoke", summary=summary, **settings) == \
-        str(tiny_run.run_dir)  # no summary yet: the profile's run, read back
-    summary.write_text(json.dumps({"run_dir": "runs/of-02"}))
-    assert profile_pretrain_run("smoke", summary=summary, **settings) == "runs/of-02"
-    assert profile_pretrain_run("smoke", **settings) == str(tiny_run.run_dir)
-
-
 def test_resume_with_nothing_to_resume(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         pretrain(smoke_pretrain_config(tmp_path), resume=True)
@@ -475,7 +463,7 @@ def test_from_scratch_models_train_on_the_same_recipe(tmp_path, monkeypatch):
         optimizer = train.make_optimizer(params, config, torch.device("cpu"))
         assert isinstance(optimizer, torch.optim.Adam)
         assert optimizer.param_groups[0]["weight_decay"] == config.weight_decay == 1e-4
-        assert all(args[1].func is train.class_loss and args[1].keywords == {
+        assert all(args[0].loss_fn.func is train.class_loss and args[0].loss_fn.keywords == {
             "label_smoothing": 0.0} for args, _ in calls["epoch"]), model
         rows = results[model].metrics
         assert [r["lr"] for r in rows] == [learning_rate(e, config) for e in range(3)], model
@@ -490,13 +478,13 @@ def test_from_scratch_models_train_on_the_same_recipe(tmp_path, monkeypatch):
 def test_options_freeze_what_they_say():
     config = smoke_finetune_config("unused", architecture={**SMOKE_ARCHITECTURE,
                                                            "encoder": "cnn", "heads": 4})
-    model, _ = build_finetune_model(config.replace(freeze_encoder=True))
+    model, _ = load_finetune_model(config.replace(freeze_encoder=True))
     frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
     assert frozen and all(name.startswith("transformer.encoder.") for name in frozen)
-    model, _ = build_finetune_model(config.replace(head_only=True))
+    model, _ = load_finetune_model(config.replace(head_only=True))
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(name.startswith("class_head.") for name in trainable)
-    model, _ = build_finetune_model(config.replace(dropout=0.3, patch_dropout=0.2))
+    model, _ = load_finetune_model(config.replace(dropout=0.3, patch_dropout=0.2))
     assert {m.p for m in model.transformer.blocks.modules() if isinstance(m, nn.Dropout)} == {0.3}
     assert model.transformer.patch_dropout.p == 0.2
 
@@ -607,7 +595,7 @@ def test_a_finetune_checkpoint_is_not_taken_for_a_pretrained_model(tmp_path):
     with pytest.raises(ValueError, match="is a finetune checkpoint, not a pretraining one"):
         train.load_pretrained(path)
     with pytest.raises(ValueError, match="is a finetune checkpoint, not a pretraining one"):
-        build_finetune_model(FinetuneConfig(pretrained=str(path)))
+        load_finetune_model(FinetuneConfig(pretrained=str(path)))
 
 
 def test_bf16_autocast_trains_and_evaluates_on_cpu(tmp_path, monkeypatch):
@@ -679,8 +667,8 @@ def test_a_finetuned_run_loads_back_without_its_pretrained_run(tiny_run, tmp_pat
     tuned = finetune(smoke_finetune_config(runs, epochs=1, pretrained=str(leak.checkpoint)))
     pretrained_embedding = read_checkpoint(leak.checkpoint)["model"][
         "transformer.position_embedding"]
-    fresh, _ = build_finetune_model(smoke_finetune_config(runs, epochs=1,
-                                                          pretrained=str(leak.checkpoint)))
+    fresh, _ = load_finetune_model(smoke_finetune_config(runs, epochs=1,
+                                                         pretrained=str(leak.checkpoint)))
     assert torch.equal(fresh.transformer.position_embedding, pretrained_embedding)
     leak.checkpoint.unlink()  # the pretrained run is gone: the fine-tuned one still loads
     model, _ = load_finetuned(tuned.run_dir)
@@ -703,7 +691,7 @@ def test_evaluate_averages_over_every_image_in_eval_mode_without_gradients():
         model.weight.fill_(1.0)
     loader = [(torch.full((3, 1), 2.0), torch.tensor([1, 0, 1])),
               (torch.full((1, 1), 6.0), torch.tensor([1]))]
-    result = train.evaluate(model, scripted_loss, loader, None, DistContext(), torch.device("cpu"))
+    result = train.evaluate(model, scripted_loss, loader, CPU)
     # loss: (2 x 3 + 6 x 1) / 4 images; hits@k: (2 + 1) / 4 for every k here
     assert result == {"loss": 3.0, "top1": 0.75, "top3": 0.75, "top5": 0.75}
     assert seen == [(False, False), (False, False)] and torch.is_grad_enabled()
@@ -722,12 +710,11 @@ def test_evaluate_correct_marks_each_image_in_its_place_in_the_data():
 
     model = EvenIsClassZero().train()
     loader = BatchLoader(data, 8, shuffle=False, drop_last=False)
-    correct = train.evaluate_correct(model, loader, None, DistContext(), torch.device("cpu"))
+    correct = train.evaluate_correct(model, loader, CPU)
     assert correct.dtype == torch.bool and correct.tolist() == [i % 2 == 0 for i in range(37)]
     assert not model.training
     halves = [train.evaluate_correct(model, BatchLoader(data, 8, shuffle=False, drop_last=False,
-                                                        rank=rank, world_size=2),
-                                     None, DistContext(), torch.device("cpu"))
+                                                        rank=rank, world_size=2), CPU)
               for rank in range(2)]
     assert (halves[0] | halves[1]).tolist() == correct.tolist()
     assert not (halves[0] & halves[1]).any()  # no image on both ranks
@@ -767,3 +754,135 @@ def test_label_smoothing_reaches_the_training_loss_only(tmp_path, monkeypatch):
     finetune(smoke_finetune_config(tmp_path, epochs=1, model="s-cnn", label_smoothing=0.2))
     # two training batches smoothed; the test set scored on the plain loss
     assert losses[:2] == [0.2, 0.2] and set(losses[2:]) == {None}
+
+
+# ---------------------------------------------------------------- a fine-tuning run's start
+
+def save_pretrained(runs_dir, name="tiny", weights=None, **changes):
+    """A pretraining run's last.pt as train.pretrain writes it, without the training: the
+    untrained model's weights (or `weights`), under runs_dir/pretrain/name."""
+    torch.manual_seed(0)
+    config = PretrainConfig(image_size=32, **{**SMOKE_ARCHITECTURE, **changes})
+    model = build_pretrain_model(config)
+    run = runs_dir / "pretrain" / name
+    run.mkdir(parents=True)
+    save_checkpoint({"phase": "pretrain", "config": config.to_dict(),
+                     "architecture": pretrain_architecture(config),
+                     "model": model.state_dict() if weights is None else weights},
+                    run / "last.pt")
+    return model
+
+
+def test_finetuning_starts_from_the_pretrained_transformer_of_a_run_name(tmp_path):
+    """The pretrained run's transformer, weights and architecture (from its checkpoint, not
+    the fine-tuning config), under the fine-tuning config's own head."""
+    pretrained = save_pretrained(tmp_path, attention_scale="original", mlp_head=True)
+    config = FinetuneConfig(image_size=32, num_classes=7, pretrained="tiny",
+                            runs_dir=str(tmp_path))
+    model, architecture = load_finetune_model(config)
+    assert architecture == {
+        "model": "apl", "image_size": 32, "num_classes": 7, "grid": 4, "crop": 1,
+        "encoder": "flatten", "blocks": 2, "heads": 3, "hidden_mult": 2,
+        "attention_scale": "original", "positional_embedding": False, "mlp_head": False}
+    assert isinstance(model, APLClassifier) and isinstance(model.class_head, torch.nn.Linear)
+    assert model.class_head.out_features == 7
+    weights = pretrained.state_dict()
+    assert all(torch.equal(value, weights["transformer." + name])
+               for name, value in model.transformer.state_dict().items())
+    assert all(p.requires_grad for p in model.parameters())
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_positions_added_to_a_pretrained_model_are_new_the_rest_is_loaded(tmp_path):
+    """positional_embedding=True on a model pretrained without one: the embedding keeps its
+    initialisation and trains, every other weight is loaded; a model pretrained with one
+    keeps its own."""
+    pretrained = save_pretrained(tmp_path).state_dict()
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path),
+                            positional_embedding=True)
+    model, architecture = load_finetune_model(config)
+    assert architecture["positional_embedding"]
+    for name, value in model.transformer.state_dict().items():
+        if name != "position_embedding":
+            assert torch.equal(value, pretrained["transformer." + name]), name
+    assert model.transformer.position_embedding.requires_grad
+    assert 0 < model.transformer.position_embedding.std() < 0.05
+    leak = save_pretrained(tmp_path, "leak", positional_embedding=True)
+    model, architecture = load_finetune_model(config.replace(pretrained="leak"))
+    assert architecture["positional_embedding"]
+    assert torch.equal(model.transformer.position_embedding,
+                       leak.transformer.position_embedding)
+
+
+def test_finetuning_options_freeze_the_pretrained_parts_they_name(tmp_path):
+    save_pretrained(tmp_path, encoder="cnn", heads=4)
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path),
+                            architecture={**SMOKE_ARCHITECTURE, "encoder": "cnn", "heads": 4})
+    model, _ = load_finetune_model(config.replace(freeze_encoder=True))
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {name for name, _ in model.named_parameters()
+                      if name.startswith("transformer.encoder.")}
+    model, _ = load_finetune_model(config.replace(head_only=True))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"class_head.weight", "class_head.bias"}
+
+
+def test_a_pretrained_run_of_another_architecture_is_refused_with_the_field(tmp_path):
+    save_pretrained(tmp_path)
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path))
+    with pytest.raises(ValueError, match=r"^checkpoint tiny holds another architecture "
+                                         r"\(blocks: checkpoint has 2, config asks for 3\)"):
+        load_finetune_model(config.replace(architecture={**SMOKE_ARCHITECTURE, "blocks": 3}))
+    with pytest.raises(ValueError, match=r"^checkpoint tiny holds another architecture "
+                                         r"\(image_size: checkpoint has 32, config asks for 48\)"):
+        load_finetune_model(config.replace(image_size=48))
+
+
+@pytest.mark.parametrize("change,missing,unexpected", [
+    ("drop", ["blocks.1.attn.proj.bias"], []),
+    ("add", [], ["extra"]),
+])
+def test_pretrained_weights_that_do_not_fit_the_transformer_are_refused(
+        tmp_path, change, missing, unexpected):
+    pretraining = PretrainConfig(image_size=32, **SMOKE_ARCHITECTURE)
+    weights = build_pretrain_model(pretraining).state_dict()
+    if change == "drop":
+        del weights["transformer.blocks.1.attn.proj.bias"]
+    else:
+        weights["transformer.extra"] = torch.zeros(1)
+    save_pretrained(tmp_path, weights=weights)
+    config = FinetuneConfig(image_size=32, pretrained="tiny", runs_dir=str(tmp_path))
+    with pytest.raises(ValueError) as error:
+        load_finetune_model(config)
+    assert str(error.value) == (f"pretrained='tiny' does not fit the transformer: "
+                                f"missing {missing}, unexpected {unexpected}")
+
+
+def test_benchmark_is_a_fresh_apl_classifier_on_the_configured_architecture():
+    config = FinetuneConfig(image_size=32, num_classes=7,
+                            architecture={**SMOKE_ARCHITECTURE, "blocks": 1})
+    model, architecture = load_finetune_model(config)
+    assert architecture == {
+        "model": "apl", "image_size": 32, "num_classes": 7, "grid": 4, "crop": 1,
+        "encoder": "flatten", "blocks": 1, "heads": 3, "hidden_mult": 2,
+        "attention_scale": "standard", "positional_embedding": False, "mlp_head": False}
+    assert isinstance(model, APLClassifier) and len(model.transformer.blocks) == 1
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    # the architecture dict is checked when the config is made; changed later, it is checked here
+    config.architecture["heads"] = 5
+    with pytest.raises(ValueError) as error:
+        load_finetune_model(config)
+    assert str(error.value) == (
+        "BENCHMARK builds the APL architecture from `architecture` (else PretrainConfig's "
+        "defaults): heads=5 is invalid: must divide the token dimension D = 147; head counts "
+        "that would: [1, 3, 7, 21, 49]")
+
+
+@pytest.mark.parametrize("name", ["s-cnn", "s-resnet"])
+def test_cnn_baselines_are_built_for_the_image_size_and_classes(name):
+    model, architecture = load_finetune_model(FinetuneConfig(model=name, image_size=32,
+                                                              num_classes=7))
+    assert architecture == {"model": name, "image_size": 32, "num_classes": 7}
+    assert isinstance(model, SCNN) == (name == "s-cnn")
+    assert not isinstance(model, APLClassifier)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)

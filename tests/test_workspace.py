@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from apl_core import workspace
+from apl_core import train, workspace
 from apl_core.config import profile_config
-from apl_core.workspace import setup
+from apl_core.workspace import profile_pretrain_run, setup
 
 
 def test_setup_creates_the_output_folder_and_resolves_the_device(tmp_path):
@@ -81,6 +81,20 @@ def test_notebook_02s_record_is_used_only_for_its_own_profile(tmp_path, monkeypa
     settings = {"data_dir": "d", "runs_dir": "r", "device": "cpu"}
     assert asked == [("smoke", "", record if found == "recorded" else None, settings)]
     assert (nb.pretrain_run, nb.model) == ("the run", "model")
+
+
+def test_the_pretrain_run_to_analyse_is_the_given_one_then_02s_then_the_profiles(
+        pretrained_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("a finished run trained"))
+    settings = dict(runs_dir=str(pretrained_run.run_dir.parents[1]), device="cpu",
+                    precision="fp32", epochs=4, knn_every=2)  # the pretrained_run fixture's
+    summary = tmp_path / "02_pretraining.json"
+    assert profile_pretrain_run("smoke", "runs/given", summary, **settings) == "runs/given"
+    assert profile_pretrain_run("smoke", summary=summary, **settings) == \
+        str(pretrained_run.run_dir)  # no summary yet: the profile's run, read back
+    summary.write_text(json.dumps({"run_dir": "runs/of-02"}))
+    assert profile_pretrain_run("smoke", summary=summary, **settings) == "runs/of-02"
+    assert profile_pretrain_run("smoke", **settings) == str(pretrained_run.run_dir)
 
 
 def test_fine_tuning_reads_notebook_04s_results_or_names_the_notebook_to_run(tmp_path):
