@@ -44,10 +44,11 @@ from .comparison import FEATURES, METHODS, check_methods
 from .config import profile_config, profile_npcs
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics
-from .search import LONGEST, RECIPE_NAMES, choose, describe_protocol, npc_protocols
+from .search import LONGEST, RECIPE_NAMES, choose
 from .stats import (detectable_difference, equivalence, mcnemar_two_sided_p, mean_sd,
                     paired_counts, verdict)
 from .tables import markdown_table
+from .trial_store import describe_protocol, npc_protocols
 
 CHANCE = 0.1  # 10 classes
 PAIRS = (
@@ -347,8 +348,9 @@ def search_table(trials: list[dict], val_images: int) -> list[dict]:
 
 
 def protocol_line(results: dict) -> str:
-    """Which protocol made each NPC's rows of a search's results (search.npc_protocols), NPCs
-    of the same protocol together: 'NPC 10 / 30: ...; NPC 100: ...'."""
+    """Which protocol made each NPC's rows of a search's results
+    (trial_store.npc_protocols), NPCs of the same protocol together: 'NPC 10 / 30: ...; NPC
+    100: ...'."""
     groups: dict[str, list[int]] = {}
     for npc, summary in npc_protocols(results).items():
         groups.setdefault(describe_protocol(summary), []).append(npc)

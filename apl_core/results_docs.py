@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import controls, course, report, search
+from . import controls, course, report, search, trial_store
 from .config import profile_config
 from .stats import mean_sd
 from .tables import markdown_table
@@ -49,7 +49,7 @@ def _wrap(text: str, indent: str = "") -> str:
 
 def _provenance(results: dict, more: str = ".") -> str:
     """Which command made `results`, on what, and `more`, then each study adopted into them
-    (search.adopt_study), as a paragraph of the docs' width."""
+    (trial_store.adopt_study), as a paragraph of the docs' width."""
     studies = "".join(f" At NPC {' / '.join(map(str, study['npcs']))} a study replaced them: "
                       f"`{study['command']}` on {study['machine']}, torch {study['torch']}, "
                       f"{study['date']}." for study in results.get("studies", []))
@@ -87,13 +87,13 @@ def _protocols(results: dict) -> str:
     """Which protocol made each NPC's rows of `results` (a search, or seeds run at its
     choices: without protocols of their own, the committed search's), as a sentence."""
     line = report.protocol_line(results) or report.protocol_line(
-        search.load_search(PROFILE) or {"trials": []})
+        trial_store.load_search(PROFILE) or {"trials": []})
     return _wrap(f"Protocol: {line}.") if line else ""
 
 
 def search_block() -> str:
     """Where each choice of the converged search sits, with its longer runs."""
-    found = search.load_search(PROFILE)
+    found = trial_store.load_search(PROFILE)
     if not found:
         return "(no committed search)"
     trials = [t for t in found["trials"] if search.lengthens(t) is None]
@@ -117,11 +117,11 @@ def search_block() -> str:
 def recipes_block() -> str:
     """What the small-data recipe changes per (method, NPC), on validation and, with the
     committed seeds, on test."""
-    found = search.load_search(PROFILE)
+    found = trial_store.load_search(PROFILE)
     if not found:
         return "(no committed search)"
     if not any("small-data" in summary["recipes"]
-               for summary in search.npc_protocols(found).values()):
+               for summary in trial_store.npc_protocols(found).values()):
         return _wrap(f"{_protocols(found)} No NPC of the committed search ran the small-data "
                      f"recipe.")
     return _paragraphs(_protocols(found),

@@ -43,7 +43,7 @@ import concurrent.futures  # noqa: E402
 
 import pytest  # noqa: E402
 
-from apl_core import search  # noqa: E402
+from apl_core import search, trial_store  # noqa: E402
 import converged_search  # noqa: E402
 import converged_seeds  # noqa: E402
 
@@ -70,7 +70,7 @@ def test_the_search_script_writes_every_trial_and_a_rerun_trains_none(smoke_sear
     assert written["command"].startswith("python experiments/converged_search.py --profile "
                                          "smoke --methods S-CNN")
     assert "late_fraction" not in written["protocol"]
-    assert search.npc_protocols(written) == {10: {"recipes": ["base", "small-data"],
+    assert trial_store.npc_protocols(written) == {10: {"recipes": ["base", "small-data"],
                                                   "lengths": "paired test"}}
     trials = written["trials"]
     assert {t.get("recipe") for t in trials if search.lengthens(t) is None} == {

@@ -50,7 +50,7 @@ def test_check_fails_naming_what_to_run(monkeypatch, capsys):
 
 
 def test_every_block_says_which_results_are_missing(monkeypatch):
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: None)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: None)
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: None)
     monkeypatch.setattr(results_docs.controls, "load_controls", lambda profile, budget: None)
     monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: None)
@@ -119,7 +119,7 @@ def test_the_search_block_states_each_npcs_length_from_the_committed_search(monk
     found = {"command": "python benchmarks/converged_search.py", "machine": "a CPU",
              "torch": "2.x", "profile": "quick", "workers": 2, "threads_per_run": 1,
              "protocol": {"max_steps": {"10": 400, "30": 1920}}, "trials": trials}
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: found)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: found)
     text = " ".join(results_docs.search_block().split())
     assert ("`python benchmarks/converged_search.py` on a CPU, torch 2.x: 6 trials of 2 (method, "
             "NPC) pairs, 2.0 run-hours at 1 thread each, 2 at a time. Every run at NPC 10 / 30 is "
@@ -139,7 +139,7 @@ def test_the_recipes_block_pairs_the_recipes_where_the_search_ran_both(monkeypat
     from test_report import recipe_search, seeds_results
 
     found = recipe_search()
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: found)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: found)
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds_results())
     text = results_docs.recipes_block()
     assert " ".join(text.split()).startswith("Protocol: NPC 10: base and small-data recipes, "
@@ -160,7 +160,7 @@ def test_the_claims_block_states_the_claim_as_tests_over_the_seeds(monkeypatch):
     for row in seeds["trials"]:
         row["position_top1"] = 0.75
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds)
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: None)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: None)
     lines = results_docs.claims_block().splitlines()
     assert lines[0] == "| statement | test | holds | measured |"
     tests = [line.split(" | ")[1] for line in lines[2:]]
