@@ -136,7 +136,8 @@ def test_the_search_block_states_each_npcs_length_from_the_committed_search(monk
 
 
 def test_the_recipes_block_pairs_the_recipes_where_the_search_ran_both(monkeypatch):
-    from test_report import recipe_search, seeds_results
+    from test_claims import seeds_results
+    from test_report import recipe_search
 
     found = recipe_search()
     monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: found)
@@ -154,7 +155,7 @@ def test_the_recipes_block_pairs_the_recipes_where_the_search_ran_both(monkeypat
 
 
 def test_the_claims_block_states_the_claim_as_tests_over_the_seeds(monkeypatch):
-    from test_report import seeds_results
+    from test_claims import seeds_results
 
     seeds = seeds_results((0.15, 0.14, 0.16))
     for row in seeds["trials"]:
@@ -164,10 +165,10 @@ def test_the_claims_block_states_the_claim_as_tests_over_the_seeds(monkeypatch):
     lines = results_docs.claims_block().splitlines()
     assert lines[0] == "| statement | test | holds | measured |"
     tests = [line.split(" | ")[1] for line in lines[2:]]
-    assert tests == ([results_docs.report.ONE_RUN] + [results_docs.report.ONE_SEED_NOISE] * 2
-                     + [results_docs.report.PAIRED_DIFFERENCE] * 4
-                     + [results_docs.report.EQUIVALENCE] * 2
-                     + [results_docs.report.PAIRED_DIFFERENCE] * 4)
+    assert tests == ([results_docs.claims.ONE_RUN] + [results_docs.claims.ONE_SEED_NOISE] * 2
+                     + [results_docs.claims.PAIRED_DIFFERENCE] * 4
+                     + [results_docs.claims.EQUIVALENCE] * 2
+                     + [results_docs.claims.PAIRED_DIFFERENCE] * 4)
 
 
 def test_wrap_never_splits_a_run_name_or_a_hyphenated_option():
@@ -179,7 +180,7 @@ def test_wrap_never_splits_a_run_name_or_a_hyphenated_option():
 
 
 def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monkeypatch):
-    from test_report import seeds_results
+    from test_claims import seeds_results
 
     seeds = seeds_results((0.15, 0.12, 0.06))
     for row in seeds["trials"]:
@@ -202,7 +203,7 @@ def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monk
 
 
 def test_the_headline_says_which_margin_is_a_bound(monkeypatch):
-    from test_report import choice, seeds_results
+    from test_claims import choice, seeds_results
 
     seeds = seeds_results((0.15, 0.12, 0.06))
     for row in seeds["trials"]:
