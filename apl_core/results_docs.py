@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import claims, controls, course, report, search, trial_store
+from . import claims, control_tables, controls, course, report, search, trial_store
 from .config import profile_config
 from .stats import mean_sd
 from .tables import markdown_table
@@ -168,8 +168,8 @@ def controls_block(budget: str) -> str:
     if not results:
         return f"(no committed controls at the {budget} budget)"
     return "\n\n".join([_provenance(results),
-                        markdown_table(controls.control_table(results)),
-                        markdown_table(controls.verdict_table(results, TEST_IMAGES))])
+                        markdown_table(control_tables.control_table(results)),
+                        markdown_table(control_tables.verdict_table(results, TEST_IMAGES))])
 
 
 def headline_block() -> str:

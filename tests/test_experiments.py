@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from apl_core import controls
+from apl_core import control_tables, controls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import controls_seeds  # noqa: E402
@@ -21,7 +21,7 @@ def test_the_controls_header_records_the_budget_the_controls_ran_at(tmp_path, mo
     monkeypatch.setattr(controls, "labelled_sets", lambda profile, seed: type(
         "Sets", (), {"test": (None, [0] * 10)})())
     for table in ("control_table", "verdict_table", "border_table"):
-        monkeypatch.setattr(controls, table, lambda *args: [])
+        monkeypatch.setattr(control_tables, table, lambda *args: [])
     monkeypatch.setattr(controls_seeds, "markdown_table", lambda rows: "")
     for budget, expected in (("main", {"num_images": 12_500, "epochs": 12}),
                              ("small", {"num_images": 4000, "epochs": 4})):
