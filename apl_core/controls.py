@@ -35,7 +35,7 @@ from .analysis import (
 )
 from .comparison import label_seed
 from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
-from .data import data_source, finetune_sets, load_split, split_holdout
+from .data import finetune_sets, held_out_images
 from .device import resolve_device
 from .model import build_pretrain_model
 from .rundir import read_metrics
@@ -192,9 +192,7 @@ def border_reliance(rows: list[dict], device="cpu", images: int = 500) -> list[d
     table = []
     for row in sorted(chosen, key=lambda r: r["crop"]):
         model, config = load_pretrained(row["run_dir"], device=device)
-        pretraining = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
-                                 seed=config.seed)
-        _, held_out = split_holdout(pretraining, config.holdout_images, config.seed)
+        held_out = held_out_images(config)
         ring = border_blanking(model, held_out.images[:images], device=device)
         interior = interior_blanking(model, held_out.images[:images], seed=config.seed,
                                      device=device)
