@@ -141,6 +141,8 @@ def claim_checks(accuracy: dict[tuple[str, int], float], features: list[dict],
     return checks
 
 
+# ---------------------------------------------------------------- over seeds
+
 def top1_by_seed(seeds: dict) -> tuple[dict, dict]:
     """The seeds' rows by what they measured: ({(method, npc): {seed: test top-1}},
     {(measure, npc): {seed: (APL features', random-init features' top-1)}})."""

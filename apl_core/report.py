@@ -38,6 +38,7 @@ from .stats import mcnemar_two_sided_p, mean_sd, paired_counts, verdict
 from .tables import markdown_table
 from .trial_store import describe_protocol, npc_protocols
 
+
 PERCENT = {"held-out top-1": ".1%", "held-out top-5": ".1%", "chance": ".1%", "minutes": ".1f"}
 
 
