@@ -14,6 +14,10 @@ and a random-init model of the APL architecture as the floor. For each: the held
 top-1 (the pretext task), and the frozen features' kNN and linear-probe top-1 on the
 labelled images (`analysis.knn_vote`, `analysis.feature_probe`, the probe's penalty chosen
 on the validation part) and the mean attention distance of every block and head.
+
+Here the controls are configured, run and judged, and their committed results over seeds read
+back (`load_controls`, `rows_by_control`, the random-init `floor`); apl_core.control_tables
+shows them as notebook 06's tables.
 """
 from __future__ import annotations
 
@@ -31,10 +35,9 @@ from .analysis import (
 )
 from .comparison import label_seed
 from .config import PROFILES, PretrainConfig, profile_config, profile_npcs
-from .data import data_source, finetune_sets, load_split, split_holdout
+from .data import finetune_sets, held_out_images
 from .device import resolve_device
 from .model import build_pretrain_model
-from .stats import detectable_difference, mean_sd, verdict
 from .rundir import read_metrics, train_seconds
 from .train import RunResult, load_finetuned, load_pretrained, pretrain, snapshot_path
 from .results import RESULTS_DIR, load_results
@@ -75,7 +78,7 @@ def budget_settings(profile: str, budget: str = "small") -> dict:
 
 
 @dataclass
-class LabelledFeatures:
+class LabelledImages:
     """The labelled images the features are judged on: the probe's training images, its
     validation part (for the penalty) and the test images."""
 
@@ -84,7 +87,7 @@ class LabelledFeatures:
     test: tuple[torch.Tensor, torch.Tensor]
 
 
-def labelled_sets(profile: str, seed: int = 0, **settings) -> LabelledFeatures:
+def labelled_sets(profile: str, seed: int = 0, **settings) -> LabelledImages:
     """The profile's largest NPC of labelled images with seed's labels, its validation part
     and the fixed test subset: the sets notebook 04 fine-tunes on at that NPC."""
     keep = {k: v for k, v in settings.items() if k in ("data_dir", "device")}
@@ -93,10 +96,10 @@ def labelled_sets(profile: str, seed: int = 0, **settings) -> LabelledFeatures:
     if not config.val_per_class:  # the probe chooses its penalty on a validation part
         config = config.replace(val_per_class=max(1, config.npc // 2))
     train, val, test = finetune_sets(config)
-    return LabelledFeatures(*((part.images, part.labels) for part in (train, val, test)))
+    return LabelledImages(*((part.images, part.labels) for part in (train, val, test)))
 
 
-def feature_scores(transformer, sets: LabelledFeatures, device) -> dict:
+def feature_scores(transformer, sets: LabelledImages, device) -> dict:
     """kNN top-1 (k = 20, the training images as the bank) and the feature probe's test top-1
     and penalty (chosen on the validation part) of the frozen transformer's features."""
     pooled = {part: pooled_features(transformer, getattr(sets, part)[0], device).cpu()
@@ -108,7 +111,7 @@ def feature_scores(transformer, sets: LabelledFeatures, device) -> dict:
     return {"knn_top1": knn, "probe_top1": probe.test_top1, "probe_penalty": probe.penalty}
 
 
-def judge_features(transformer, sets: LabelledFeatures, device) -> dict:
+def judge_features(transformer, sets: LabelledImages, device) -> dict:
     """`feature_scores`, and the mean attention distance per block (averaged over heads) and
     per block and head, in patches."""
     attention = attention_maps(transformer, sets.test[0][:ATTENTION_IMAGES], device)
@@ -118,7 +121,7 @@ def judge_features(transformer, sets: LabelledFeatures, device) -> dict:
             "attention_distance_heads": distance.tolist()}
 
 
-def budget_curve(run_dir: str | Path, sets: LabelledFeatures, device="cpu") -> list[dict]:
+def budget_curve(run_dir: str | Path, sets: LabelledImages, device="cpu") -> list[dict]:
     """The frozen features along one pretraining run: `feature_scores` and the held-out
     position top-1 at every snapshot the run kept (snapshot_every), one row per epoch.
     Empty for a run without snapshots."""
@@ -189,9 +192,7 @@ def border_reliance(rows: list[dict], device="cpu", images: int = 500) -> list[d
     table = []
     for row in sorted(chosen, key=lambda r: r["crop"]):
         model, config = load_pretrained(row["run_dir"], device=device)
-        pretraining = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
-                                 seed=config.seed)
-        _, held_out = split_holdout(pretraining, config.holdout_images, config.seed)
+        held_out = held_out_images(config)
         ring = border_blanking(model, held_out.images[:images], device=device)
         interior = interior_blanking(model, held_out.images[:images], seed=config.seed,
                                      device=device)
@@ -212,56 +213,12 @@ def by_name(rows: list[dict], name: str) -> dict:
     return found[0]
 
 
-def configs_table(configs: dict[str, PretrainConfig]) -> list[dict]:
-    """What each control pretrains: grid, crop, tokens, token size, its one change, budget."""
-    return [{"control": name, "G": c.grid, "K": c.crop, "tokens T": c.num_tokens,
-             "D": c.token_dim, "positional embedding": c.positional_embedding,
-             "attention scale": c.attention_scale,
-             "images x epochs": f"{c.num_images - c.holdout_images:,} x {c.epochs}"}
-            for name, c in configs.items()]
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
-
-
-def run_table(rows: list[dict]) -> list[dict]:
-    """One run of the controls (%): the puzzle against its chance, the frozen features' kNN
-    and probe, and the penalty the probe chose on validation."""
-    return [{"control": r["control"], "G": r["grid"], "K": r["crop"],
-             "position top-1": _percent(r["position_top1"]), "chance": _percent(r["chance"]),
-             "kNN top-1": _percent(r["knn_top1"]), "probe top-1": _percent(r["probe_top1"]),
-             "probe L2 penalty": f"{r['probe_penalty']:g}"} for r in rows]
-
-
-def grid_table(rows: list[dict], crop: int) -> list[dict]:
-    """The grid controls and APL at crop `crop`, by G (%): harder puzzles have more
-    positions, so the position top-1 is shown against its chance too."""
-    grids = sorted((r for r in rows if r["crop"] == crop and r["position_top1"] is not None
-                    and r["control"] not in ("positional leak", "original scaling")),
-                   key=lambda r: r["grid"])
-    return [{"G": r["grid"], "tokens T": r["grid"] ** 2,
-             "position top-1": _percent(r["position_top1"]),
-             "x chance": f"{r['position_top1'] / r['chance']:.1f}",
-             "kNN top-1": _percent(r["knn_top1"]), "probe top-1": _percent(r["probe_top1"])}
-            for r in grids]
-
-
-def scaling_table(rows: list[dict], apl_name: str) -> list[dict]:
-    """APL's standard attention scaling against the original's (%)."""
-    return [{"attention": label, "position top-1": _percent(r["position_top1"]),
-             "kNN top-1": _percent(r["knn_top1"]), "probe top-1": _percent(r["probe_top1"])}
-            for label, r in (("standard, 1/sqrt(D/H)", by_name(rows, apl_name)),
-                             ("original, q k v / D^(1/4)", by_name(rows, "original scaling")))]
-
-
 def finetuned_transformers(finetune_rows: list[dict], methods=("APL fine-tune", "BENCHMARK"),
                            device="cpu") -> dict:
     """The transformers of notebook 04's runs of `methods` at its largest NPC, by method."""
     npc = max(row["npc"] for row in finetune_rows)
     return {row["method"]: load_finetuned(row["run_dir"], device)[0].transformer
             for row in finetune_rows if row["npc"] == npc and row["method"] in methods}
-
 
 
 # ---------------------------------------------------------------- over seeds
@@ -283,83 +240,18 @@ def load_controls(profile: str, budget: str = "small", required: bool = False) -
     return results
 
 
-def control_table(results: dict) -> list[dict]:
-    """Per control, the mean ± standard deviation over seeds (%) of the held-out position
-    top-1, the kNN and the linear probe's top-1."""
-    table = []
-    for control, rows in _by_control(results).items():
-        positions = [r["position_top1"] for r in rows if r["position_top1"] is not None]
-        table.append({"control": control, "seeds": len(rows),
-                      "position top-1": mean_sd(positions) if positions else "–",
-                      "chance": f"{100 * rows[0]['chance']:.1f}",
-                      "kNN top-1": mean_sd([r["knn_top1"] for r in rows]),
-                      "probe top-1": mean_sd([r["probe_top1"] for r in rows])})
-    return table
-
-
-def verdict_table(results: dict, test_images: int) -> list[dict]:
-    """Per control and measure (kNN, probe): its paired difference from APL on every seed
-    (percentage points), the smallest difference these seeds and `test_images` test images
-    can show (`stats.detectable_difference`), and the verdict (`stats.verdict`): a control is
-    better or worse than APL only beyond that and on every seed."""
-    by_control = _by_control(results)
-    apl_name = next(iter(by_control))
-    apl = {row["seed"]: row for row in by_control[apl_name]}
-    table = []
-    for control, rows in by_control.items():
-        if control == apl_name:
-            continue
-        for key, label in (("knn_top1", "kNN"), ("probe_top1", "probe")):
-            differences = [r[key] - apl[r["seed"]][key] for r in rows]
-            level = statistics.mean([r[key] for r in rows] + [apl[r["seed"]][key] for r in rows])
-            table.append({
-                "control": control, "measure": label,
-                "− APL, per seed": ", ".join(f"{100 * d:+.1f}" for d in differences),
-                "detectable": f"{100 * detectable_difference(differences, level, test_images):.1f}",
-                "verdict": {"higher": "above APL", "lower": "below APL"}.get(
-                    verdict(differences, level, test_images), "no detectable difference")})
-    return table
-
-
 def floor(results: dict) -> dict[str, float]:
     """The random-init floor's kNN and probe top-1, averaged over the seeds of `results`."""
-    rows = _by_control(results).get(RANDOM_INIT, [])
+    rows = rows_by_control(results).get(RANDOM_INIT, [])
     if not rows:
         raise ValueError("these results have no random-init rows to take the floor from")
     return {key: statistics.mean(r[key] for r in rows) for key in ("knn_top1", "probe_top1")}
 
 
-def _by_control(results: dict) -> dict[str, list[dict]]:
+def rows_by_control(results: dict) -> dict[str, list[dict]]:
     """Every seed's row of each control, in the order the controls ran, with its seed."""
     rows: dict[str, list[dict]] = {}
     for seed in results["seeds"]:
         for row in seed["rows"]:
             rows.setdefault(row["control"], []).append({**row, "seed": seed["seed"]})
     return rows
-
-
-def border_table(results: dict) -> list[dict]:
-    """Per K control, the position top-1 lost when the border ring is blanked, per seed and
-    on average (percentage points), and where the rows have the control (as many pixels
-    blanked inside the ring), its drop and the border reliance (the ring's drop minus the
-    control's), per seed and on average. `results`: {"seeds": [{"borders": rows}, ...]},
-    the committed seeds or one live run."""
-    drops: dict[str, list[dict]] = {}
-    for seed in results["seeds"]:
-        for row in seed.get("borders", []):
-            drops.setdefault(row["control"], []).append(row)
-    table = []
-    for control, rows in drops.items():
-        entry = {"control": control, "K": rows[0]["crop"],
-                 "intact": mean_sd([r["intact"] for r in rows]),
-                 "ring blanked": mean_sd([r["blanked"] for r in rows]),
-                 "drop, per seed": ", ".join(f"{100 * r['drop']:.1f}" for r in rows),
-                 "drop mean": f"{100 * statistics.mean(r['drop'] for r in rows):.1f}"}
-        if all("reliance" in r for r in rows):
-            control_drop = statistics.mean(r["interior_drop"] for r in rows)
-            entry.update({
-                "control's drop mean": f"{100 * control_drop:.1f}",
-                "reliance, per seed": ", ".join(f"{100 * r['reliance']:+.1f}" for r in rows),
-                "reliance mean": f"{100 * statistics.mean(r['reliance'] for r in rows):+.1f}"})
-        table.append(entry)
-    return table

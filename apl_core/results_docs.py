@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import controls, course, report, search
+from . import claims, control_tables, controls, course, report, search, trial_store
 from .config import profile_config
 from .stats import mean_sd
 from .tables import markdown_table
@@ -49,7 +49,7 @@ def _wrap(text: str, indent: str = "") -> str:
 
 def _provenance(results: dict, more: str = ".") -> str:
     """Which command made `results`, on what, and `more`, then each study adopted into them
-    (search.adopt_study), as a paragraph of the docs' width."""
+    (trial_store.adopt_study), as a paragraph of the docs' width."""
     studies = "".join(f" At NPC {' / '.join(map(str, study['npcs']))} a study replaced them: "
                       f"`{study['command']}` on {study['machine']}, torch {study['torch']}, "
                       f"{study['date']}." for study in results.get("studies", []))
@@ -87,13 +87,13 @@ def _protocols(results: dict) -> str:
     """Which protocol made each NPC's rows of `results` (a search, or seeds run at its
     choices: without protocols of their own, the committed search's), as a sentence."""
     line = report.protocol_line(results) or report.protocol_line(
-        search.load_search(PROFILE) or {"trials": []})
+        trial_store.load_search(PROFILE) or {"trials": []})
     return _wrap(f"Protocol: {line}.") if line else ""
 
 
 def search_block() -> str:
     """Where each choice of the converged search sits, with its longer runs."""
-    found = search.load_search(PROFILE)
+    found = trial_store.load_search(PROFILE)
     if not found:
         return "(no committed search)"
     trials = [t for t in found["trials"] if search.lengthens(t) is None]
@@ -117,11 +117,11 @@ def search_block() -> str:
 def recipes_block() -> str:
     """What the small-data recipe changes per (method, NPC), on validation and, with the
     committed seeds, on test."""
-    found = search.load_search(PROFILE)
+    found = trial_store.load_search(PROFILE)
     if not found:
         return "(no committed search)"
     if not any("small-data" in summary["recipes"]
-               for summary in search.npc_protocols(found).values()):
+               for summary in trial_store.npc_protocols(found).values()):
         return _wrap(f"{_protocols(found)} No NPC of the committed search ran the small-data "
                      f"recipe.")
     return _paragraphs(_protocols(found),
@@ -131,7 +131,7 @@ def recipes_block() -> str:
 def seed0_block() -> str:
     """Seed 0 of the converged experiment: the comparison and the frozen features."""
     seeds = report.load_seeds(PROFILE)
-    rows, features = report.seed_rows(seeds, 0)
+    rows, features = report.rows_of_seed(seeds, 0)
     if not rows:
         return "(no committed seed 0)"
     return "\n\n".join([markdown_table(report.accuracy_table(rows)),
@@ -145,21 +145,21 @@ def seeds_block() -> str:
         return "(no committed seeds)"
     return _paragraphs(_provenance(seeds), _protocols(seeds),
                        markdown_table(report.seed_table(seeds)),
-                       markdown_table(report.margin_table(seeds)))
+                       markdown_table(claims.margin_table(seeds)))
 
 
 def claims_block() -> str:
     """Notebook 05's claim table: seed 0's checks that the seeds do not restate, then the claim
     as tests over the seeds, each row naming its test."""
     seeds = report.load_seeds(PROFILE)
-    rows, features = report.seed_rows(seeds, 0)
+    rows, features = report.rows_of_seed(seeds, 0)
     if not rows:
         return "(no committed seed 0)"
     position = rows[0]["position_top1"]
-    checks = report.claim_checks(report.accuracy_by_run(rows), features, position, POSITIONS,
+    checks = claims.claim_checks(report.accuracy_by_run(rows), features, position, POSITIONS,
                                  TEST_IMAGES)
     return _paragraphs(_protocols(seeds), markdown_table(
-        report.claim_table(checks, report.claim_tests(seeds, TEST_IMAGES))))
+        claims.claim_table(checks, claims.claim_tests(seeds, TEST_IMAGES))))
 
 
 def controls_block(budget: str) -> str:
@@ -168,24 +168,24 @@ def controls_block(budget: str) -> str:
     if not results:
         return f"(no committed controls at the {budget} budget)"
     return "\n\n".join([_provenance(results),
-                        markdown_table(controls.control_table(results)),
-                        markdown_table(controls.verdict_table(results, TEST_IMAGES))])
+                        markdown_table(control_tables.control_table(results)),
+                        markdown_table(control_tables.verdict_table(results, TEST_IMAGES))])
 
 
 def headline_block() -> str:
     """The README's few lines: pretraining, and the smallest seed's margins at the lowest NPC."""
     seeds = report.load_seeds(PROFILE)
-    rows, _ = report.seed_rows(seeds, 0)
+    rows, _ = report.rows_of_seed(seeds, 0)
     if not rows:
         return "(no committed seeds)"
     lines = [f"- Held-out position top-1 after pretraining (seed 0): "
              f"{100 * rows[0]['position_top1']:.1f} % against chance {100 / POSITIONS:.2f} %."]
     low = min(row["npc"] for row in rows)
-    for margin in report.seed_margins(seeds):
+    for margin in claims.seed_margins(seeds):
         if margin["npc"] == low:
             values = list(margin["per_seed"].values())
-            bound = f" ({report.unconverged(margin)})" if margin["still_rising"] else ""
-            tested = report.margin_test(margin, TEST_IMAGES)
+            bound = f" ({claims.unconverged(margin)})" if margin["still_rising"] else ""
+            tested = claims.margin_test(margin, TEST_IMAGES)
             lines.append(f"- {margin['margin']} at NPC {low}: {mean_sd(values)} points over "
                          f"{len(values)} seed{'s' * (len(values) > 1)}, smallest "
                          f"{100 * min(values):+.1f}{bound}; {tested['test']}: "

@@ -19,14 +19,13 @@ twice as many steps.
                      makes its runs, and computed in the precision this machine computes in
     check_finished   every (method, NPC) searched and lengthened to the end before a study
                      uses its choice
-    adopt_study      a finished study at some NPCs, folded into the results; npc_protocols
-                     says which protocol each NPC's rows ran under
-    TrialStore / run_search     the results file, and every (method, NPC, recipe) searched in
-                                parallel, each (method, NPC) lengthened as soon as both of its
-                                recipes are searched
+    run_search       every (method, NPC, recipe) searched in parallel, its trials added to
+                     a results file (trial_store.TrialStore), each (method, NPC) lengthened
+                     as soon as both of its recipes are searched
     longer_config    a chosen run made `multiple` times as long
     search_plan / seconds_per_step     what a search still runs, and what a step costs
-    load_search / chosen_configs       a search, and every method at its adopted choice
+    chosen_configs   every method at the adopted choice of a search (by default the
+                     committed one, trial_store.load_search)
     compare          train chosen configs and score each run's best epoch once on the test set
 
 The protocol is the same for every method at a given NPC. Each recipe gets the same bracket:
@@ -63,10 +62,7 @@ results file (and finished runs from runs_dir).
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import math
-import shlex
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
@@ -74,10 +70,10 @@ from pathlib import Path
 from .comparison import METHODS, method_config, train_all, worker_pool
 from .config import PROFILES, FinetuneConfig, PretrainConfig
 from .data import finetune_sets
-from .results import RESULTS_DIR, load_results, recorded_command, write_results
 from .rundir import computed_precision, read_metrics, run_name, train_seconds
 from .stats import longer_wins
 from .train import NonFiniteLossError, best_epoch_test_top1, finetune, load_pretrained
+from .trial_store import TrialStore, load_search
 
 
 # Transformers, pretrained or not: AdamW with decoupled weight decay 0.05, linear warm-up over
@@ -120,7 +116,6 @@ EVALUATIONS = 20  # validation points per run, at least
 CHANCE_NOISE = 2.0  # standard errors above chance that still count as having learned nothing
 LONGEST = 8  # the longest run of a choice, in multiples of the searched length
 ALPHA = 0.05  # the paired test's level for adopting a longer run
-PROVENANCE = ("command", "machine", "precision", "torch", "date")  # what a results file ran on
 
 
 def epochs_for_steps(steps: int, config: FinetuneConfig) -> int:
@@ -173,15 +168,17 @@ def initial_rates(start: float) -> list[float]:
     return [_rate(start / SPACING), _rate(start), _rate(start * SPACING)]
 
 
+def first_best(rows: list, score: Callable = lambda row: row["val_top1"]):
+    """The row with the highest score (its validation top-1 unless `score` says otherwise),
+    the first of equals: max keeps the first of equal keys, so a tie goes to the earlier
+    trial, epoch or recipe."""
+    return max(rows, key=score)
+
+
 def best_trial(trials: list[dict]) -> dict:
     """The finite trial (not diverged) with the highest validation top-1, among equals the
     first tried; where every trial diverged, the best of them (`choose` flags it)."""
-    finite = [trial for trial in trials if not trial.get("diverged")] or trials
-    best = finite[0]
-    for trial in finite[1:]:
-        if trial["val_top1"] > best["val_top1"]:
-            best = trial
-    return best
+    return first_best([trial for trial in trials if not trial.get("diverged")] or trials)
 
 
 def _neighbours(trials: list[dict]) -> tuple[dict, dict | None, dict | None]:
@@ -279,11 +276,8 @@ def trial_row(method: str, config: FinetuneConfig, metrics: list[dict], longer_o
     if not evaluated and not non_finite:
         raise ValueError(f"run {name} has no validation evaluation: a searched run needs "
                          f"val_per_class > 0")
-    best = evaluated[0] if evaluated else {"epoch": 0, "step": 0, "val_top1": 0.0,
-                                           "train_top1": 0.0}
-    for row in evaluated[1:]:
-        if row["val_top1"] > best["val_top1"]:
-            best = row
+    best = first_best(evaluated) if evaluated else {"epoch": 0, "step": 0, "val_top1": 0.0,
+                                                    "train_top1": 0.0}
     val_images = config.val_per_class * config.num_classes
     row = dict(method=method, npc=config.npc, recipe=recipe_of(method, config), lr=config.lr,
                epochs=config.epochs, steps=metrics[-1]["step"] if metrics else 0,
@@ -390,10 +384,7 @@ def choose(trials: list[dict]) -> dict[tuple[str, int], dict]:
         pool = finite or list(recipes)
         candidates = [r for r in RECIPE_NAMES if r in pool] + \
             [r for r in pool if r not in RECIPE_NAMES]
-        recipe = candidates[0]
-        for other in candidates[1:]:
-            if per_recipe[other]["val_top1"] > per_recipe[recipe]["val_top1"]:
-                recipe = other
+        recipe = first_best(candidates, lambda name: per_recipe[name]["val_top1"])
         pick = per_recipe[recipe]
         best = best_trial(recipes[recipe])
         chosen[key] = dict(lr=best["lr"], recipe=recipe, epochs=best["epochs"],
@@ -485,113 +476,6 @@ def check_finished(trials: list[dict], npcs, profile: str) -> None:
                          f"resumes where it stopped), then this")
 
 
-class TrialStore:
-    """The search's results file: a header and every finished trial, rewritten after each
-    trial under a lock (several processes add to it), so that a stopped search resumes trial
-    by trial, also from a committed file on another machine."""
-
-    def __init__(self, path: str | Path, header: dict):
-        self.path = Path(path)
-        self.header = header
-
-    def read(self) -> dict:
-        if not self.path.exists():
-            return {**self.header, "trials": []}
-        try:
-            results = json.loads(self.path.read_text())
-            trials = results["trials"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{self.path} is not a search results file ({error!r}); restore "
-                             f"it with git checkout, or delete it to search from scratch")
-        return {**results, "trials": trials}
-
-    def find(self, run: str) -> dict | None:
-        return next((t for t in self.read()["trials"] if t["run"] == run), None)
-
-    def add(self, trial: dict) -> None:
-        self._update(lambda trials: [t for t in trials if t["run"] != trial["run"]] + [trial])
-
-    def write_header(self) -> None:
-        """This process's header over the file's, every row kept: the file names the last
-        command run over it, which (reading every finished row and run back) reproduces all
-        of it, also when a study's rows were made by several narrower commands before it."""
-        self._update(lambda trials: trials)
-
-    def _update(self, change: Callable[[list[dict]], list[dict]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            results = self.read()
-            results.update(self.header, trials=change(results["trials"]))
-            write_results(self.path, results)
-
-
-def protocol_summary(protocol: dict) -> dict:
-    """What a search's header `protocol` ran: {"recipes": the recipes it searched, "lengths":
-    'paired test' (every choice lengthened while a longer run wins the paired test) or 'late
-    check' (the earlier rule: a choice whose best epoch fell in its run's last fifth was run
-    twice as long, its searched length kept)}."""
-    return {"recipes": list(RECIPE_NAMES) if "small_data" in protocol else ["base"],
-            "lengths": "late check" if "late_fraction" in protocol else "paired test"}
-
-
-def describe_protocol(summary: dict) -> str:
-    """A protocol_summary in words, as the docs' tables state it."""
-    recipes = ("base recipe only" if summary["recipes"] == ["base"]
-               else " and ".join(summary["recipes"]) + " recipes")
-    lengths = ("lengths by the paired test" if summary["lengths"] == "paired test"
-               else "length by the earlier late check (a doubled run never adopted)")
-    return f"{recipes}, {lengths}"
-
-
-def npc_protocols(results: dict) -> dict[int, dict]:
-    """Per NPC of a search's or a seeds study's results, the protocol its rows ran under
-    (protocol_summary): its header's protocol at every NPC it holds, and where a study was
-    adopted into it (adopt_study), the file's own `protocols` at each NPC. A seeds file that
-    no study was adopted into has none: its search's are its own."""
-    found = ({row["npc"]: protocol_summary(results["protocol"]) for row in results["trials"]}
-             if "protocol" in results else {})
-    found.update({int(npc): summary for npc, summary in results.get("protocols", {}).items()})
-    return dict(sorted(found.items()))
-
-
-def adopt_study(committed: dict, study: dict, npcs, keep_replaced: bool = False) -> dict:
-    """`committed` (a search's or a seeds study's results) with its rows at `npcs` replaced by
-    `study`'s (the same kind of file, from a search at those NPCs run to a file of its own
-    with --out, and --max-steps where its length is new), the study's max_steps there, the
-    protocol each NPC's rows ran under (`protocols`, npc_protocols: the study's at `npcs`,
-    the committed file's elsewhere), and the study's provenance (command, its paths in the
-    repository made relative, machine, torch, date) listed in `studies`: the results as one
-    search. keep_replaced: the committed rows at `npcs` kept apart as `replaced_trials` (a
-    seeds file: the same seeds under the earlier choice, which the study's effect is paired
-    against; at each NPC the rows the last study there replaced)."""
-    npcs = set(npcs)
-    missing = sorted(npcs - {row["npc"] for row in study["trials"]})
-    if missing:
-        raise ValueError(f"the study has no rows at NPC {missing}: it cannot replace them")
-    adopted = {**committed,
-               "trials": [row for row in committed["trials"] if row["npc"] not in npcs]
-               + [row for row in study["trials"] if row["npc"] in npcs],
-               "studies": [s for s in committed.get("studies", []) if not set(s["npcs"]) <= npcs]
-               + [{"npcs": sorted(npcs), **{key: study[key] for key in PROVENANCE
-                                            if key in study},
-                   "command": recorded_command(shlex.split(study["command"]))}]}
-    if "protocol" in committed:
-        steps = {**committed["protocol"]["max_steps"],
-                 **{str(npc): study["protocol"]["max_steps"][str(npc)] for npc in npcs}}
-        adopted["protocol"] = {**committed["protocol"], "max_steps": steps}
-    protocols = {**npc_protocols(committed),
-                 **{npc: summary for npc, summary in npc_protocols(study).items()
-                    if npc in npcs}}
-    if protocols:
-        adopted["protocols"] = {str(npc): summary for npc, summary in sorted(protocols.items())}
-    if keep_replaced:
-        adopted["replaced_trials"] = (
-            [row for row in committed.get("replaced_trials", []) if row["npc"] not in npcs]
-            + [row for row in committed["trials"] if row["npc"] in npcs])
-    return adopted
-
-
 def max_steps(profile: str) -> dict[int, int]:
     """The optimizer steps of every searched run of `profile`, per NPC."""
     steps = PROFILES[profile].get("max_steps") if profile in PROFILES else None
@@ -636,20 +520,6 @@ def search_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,
             configs += [(method, searched_config(base, method, length, recipe))
                         for recipe in recipes]
     return configs
-
-
-def search_path(profile: str) -> Path:
-    return RESULTS_DIR / f"{profile}_converged_search.json"
-
-
-def load_search(profile: str, path: str | Path | None = None) -> dict | None:
-    """The committed converged search of `profile` (experiments/converged_search.py), or the
-    one at `path` (a study's own file), or None where there is none. A file from before the
-    small-data recipe and the lengthening reads as the base recipe's trials, its doubled runs
-    as 2x runs without the per-image record (their convergence 'untested')."""
-    return load_results(Path(path) if path else search_path(profile), "converged search",
-                        {"profile", "trials"},
-                        f"python experiments/converged_search.py --profile {profile}")
 
 
 def adopted_config(method: str, config: FinetuneConfig, pick: dict) -> FinetuneConfig:

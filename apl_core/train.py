@@ -39,9 +39,7 @@ from .checkpoint import (
     rng_state, save_checkpoint,
 )
 from .config import ARCHITECTURE_FIELDS, Config, FinetuneConfig, PretrainConfig
-from .data import (
-    BatchLoader, ImageSet, data_source, finetune_sets, knn_sets, load_split, split_holdout,
-)
+from .data import BatchLoader, ImageSet, finetune_sets, knn_sets, pretraining_images
 from .device import autocast, autocast_dtype, resolve_device
 from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
@@ -301,9 +299,7 @@ def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
     if checkpoint is not None:
         check_architecture(checkpoint["architecture"], run.architecture, run_dir / "last.pt")
     rt = runtime(config)
-    images = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
-                        seed=config.seed)
-    train_set, held_out = split_holdout(images, config.holdout_images, config.seed)
+    train_set, held_out = pretraining_images(config)
     if len(train_set) < config.batch_size:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train_set)} "
                          f"training images; lower batch_size or raise num_images")

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apl_core import report, search  # noqa: E402
+from apl_core import report, search, trial_store  # noqa: E402
 from apl_core.results import load_results, write_results  # noqa: E402
 
 
@@ -93,7 +93,7 @@ def main(argv=None) -> None:
     parser.add_argument("--search", required=True, help="the study's search results file")
     parser.add_argument("--seeds", required=True, help="the study's seeds results file")
     args = parser.parse_args(argv)
-    committed_search = search.load_search(args.profile)
+    committed_search = trial_store.load_search(args.profile)
     committed_seeds = report.load_seeds(args.profile)
     if not committed_search or not committed_seeds:
         sys.exit(f"the {args.profile!r} profile has no committed search and seeds to adopt a "
@@ -108,11 +108,11 @@ def main(argv=None) -> None:
                               study_search, study_seeds)
     if problems:
         sys.exit("the study cannot be adopted yet:\n- " + "\n- ".join(problems))
-    adopted_search = search.adopt_study(committed_search, study_search, npcs)
-    adopted_seeds = search.adopt_study(committed_seeds, study_seeds, npcs, keep_replaced=True)
+    adopted_search = trial_store.adopt_study(committed_search, study_search, npcs)
+    adopted_seeds = trial_store.adopt_study(committed_seeds, study_seeds, npcs, keep_replaced=True)
     adopted_seeds.update(chosen=search.keyed_choices(adopted_search["trials"]),
                          protocols=adopted_search["protocols"])
-    for path, results in ((search.search_path(args.profile), adopted_search),
+    for path, results in ((trial_store.search_path(args.profile), adopted_search),
                           (report.seeds_path(args.profile), adopted_seeds)):
         write_results(path, results)
         print(f"wrote {path}")

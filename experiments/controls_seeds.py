@@ -5,9 +5,9 @@ on the labelled images of label seed 42 + s (the test images are the same for ev
 and the K controls get the border test (`controls.border_reliance`).
 Writes every seed's rows to apl_core/results/<profile>_controls.json, which notebook 06 and
 the README show, and prints each control's mean and standard deviation over the seeds, and
-its paired difference from APL per seed with the verdict (`controls.verdict_table`). Runs are
-cached in --runs-dir, so an interrupted sweep resumes, and the course's own seed 0 is read
-back from the course's runs.
+its paired difference from APL per seed with the verdict (`control_tables.verdict_table`).
+Runs are cached in --runs-dir, so an interrupted sweep resumes, and the course's own seed 0 is
+read back from the course's runs.
 
     python experiments/controls_seeds.py --profile quick --seeds 0 1 2 --runs-dir course_output/runs
 
@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from apl_core import controls  # noqa: E402
+from apl_core import control_tables, controls  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
 from apl_core.device import measured_on, resolve_device  # noqa: E402
 from apl_core.results import recorded_command  # noqa: E402
@@ -82,10 +82,10 @@ def main(argv=None) -> None:
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"seed {seed}: {results['seeds'][-1]['minutes']:.1f} min, written to {out}",
               flush=True)
-    print(markdown_table(controls.control_table(results)))
+    print(markdown_table(control_tables.control_table(results)))
     test_images = len(controls.labelled_sets(args.profile, 0).test[1])
-    print(markdown_table(controls.verdict_table(results, test_images)))
-    print(markdown_table(controls.border_table(results)))
+    print(markdown_table(control_tables.verdict_table(results, test_images)))
+    print(markdown_table(control_tables.border_table(results)))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from apl_core import report, search  # noqa: E402
+from apl_core import report, search, trial_store  # noqa: E402
 from apl_core.config import PROFILES, profile_config, profile_npcs  # noqa: E402
 from apl_core.device import measured_on, resolve_device  # noqa: E402
 from apl_core.results import recorded_command  # noqa: E402
@@ -128,12 +128,12 @@ def main(argv=None) -> None:
         "command": recorded_command(["python", "experiments/converged_search.py",
                                      *(sys.argv[1:] if argv is None else argv)]),
     }
-    store = search.TrialStore(Path(args.out) if args.out else search.search_path(args.profile),
-                              header)
+    store = trial_store.TrialStore(
+        Path(args.out) if args.out else trial_store.search_path(args.profile), header)
     if args.dry_run:
         configs = search.search_configs(args.profile, str(pretrain_run), npcs, args.methods,
                                         steps, pretrained=pretraining, **settings)
-        reference = search.load_search(args.profile, args.reference or None)
+        reference = trial_store.load_search(args.profile, args.reference or None)
         rows = search.search_plan(configs, store.read()["trials"])
         table = plan_table(rows, search.seconds_per_step(reference))
         state = ("not needed: APL fine-tune is not searched"
@@ -149,7 +149,7 @@ def main(argv=None) -> None:
         print(f"\n{least}-{most} runs left, {hours[0]:.1f}-{hours[1]:.1f} worker-hours at one "
               f"thread each ({hours[0] / args.workers:.1f}-{hours[1] / args.workers:.1f} hours "
               f"with {args.workers} worker(s)), at the seconds per step of "
-              f"{args.reference or search.search_path(args.profile)} for each method and NPC "
+              f"{args.reference or trial_store.search_path(args.profile)} for each method and NPC "
               f"(its runs used the base recipe: the small-data recipe's augmentation costs "
               f"more, not measured there); the pretraining, when it is still to train and "
               f"APL fine-tune is searched, comes first")

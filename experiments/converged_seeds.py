@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-from apl_core import report, search  # noqa: E402
+from apl_core import report, search, trial_store  # noqa: E402
 from apl_core.comparison import feature_comparison  # noqa: E402
 from apl_core.config import PROFILES, profile_config  # noqa: E402
 from apl_core.device import measured_on, resolve_device  # noqa: E402
@@ -55,7 +55,7 @@ def seed_configs(profile: str, seed: int, chosen: dict, found: dict, pretrain_ru
             if (method, config.npc) in chosen]
 
 
-def run_seed(profile: str, seed: int, chosen: dict, store: search.TrialStore, runs_dir: str,
+def run_seed(profile: str, seed: int, chosen: dict, store: trial_store.TrialStore, runs_dir: str,
              device: str, workers: int, found: dict | None = None,
              **finetune_settings) -> None:
     """Every chosen (method, NPC) and the features of seed `seed`, each row stored as done;
@@ -155,9 +155,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     device = str(resolve_device(args.device))
-    found = search.load_search(args.profile, args.search or None)
+    found = trial_store.load_search(args.profile, args.search or None)
     if not found or not found["trials"]:
-        sys.exit(f"no search results in {args.search or search.search_path(args.profile)}: "
+        sys.exit(f"no search results in {args.search or trial_store.search_path(args.profile)}: "
                  f"run experiments/converged_search.py --profile {args.profile} first")
     every_choice = search.choose(found["trials"])
     npcs = set(args.npc_seeds or args.npcs or {npc for _, npc in every_choice})
@@ -177,14 +177,14 @@ def main(argv=None) -> None:
     header = {"profile": args.profile, "search": found.get("date"),
               "chosen": search.keyed_choices(found["trials"]),
               "protocols": {str(npc): summary
-                            for npc, summary in search.npc_protocols(found).items()},
+                            for npc, summary in trial_store.npc_protocols(found).items()},
               "seeds_at": {str(npc): seeds for npc, seeds in sorted(seeds_at.items())},
               **measured_on(device),
               "date": datetime.date.today().isoformat(), "workers": args.workers,
               "command": recorded_command(["python", "experiments/converged_seeds.py",
                                            *(sys.argv[1:] if argv is None else argv)])}
-    store = search.TrialStore(Path(args.out) if args.out else report.seeds_path(args.profile),
-                              header)
+    store = trial_store.TrialStore(
+        Path(args.out) if args.out else report.seeds_path(args.profile), header)
     seeds = sorted({seed for npc_seeds in seeds_at.values() for seed in npc_seeds})
 
     def chosen_for(seed: int) -> dict:
@@ -200,7 +200,7 @@ def main(argv=None) -> None:
     print(f"written to {store.path}")
 
 
-def print_plan(args, seeds: list[int], chosen_for, found: dict, store: search.TrialStore,
+def print_plan(args, seeds: list[int], chosen_for, found: dict, store: trial_store.TrialStore,
                device: str) -> None:
     """Every run of the study, seed by seed: its pretraining, each chosen (method, NPC) at its
     adopted recipe, rate and length, and whether the results file already holds it."""

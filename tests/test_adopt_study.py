@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from apl_core import report, search
+from apl_core import report, search, trial_store
 from apl_core.results import REPOSITORY, recorded_command
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
@@ -53,7 +53,7 @@ def provenance(command: str) -> dict:
 
 @pytest.fixture
 def committed(tmp_path, monkeypatch):
-    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(trial_store, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
     search_file = {**provenance("search"), "workers": 2,  # the earlier protocol's header
                    "protocol": {"trials": 5, "late_fraction": 0.8,
@@ -61,7 +61,7 @@ def committed(tmp_path, monkeypatch):
                    "trials": trials(10, 100, 1e-4) + trials(100, 30, 3e-3)}
     seeds_file = {**provenance("seeds"), "chosen": {},
                   "trials": seed_rows(10, 100, 1e-4) + seed_rows(100, 30, 3e-3)}
-    search.search_path("quick").write_text(json.dumps(search_file))
+    trial_store.search_path("quick").write_text(json.dumps(search_file))
     report.seeds_path("quick").write_text(json.dumps(seeds_file))
     study = tmp_path / "in_progress"
     study.mkdir()
@@ -96,7 +96,7 @@ def test_a_study_is_refused_with_every_reason_until_it_can_replace_the_npc(commi
     assert "lack seed 1's features at NPC 100" in message
     assert (committed / "search.json").exists()  # nothing is written or removed
     assert report.load_seeds("quick")["trials"][-1]["npc"] == 100
-    assert search.load_search("quick")["trials"][-1]["epochs"] == 60
+    assert trial_store.load_search("quick")["trials"][-1]["epochs"] == 60
 
     monkeypatch.setattr(search, "max_steps", lambda profile: {10: 400, 100: 3840})
     seeds = json.loads((committed / "seeds.json").read_text())
@@ -121,7 +121,7 @@ def test_a_finished_study_replaces_its_npc_in_the_committed_search_and_seeds(com
     seeds["trials"] += seed_rows(100, 120, 3e-4, seeds=(1,))
     (committed / "seeds.json").write_text(json.dumps(seeds))
     adopt(committed)
-    found = search.load_search("quick")
+    found = trial_store.load_search("quick")
     assert {(t["npc"], t["epochs"]) for t in found["trials"]} == {(10, 100), (10, 200),
                                                                    (100, 120), (100, 240)}
     assert found["protocol"]["max_steps"] == {"10": 400, "100": 3840}
@@ -137,9 +137,9 @@ def test_a_finished_study_replaces_its_npc_in_the_committed_search_and_seeds(com
     earlier = {"recipes": ["base"], "lengths": "late check"}
     for results in (found, adopted):
         assert results["protocols"] == {"10": earlier, "100": both}
-        assert search.npc_protocols(results) == {10: earlier, 100: both}
-    assert search.describe_protocol(earlier) == ("base recipe only, length by the earlier late "
-                                                 "check (a doubled run never adopted)")
+        assert trial_store.npc_protocols(results) == {10: earlier, 100: both}
+    assert trial_store.describe_protocol(earlier) == (
+        "base recipe only, length by the earlier late check (a doubled run never adopted)")
     # the seeds rows the study replaced, kept for the paired comparison with the new choice
     assert sorted((row["seed"], row.get("epochs", 0)) for row in adopted["replaced_trials"]) == [
         (0, 0), (0, 30), (1, 0), (1, 30)]
@@ -206,7 +206,7 @@ def test_an_adopted_study_is_listed_with_a_command_that_runs_from_any_clone(comm
     study = json.loads((committed / "search.json").read_text())
     study["command"] = (f"python experiments/converged_search.py --npcs 100 --methods 'APL "
                         f"fine-tune' --out {REPOSITORY}/apl_core/results/in_progress/s.json")
-    adopted = search.adopt_study(search.load_search("quick"), study, {100})
+    adopted = trial_store.adopt_study(trial_store.load_search("quick"), study, {100})
     assert adopted["studies"] == [{
         "npcs": [100], "command": "python experiments/converged_search.py --npcs 100 --methods "
         "'APL fine-tune' --out apl_core/results/in_progress/s.json", "machine": "a CPU",

@@ -12,7 +12,7 @@ from apl_core.analysis import (
     probe_loss, solve_puzzles,
 )
 from apl_core.augment import normalize
-from apl_core.data import ImageSet, load_split, split_holdout
+from apl_core.data import ImageSet, held_out_images
 from apl_core.model import PatchDropout
 from apl_core.puzzle import extract_patches
 from apl_core.train import load_pretrained
@@ -77,10 +77,7 @@ def test_pretrained_model_analysis(pretrained_run):
 
 def test_analysis_agrees_with_the_runs_held_out_accuracy(pretrained_run):
     model, config = load_pretrained(pretrained_run.run_dir)
-    images = load_split(config.dataset, "unlabeled", config.data_dir, config.image_size,
-                        limit=config.num_images, seed=config.seed)
-    _, held_out = split_holdout(images, config.holdout_images, config.seed)
-    result = position_analysis(model, held_out)
+    result = position_analysis(model, held_out_images(config))
     assert result.accuracy == pytest.approx(pretrained_run.metrics[-1]["val_top1"], abs=1e-6)
 
 

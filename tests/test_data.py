@@ -18,11 +18,13 @@ import torch
 
 from apl_core import data
 from apl_core.data import folder as folder_source
-from apl_core.data import stl10, synthetic
+from apl_core.data import splits, stl10, synthetic
 from apl_core.data import (
     BatchLoader, CorruptDatasetError, DatasetNotFoundError, ImageSet, labelled_split, load_split,
     stratified_indices,
 )
+
+from conftest import smoke_pretrain_config
 
 CLASSES = ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]
 
@@ -569,6 +571,21 @@ def test_split_holdout_is_a_seeded_random_part_kept_in_order():
     with pytest.raises(ValueError, match=r"^holdout_images=20 leaves no training images out of "
                                          r"20; lower holdout_images or raise num_images$"):
         data.split_holdout(images, 20, seed=3)
+
+
+def test_held_out_images_are_the_ones_pretraining_holds_out(tmp_path, monkeypatch):
+    config = smoke_pretrain_config(tmp_path, num_images=40, holdout_images=8, seed=3)
+    drawn = data.load_split(**data.data_source(config, "unlabeled"), limit=40, seed=3)
+    trained, held_out = data.pretraining_images(config)
+    expected = data.split_holdout(drawn, 8, seed=3)
+    assert torch.equal(trained.images, expected[0].images) and len(trained) == 32
+    assert torch.equal(held_out.images, expected[1].images)
+    assert torch.equal(data.held_out_images(config).images, held_out.images)
+    asked = []
+    real = splits.load_split
+    monkeypatch.setattr(splits, "load_split", lambda **kw: asked.append(kw) or real(**kw))
+    assert torch.equal(data.held_out_images(config, tmp_path / "here").images, held_out.images)
+    assert asked[0]["data_dir"] == str(tmp_path / "here")  # the run's data_dir left behind
 
 
 # --- the batch loader --------------------------------------------------------------------

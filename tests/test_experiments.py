@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from apl_core import controls
+from apl_core import control_tables, controls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import controls_seeds  # noqa: E402
@@ -21,7 +21,7 @@ def test_the_controls_header_records_the_budget_the_controls_ran_at(tmp_path, mo
     monkeypatch.setattr(controls, "labelled_sets", lambda profile, seed: type(
         "Sets", (), {"test": (None, [0] * 10)})())
     for table in ("control_table", "verdict_table", "border_table"):
-        monkeypatch.setattr(controls, table, lambda *args: [])
+        monkeypatch.setattr(control_tables, table, lambda *args: [])
     monkeypatch.setattr(controls_seeds, "markdown_table", lambda rows: "")
     for budget, expected in (("main", {"num_images": 12_500, "epochs": 12}),
                              ("small", {"num_images": 4000, "epochs": 4})):
@@ -43,7 +43,7 @@ import concurrent.futures  # noqa: E402
 
 import pytest  # noqa: E402
 
-from apl_core import search  # noqa: E402
+from apl_core import search, trial_store  # noqa: E402
 import converged_search  # noqa: E402
 import converged_seeds  # noqa: E402
 
@@ -70,7 +70,7 @@ def test_the_search_script_writes_every_trial_and_a_rerun_trains_none(smoke_sear
     assert written["command"].startswith("python experiments/converged_search.py --profile "
                                          "smoke --methods S-CNN")
     assert "late_fraction" not in written["protocol"]
-    assert search.npc_protocols(written) == {10: {"recipes": ["base", "small-data"],
+    assert trial_store.npc_protocols(written) == {10: {"recipes": ["base", "small-data"],
                                                   "lengths": "paired test"}}
     trials = written["trials"]
     assert {t.get("recipe") for t in trials if search.lengthens(t) is None} == {

@@ -17,7 +17,7 @@ import pytest
 from apl_core import course, exercises, publish
 from apl_core.comparison import METHODS
 from apl_core.controls import RANDOM_INIT, control_configs
-from apl_core.report import ONE_RUN, ONE_SEED_BAR, ONE_SEED_NOISE
+from apl_core.claims import ONE_RUN, ONE_SEED_BAR, ONE_SEED_NOISE
 from apl_core.rundir import read_metrics
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"

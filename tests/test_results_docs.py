@@ -50,7 +50,7 @@ def test_check_fails_naming_what_to_run(monkeypatch, capsys):
 
 
 def test_every_block_says_which_results_are_missing(monkeypatch):
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: None)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: None)
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: None)
     monkeypatch.setattr(results_docs.controls, "load_controls", lambda profile, budget: None)
     monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: None)
@@ -119,7 +119,7 @@ def test_the_search_block_states_each_npcs_length_from_the_committed_search(monk
     found = {"command": "python benchmarks/converged_search.py", "machine": "a CPU",
              "torch": "2.x", "profile": "quick", "workers": 2, "threads_per_run": 1,
              "protocol": {"max_steps": {"10": 400, "30": 1920}}, "trials": trials}
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: found)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: found)
     text = " ".join(results_docs.search_block().split())
     assert ("`python benchmarks/converged_search.py` on a CPU, torch 2.x: 6 trials of 2 (method, "
             "NPC) pairs, 2.0 run-hours at 1 thread each, 2 at a time. Every run at NPC 10 / 30 is "
@@ -136,10 +136,11 @@ def test_the_search_block_states_each_npcs_length_from_the_committed_search(monk
 
 
 def test_the_recipes_block_pairs_the_recipes_where_the_search_ran_both(monkeypatch):
-    from test_report import recipe_search, seeds_results
+    from test_claims import seeds_results
+    from test_report import recipe_search
 
     found = recipe_search()
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: found)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: found)
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds_results())
     text = results_docs.recipes_block()
     assert " ".join(text.split()).startswith("Protocol: NPC 10: base and small-data recipes, "
@@ -154,20 +155,20 @@ def test_the_recipes_block_pairs_the_recipes_where_the_search_ran_both(monkeypat
 
 
 def test_the_claims_block_states_the_claim_as_tests_over_the_seeds(monkeypatch):
-    from test_report import seeds_results
+    from test_claims import seeds_results
 
     seeds = seeds_results((0.15, 0.14, 0.16))
     for row in seeds["trials"]:
         row["position_top1"] = 0.75
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: seeds)
-    monkeypatch.setattr(results_docs.search, "load_search", lambda profile: None)
+    monkeypatch.setattr(results_docs.trial_store, "load_search", lambda profile: None)
     lines = results_docs.claims_block().splitlines()
     assert lines[0] == "| statement | test | holds | measured |"
     tests = [line.split(" | ")[1] for line in lines[2:]]
-    assert tests == ([results_docs.report.ONE_RUN] + [results_docs.report.ONE_SEED_NOISE] * 2
-                     + [results_docs.report.PAIRED_DIFFERENCE] * 4
-                     + [results_docs.report.EQUIVALENCE] * 2
-                     + [results_docs.report.PAIRED_DIFFERENCE] * 4)
+    assert tests == ([results_docs.claims.ONE_RUN] + [results_docs.claims.ONE_SEED_NOISE] * 2
+                     + [results_docs.claims.PAIRED_DIFFERENCE] * 4
+                     + [results_docs.claims.EQUIVALENCE] * 2
+                     + [results_docs.claims.PAIRED_DIFFERENCE] * 4)
 
 
 def test_wrap_never_splits_a_run_name_or_a_hyphenated_option():
@@ -179,7 +180,7 @@ def test_wrap_never_splits_a_run_name_or_a_hyphenated_option():
 
 
 def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monkeypatch):
-    from test_report import seeds_results
+    from test_claims import seeds_results
 
     seeds = seeds_results((0.15, 0.12, 0.06))
     for row in seeds["trials"]:
@@ -202,7 +203,7 @@ def test_the_headline_gives_each_margin_at_the_fewest_labels_over_the_seeds(monk
 
 
 def test_the_headline_says_which_margin_is_a_bound(monkeypatch):
-    from test_report import choice, seeds_results
+    from test_claims import choice, seeds_results
 
     seeds = seeds_results((0.15, 0.12, 0.06))
     for row in seeds["trials"]:

@@ -14,15 +14,16 @@ import torch
 from apl_core.rundir import read_metrics, run_name
 from apl_core.train import NonFiniteLossError, RunResult, correct_mask
 from apl_core.config import FinetuneConfig, profile_config
-from apl_core import device, search
+from apl_core import device, search, trial_store
 from apl_core.search import (
-    EXTRA_TRIALS, LONGEST, OFF, RECIPES, SMALL_DATA, START_RATES, TRIALS, TrialStore,
-    adopt_study, adopted_config, best_trial, bracket, check_finished, check_lengths,
-    check_precision, choose, chosen_configs, compare, epochs_for_steps, initial_rates,
-    keyed_choices, learned_nothing, lengthening, lengthens, load_search, longer_config,
-    max_steps, next_rate, recipe_of, recipe_settings, run_search, run_steps, search_configs,
-    search_done, search_method, search_plan, searched_config, seconds_per_step, trial_row,
+    EXTRA_TRIALS, LONGEST, OFF, RECIPES, SMALL_DATA, START_RATES, TRIALS, adopted_config,
+    best_trial, bracket, check_finished, check_lengths, check_precision, choose,
+    chosen_configs, compare, epochs_for_steps, first_best, initial_rates, keyed_choices,
+    learned_nothing, lengthening, lengthens, longer_config, max_steps, next_rate, recipe_of,
+    recipe_settings, run_search, run_steps, search_configs, search_done, search_method,
+    search_plan, searched_config, seconds_per_step, trial_row,
 )
+from apl_core.trial_store import TrialStore, load_search
 
 from conftest import smoke_finetune_config
 
@@ -165,6 +166,13 @@ def test_best_trial_is_the_first_tried_among_equals():
     first, second = trial(1e-3, 0.3), trial(1e-4, 0.3)
     assert best_trial([first, second]) is first
     assert best_trial([trial(1e-3, 0.2), second]) is second
+
+
+def test_first_best_is_the_first_of_the_highest_scores():
+    first, second = trial(1e-3, 0.3), trial(1e-4, 0.3)
+    assert first_best([trial(1e-2, 0.1), first, second]) is first
+    assert first_best(["base", "small-data", "other"], {"base": 1, "small-data": 2,
+                                                        "other": 2}.get) == "small-data"
 
 
 def peaked_at(best_rate):
@@ -600,36 +608,6 @@ def test_trial_row_of_a_longer_run_names_the_run_it_lengthens():
     assert "longer_of" not in trial_row("S-CNN", config, metrics([0.3]))
 
 
-# ---------------------------------------------------------------- the results file
-
-def test_trial_store_adds_finds_and_replaces_trials(tmp_path):
-    path = tmp_path / "results" / "in_progress" / "search.json"  # its folders made
-    store = TrialStore(path, {"profile": "smoke"})
-    assert store.read() == {"profile": "smoke", "trials": []} and store.find("a") is None
-    store.add(trial(1e-3, 0.2))
-    store.add(trial(1e-2, 0.3))
-    store.add(trial(1e-3, 0.25))  # the same run again: replaced, not repeated
-    assert [t["val_top1"] for t in store.read()["trials"]] == [0.3, 0.25]
-    assert store.find("BENCHMARK-10-0.01")["val_top1"] == 0.3
-    # another process's header (a later date, say) wins; the trials are kept
-    TrialStore(path, {"profile": "smoke", "date": "later"}).add(trial(1e-4, 0.1))
-    results = json.loads(path.read_text())
-    assert results["date"] == "later" and len(results["trials"]) == 3
-    # a rerun that has nothing left to add still names itself
-    TrialStore(path, {"profile": "smoke", "date": "final"}).write_header()
-    results = json.loads(path.read_text())
-    assert results["date"] == "final" and len(results["trials"]) == 3
-
-
-@pytest.mark.parametrize("text", ["{not json", '{"profile": "quick"}', "[]"])
-def test_a_damaged_results_file_is_named_with_how_to_restore_it(tmp_path, text):
-    path = tmp_path / "search.json"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=f"{path} is not a search results file .*restore it "
-                                         f"with git checkout, or delete it"):
-        TrialStore(path, {}).find("a")
-
-
 # ---------------------------------------------------------------- the search on real runs
 
 def test_search_configs_build_each_method_at_each_npc(pretrained_run, tmp_path):
@@ -824,67 +802,7 @@ def test_seconds_per_step_of_a_search_per_method_and_npc():
     assert seconds_per_step(None) == {}
 
 
-def test_adopt_study_replaces_only_its_npcs_rows_and_keeps_its_provenance():
-    committed = {"profile": "quick", "command": "search", "machine": "A", "torch": "1",
-                 "protocol": {"trials": 5, "max_steps": {"10": 400, "100": 960}},
-                 "trials": [trial(1e-4, 0.2), trial(1e-4, 0.3, npc=100, epochs=30)]}
-    study = {"profile": "quick", "command": "study", "machine": "B", "torch": "2",
-             "precision": "fp32", "date": "2026-12-04", "workers": 2,
-             "protocol": {"trials": 5, "max_steps": {"10": 400, "100": 3840}},
-             "trials": [trial(3e-4, 0.5, npc=100, epochs=120), trial(3e-4, 0.9, npc=30)]}
-    adopted = adopt_study(committed, study, [100])
-    assert adopted["trials"] == [trial(1e-4, 0.2), trial(3e-4, 0.5, npc=100, epochs=120)]
-    assert adopted["protocol"] == {"trials": 5, "max_steps": {"10": 400, "100": 3840}}
-    assert (adopted["command"], adopted["machine"], "workers" in adopted) == ("search", "A", False)
-    assert adopted["studies"] == [{"npcs": [100], "command": "study", "machine": "B",
-                                   "precision": "fp32", "torch": "2", "date": "2026-12-04"}]
-    again = adopt_study(adopted, {**study, "command": "study again"}, [100])
-    assert [s["command"] for s in again["studies"]] == ["study again"]  # it replaces the last
-    at_30 = adopt_study(adopted, {**study, "command": "study at 30",
-                                  "protocol": {"trials": 5, "max_steps": {"30": 1000}}}, [30])
-    assert [s["command"] for s in at_30["studies"]] == ["study", "study at 30"]  # one per NPC
-    # each NPC's protocol: the study's where it replaced the rows, the committed one's elsewhere
-    assert adopted["protocols"] == {"10": {"recipes": ["base"], "lengths": "paired test"},
-                                    "100": {"recipes": ["base"], "lengths": "paired test"}}
-    newer = adopt_study(adopted, {**study, "protocol": {**study["protocol"], "small_data": {}}},
-                        [100])
-    assert newer["protocols"]["100"]["recipes"] == ["base", "small-data"]
-    assert newer["protocols"]["10"] == adopted["protocols"]["10"]
-    old_seeds = {"trials": [{"seed": 1, "npc": 100, "run": "old"},
-                            {"seed": 1, "npc": 10, "run": "kept"}]}
-    seeds_study = {"command": "seeds study", "machine": "B", "torch": "2"}
-    seeds = adopt_study(old_seeds, {**seeds_study, "trials": [{"seed": 1, "npc": 100,
-                                                               "run": "new"}]},
-                        [100], keep_replaced=True)
-    assert seeds["trials"] == [{"seed": 1, "npc": 10, "run": "kept"},
-                               {"seed": 1, "npc": 100, "run": "new"}]
-    assert "protocol" not in seeds and "protocols" not in seeds  # adopt_study.py copies them
-    assert seeds["replaced_trials"] == [{"seed": 1, "npc": 100, "run": "old"}]
-    at_10 = adopt_study(seeds, {**seeds_study, "trials": [{"seed": 1, "npc": 10,
-                                                           "run": "newer"}]},
-                        [10], keep_replaced=True)
-    assert [row["run"] for row in at_10["replaced_trials"]] == ["old", "kept"]
-    with pytest.raises(ValueError, match=r"no rows at NPC \[10\]"):
-        adopt_study(committed, study, [10, 100])
-
-
 # ---------------------------------------------------------------- the choice, applied
-
-def test_the_committed_quick_search_is_read_and_a_damaged_one_named(tmp_path, monkeypatch):
-    committed = load_search("quick")
-    assert committed["profile"] == "quick" and len(committed["trials"]) >= 25
-    study = tmp_path / "study" / "quick_npc100_search.json"
-    assert load_search("quick", study) is None
-    TrialStore(study, {"profile": "quick"}).add(trial(1e-4, 0.2))
-    assert load_search("quick", study)["trials"] == [trial(1e-4, 0.2)]
-    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
-    assert load_search("quick") is None
-    (tmp_path / "quick_converged_search.json").write_text("{cut")
-    with pytest.raises(ValueError, match="quick_converged_search.json is not a converged search "
-                                         "results file.*git checkout.*converged_search.py "
-                                         "--profile quick"):
-        load_search("quick")
-
 
 def test_the_committed_quick_search_reads_as_the_base_recipe_at_the_profiles_lengths():
     """The search committed before the small-data recipe and the paired lengthening: every
@@ -906,20 +824,13 @@ def test_the_committed_quick_search_reads_as_the_base_recipe_at_the_profiles_len
         check_finished(trials, {10}, "quick")
 
 
-def test_the_committed_npc_100_reads_as_the_earlier_protocol():
-    """NPC 100 is not searched again (too costly on 2 cores): its committed rows ran the base
-    recipe alone, lengthened by the earlier late check, and the results say so."""
-    assert search.npc_protocols(load_search("quick"))[100] == {"recipes": ["base"],
-                                                               "lengths": "late check"}
-
-
 def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run, tmp_path,
                                                                  monkeypatch):
     runs = str(pretrained_run.run_dir.parent.parent)
     settings = dict(runs_dir=runs, val_per_class=2, device="cpu")
     searched = search_configs("smoke", str(pretrained_run.run_dir), [10],
                               ("BENCHMARK", "S-CNN"), **settings)
-    monkeypatch.setattr(search, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(trial_store, "RESULTS_DIR", tmp_path)
     # no search for smoke: every method at its base recipe's start rate
     assert chosen_configs("smoke", str(pretrained_run.run_dir), [10], ("BENCHMARK", "S-CNN"),
                           **settings) == [(m, c) for m, c in searched

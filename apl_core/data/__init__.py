@@ -21,8 +21,8 @@ from .imageset import SPLITS, ImageSet
 from .loader import BatchLoader
 from .sources import load_split
 from .splits import (
-    data_source, finetune_sets, knn_sets, labelled_split, load_labelled_split, split_holdout,
-    stratified_indices,
+    data_source, finetune_sets, held_out_images, knn_sets, labelled_split, load_labelled_split,
+    pretraining_images, split_holdout, stratified_indices,
 )
 from .stl10 import (
     STL10_FILES, STL10_FOLDER, STL10_SIZE, STL10_URL, CorruptDatasetError, DatasetNotFoundError,
@@ -50,7 +50,8 @@ def demo_photo(size: int, photo_dir: str = "", seed: int = 0):
 
 __all__ = [
     "demo_photo", "SPLITS", "ImageSet", "load_split", "BatchLoader", "labelled_split", "stratified_indices",
-    "split_holdout", "knn_sets", "data_source", "load_labelled_split", "finetune_sets",
+    "split_holdout", "pretraining_images", "held_out_images", "knn_sets", "data_source", "load_labelled_split",
+    "finetune_sets",
     "load_stl10", "STL10_FILES", "STL10_FOLDER", "STL10_SIZE", "STL10_URL",
     "CorruptDatasetError", "DatasetNotFoundError", "synthetic_split", "synthetic_images",
     "SYNTHETIC_CLASSES", "SYNTHETIC_SIZES", "load_folder", "IMAGE_EXTENSIONS",

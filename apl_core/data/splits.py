@@ -1,6 +1,7 @@
 """Which images a run uses: labelled subsets per class (NPC), the validation part, the test
 subset, pretraining's held-out images and the kNN monitor's sets. The engine and the notebooks
-take them from here, so every method of a comparison sees the same images."""
+take them from here, so every method of a comparison sees the same images, and every analysis
+of a pretraining the images it trains on and holds out (pretraining_images)."""
 from __future__ import annotations
 
 import functools
@@ -108,6 +109,23 @@ def split_holdout(images: ImageSet, holdout: int, seed: int) -> tuple[ImageSet, 
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
     train, held_out = order[holdout:].sort().values, order[:holdout].sort().values
     return images.subset(train), images.subset(held_out)
+
+
+def pretraining_images(config: PretrainConfig,
+                       data_dir: str | Path | None = None) -> tuple[ImageSet, ImageSet]:
+    """(trained on, held out): the images of pretraining `config`, its num_images drawn with
+    its seed and split by split_holdout. data_dir: where the images are here, when not where
+    the run read them."""
+    if data_dir is not None:
+        config = config.replace(data_dir=str(data_dir))
+    images = load_split(**data_source(config, "unlabeled"), limit=config.num_images,
+                        seed=config.seed)
+    return split_holdout(images, config.holdout_images, config.seed)
+
+
+def held_out_images(config: PretrainConfig, data_dir: str | Path | None = None) -> ImageSet:
+    """The images pretraining `config` held out for its position accuracy."""
+    return pretraining_images(config, data_dir)[1]
 
 
 def knn_sets(config: PretrainConfig) -> tuple[ImageSet, ImageSet] | None:
