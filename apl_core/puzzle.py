@@ -66,7 +66,7 @@ def unpatchify(tokens: torch.Tensor, grid: int, channels: int = 3, gap: int = 2,
     return board
 
 
-def random_order(grid: int, seed: int = 0) -> torch.Tensor:
+def random_order(grid: int, seed: int) -> torch.Tensor:
     """A seeded random permutation of the T = G^2 positions (never the identity for T > 1)."""
     g = torch.Generator().manual_seed(seed)
     t = grid * grid
@@ -77,24 +77,21 @@ def random_order(grid: int, seed: int = 0) -> torch.Tensor:
 
 
 def to_display(image) -> np.ndarray:
-    """One image -> (H, W, 3) float array in [0, 1] for `imshow`.
+    """One (3, H, W) image, tensor or array, -> (H, W, 3) float array in [0, 1] for `imshow`.
 
-    Accepts a (3, H, W) or (H, W, 3) tensor/array: uint8 (0..255), float normalised to
-    [-1, 1] (the training normalisation; recognised by negative values) or float in [0, 1].
+    Its values: uint8 (0..255), float normalised to [-1, 1] (the training normalisation;
+    recognised by negative values) or float in [0, 1]; what lies outside the range is clipped.
     """
     x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if x.ndim != 3:
-        raise ValueError(f"expected one image (3, H, W) or (H, W, 3), got shape {x.shape}")
-    if x.shape[0] in (1, 3) and x.shape[-1] > 3:  # channels first
-        x = x.transpose(1, 2, 0)
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected one image (3, H, W), got shape {x.shape}")
+    x = x.transpose(1, 2, 0)
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
     else:
         x = x.astype(np.float32)
         if x.min() < 0:
             x = (x + 1) / 2
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
     return np.clip(x, 0, 1)
 
 

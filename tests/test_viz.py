@@ -93,7 +93,7 @@ CASES = {
     "stats": lambda: viz.puzzle_stats_figure(
         [puzzle_stats(96, g, k) for g in (3, 5, 7) for k in (0, 1)]),
     "equivariance": lambda: viz.equivariance_figure(torch.randn(T, T), torch.randn(T, T),
-                                                    random_order(G)),
+                                                    random_order(G, 0)),
     "npc": lambda: viz.npc_figure([dict(method=m, npc=n, test_top1=0.3 + n / 1000)
                                    for m in ("a", "b") for n in (10, 50)]),
     "game": lambda: viz.game_figure(*(torch.rand(11, 11, 3).numpy() for _ in range(3)), 4, 16),
