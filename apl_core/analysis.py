@@ -34,8 +34,7 @@ def _uint8(images: ImageSet | torch.Tensor) -> torch.Tensor:
 
 class _EvalNoGrad:
     """Run a block with a module in eval mode and without gradients, and restore its previous
-    mode afterwards. (A context rather than @torch.no_grad() on each function: mutmut makes
-    no mutants of decorated functions, and `make mutation` should cover these.)"""
+    mode afterwards (docs/testing.md says why a context rather than @torch.no_grad())."""
 
     def __init__(self, module: nn.Module):
         self.module, self.was_training = module, module.training

@@ -356,8 +356,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         "probe": dict(lr=2e-2),
         "npcs": (10, 30, 100),
         # the converged search (apl_core.search): optimizer steps of every searched run per NPC
-        # (100, 50 and 120 epochs at batch 32; at NPC 100, 960 steps left S-ResNet-18 still
-        # rising when its run was doubled, so that NPC was searched again four times as long)
+        # (100, 50 and 120 epochs at batch 32), long enough for every method to converge, which
+        # the search checks by running each choice again with twice the steps (docs/results.md)
         "max_steps": {10: 400, 30: 500, 100: 3840},
         # 3,500 images x 4 epochs per control, about 40 s each on 2 cores
         "controls": {"budget": dict(num_images=4000, epochs=4), "grids": (3, 4, 6),

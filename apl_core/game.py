@@ -24,8 +24,8 @@ import torch
 
 from .analysis import solve_puzzles
 from .augment import normalize
-from .puzzle import extract_patches
-from .viz import game_figure, mosaic, mosaic_cells, random_order, to_display
+from .puzzle import extract_patches, mosaic, mosaic_cells, random_order, to_display
+from .viz import game_figure
 
 UNPLACED = -1
 

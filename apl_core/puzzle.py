@@ -1,11 +1,15 @@
 """The APL puzzle: cut an image into a G x G grid, center-crop every patch by K pixels,
 flatten the patches into tokens in row-major order. Token t sits at row t // G, column t % G,
-and its pretraining target is t itself.
+and its pretraining target is t itself. A shuffled puzzle is the tokens in a random order; a
+mosaic lays the patches out on the grid in any order, as the figures and notebook 03's game
+show them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from .config import token_dim
@@ -53,13 +57,73 @@ def unpatchify(tokens: torch.Tensor, grid: int, channels: int = 3, gap: int = 2,
     if channels * size * size != d:
         raise ValueError(f"token dimension {d} is not {channels} x s x s")
     side = grid * size + (grid - 1) * gap
-    mosaic = tokens.new_full((b, channels, side, side), fill)
+    board = tokens.new_full((b, channels, side, side), fill)
     patches = tokens.reshape(b, t, channels, size, size)
     for index in range(t):
         row, col = divmod(index, grid)
         y, x = row * (size + gap), col * (size + gap)
-        mosaic[:, :, y : y + size, x : x + size] = patches[:, index]
-    return mosaic
+        board[:, :, y : y + size, x : x + size] = patches[:, index]
+    return board
+
+
+def random_order(grid: int, seed: int) -> torch.Tensor:
+    """A seeded random permutation of the T = G^2 positions (never the identity for T > 1)."""
+    g = torch.Generator().manual_seed(seed)
+    t = grid * grid
+    while True:
+        order = torch.randperm(t, generator=g)
+        if t == 1 or not torch.equal(order, torch.arange(t)):
+            return order
+
+
+def to_display(image) -> np.ndarray:
+    """One (3, H, W) image, tensor or array, -> (H, W, 3) float array in [0, 1] for `imshow`.
+
+    Its values: uint8 (0..255), float normalised to [-1, 1] (the training normalisation;
+    recognised by negative values) or float in [0, 1]; what lies outside the range is clipped.
+    """
+    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected one image (3, H, W), got shape {x.shape}")
+    x = x.transpose(1, 2, 0)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    else:
+        x = x.astype(np.float32)
+        if x.min() < 0:
+            x = (x + 1) / 2
+    return np.clip(x, 0, 1)
+
+
+def _as_float_image(image) -> torch.Tensor:
+    """(3, N, N) uint8 / [-1, 1] / [0, 1] -> (3, N, N) float tensor in [0, 1]."""
+    return torch.from_numpy(to_display(image).transpose(2, 0, 1).copy())
+
+
+def mosaic_cells(image_size: int, grid: int, crop: int) -> tuple[int, int]:
+    """The side of a cropped patch in a mosaic and the gap between patches (thin gaps between
+    small patches): cell (r, c) starts at (r, c) * (side + gap)."""
+    side = image_size // grid - crop
+    return side, 1 if side < 10 else 2
+
+
+def mosaic(image, grid: int, crop: int, order: Sequence[int] | torch.Tensor | None = None,
+           gap: int | None = None) -> np.ndarray:
+    """The cropped patches of `image` laid out on the G x G grid with white gaps.
+
+    `order[c]` is the patch shown in cell c (row-major); None keeps the original order,
+    a permutation shows the shuffled puzzle. Returns an (H, W, 3) array in [0, 1].
+    """
+    x = _as_float_image(image).unsqueeze(0)
+    if gap is None:
+        _, gap = mosaic_cells(x.shape[-1], grid, crop)
+    tokens = patchify(x, grid, crop)  # (1, T, D)
+    if order is not None:
+        order = torch.as_tensor(order, dtype=torch.long)
+        if sorted(order.tolist()) != list(range(grid * grid)):
+            raise ValueError(f"order must be a permutation of 0..{grid * grid - 1}")
+        tokens = tokens[:, order]
+    return unpatchify(tokens, grid, gap=gap)[0].permute(1, 2, 0).numpy()
 
 
 @dataclass(frozen=True)

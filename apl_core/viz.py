@@ -5,13 +5,12 @@ with a title, labelled axes and a colour bar or legend where colours carry meani
 returns the `matplotlib.figure.Figure` (the notebooks show it and `save` it). The course's look,
 `theme()`, is a style context rather than a global setting (importing this module changes
 none): each figure is made in it and, being a `ThemedFigure`, drawn in it whenever it is shown
-or saved. `widgets_can_render()` tells notebooks 01 and 03 whether their panels can be shown.
+or saved.
 """
 from __future__ import annotations
 
 import functools
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -24,7 +23,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.rcsetup import cycler
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from .puzzle import crop_offset, extract_patches, unpatchify
+from .puzzle import crop_offset, mosaic, mosaic_cells, random_order, to_display
 from .search import LONGEST, lengthens
 
 PALETTE = "colorblind"
@@ -80,70 +79,7 @@ def _subplots(*args, **kwargs):
     return plt.subplots(*args, FigureClass=ThemedFigure, **kwargs)
 
 
-# ---------------------------------------------------------------- images and mosaics
-
-def to_display(image) -> np.ndarray:
-    """One image -> (H, W, 3) float array in [0, 1] for `imshow`.
-
-    Accepts a (3, H, W) or (H, W, 3) tensor/array: uint8 (0..255), float normalised to
-    [-1, 1] (the training normalisation; recognised by negative values) or float in [0, 1].
-    """
-    x = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if x.ndim != 3:
-        raise ValueError(f"expected one image (3, H, W) or (H, W, 3), got shape {x.shape}")
-    if x.shape[0] in (1, 3) and x.shape[-1] > 3:  # channels first
-        x = x.transpose(1, 2, 0)
-    if x.dtype == np.uint8:
-        x = x.astype(np.float32) / 255.0
-    else:
-        x = x.astype(np.float32)
-        if x.min() < 0:
-            x = (x + 1) / 2
-    if x.shape[-1] == 1:
-        x = np.repeat(x, 3, axis=-1)
-    return np.clip(x, 0, 1)
-
-
-def _as_float_image(image) -> torch.Tensor:
-    """(3, N, N) uint8 / [-1, 1] / [0, 1] -> (3, N, N) float tensor in [0, 1]."""
-    return torch.from_numpy(to_display(image).transpose(2, 0, 1).copy())
-
-
-def mosaic_cells(image_size: int, grid: int, crop: int) -> tuple[int, int]:
-    """The side of a cropped patch in a mosaic and the gap between patches (thin gaps between
-    small patches): cell (r, c) starts at (r, c) * (side + gap)."""
-    side = image_size // grid - crop
-    return side, 1 if side < 10 else 2
-
-
-def mosaic(image, grid: int, crop: int, order: Sequence[int] | torch.Tensor | None = None,
-           gap: int | None = None) -> np.ndarray:
-    """The cropped patches of `image` laid out on the G x G grid with white gaps.
-
-    `order[c]` is the patch shown in cell c (row-major); None keeps the original order,
-    a permutation shows the shuffled puzzle. Returns an (H, W, 3) array in [0, 1].
-    """
-    x = _as_float_image(image).unsqueeze(0)
-    if gap is None:
-        _, gap = mosaic_cells(x.shape[-1], grid, crop)
-    tokens = extract_patches(x, grid, crop).flatten(2)  # (1, T, D)
-    if order is not None:
-        order = torch.as_tensor(order, dtype=torch.long)
-        if sorted(order.tolist()) != list(range(grid * grid)):
-            raise ValueError(f"order must be a permutation of 0..{grid * grid - 1}")
-        tokens = tokens[:, order]
-    return unpatchify(tokens, grid, gap=gap)[0].permute(1, 2, 0).numpy()
-
-
-def random_order(grid: int, seed: int = 0) -> torch.Tensor:
-    """A seeded random permutation of the T = G^2 positions (never the identity for T > 1)."""
-    g = torch.Generator().manual_seed(seed)
-    t = grid * grid
-    while True:
-        order = torch.randperm(t, generator=g)
-        if t == 1 or not torch.equal(order, torch.arange(t)):
-            return order
-
+# ---------------------------------------------------------------- images and puzzles
 
 def _image_axes(ax, title: str, size: int | None = None, unit: str = "pixels") -> None:
     ax.set_title(title)
@@ -836,41 +772,11 @@ def save(fig: Figure, output_dir, name: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------- interactive panels
-
-def widgets_can_render() -> bool:
-    """Whether this kernel serves a notebook open in a front end that renders ipywidgets
-    (JupyterLab, Jupyter Notebook 7, VS Code, Colab, Kaggle's editor) rather than a headless
-    run (papermill, nbconvert --execute, nbclient): notebooks 01 and 03 show their panels only
-    then, their static figures always."""
-    # Why not widgets everywhere: nbclient, which papermill and nbconvert run on, imitates the
-    # Output widget of `interact` by sending what the function shows back to the kernel, and
-    # with a figure-sized output the cell never finishes (nbclient #312, papermill #723;
-    # notebook 01 hung in every papermill run). nbclient starts its kernels itself, their
-    # history kept in memory: that tells a headless run apart whatever else it inherits (a
-    # papermill started from a notebook's cell inherits that kernel's environment).
-    # The front ends: a Jupyter server names the notebook of each kernel it starts in
-    # JPY_SESSION_NAME; VS Code gives its kernels __vsc_ipynb_file__; Colab's kernel runs
-    # Colab's own shell; Kaggle marks an editor's session "Interactive", a saved run "Batch".
-    from IPython import get_ipython
-
-    shell = get_ipython()
-    if shell is None or str(shell.history_manager.hist_file) == ":memory:":
-        return False
-    return bool(os.environ.get("JPY_SESSION_NAME")
-                or "__vsc_ipynb_file__" in shell.user_ns
-                or type(shell).__module__.startswith("google.colab")
-                or os.environ.get("KAGGLE_KERNEL_RUN_TYPE") == "Interactive")
-
-
 __all__ = [
-    "theme", "to_display", "mosaic_cells", "mosaic", "random_order", "puzzle_figure",
-    "puzzle_grids_figure", "patch_dropout_mask_figure", "image_samples_figure",
-    "training_curves", "confusion_heatmap", "position_probabilities_figure",
-    "position_accuracy_grid",
-    "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "puzzle_stats_figure",
-    "equivariance_figure", "npc_figure", "controls_figure",
-    "position_curves_figure", "budget_curve_figure", "attention_distance_figure",
-    "save",
-    "widgets_can_render",
+    "theme", "puzzle_figure", "puzzle_grids_figure", "patch_dropout_mask_figure",
+    "image_samples_figure", "puzzle_stats_figure", "equivariance_figure", "training_curves",
+    "confusion_heatmap", "position_probabilities_figure", "position_accuracy_grid",
+    "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "npc_figure",
+    "convergence_figure", "controls_figure", "budget_curve_figure", "position_curves_figure",
+    "attention_distance_figure", "save",
 ]

@@ -15,7 +15,7 @@ from apl_core.game import (
     UNPLACED, GamePanel, PuzzleGame, draw_puzzle, model_placement, reassemble, score,
     static_figure, tiles,
 )
-from apl_core.viz import mosaic, random_order
+from apl_core.puzzle import mosaic, random_order
 
 G, K, SIZE = 3, 1, 12  # 4 x 4 patches, 3 x 3 after the crop
 

@@ -107,7 +107,7 @@ def test_course_prints_one_line_per_notebook_and_an_index(tmp_path, capsys):
 @pytest.mark.slow  # three papermill runs of notebook 01: ~45 s on 2 cores
 def test_notebook_01_finishes_under_the_papermill_command_line_every_time(tmp_path):
     """`papermill 01_puzzle_construction.ipynb OUT -p profile smoke`, as a papermill user runs
-    it: its slider cell hung there (viz.widgets_can_render says why); three runs, each with a
+    it: its slider cell hung there (frontend.widgets_can_render says why); three runs, each with a
     time limit, so that an intermittent hang shows."""
     notebook = NOTEBOOK_DIR / "01_puzzle_construction.ipynb"
     work = tmp_path / "notebooks"  # the notebook's ../data and ../course_output: in tmp_path

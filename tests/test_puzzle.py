@@ -3,8 +3,19 @@ import dataclasses
 import pytest
 import torch
 
-from apl_core.puzzle import (crop_offset, extract_patches, patchify, position_targets,
-                             puzzle_stats, unpatchify)
+from apl_core.puzzle import (crop_offset, extract_patches, mosaic, mosaic_cells, patchify,
+                             position_targets, puzzle_stats, random_order, to_display,
+                             unpatchify)
+
+
+G, N = 3, 24
+T = G * G
+
+
+def image(seed=0):
+    """A random (3, N, N) uint8 image."""
+    return torch.randint(0, 256, (3, N, N), generator=torch.Generator().manual_seed(seed),
+                         dtype=torch.uint8)
 
 
 def numbered_image(channels: int, size: int) -> torch.Tensor:
@@ -102,3 +113,53 @@ def test_stats_rows_give_every_valid_grid_and_crop():
     rows = stats_rows(32, [4, 16], [0, 1, 2])
     assert [(r["grid"], r["crop"]) for r in rows] == [(4, 0), (4, 1), (4, 2), (16, 0), (16, 1)]
     assert list(rows[0]) == list(STATS_COLUMNS)
+    # N = 10, G = 3: P = 3 (the last pixel dropped), so K = 3 would leave nothing
+    assert stats_rows(10, [3], [2, 3]) == [puzzle_stats(10, 3, 2).as_row()]
+
+
+def test_random_order_is_seeded_and_never_identity():
+    assert torch.equal(random_order(3, 5), random_order(3, 5))
+    for seed in range(20):
+        assert not torch.equal(random_order(2, seed), torch.arange(4))
+    assert torch.equal(random_order(1, 0), torch.tensor([0]))  # one patch: its only order
+
+
+def test_to_display_reads_a_channels_first_image_in_each_value_range():
+    u8 = image()
+    as_float = u8.float() / 255
+    normalised = as_float * 2 - 1
+    for x in (u8, as_float, normalised, u8.numpy(), normalised.clone().requires_grad_()):
+        shown = to_display(x)
+        assert shown.shape == (N, N, 3)
+        assert abs(shown - u8.permute(1, 2, 0).numpy() / 255).max() < 1e-5
+    # an interpolation's overshoot past either end of the range is clipped
+    overshoot = torch.tensor([-1.2, -1.0, 1.0, 1.2]).view(1, 1, 4).expand(3, 4, 4)
+    assert to_display(overshoot)[0, :, 0].tolist() == [0.0, 0.0, 1.0, 1.0]
+    channels_last = r"expected one image \(3, H, W\), got shape \(24, 24, 3\)"
+    with pytest.raises(ValueError, match=channels_last):
+        to_display(u8.permute(1, 2, 0))
+
+
+def test_mosaic_places_patch_order_and_rejects_non_permutations():
+    img = image()
+    in_order = mosaic(img, G, 0, gap=0)
+    assert in_order.shape == (N, N, 3)  # G divides N, no crop, no gap: the image itself
+    assert abs(in_order - to_display(img)).max() < 1e-6
+    swapped = mosaic(img, G, 0, order=[1, 0] + list(range(2, T)), gap=0)
+    p = N // G
+    assert abs(swapped[:p, :p] - in_order[:p, p:2 * p]).max() < 1e-6
+    with pytest.raises(ValueError, match=r"order must be a permutation of 0\.\.8$"):
+        mosaic(img, G, 0, order=[0] * T)
+
+
+@pytest.mark.parametrize("size, crop, gap", [(33, 2, 1), (33, 1, 2)])  # sides 9 and 10
+def test_mosaic_cells_say_where_each_patch_of_a_mosaic_sits(size, crop, gap):
+    side, cell_gap = mosaic_cells(size, G, crop)
+    assert (side, cell_gap) == (size // G - crop, gap)  # thin gaps between small patches
+    img = torch.zeros(3, size, size, dtype=torch.uint8)
+    img[:, size // G:2 * size // G, :size // G] = 255  # the patch at row 1, column 0 white
+    shown = mosaic(img, G, crop)
+    assert shown.shape[0] == G * side + (G - 1) * cell_gap
+    row_1 = side + cell_gap
+    assert (shown[row_1:row_1 + side, :side] == 1).all()
+    assert (shown[:side, :side] == 0).all() and (shown[side:row_1, :side] == 1).all()  # a gap

@@ -1,19 +1,17 @@
 """Every figure function returns a Figure with a title, labelled axes and, where colours carry
 values, a labelled colour bar (checked through matplotlib's public API), on small fake inputs;
-the course's look is seaborn's theme, applied to the figures without changing any global
-setting; and notebook 01's sliders are offered only where a page renders them."""
+and the course's look is seaborn's theme, applied to the figures without changing any global
+setting."""
 import io
 import os
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import IPython  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -21,7 +19,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from apl_core import search, viz  # noqa: E402
-from apl_core.puzzle import puzzle_stats  # noqa: E402
+from apl_core.puzzle import mosaic_cells, puzzle_stats, random_order  # noqa: E402
 
 G, K, N = 3, 1, 24
 T = G * G
@@ -95,7 +93,7 @@ CASES = {
     "stats": lambda: viz.puzzle_stats_figure(
         [puzzle_stats(96, g, k) for g in (3, 5, 7) for k in (0, 1)]),
     "equivariance": lambda: viz.equivariance_figure(torch.randn(T, T), torch.randn(T, T),
-                                                    viz.random_order(G)),
+                                                    random_order(G, 0)),
     "npc": lambda: viz.npc_figure([dict(method=m, npc=n, test_top1=0.3 + n / 1000)
                                    for m in ("a", "b") for n in (10, 50)]),
     "game": lambda: viz.game_figure(*(torch.rand(11, 11, 3).numpy() for _ in range(3)), 4, 16),
@@ -168,34 +166,12 @@ def test_a_figure_is_shown_as_drawn_in_the_theme_and_leaves_the_settings_as_they
     assert dict(plt.rcParams) == before
 
 
-def test_to_display_accepts_the_three_value_ranges():
-    u8 = image()
-    as_float = u8.float() / 255
-    normalised = as_float * 2 - 1
-    for x in (u8, as_float, normalised, u8.permute(1, 2, 0).numpy()):
-        shown = viz.to_display(x)
-        assert shown.shape == (N, N, 3)
-        assert abs(shown - u8.permute(1, 2, 0).numpy() / 255).max() < 1e-5
-
-
-def test_mosaic_places_patch_order_and_rejects_non_permutations():
-    img = image()
-    in_order = viz.mosaic(img, G, 0, gap=0)
-    assert in_order.shape == (N, N, 3)  # G divides N, no crop, no gap: the image itself
-    assert abs(in_order - viz.to_display(img)).max() < 1e-6
-    swapped = viz.mosaic(img, G, 0, order=[1, 0] + list(range(2, T)), gap=0)
-    p = N // G
-    assert abs(swapped[:p, :p] - in_order[:p, p:2 * p]).max() < 1e-6
-    with pytest.raises(ValueError, match="permutation"):
-        viz.mosaic(img, G, 0, order=[0] * T)
-
-
 def test_the_patch_dropout_mask_greys_and_crosses_exactly_the_dropped_patches():
     keep = torch.ones(T, dtype=torch.bool)
     keep[[1, 5]] = False
     fig = viz.patch_dropout_mask_figure(image(), keep, G, K, p=0.1)
     after = fig.axes[1].images[0].get_array()
-    side, gap = viz.mosaic_cells(N, G, K)
+    side, gap = mosaic_cells(N, G, K)
 
     def cell(t):
         y, x = (side + gap) * torch.tensor(divmod(t, G))
@@ -213,67 +189,6 @@ def test_position_probabilities_count_the_rows_that_peak_on_their_own_position()
     probs[0] = probs[1]  # the patch at position 0 is put at 1
     fig = viz.position_probabilities_figure(probs)
     assert f"{T - 1} of {T} patches placed right" in fig.axes[0].get_title()
-
-
-def test_random_order_is_seeded_and_never_identity():
-    assert torch.equal(viz.random_order(3, 5), viz.random_order(3, 5))
-    for seed in range(20):
-        assert not torch.equal(viz.random_order(2, seed), torch.arange(4))
-
-
-class ColabShell:
-    """Stands for Colab's kernel shell, which only its module tells apart."""
-
-
-ColabShell.__module__ = "google.colab._shell"
-FILE_HISTORY, MEMORY_HISTORY = "/home/me/.ipython/profile_default/history.sqlite", ":memory:"
-LAB_SESSION = {"JPY_SESSION_NAME": "/home/me/01_puzzle_construction.ipynb"}
-
-
-def fake_shell(history: str, namespace: dict | None = None, shell_class=types.SimpleNamespace):
-    shell = shell_class()
-    shell.history_manager = types.SimpleNamespace(hist_file=history)
-    shell.user_ns = namespace or {}
-    return shell
-
-
-@pytest.mark.parametrize("front_end, environment, namespace, shell_class", [
-    ("JupyterLab or Notebook 7", LAB_SESSION, {}, types.SimpleNamespace),
-    ("VS Code", {}, {"__vsc_ipynb_file__": "/home/me/01.ipynb"}, types.SimpleNamespace),
-    ("Colab", {}, {}, ColabShell),
-    ("Kaggle's editor", {"KAGGLE_KERNEL_RUN_TYPE": "Interactive"}, {}, types.SimpleNamespace),
-])
-def test_widgets_render_in_each_front_end_and_never_in_a_headless_run(
-        front_end, environment, namespace, shell_class, monkeypatch):
-    for name in ("JPY_SESSION_NAME", "KAGGLE_KERNEL_RUN_TYPE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    shell = fake_shell(FILE_HISTORY, namespace, shell_class)
-    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
-    assert viz.widgets_can_render(), front_end
-    # the same front end's markers inherited by a papermill run (nbclient: history in memory)
-    shell.history_manager.hist_file = MEMORY_HISTORY
-    assert not viz.widgets_can_render(), f"papermill started from {front_end}"
-
-
-@pytest.mark.parametrize("environment", [
-    {},  # an IPython or a kernel that no front end started
-    {"KAGGLE_KERNEL_RUN_TYPE": "Batch"},  # Kaggle's saved, headless run
-])
-def test_no_widgets_without_a_front_end(environment, monkeypatch):
-    for name in ("JPY_SESSION_NAME", "KAGGLE_KERNEL_RUN_TYPE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(IPython, "get_ipython", lambda: fake_shell(FILE_HISTORY))
-    assert not viz.widgets_can_render()
-
-
-def test_no_widgets_outside_ipython(monkeypatch):
-    monkeypatch.setattr(IPython, "get_ipython", lambda: None)
-    monkeypatch.setenv("JPY_SESSION_NAME", "/home/me/01_puzzle_construction.ipynb")
-    assert not viz.widgets_can_render()
 
 
 def mask(*images: int) -> str:
