@@ -18,7 +18,7 @@ from apl_core.augment import AugmentSpec, MixSpec
 from apl_core.baselines import SCNN
 from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
-from apl_core.data import BatchLoader, ImageSet
+from apl_core.data import BatchLoader, ImageSet, splits
 from apl_core.distributed import DistContext
 from apl_core.model import APLClassifier, build_pretrain_model
 from apl_core.checkpoint import pretrain_architecture
@@ -186,7 +186,7 @@ def test_pretraining_loads_num_images_of_the_unlabeled_split_drawn_with_its_seed
         asked.append(kwargs)
         raise KeyboardInterrupt  # the arguments are all this needs
 
-    monkeypatch.setattr(train, "load_split", load_split)
+    monkeypatch.setattr(splits, "load_split", load_split)
     with pytest.raises(KeyboardInterrupt):
         pretrain(smoke_pretrain_config(tmp_path, seed=3, **TINY))
     assert asked == [dict(dataset="synthetic", split="unlabeled", data_dir="data", image_size=32,
