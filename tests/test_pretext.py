@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from apl_core import pretext
-from apl_core.config import PRETEXT_POSITIONS, PretrainConfig, profile_config
+from apl_core.config import PretrainConfig
 from apl_core.model import APLTransformer, Block
 from apl_core.pretext import (
     JigsawModel, MAEModel, MP3Model, RotationModel, block_with_key_mask, build_pretext_model,
@@ -18,9 +18,6 @@ from apl_core.pretext import (
     rotate_all, rotation_loss, shuffle_tiles,
 )
 from apl_core.puzzle import extract_patches
-from apl_core.rundir import run_name
-from apl_core.results import RESULTS_DIR
-from apl_core.search import load_search
 from apl_core.train import finetune, load_pretrained, pretrain
 from conftest import smoke_finetune_config, smoke_pretrain_config
 
@@ -35,41 +32,6 @@ def transformer(positional_embedding: bool = False) -> APLTransformer:
 
 def images(batch: int = 3) -> torch.Tensor:
     return torch.randn(batch, 3, 16, 16, generator=torch.Generator().manual_seed(1))
-
-
-# ---------------------------------------------------------------- the config
-
-def test_the_pretext_is_one_of_the_tasks_and_named_in_the_error():
-    with pytest.raises(ValueError, match=r"pretext='jigsaws' is invalid: choose one of "
-                                         r"\('apl', 'rotation', 'jigsaw', 'mae', 'mp3'\)"):
-        PretrainConfig(pretext="jigsaws")
-
-
-@pytest.mark.parametrize("task, needed", sorted(PRETEXT_POSITIONS.items()))
-def test_each_task_is_refused_without_or_with_the_positional_embedding_it_is_defined_with(
-        task, needed):
-    PretrainConfig(pretext=task, positional_embedding=needed)
-    with pytest.raises(ValueError, match=f"pretext='{task}' is defined "
-                                         f"{'with' if needed else 'without'} a positional"):
-        PretrainConfig(pretext=task, positional_embedding=not needed)
-
-
-def test_apl_takes_a_positional_embedding_or_none():
-    """With one it is notebook 06's leak control."""
-    PretrainConfig(positional_embedding=True)
-    PretrainConfig(positional_embedding=False)
-
-
-def test_the_pretext_field_leaves_the_committed_apl_run_names_as_they_were():
-    """The small-data search (committed as it runs) pretrained the quick profile's APL run, in
-    bf16 as its trials record, under this name before the field existed; the name (the
-    notebooks' cache) must not change."""
-    committed = load_search("quick", RESULTS_DIR / "in_progress" / "quick_small_data_search.json")
-    assert {trial["precision"] for trial in committed["trials"]} == {"bf16"}
-    config = profile_config("quick", "pretrain", precision="bf16")
-    assert run_name(config) == committed["pretrain_run"]
-    other = run_name(config.replace(pretext="mp3"))
-    assert "-mp3-" in other and other.rsplit("-", 1)[1] != run_name(config).rsplit("-", 1)[1]
 
 
 # ---------------------------------------------------------------- rotation
