@@ -3,7 +3,8 @@ transformer, images, image-epochs and seeds, judged the same way.
 
     study_pretraining    a task's pretraining at one seed: the profile's (notebook 02's), with
                          the task and the positional embedding it is defined with, a snapshot
-                         after every epoch (the budget curve)
+                         after every epoch (the budget curve); or at the small budget of
+                         notebook 06's controls (notebook 07's live run)
     features_row         the one linear probe and kNN on its frozen features at each NPC
                          (controls.feature_scores), its pretext curve and seconds per epoch,
                          the budget curve (controls.budget_curve)
@@ -30,7 +31,7 @@ from pathlib import Path
 from . import comparison
 from .comparison import label_seed, method_config
 from .config import PRETEXT_POSITIONS, PROFILES, profile_config, profile_npcs
-from .controls import LabelledFeatures, budget_curve, feature_scores
+from .controls import BUDGETS, LabelledFeatures, budget_curve, feature_scores
 from .data import finetune_sets
 from .device import resolve_device
 from .pretext import JIGSAW_PERMUTATIONS, KEY_MASK_RATIO, MASK_RATIO
@@ -64,11 +65,18 @@ def check_tasks(tasks) -> None:
         raise ValueError("every task is paired against APL: include 'apl'")
 
 
-def study_pretraining(profile: str, task: str, seed: int, **settings):
-    """Seed `seed`'s pretraining on `task`: the profile's, with the positional embedding the
-    task is defined with (APL's is notebook 02's run) and a snapshot after every epoch."""
-    return profile_config(profile, "pretrain", seed=seed, snapshot_every=1, pretext=task,
-                          positional_embedding=PRETEXT_POSITIONS.get(task, False), **settings)
+def study_pretraining(profile: str, task: str, seed: int, budget: str = "main", **settings):
+    """Seed `seed`'s pretraining on `task`, with the positional embedding the task is defined
+    with. budget 'main': the profile's (APL's is notebook 02's run), a snapshot after every
+    epoch; 'small': the profile's controls budget (notebook 07's live run; APL's is notebook
+    06's APL control)."""
+    if budget not in BUDGETS:
+        raise ValueError(f"budget={budget!r} is invalid: choose one of {BUDGETS}")
+    values = ({"snapshot_every": 1} if budget == "main"
+              else {**PROFILES[profile]["controls"]["budget"], "knn_every": 0})
+    return profile_config(profile, "pretrain", **{
+        **values, "seed": seed, "pretext": task,
+        "positional_embedding": PRETEXT_POSITIONS.get(task, False), **settings})
 
 
 def labelled_features(profile: str, seed: int, npc: int, **settings) -> LabelledFeatures:

@@ -6,6 +6,7 @@ import pytest
 
 from apl_core import pretext_study
 from apl_core.config import profile_config
+from apl_core.controls import control_configs
 from apl_core.pretext_study import (
     FINETUNES, chosen_rate, finetune_config, measures, paired_table, study_pretraining,
     task_table,
@@ -22,6 +23,17 @@ def test_apl_is_notebook_02s_pretraining_and_each_task_has_its_positional_embedd
         config = study_pretraining("quick", task, 1)
         assert (config.pretext, config.positional_embedding) == (task, positions)
         assert (config.num_images, config.epochs, config.seed) == (apl.num_images, apl.epochs, 1)
+
+
+def test_the_small_budget_is_notebook_06s_and_its_apl_run_is_the_apl_control():
+    apl_control = next(iter(control_configs("quick", seed=1).values()))
+    small = study_pretraining("quick", "apl", 1, budget="small")
+    assert run_name(small) == run_name(apl_control)
+    mae = study_pretraining("quick", "mae", 1, budget="small")
+    assert (mae.num_images, mae.epochs, mae.pretext) == (4000, 4, "mae")
+    assert mae.snapshot_every == 0 and study_pretraining("quick", "mae", 1).snapshot_every == 1
+    with pytest.raises(ValueError, match="budget='tiny' is invalid"):
+        study_pretraining("quick", "mae", 1, budget="tiny")
 
 
 def test_the_fine_tuning_is_the_searched_base_recipe_from_the_tasks_own_pretraining(tmp_path):

@@ -89,6 +89,17 @@ def test_the_course_time_is_read_per_notebook_and_held_to_the_budget(monkeypatch
         results_docs.course_time_block().split())
 
 
+def test_a_notebook_added_after_the_timing_is_listed_and_left_out_of_the_total(monkeypatch):
+    timed = course_time({"01_puzzle_construction": 30, "02_pretraining": 600})
+    timed["notebooks"].append({"notebook": "07_which_puzzle", "seconds": None,
+                               "executed": None})
+    monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: timed)
+    text = " ".join(results_docs.course_time_block().split())
+    assert ("2026-12-03. 07_which_puzzle came later and is not timed yet: the total and the "
+            "verdict leave it out.") in text
+    assert "| 07_which_puzzle | not timed |" in text and "| the course | 10.5 |" in text
+
+
 def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
     results = {"command": "python benchmarks/converged_search.py --profile quick --workers 2",
                "machine": "AMD EPYC (2 threads)", "torch": "2.14.1+cu130"}
