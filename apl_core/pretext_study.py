@@ -38,7 +38,7 @@ from .pretext import JIGSAW_PERMUTATIONS, KEY_MASK_RATIO, MASK_RATIO
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics, run_name
 from .search import (
-    START_RATES, TrialStore, best_trial, search_method, searched_config, trial_row,
+    START_RATES, TrialStore, best_trial, max_steps, search_method, searched_config, trial_row,
 )
 from .stats import detectable_difference, mean_sd, verdict
 from .train import (
@@ -95,16 +95,14 @@ def features_row(profile: str, task: str, seed: int, **settings) -> dict:
     result = pretrain(study_pretraining(profile, task, seed, **settings), resume="auto")
     device = resolve_device(settings.get("device", "auto"))
     model, _ = load_pretrained(result.checkpoint, device=device)
-    npcs = profile_npcs(profile)
-    judged = {}
-    for npc in npcs:
-        sets = labelled_features(profile, seed, npc, **settings)
-        judged[str(npc)] = feature_scores(model.transformer, sets, device)
+    sets = {npc: labelled_features(profile, seed, npc, **settings)
+            for npc in profile_npcs(profile)}
+    judged = {str(npc): feature_scores(model.transformer, labelled, device)
+              for npc, labelled in sets.items()}
     metrics = read_metrics(result.run_dir)
-    curve = budget_curve(result.run_dir, labelled_features(profile, seed, max(npcs), **settings),
-                         device)
+    curve = budget_curve(result.run_dir, sets[max(sets)], device)
     return {"kind": "features", "run": result.run_dir.name, "task": task, "seed": seed,
-            "features": judged, "test_images": len(sets.test[1]),
+            "features": judged, "test_images": len(sets[max(sets)].test[1]),
             "pretext_curve": [{"epoch": row["epoch"], "loss": row.get("val_loss"),
                                "top1": row.get("val_top1")} for row in metrics],
             "seconds_per_epoch": statistics.mean(row["epoch_time_s"] for row in metrics),
@@ -121,8 +119,7 @@ def finetune_config(profile: str, finetune: str, seed: int, **settings):
     pretrain_run = str(Path(pretraining.runs_dir) / "pretrain" / run_name(pretraining))
     base = method_config(SEARCHED, FINETUNE_NPC, profile, pretrain_run, pretraining, seed=seed,
                          positional_embedding=positions, **settings)
-    steps = PROFILES[profile]["max_steps"][FINETUNE_NPC]
-    return searched_config(base, SEARCHED, steps, "base")
+    return searched_config(base, SEARCHED, max_steps(profile)[FINETUNE_NPC], "base")
 
 
 def _trial(store: TrialStore, finetune_name: str, config) -> dict:
@@ -240,9 +237,9 @@ def study_plan(profile: str, seeds, tasks, trials: list[dict], **settings) -> li
     for name in finetunes_of(tasks):
         bracket = [t for t in trials if t.get("kind") == "trial" and t["finetune"] == name]
         tested = {t["seed"] for t in trials if t.get("kind") == "test" and t["finetune"] == name}
-        rows.append({"run": f"fine-tuning bracket: {name}", "seed": 0,
-                     "epochs": finetune_config(profile, name, 0, **settings).epochs,
-                     "images": FINETUNE_NPC * 10, "checkpoint": "",
+        config = finetune_config(profile, name, 0, **settings)
+        rows.append({"run": f"fine-tuning bracket: {name}", "seed": 0, "epochs": config.epochs,
+                     "images": config.npc * config.num_classes, "checkpoint": "",
                      "done": f"{len(bracket)} trials"})
         rows.append({"run": f"fine-tuning at the chosen rate: {name}",
                      "seed": " ".join(map(str, seeds)), "epochs": "", "images": "",

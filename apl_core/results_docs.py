@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import controls, course, report, search
+from . import controls, course, pretext_study, report, search
 from .config import profile_config
 from .stats import mean_sd
 from .tables import markdown_table
@@ -177,6 +177,17 @@ def controls_block(budget: str) -> str:
                         markdown_table(controls.verdict_table(results, TEST_IMAGES))])
 
 
+def pretext_block() -> str:
+    """Notebook 07's study: each task's means over seeds, then its paired differences with
+    APL."""
+    results = pretext_study.load_study(PROFILE)
+    if not results:
+        return "(no committed pretext study)"
+    return "\n\n".join([_provenance(results, f", {results['date']}."),
+                        markdown_table(pretext_study.task_table(results)),
+                        markdown_table(pretext_study.paired_table(results))])
+
+
 def headline_block() -> str:
     """The README's few lines: pretraining, and the smallest seed's margins at the lowest NPC."""
     seeds = report.load_seeds(PROFILE)
@@ -203,7 +214,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "seeds": seeds_block,
     "claims": claims_block, "controls-small": functools.partial(controls_block, "small"),
     "controls-main": functools.partial(controls_block, "main"), "headline": headline_block,
-    "course-time": course_time_block,
+    "course-time": course_time_block, "pretext": pretext_block,
 }
 
 
