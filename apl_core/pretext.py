@@ -22,6 +22,8 @@ data, each a model with a head and one loss next to APL's (`objective.position_l
 `build_pretext_model(config)` builds the model of config.pretext and `pretext_loss(pretext)`
 gives its loss; both give APL's own for pretext='apl'. Every model keeps the transformer as
 `.transformer`, so its checkpoint fine-tunes, and its features are probed, as APL's are. A
+loss only calls its model (whatever draws the task's randomness is in the model's forward), so
+that it runs on the model wrapped for several GPUs or compiled as on the model itself. A
 loss returns (loss, top-k hits, count) as `objective.position_loss` does; MAE's is a
 regression, so its hits are zero and its curve is the loss.
 """
@@ -138,17 +140,19 @@ class JigsawModel(nn.Module):
         self.permutation_head = nn.Linear(transformer.num_tokens * transformer.dim,
                                           len(self.permutations))
 
-    def forward(self, images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Images and each one's permutation index (B,) -> permutation logits (B, count)."""
+    def forward(self, images: torch.Tensor, index: torch.Tensor | None = None):
+        """Images and each one's permutation index (B,), drawn uniformly when not given ->
+        (permutation logits (B, count), index)."""
+        if index is None:
+            index = torch.randint(len(self.permutations), (len(images),), device=images.device)
         patches = shuffle_tiles(self.transformer.patches(images), self.permutations, index)
         features, _, _ = self.transformer.contextualize(patches)
-        return self.permutation_head(features.flatten(1))
+        return self.permutation_head(features.flatten(1)), index
 
 
 def jigsaw_loss(model: nn.Module, images: torch.Tensor, labels=None):
     """Cross-entropy of the permutation index, one drawn uniformly per image."""
-    index = torch.randint(len(model.permutations), (len(images),), device=images.device)
-    logits = model(images, index)
+    logits, index = model(images)
     count = torch.full((), len(images), dtype=torch.float32, device=images.device)
     return F.cross_entropy(logits.float(), index), topk_hits(logits, index), count
 
@@ -179,7 +183,14 @@ class MAEModel(nn.Module):
         pixels = token_dim(transformer.image_size, transformer.grid, transformer.crop)
         self.to_pixels = nn.Linear(decoder_dim, pixels)
 
-    def forward(self, patches: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor):
+        """Images -> (predicted pixels (B, T, 3 s^2), the normalised pixels they are scored
+        against, the hidden tokens (B, T): MASK_RATIO of each image's, drawn uniformly)."""
+        patches = self.transformer.patches(images)
+        hidden = random_subset(*patches.shape[:2], MASK_RATIO, device=images.device)
+        return self.predict(patches, hidden), normalized_pixels(patches.float()), hidden
+
+    def predict(self, patches: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Patches (B, T, 3, s, s) and the hidden tokens (B, T) bool, the same number per
         image -> predicted pixels of every token (B, T, 3 s^2)."""
         b, t = hidden.shape
@@ -207,10 +218,8 @@ def normalized_pixels(patches: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 def mae_loss(model: nn.Module, images: torch.Tensor, labels=None):
     """Mean squared error of the hidden tokens' normalised pixels (MASK_RATIO of the tokens
     hidden, drawn per image); the visible tokens are not scored."""
-    patches = model.transformer.patches(images)
-    hidden = random_subset(*patches.shape[:2], MASK_RATIO, device=images.device)
-    predicted = model(patches, hidden).float()
-    errors = (predicted - normalized_pixels(patches.float())).square().mean(-1)
+    predicted, target, hidden = model(images)
+    errors = (predicted.float() - target).square().mean(-1)
     weights = hidden.float()
     count = weights.sum()
     loss = (errors * weights).sum() / count.clamp(min=1)

@@ -105,13 +105,25 @@ def test_slot_s_holds_the_tile_the_permutation_names():
 def test_the_jigsaw_model_classifies_the_concatenated_tokens_of_the_shuffled_tiles():
     model = JigsawModel(transformer(positional_embedding=True))
     x, index = images(2), torch.tensor([5, 0])
-    logits = model(x, index)
-    assert logits.shape == (2, 100)
+    logits, given = model(x, index)
+    assert logits.shape == (2, 100) and given is index
     patches = shuffle_tiles(extract_patches(x, 4, 1), model.permutations, index)
     features, _, _ = model.transformer.contextualize(patches)
     torch.testing.assert_close(logits, model.permutation_head(features.flatten(1)))
     with pytest.raises(ValueError, match="needs a positional embedding"):
         JigsawModel(transformer())
+
+
+def test_the_jigsaw_loss_is_the_cross_entropy_of_a_permutation_drawn_per_image():
+    model = JigsawModel(transformer(positional_embedding=True))
+    x = images(4)
+    torch.manual_seed(3)
+    loss, hits, count = pretext.jigsaw_loss(model, x)
+    torch.manual_seed(3)
+    logits, index = model(x)
+    torch.testing.assert_close(loss, F.cross_entropy(logits, index))
+    assert count.item() == 4 and hits[0].item() == (logits.argmax(1) == index).sum().item()
+    assert len(set(model(images(64))[1].tolist())) > 20  # drawn from the whole set
 
 
 # ---------------------------------------------------------------- MAE
@@ -138,7 +150,7 @@ def test_the_mae_loss_scores_the_hidden_tokens_only(monkeypatch):
     monkeypatch.setattr(pretext, "random_subset", lambda *args, **kw: hidden)
     loss, hits, count = mae_loss(model, x)
     patches = extract_patches(x, 4, 1)
-    errors = (model(patches, hidden) - normalized_pixels(patches)).square().mean(-1)
+    errors = (model.predict(patches, hidden) - normalized_pixels(patches)).square().mean(-1)
     torch.testing.assert_close(loss, errors[hidden].mean())
     assert count.item() == 24 and hits.tolist() == [0, 0, 0]
 
@@ -151,10 +163,10 @@ def test_the_mae_encoder_sees_no_hidden_token():
     hidden[0, :12] = True
     changed = patches.clone()
     changed[0, 0] += 1
-    torch.testing.assert_close(model(changed, hidden), model(patches, hidden))
+    torch.testing.assert_close(model.predict(changed, hidden), model.predict(patches, hidden))
     changed = patches.clone()
     changed[0, 15] += 1
-    assert not torch.allclose(model(changed, hidden), model(patches, hidden))
+    assert not torch.allclose(model.predict(changed, hidden), model.predict(patches, hidden))
     with pytest.raises(ValueError, match="needs a positional embedding"):
         MAEModel(transformer())
 
@@ -202,6 +214,17 @@ def test_mp3_draws_the_key_mask_per_batch_and_scores_positions_as_apl(monkeypatc
 
 # ---------------------------------------------------------------- through the engine
 
+class OnlyForward(torch.nn.Module):
+    """A wrapper that, like DistributedDataParallel, exposes the model's forward and nothing
+    else of it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.wrapped = model
+
+    def forward(self, *args):
+        return self.wrapped(*args)
+
 TASKS = {"rotation": {}, "jigsaw": {"positional_embedding": True},
          "mae": {"positional_embedding": True}, "mp3": {}}
 
@@ -210,6 +233,17 @@ def test_the_model_of_each_task_keeps_the_transformer_the_fine_tuning_loads():
     for task, settings in TASKS.items():
         model = build_pretext_model(PretrainConfig(pretext=task, **SMALL, **settings))
         assert isinstance(model.transformer, APLTransformer), task
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_each_loss_only_calls_its_model_so_a_wrapped_model_trains_the_same(task):
+    model = build_pretext_model(PretrainConfig(pretext=task, **SMALL, **TASKS[task])).eval()
+    torch.manual_seed(5)
+    direct = pretext_loss(task)(model, images(4))
+    torch.manual_seed(5)
+    wrapped = pretext_loss(task)(OnlyForward(model), images(4))
+    for mine, theirs in zip(direct, wrapped):
+        torch.testing.assert_close(mine, theirs)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
