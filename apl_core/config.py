@@ -21,6 +21,12 @@ FINETUNE_MODELS = ("apl", "s-cnn", "s-resnet")
 UNREADABLE_IMAGES = ("skip", "error")  # what a folder dataset does with a file it cannot decode
 # a per-image augmentation policy on top of the crop and flip (apl_core.augment)
 AUGMENT_POLICIES = ("none", "trivialaugment", "randaugment")
+# the pretext task a pretraining solves (apl_core.pretext), and the positional embedding each
+# task is defined with: jigsaw's answer is an order and MAE's decoder must know where a hidden
+# token goes, so both need one; rotation and MP3 are defined without (with one, MP3's position
+# prediction is read off the embedding). APL takes either: with one, it is notebook 06's leak.
+PRETEXTS = ("apl", "rotation", "jigsaw", "mae", "mp3")
+PRETEXT_POSITIONS = {"rotation": False, "jigsaw": True, "mae": True, "mp3": False}
 
 
 def token_dim(image_size: int, grid: int, crop: int, encoder: str = "flatten") -> int:
@@ -172,6 +178,7 @@ class PretrainConfig(_Common):
     # epochs between snapshots of the weights, snapshots/epoch<N>.pt (0: none): the features
     # at several points of one run (notebook 06's budget curve); not part of the run's name
     snapshot_every: int = 0
+    pretext: str = "apl"  # the task pretrained on (PRETEXTS; notebook 07 compares them)
 
     phase: ClassVar[str] = "pretrain"
 
@@ -209,6 +216,13 @@ class PretrainConfig(_Common):
         for name in ("knn_every", "snapshot_every"):
             if getattr(self, name) < 0:
                 _fail(name, getattr(self, name), "must be >= 0 (0: never)")
+        if self.pretext not in PRETEXTS:
+            _fail("pretext", self.pretext, f"choose one of {PRETEXTS}")
+        needed = PRETEXT_POSITIONS.get(self.pretext, self.positional_embedding)
+        if self.positional_embedding != needed:
+            _fail("positional_embedding", self.positional_embedding,
+                  f"pretext={self.pretext!r} is defined {'with' if needed else 'without'} a "
+                  f"positional embedding: set positional_embedding={needed}")
 
     @property
     def num_tokens(self) -> int:

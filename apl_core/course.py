@@ -1,4 +1,4 @@
-"""Run the course headless: notebooks 01-06 in order with papermill.
+"""Run the course headless: notebooks 01-07 in order with papermill.
 
     python -m apl_core course --profile auto --out course_output
 
@@ -34,6 +34,7 @@ NOTEBOOKS = (
     "04_fine_tuning",
     "05_reproduction_report",
     "06_why_it_works",
+    "07_which_puzzle",
 )
 PROFILE_NAMES = ("auto", *PROFILES)  # auto: chosen for the machine (default_profile)
 # The notebook parameters the course sets itself (-p NAME=VALUE may not), and how.
@@ -307,7 +308,7 @@ def load_course_time(profile: str) -> dict | None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m apl_core course",
-        description="Execute the course notebooks 01-06 in order with papermill, headless.",
+        description="Execute the course notebooks 01-07 in order with papermill, headless.",
     )
     p.add_argument("--profile", default="auto", choices=PROFILE_NAMES,
                    help="smoke: seconds per notebook (tests); quick: the embedded dataset, "

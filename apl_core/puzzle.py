@@ -95,7 +95,7 @@ def to_display(image) -> np.ndarray:
     return np.clip(x, 0, 1)
 
 
-def _as_float_image(image) -> torch.Tensor:
+def as_float_image(image) -> torch.Tensor:
     """(3, N, N) uint8 / [-1, 1] / [0, 1] -> (3, N, N) float tensor in [0, 1]."""
     return torch.from_numpy(to_display(image).transpose(2, 0, 1).copy())
 
@@ -114,7 +114,7 @@ def mosaic(image, grid: int, crop: int, order: Sequence[int] | torch.Tensor | No
     `order[c]` is the patch shown in cell c (row-major); None keeps the original order,
     a permutation shows the shuffled puzzle. Returns an (H, W, 3) array in [0, 1].
     """
-    x = _as_float_image(image).unsqueeze(0)
+    x = as_float_image(image).unsqueeze(0)
     if gap is None:
         _, gap = mosaic_cells(x.shape[-1], grid, crop)
     tokens = patchify(x, grid, crop)  # (1, T, D)

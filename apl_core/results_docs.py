@@ -19,7 +19,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from . import claims, control_tables, controls, course, report, search, trial_store
+from . import claims, control_tables, controls, course, pretext_study, report, search, trial_store
 from .config import profile_config
 from .stats import mean_sd
 from .tables import markdown_table
@@ -62,15 +62,20 @@ def course_time_block() -> str:
     timed = course.load_course_time(PROFILE)
     if not timed:
         return "(no committed course time)"
-    minutes = {row["notebook"]: row["seconds"] / 60 for row in timed["notebooks"]}
+    seconds = {row["notebook"]: row["seconds"] for row in timed["notebooks"]}
     total = timed["total_seconds"] / 60
-    pretraining = minutes[PRETRAINING_NOTEBOOK]
+    pretraining = seconds[PRETRAINING_NOTEBOOK] / 60
     allowed = max(COURSE_MINUTES, COURSE_PER_PRETRAINING * pretraining)
     verdict = "within" if total <= allowed else "over"
-    rows = [{"notebook": name, "minutes": f"{value:.1f}"} for name, value in minutes.items()]
+    rows = [{"notebook": name, "minutes": "not timed" if value is None else f"{value / 60:.1f}"}
+            for name, value in seconds.items()]
     rows.append({"notebook": "the course", "minutes": f"{total:.1f}"})
+    # a notebook added to the course after this timing: listed, left out of the total
+    untimed = [name for name, value in seconds.items() if value is None]
+    added = (f" {', '.join(untimed)} came later and is not timed yet: the total and the "
+             f"verdict leave it out." if untimed else "")
     return "\n\n".join([
-        _provenance(timed, f", {timed['precision']}, {timed['date']}."),
+        _provenance(timed, f", {timed['precision']}, {timed['date']}.{added}"),
         markdown_table(rows),
         _wrap(f"The budget: {COURSE_MINUTES} minutes on a 2-core CPU, or on a slower one "
               f"{COURSE_PER_PRETRAINING} times notebook 02's time ({COURSE_PER_PRETRAINING} x "
@@ -172,6 +177,17 @@ def controls_block(budget: str) -> str:
                         markdown_table(control_tables.verdict_table(results, TEST_IMAGES))])
 
 
+def pretext_block() -> str:
+    """Notebook 07's study: each task's means over seeds, then its paired differences with
+    APL."""
+    results = pretext_study.load_study(PROFILE)
+    if not results:
+        return "(no committed pretext study)"
+    return "\n\n".join([_provenance(results, f", {results['date']}."),
+                        markdown_table(pretext_study.task_table(results)),
+                        markdown_table(pretext_study.paired_table(results))])
+
+
 def headline_block() -> str:
     """The README's few lines: pretraining, and the smallest seed's margins at the lowest NPC."""
     seeds = report.load_seeds(PROFILE)
@@ -198,7 +214,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "seeds": seeds_block,
     "claims": claims_block, "controls-small": functools.partial(controls_block, "small"),
     "controls-main": functools.partial(controls_block, "main"), "headline": headline_block,
-    "course-time": course_time_block,
+    "course-time": course_time_block, "pretext": pretext_block,
 }
 
 

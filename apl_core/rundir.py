@@ -24,6 +24,9 @@ def _fmt(value: float) -> str:
 
 # Settings that never change what a run computes; every other field is part of the run name.
 RUN_NAME_IGNORES = ("run_name", "runs_dir", "device", "quiet", "compile", "snapshot_every")
+# Settings added after runs were named, with the value every earlier run had: left out of the
+# digest at that value, so that the earlier runs keep their names (and the notebooks' cache).
+ADDED_SETTINGS = {"pretext": "apl"}
 
 
 def _source_name(pretrained: str) -> str:
@@ -46,6 +49,7 @@ def run_name(config: Config) -> str:
     if isinstance(c, PretrainConfig):
         parts += [f"G{c.grid}K{c.crop}", c.encoder, f"b{c.blocks}h{c.heads}m{c.hidden_mult}"]
         parts += ["mlphead"] if c.mlp_head else []
+        parts += [c.pretext] if c.pretext != ADDED_SETTINGS["pretext"] else []
         parts += [f"n{c.num_images}"] if c.num_images else []
     else:
         if c.model != "apl":
@@ -83,9 +87,11 @@ def computed_precision(config: Config) -> str:
 
 def _result_settings(values: dict) -> dict:
     """The settings of a config (as a dict) that change what its run computes: all but
-    RUN_NAME_IGNORES, without the folder of the synthetic images (rendered, not read), with
-    a pretrained run by its name however it was given."""
-    settings = {k: v for k, v in values.items() if k not in RUN_NAME_IGNORES}
+    RUN_NAME_IGNORES and ADDED_SETTINGS at their earlier value, without the folder of the
+    synthetic images (rendered, not read), with a pretrained run by its name however it was
+    given."""
+    settings = {k: v for k, v in values.items() if k not in RUN_NAME_IGNORES
+                and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])}
     if settings.get("dataset") == "synthetic":
         settings.pop("data_dir", None)
     if settings.get("pretrained"):

@@ -10,7 +10,9 @@ What one batch costs in each phase (`position_loss`, `class_loss`) and the learn
 schedule live in `apl_core.objective`; the device and the autocast precision are chosen in
 `apl_core.device`. The rate is a pure function of training progress, so there is no scheduler
 object: a resumed run recomputes the rate from the epoch it continues at. Metric sums stay on
-the device during an epoch and are read once at its end (no host sync per step).
+the device during an epoch and are read once at its end (no host sync per step). A
+pretraining on another pretext task than APL's takes its model and loss from
+`apl_core.pretext`.
 
 Each run lives in its run directory (`apl_core.rundir`). Starting a new run where a run with a
 checkpoint exists is an error: continue it with resume=True, or give another run_name.
@@ -44,11 +46,11 @@ from .device import autocast, autocast_dtype, resolve_device
 from .distributed import (
     DistContext, all_gather_object, all_reduce_sum, init_distributed, local_device,
 )
-from .model import APLPretrainModel, build_finetune_model, build_pretrain_model
+from .model import build_finetune_model
 from .objective import (
-    TOP_K, LossFn, class_loss, learning_rate, make_optimizer, position_loss, summarize,
-    top1_correct,
+    TOP_K, LossFn, class_loss, learning_rate, make_optimizer, summarize, top1_correct,
 )
+from .pretext import build_pretext_model, pretext_loss
 from .rundir import RunLog, computed_precision, open_run
 
 
@@ -289,9 +291,10 @@ def _loader(data: ImageSet, config: Config, rt: Runtime, train: bool) -> BatchLo
 # ---------------------------------------------------------------- pretraining
 
 def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
-    """APL pretraining (docs/method.md, 'Pretraining recipe'). resume: False (a new run), True
-    (continue this config's run; error if there is none) or 'auto' (continue when there is
-    a checkpoint, else start; a finished run returns at once)."""
+    """APL pretraining (docs/method.md, 'Pretraining recipe'), or another pretext task's
+    (config.pretext, apl_core.pretext: its model and loss, the same loop). resume: False (a
+    new run), True (continue this config's run; error if there is none) or 'auto' (continue
+    when there is a checkpoint, else start; a finished run returns at once)."""
     config, run_dir, checkpoint = open_run(config, resume)
     if (done := _finished(run_dir, checkpoint, config)) is not None:
         return done
@@ -304,28 +307,30 @@ def pretrain(config: PretrainConfig, resume: bool | str = False) -> RunResult:
         raise ValueError(f"batch_size={config.batch_size} is larger than the {len(train_set)} "
                          f"training images; lower batch_size or raise num_images")
     knn = knn_sets(config) if config.knn_every else None
-    model = build_pretrain_model(config).to(rt.device)
+    model = build_pretext_model(config).to(rt.device)
+    loss_fn = pretext_loss(config.pretext)
     held_out_loader = _loader(held_out, config, rt, train=False) if len(held_out) else None
 
     def evaluate_epoch(epoch: int) -> dict:
         metrics = {}
         if held_out_loader is not None:
-            held = evaluate(model, position_loss, held_out_loader, rt)
+            held = evaluate(model, loss_fn, held_out_loader, rt)
             metrics.update({f"val_{key}": value for key, value in held.items()})
         if knn is not None and (epoch % config.knn_every == 0 or epoch == config.epochs):
             metrics["knn_top1"] = knn_accuracy(model.transformer, *knn, device=rt.device)
         return metrics
 
-    return fit(run, model, position_loss, _loader(train_set, config, rt, train=True),
+    return fit(run, model, loss_fn, _loader(train_set, config, rt, train=True),
                evaluate_epoch, rt)
 
 
 def load_pretrained(path_or_run_name: str | Path, runs_dir: str | Path = "runs",
-                    device: str = "cpu") -> tuple[APLPretrainModel, PretrainConfig]:
-    """A pretrained model (eval mode) and its config, from a checkpoint path or run name."""
+                    device: str = "cpu") -> tuple[nn.Module, PretrainConfig]:
+    """A pretrained model (eval mode; its pretext's, apl_core.pretext) and its config, from a
+    checkpoint path or run name."""
     checkpoint = load_phase_checkpoint(path_or_run_name, "pretrain", runs_dir)
     config = PretrainConfig.from_dict(checkpoint["config"])
-    model = build_pretrain_model(config)
+    model = build_pretext_model(config)
     model.load_state_dict(checkpoint["model"])
     return model.to(resolve_device(device)).eval(), config
 

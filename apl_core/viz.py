@@ -23,7 +23,9 @@ from matplotlib.patches import Rectangle
 from matplotlib.rcsetup import cycler
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from .puzzle import crop_offset, mosaic, mosaic_cells, random_order, to_display
+from .puzzle import (
+    as_float_image, crop_offset, mosaic, mosaic_cells, random_order, to_display, unpatchify,
+)
 from .search import LONGEST, lengthens
 
 PALETTE = "colorblind"
@@ -756,6 +758,53 @@ def attention_distance_figure(distances: dict[str, np.ndarray], uniform: float |
     ax.set(title=title, xlabel="block", ylabel="mean attention distance (patches)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=9, title="model (dots: heads)")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- the pretext tasks (notebook 07)
+
+@_themed
+def pretext_tasks_figure(image, grid: int, crop: int, permutation, hidden, attendable,
+                         reconstruction=None, title: str | None = None) -> Figure:
+    """What each pretext task of apl_core.pretext asks of one image: the image in its four
+    rotations (rotation: which one?), its patches shuffled by one permutation of jigsaw's set
+    (which one?), the patches MAE hides greyed out (what is under them?), the patches MP3
+    masks as keys faded (where does each patch go, seeing only the others?) and, given
+    `reconstruction` ((T, 3 s^2) tokens in the images' [-1, 1] colours), a trained MAE's
+    answer. permutation: (T,) the tile each cell shows; hidden, attendable: (T,) bool."""
+    x = as_float_image(image)
+    side, gap = mosaic_cells(x.shape[-1], grid, crop)
+    in_order = mosaic(x, grid, crop, gap=gap)
+
+    def cells(chosen) -> list[tuple[slice, slice]]:
+        return [(slice(r * (side + gap), r * (side + gap) + side),
+                 slice(c * (side + gap), c * (side + gap) + side))
+                for r, c in (divmod(t, grid) for t in
+                             torch.nonzero(torch.as_tensor(chosen)).flatten().tolist())]
+
+    masked, faded = in_order.copy(), in_order.copy()
+    for cell in cells(hidden):
+        masked[cell] = 0.5
+    for cell in cells(~torch.as_tensor(attendable)):
+        faded[cell] = 0.25 * faded[cell] + 0.75
+    panels = [(torch.rot90(x, r, dims=(1, 2)).permute(1, 2, 0).numpy(), f"rotation {90 * r}°")
+              for r in range(4)]
+    panels += [(mosaic(x, grid, crop, order=permutation, gap=gap), "jigsaw: which order?"),
+               (masked, f"MAE: {int(torch.as_tensor(hidden).sum())} patches hidden"),
+               (faded, "MP3: faded ones unseen")]
+    if reconstruction is not None:
+        tokens = torch.as_tensor(reconstruction).detach().float().cpu()
+        filled = unpatchify(((tokens[None] + 1) / 2).clamp(0, 1), grid, gap=gap)
+        panels.append((filled[0].permute(1, 2, 0).numpy(), "MAE's answer"))
+    fig, axes = _subplots(1, len(panels), figsize=(2.2 * len(panels), 2.9))
+    for ax, (picture, name) in zip(axes, panels):
+        ax.imshow(picture)
+        ax.set_title(name, fontsize=9)
+        ax.grid(False)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(title or "What each pretext task asks of one image")
     fig.tight_layout()
     return fig
 

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from apl_core.config import (ARCHITECTURE_FIELDS, PROFILES, FinetuneConfig, PretrainConfig,
-                             profile_config, profile_npcs, profile_values)
+from apl_core.config import (ARCHITECTURE_FIELDS, PRETEXT_POSITIONS, PROFILES, FinetuneConfig,
+                             PretrainConfig, profile_config, profile_npcs, profile_values)
 
 
 def test_defaults_are_the_paper_settings():
@@ -290,3 +290,28 @@ def test_quick_probe_keeps_the_finetuning_schedule_but_its_own_lr():
 def test_both_unreadable_image_policies_are_accepted():
     assert PretrainConfig(unreadable_images="error").unreadable_images == "error"
     assert FinetuneConfig(unreadable_images="skip").unreadable_images == "skip"
+
+
+# ---------------------------------------------------------------- the pretext task
+
+def test_the_pretext_is_one_of_the_tasks_and_named_in_the_error():
+    with pytest.raises(ValueError, match=r"pretext='jigsaws' is invalid: choose one of "
+                                         r"\('apl', 'rotation', 'jigsaw', 'mae', 'mp3'\)"):
+        PretrainConfig(pretext="jigsaws")
+
+
+@pytest.mark.parametrize("task, needed", sorted(PRETEXT_POSITIONS.items()))
+def test_each_task_is_refused_without_or_with_the_positional_embedding_it_is_defined_with(
+        task, needed):
+    assert PretrainConfig(pretext=task, positional_embedding=needed).pretext == task
+    with pytest.raises(ValueError, match=f"positional_embedding={not needed} is invalid: "
+                                         f"pretext='{task}' is defined "
+                                         f"{'with' if needed else 'without'} a positional "
+                                         f"embedding: set positional_embedding={needed}"):
+        PretrainConfig(pretext=task, positional_embedding=not needed)
+
+
+def test_apl_takes_a_positional_embedding_or_none():
+    """With one it is notebook 06's leak control."""
+    assert PretrainConfig(positional_embedding=True).pretext == "apl"
+    assert not PretrainConfig().positional_embedding

@@ -229,3 +229,105 @@ def test_the_seeds_script_stores_each_row_and_a_rerun_trains_none(smoke_search, 
                         lambda *a, **k: pytest.fail("judged again"))
     converged_seeds.main(argv)
     assert json.loads(seeds_out.read_text())["trials"] == written["trials"]
+
+
+# ---------------------------------------------------------------- the pretext study's CLI
+
+import functools  # noqa: E402
+
+from apl_core import pretext_study  # noqa: E402
+import pretext_study as pretext_study_script  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def smoke_pretext_study(tmp_path_factory):
+    """APL and MP3 at seed 0 through the script on the smoke profile, in this process, each
+    bracket cut to three trials: its runs folder and results file."""
+    root = tmp_path_factory.mktemp("pretext")
+    patch = pytest.MonkeyPatch()
+    patch.setattr(pretext_study.comparison, "worker_pool", concurrent.futures.ThreadPoolExecutor)
+    patch.setattr(pretext_study, "search_method",
+                  functools.partial(search.search_method, trials=3, extra=0))
+    out = root / "study.json"
+    pretext_study_script.main(["--profile", "smoke", "--seeds", "0", "--tasks", "apl", "mp3",
+                               "--device", "cpu", "--runs-dir", str(root / "runs"),
+                               "--out", str(out)])
+    patch.undo()
+    return root, out
+
+
+def test_the_pretext_study_writes_every_row_and_a_rerun_trains_none(smoke_pretext_study,
+                                                                    monkeypatch, capsys):
+    root, out = smoke_pretext_study
+    written = json.loads(out.read_text())
+    assert written["command"].startswith("python experiments/pretext_study.py --profile smoke")
+    assert written["protocol"] == pretext_study.PROTOCOL
+    rows = written["trials"]
+    features = {row["task"]: row for row in rows if row["kind"] == "features"}
+    assert set(features) == {"apl", "mp3"}
+    for row in features.values():
+        assert set(row["features"]) == {"10"} and row["seconds_per_epoch"] > 0
+        assert [point["epoch"] for point in row["pretext_curve"]] == [1, 2, 3]
+        assert [point["epoch"] for point in row["budget_curve"]] == [1, 2, 3]
+    trials = [row for row in rows if row["kind"] == "trial"]
+    assert sorted(row["finetune"] for row in trials) == ["apl"] * 3 + ["mp3"] * 3 + [
+        "mp3 + positions"] * 3
+    scored = {row["finetune"]: row for row in rows if row["kind"] == "test"}
+    assert set(scored) == {"apl", "mp3", "mp3 + positions"}
+    assert all(row["lr"] == pretext_study.chosen_rate(rows, name) for name, row in scored.items())
+    # one seed shows no difference: its seeds' half-width is unbounded
+    paired = pretext_study.paired_table(written)
+    assert {(row["task"], row["measure"]) for row in paired} == {
+        ("mp3", "probe NPC 10"), ("mp3", "kNN NPC 10"), ("mp3", "fine-tune NPC 10"),
+        ("mp3 + positions", "fine-tune NPC 10")}
+    assert {(row["detectable (points)"], row["verdict"]) for row in paired} == {
+        ("inf", "no detectable difference")}
+    monkeypatch.setattr(pretext_study, "pretrain", lambda *a, **k: pytest.fail("pretrained"))
+    monkeypatch.setattr(pretext_study, "finetune", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(pretext_study.comparison, "worker_pool",
+                        concurrent.futures.ThreadPoolExecutor)
+    monkeypatch.setattr(pretext_study, "search_method",
+                        functools.partial(search.search_method, trials=3, extra=0))
+    pretext_study_script.main(["--profile", "smoke", "--seeds", "0", "--tasks", "apl", "mp3",
+                               "--device", "cpu", "--runs-dir", str(root / "runs"),
+                               "--out", str(out)])
+    assert json.loads(out.read_text())["trials"] == rows
+    assert "| mp3 + positions | fine-tune NPC 10 | 1 |" in capsys.readouterr().out
+
+
+def test_the_pretext_studys_dry_run_prints_the_plan_and_trains_nothing(smoke_pretext_study,
+                                                                       capsys):
+    root, out = smoke_pretext_study
+    pretext_study_script.main(["--profile", "smoke", "--seeds", "0", "1", "--tasks", "apl",
+                               "mp3", "--runs-dir", str(root / "runs"), "--out", str(out),
+                               "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "(exists)" in printed
+    assert "| pretraining + features: mp3 | 0 | 3 | 1024 | yes | yes |" in printed
+    assert "| pretraining + features: mp3 | 1 | 3 | 1024 | no | no |" in printed
+    assert "| fine-tuning bracket: mp3 + positions | 0 | 3 | 100 | – | 3 trials |" in printed
+    assert "| fine-tuning at the chosen rate: apl | 0 1 | – | – | – | 1/2 seeds |" in printed
+    assert not list((root / "runs" / "pretrain").glob("*-s1-*"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--tasks", "mae"], "--tasks: include apl"),
+    (["--seeds", "1", "2"], "--seeds: include 0"),
+    (["--workers", "0"], "--workers 0: give 1 or more"),
+    (["--tasks", "apl", "sudoku"], "invalid choice: 'sudoku'"),
+    (["--profile", "paper"], "invalid choice: 'paper'"),
+])
+def test_the_pretext_study_refuses_bad_input_with_a_clear_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit:
+        pretext_study_script.parse_args(argv)
+    assert exit.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_pretext_studys_help_gives_every_default(capsys):
+    with pytest.raises(SystemExit):
+        pretext_study_script.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: quick)", "(default: 0 1 2)", "(default: runs/search)",
+                    "(default: auto)", "(default: 1)",
+                    "apl_core/results/<profile>_pretext_study.json"):
+        assert default in shown, default

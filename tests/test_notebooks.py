@@ -1,6 +1,6 @@
 """The course notebooks: committed clean, and executed end to end with papermill (smoke profile).
 
-The end-to-end run executes notebooks 01-06 through `apl_core.course.run_course` (the runner
+The end-to-end run executes notebooks 01-07 through `apl_core.course.run_course` (the runner
 behind `make run`) into a temporary folder, then checks each notebook's figures and the numbers
 it recorded in output_dir/<notebook>.json.
 """
@@ -16,15 +16,16 @@ import pytest
 
 from apl_core import course, exercises, publish
 from apl_core.comparison import METHODS
-from apl_core.controls import RANDOM_INIT, control_configs
 from apl_core.claims import ONE_RUN, ONE_SEED_BAR, ONE_SEED_NOISE
+from apl_core.controls import RANDOM_INIT, control_configs
+from apl_core.pretext_study import load_study
 from apl_core.rundir import read_metrics
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_the_course_has_its_six_notebooks():
+def test_the_course_has_its_seven_notebooks():
     assert [p.stem for p in NOTEBOOKS] == list(course.NOTEBOOKS)
 
 
@@ -53,8 +54,8 @@ def test_committed_notebook_is_clean(path):
 def test_select_notebooks_and_bad_choice():
     assert course.select("03,1") == [course.NOTEBOOKS[0], course.NOTEBOOKS[2]]
     assert course.select(None) == list(course.NOTEBOOKS)
-    with pytest.raises(course.CourseError, match="no notebook '07'"):
-        course.select("07")
+    with pytest.raises(course.CourseError, match="no notebook '08'"):
+        course.select("08")
 
 
 def test_course_help_lists_the_options(capsys):
@@ -157,6 +158,7 @@ EXPECTED_FIGURES = {
     "05_reproduction_report": [],
     "06_why_it_works": ["06_controls", "06_leak_curves", "06_attention_distance",
                         "06_controls_seeds"],
+    "07_which_puzzle": ["07_pretext_tasks", "07_mae_reconstruction"],
 }
 
 
@@ -230,6 +232,14 @@ def test_smoke_numbers_are_sane(smoke_course):
     assert {"APL, notebook 02", "APL fine-tune, notebook 04", "BENCHMARK, notebook 04",
             "positional leak", "random init"} <= set(r06["attention_distance"])
     assert [b["crop"] for b in r06["borders"]] == [0, 1]
+    r07 = results(out, "07_which_puzzle")
+    live = {row["task"]: row for row in r07["live"]}
+    assert list(live) == ["apl", "mae"] and live["mae"]["held-out top-1"] == 0
+    # APL's live run is notebook 06's APL control, read back and judged the same way
+    apl_control = r06["rows"][0]
+    assert (live["apl"]["knn_top1"], live["apl"]["probe_top1"]) == (
+        apl_control["knn_top1"], apl_control["probe_top1"])
+    assert r07["study_committed"] == (load_study("quick") is not None)
     summary = json.loads((out / "course_summary.json").read_text())
     assert [n["notebook"] for n in summary["notebooks"]] == list(course.NOTEBOOKS)
     # what docs/results.md's course time names beside the minutes

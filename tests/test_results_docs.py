@@ -54,13 +54,15 @@ def test_every_block_says_which_results_are_missing(monkeypatch):
     monkeypatch.setattr(results_docs.report, "load_seeds", lambda profile: None)
     monkeypatch.setattr(results_docs.controls, "load_controls", lambda profile, budget: None)
     monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: None)
+    monkeypatch.setattr(results_docs.pretext_study, "load_study", lambda profile: None)
     assert {name: block() for name, block in results_docs.BLOCKS.items()} == {
         "converged-search": "(no committed search)", "recipes": "(no committed search)",
         "seed-0": "(no committed seed 0)",
         "seeds": "(no committed seeds)", "claims": "(no committed seed 0)",
         "controls-small": "(no committed controls at the small budget)",
         "controls-main": "(no committed controls at the main budget)",
-        "headline": "(no committed seeds)", "course-time": "(no committed course time)"}
+        "headline": "(no committed seeds)", "course-time": "(no committed course time)",
+        "pretext": "(no committed pretext study)"}
 
 
 def course_time(seconds: dict[str, float]) -> dict:
@@ -87,6 +89,32 @@ def test_the_course_time_is_read_per_notebook_and_held_to_the_budget(monkeypatch
     monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: timed)
     assert "the course is over it (21.7 of 20.0 minutes)" in " ".join(
         results_docs.course_time_block().split())
+
+
+def test_a_notebook_added_after_the_timing_is_listed_and_left_out_of_the_total(monkeypatch):
+    timed = course_time({"01_puzzle_construction": 30, "02_pretraining": 600})
+    timed["notebooks"].append({"notebook": "07_which_puzzle", "seconds": None,
+                               "executed": None})
+    monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: timed)
+    text = " ".join(results_docs.course_time_block().split())
+    assert ("2026-12-03. 07_which_puzzle came later and is not timed yet: the total and the "
+            "verdict leave it out.") in text
+    assert "| 07_which_puzzle | not timed |" in text and "| the course | 10.5 |" in text
+
+
+def test_the_pretext_block_gives_each_task_and_its_difference_from_apl(monkeypatch):
+    rows = [{"kind": "features", "task": task, "seed": seed, "test_images": 1000,
+             "seconds_per_epoch": 30.0, "features": {"10": {"probe_top1": probe,
+                                                             "knn_top1": 0.3}}}
+            for task, probe in (("apl", 0.5), ("rotation", 0.3)) for seed in (0, 1, 2)]
+    study = {"command": "python experiments/pretext_study.py --profile quick",
+             "machine": "a CPU", "torch": "2.x", "date": "2026-12-08", "trials": rows}
+    monkeypatch.setattr(results_docs.pretext_study, "load_study", lambda profile: study)
+    text = results_docs.pretext_block()
+    assert text.startswith("`python experiments/pretext_study.py --profile quick` on a CPU, "
+                           "torch 2.x, 2026-12-08.")
+    assert "| rotation | 30.0 ± 0.0 | 30.0 ± 0.0 | 30 |" in text
+    assert "| rotation | probe NPC 10 | 3 | -20.0 |" in text and "| lower |" in text
 
 
 def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():

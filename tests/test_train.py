@@ -14,13 +14,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import apl_core.train as train
+from apl_core import pretext
 from apl_core.augment import AugmentSpec, MixSpec
 from apl_core.baselines import SCNN
 from apl_core.checkpoint import read_checkpoint, save_checkpoint
 from apl_core.config import FinetuneConfig, PretrainConfig
 from apl_core.data import BatchLoader, ImageSet, splits
 from apl_core.distributed import DistContext
-from apl_core.model import APLClassifier, build_pretrain_model
+from apl_core.model import APLClassifier, APLPretrainModel, build_pretrain_model
 from apl_core.checkpoint import pretrain_architecture
 from apl_core.rundir import read_metrics, run_name
 from apl_core.stats import decode_mask
@@ -61,7 +62,7 @@ def test_a_run_trains_every_weight_and_logs_each_epoch(tmp_path, monkeypatch, ca
     clock = itertools.count(step=2)  # each reading of the clock is two seconds later
     monkeypatch.setattr(train, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
     bars = record_bars(monkeypatch)
-    steps, real_loss = [], train.position_loss
+    steps, real_loss = [], pretext.position_loss
 
     def recording_loss(model, images, labels):
         loss, hits, count = real_loss(model, images, labels)
@@ -69,7 +70,7 @@ def test_a_run_trains_every_weight_and_logs_each_epoch(tmp_path, monkeypatch, ca
             steps.append((loss.item() * count.item(), *hits.tolist(), count.item()))
         return loss, hits, count
 
-    monkeypatch.setattr(train, "position_loss", recording_loss)
+    monkeypatch.setitem(pretext.PRETEXT_LOSSES, "apl", recording_loss)
     initial, real_fit = {}, train.fit
 
     def fit(run, model, *args):
@@ -245,7 +246,7 @@ def test_compile_trains_the_compiled_model(tmp_path, monkeypatch):
     compiled = []
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     result = pretrain(smoke_pretrain_config(tmp_path, epochs=1, compile=True, **TINY))
-    assert len(compiled) == 1 and isinstance(compiled[0], train.APLPretrainModel)
+    assert len(compiled) == 1 and isinstance(compiled[0], APLPretrainModel)
     assert result.metrics[0]["epoch"] == 1
 
 
@@ -361,7 +362,7 @@ def test_resume_at_epoch_boundary_matches_uninterrupted_run(tmp_path, monkeypatc
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_loss = train.position_loss
+    real_loss = pretext.position_loss
 
     def loss_that_explodes_at(step):
         training_steps = []
@@ -372,7 +373,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
             return (loss * math.nan if len(training_steps) >= step else loss), hits, count
         return loss
 
-    monkeypatch.setattr(train, "position_loss", loss_that_explodes_at(5))  # in epoch 2
+    monkeypatch.setitem(pretext.PRETEXT_LOSSES, "apl", loss_that_explodes_at(5))  # in epoch 2
     config = smoke_pretrain_config(tmp_path, epochs=3, **TINY)
     last = tmp_path / "pretrain" / run_name(config) / "last.pt"
     with pytest.raises(train.NonFiniteLossError) as error:
@@ -387,7 +388,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert checkpoint["epoch"] == 1 and read_metrics(last.parent) == checkpoint["metrics"]
     assert all(torch.isfinite(value).all() for value in checkpoint["model"].values())
 
-    monkeypatch.setattr(train, "position_loss", loss_that_explodes_at(1))
+    monkeypatch.setitem(pretext.PRETEXT_LOSSES, "apl", loss_that_explodes_at(1))
     with pytest.raises(train.NonFiniteLossError, match="epoch 1; the run stopped and no "
                                                        "checkpoint was written. Try"):
         pretrain(config.replace(run_name="first"))
@@ -608,7 +609,7 @@ def test_bf16_autocast_trains_and_evaluates_on_cpu(tmp_path, monkeypatch):
             return loss_fn(model, images, labels, **options)
         return loss
 
-    monkeypatch.setattr(train, "position_loss", recording(train.position_loss))
+    monkeypatch.setitem(pretext.PRETEXT_LOSSES, "apl", recording(pretext.position_loss))
     monkeypatch.setattr(train, "class_loss", recording(train.class_loss))
     top1_correct = train.top1_correct
     monkeypatch.setattr(train, "top1_correct", lambda logits, labels: autocast.add(

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from apl_core import search, viz  # noqa: E402
-from apl_core.puzzle import mosaic_cells, puzzle_stats, random_order  # noqa: E402
+from apl_core.puzzle import mosaic, mosaic_cells, puzzle_stats, random_order  # noqa: E402
 
 G, K, N = 3, 1, 24
 T = G * G
@@ -263,3 +263,26 @@ def test_the_accuracy_figure_draws_every_seed_around_its_mean():
     assert single.axes[0].get_legend().get_title().get_text() == "method"
     assert list(single.axes[0].lines[0].get_xdata()) == [10, 30, 100]  # not set apart
     plt.close(single)
+
+
+def test_the_pretext_figure_shows_what_each_task_hides_and_the_mae_answer_when_given():
+    hidden = torch.zeros(T, dtype=torch.bool)
+    hidden[:6] = True
+    attendable = ~hidden.roll(3)
+    order = random_order(G, 1)
+    fig = viz.pretext_tasks_figure(image(), G, K, order, hidden, attendable)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["rotation 0°", "rotation 90°", "rotation 180°", "rotation 270°",
+                      "jigsaw: which order?", "MAE: 6 patches hidden", "MP3: faded ones unseen"]
+    pictures = [ax.get_images()[0].get_array() for ax in fig.axes]
+    assert (pictures[4] == mosaic(image(), G, K, order=order)).all()
+    side, gap = mosaic_cells(N, G, K)
+    masked, in_order = pictures[5], mosaic(image(), G, K)
+    assert (masked[:side, :side] == 0.5).all()  # cell 0 is hidden: grey
+    last = slice((G - 1) * (side + gap), (G - 1) * (side + gap) + side)
+    assert (masked[last, last] == in_order[last, last]).all()  # cell T - 1 is shown
+    tokens = torch.zeros(T, 3 * side * side)  # mid-grey in [-1, 1] colours
+    with_answer = viz.pretext_tasks_figure(image(), G, K, order, hidden, attendable,
+                                           reconstruction=tokens)
+    assert with_answer.axes[-1].get_title() == "MAE's answer"
+    assert (with_answer.axes[-1].get_images()[0].get_array()[:side, :side] == 0.5).all()
