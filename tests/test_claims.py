@@ -201,8 +201,9 @@ def test_a_margin_whose_side_was_still_rising_is_marked_as_a_bound():
     tests = {c["statement"]: c for c in claim_tests(seeds, 1000)}
     vit = ("APL fine-tune, without positions, beats the same transformer with positional "
            "embeddings from scratch (a ViT)")
-    assert tests[f"{vit} at NPC 100"]["measured"].endswith(
-        "; BENCHMARK + positions still rising, so an upper bound")
+    assert tests[f"{vit} at NPC 100"]["measured"] == (
+        "10.0 ± 6.2 points over 3 seeds, smallest +3.0; detectable 15.5; BENCHMARK + positions "
+        "still rising, so an upper bound")
     assert tests[f"{vit} at NPC 10"]["measured"].endswith(
         "; APL fine-tune, BENCHMARK + positions still rising, so no bound either way")
     assert claims.still_rising(seeds_results()) == set()  # no search behind the seeds
@@ -278,8 +279,10 @@ def test_a_margin_that_one_seed_measures_says_it_is_not_tested():
     assert len(tests) == 5 and tests[BEATS] == {
         "statement": BEATS, "test": PAIRED_DIFFERENCE, "holds": "not tested",
         "measured": "15.0 points over 1 seed: the test needs 2 or more"}
-    assert tests["APL fine-tune, without positions, beats the same transformer with positional "
-                 "embeddings from scratch (a ViT) at NPC 10"]["holds"] in ("yes", "no")
+    two_seeds = tests["APL fine-tune, without positions, beats the same transformer with "
+                      "positional embeddings from scratch (a ViT) at NPC 10"]
+    assert two_seeds["holds"] in ("yes", "no")
+    assert two_seeds["measured"].startswith("13.5 ± 2.1 points over 2 seeds, smallest +12.0;")
 
 
 def test_seed_margins_skip_a_side_that_did_not_run_and_say_what_each_claims():

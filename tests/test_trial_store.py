@@ -8,7 +8,9 @@ import json
 import pytest
 
 from apl_core import trial_store
-from apl_core.trial_store import TrialStore, adopt_study, load_search, npc_protocols
+from apl_core.trial_store import (
+    TrialStore, adopt_study, describe_protocol, load_search, npc_protocols, protocol_summary,
+)
 
 
 def trial(lr, val, method="BENCHMARK", npc=10, epochs=10):
@@ -54,6 +56,7 @@ def test_adopt_study_replaces_only_its_npcs_rows_and_keeps_its_provenance():
              "trials": [trial(3e-4, 0.5, npc=100, epochs=120), trial(3e-4, 0.9, npc=30)]}
     adopted = adopt_study(committed, study, [100])
     assert adopted["trials"] == [trial(1e-4, 0.2), trial(3e-4, 0.5, npc=100, epochs=120)]
+    assert "replaced_trials" not in adopted  # kept apart only when asked (a seeds file)
     assert adopted["protocol"] == {"trials": 5, "max_steps": {"10": 400, "100": 3840}}
     assert (adopted["command"], adopted["machine"], "workers" in adopted) == ("search", "A", False)
     assert adopted["studies"] == [{"npcs": [100], "command": "study", "machine": "B",
@@ -86,6 +89,27 @@ def test_adopt_study_replaces_only_its_npcs_rows_and_keeps_its_provenance():
     assert [row["run"] for row in at_10["replaced_trials"]] == ["old", "kept"]
     with pytest.raises(ValueError, match=r"no rows at NPC \[10\]"):
         adopt_study(committed, study, [10, 100])
+
+
+def test_a_protocol_is_named_in_the_words_of_the_docs_tables():
+    current = protocol_summary({"trials": 5, "small_data": {"mixup": 0.8}})
+    assert current == {"recipes": ["base", "small-data"], "lengths": "paired test"}
+    assert describe_protocol(current) == "base and small-data recipes, lengths by the paired test"
+    earlier = protocol_summary({"trials": 5, "late_fraction": 0.2})
+    assert earlier == {"recipes": ["base"], "lengths": "late check"}
+    assert describe_protocol(earlier) == (
+        "base recipe only, length by the earlier late check (a doubled run never adopted)")
+
+
+def test_an_npc_reads_the_protocol_a_study_adopted_there_over_the_headers():
+    earlier = {"recipes": ["base"], "lengths": "late check"}
+    results = {"protocol": {"trials": 5, "small_data": {}}, "protocols": {"100": earlier},
+               "trials": [trial(1e-4, 0.2, npc=100), trial(1e-4, 0.3, npc=10)]}
+    assert npc_protocols(results) == {
+        10: {"recipes": ["base", "small-data"], "lengths": "paired test"}, 100: earlier}
+    assert list(npc_protocols(results)) == [10, 100]
+    # a seeds file without a header protocol: a study's protocols only
+    assert npc_protocols({"protocols": {"100": earlier}, "trials": []}) == {100: earlier}
 
 
 def test_the_committed_quick_search_is_read_and_a_damaged_one_named(tmp_path, monkeypatch):
