@@ -72,6 +72,7 @@ from apl_core.data import BatchLoader, ImageSet  # noqa: E402
 from apl_core.device import autocast_dtype, cpu_name, resolve_device  # noqa: E402
 from apl_core.distributed import DistContext  # noqa: E402
 from apl_core.model import build_classifier, build_pretrain_model  # noqa: E402
+from apl_core.objective import class_loss, make_optimizer, position_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 STL10_UNLABELED, PAPER_EPOCHS = 100_000, 300
@@ -202,8 +203,8 @@ class OurStep:
         params = [p for p in model.parameters() if p.requires_grad]
         self.trainer = engine.Trainer(
             torch.compile(model) if compile_model else model,
-            engine.position_loss if phase == "pretrain" else engine.class_loss,
-            engine.make_optimizer(params, config, device),
+            position_loss if phase == "pretrain" else class_loss,
+            make_optimizer(params, config, device),
             torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
             engine.Runtime(device, dtype, DistContext()))
         self.times: list[float] = []
