@@ -133,7 +133,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                attendable: torch.Tensor | None = None):
+        """x (B, T, D) -> (output (B, T, D), weights (B, H, T, T) when asked, else None).
+        attendable (B, T), bool: only these tokens serve as keys (MP3's masked keys); None:
+        every token."""
         b, t, _ = x.shape
         # (B, T, 3 H s) -> q, k, v as (B, H, T, s) strided views, no copy. unbind(2) rather
         # than permute(2, 0, 3, 1, 4) + unbind(0): the same views, but then the backward pass
@@ -141,13 +145,18 @@ class SelfAttention(nn.Module):
         # output, with no second copy to undo a permutation.
         q, k, v = (part.transpose(1, 2) for part in
                    self.qkv(x).view(b, t, 3, self.heads, -1).unbind(2))
+        key_mask = None if attendable is None else attendable[:, None, None, :]
         if return_attention:
             # scaled_dot_product_attention hides the weights; compute them only when asked.
-            weights = torch.softmax(q @ k.transpose(-2, -1) * self.logit_scale, dim=-1)
+            logits = q @ k.transpose(-2, -1) * self.logit_scale
+            if key_mask is not None:
+                logits = logits.masked_fill(~key_mask, float("-inf"))
+            weights = torch.softmax(logits, dim=-1)
             out = weights @ v
         else:
             weights = None
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.logit_scale)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask,
+                                                 scale=self.logit_scale)
         if self.value_scale != 1.0:
             out = out * self.value_scale
         # SDPA's fused kernels (CPU flash, CUDA flash and memory-efficient) return
@@ -174,8 +183,9 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, return_attention: bool = False):
-        attended, weights = self.attn(x, return_attention)
+    def forward(self, x: torch.Tensor, return_attention: bool = False,
+                attendable: torch.Tensor | None = None):
+        attended, weights = self.attn(x, return_attention, attendable)
         x = self.dropout(self.norm1(x + self.drop_path(attended)))
         x = self.dropout(self.norm2(x + self.drop_path(self.ff(x))))
         return x, weights
@@ -242,17 +252,19 @@ class APLTransformer(nn.Module):
     def patches(self, images: torch.Tensor) -> torch.Tensor:
         return extract_patches(images, self.grid, self.crop)
 
-    def contextualize(self, patches: torch.Tensor, return_attention: bool = False):
+    def contextualize(self, patches: torch.Tensor, return_attention: bool = False,
+                      attendable: torch.Tensor | None = None):
         """Cropped patches (B, T, 3, s, s), in any order (in grid order with a positional
         embedding) -> (features (B, T, D), keep mask (B, T), attention weights: one
-        (B, H, T, T) per block when asked, else [])."""
+        (B, H, T, T) per block when asked, else []). attendable (B, T): the tokens every
+        block may attend to (SelfAttention); None: all."""
         x = self.encoder(patches)
         if self.position_embedding is not None:
             x = x + self.position_embedding
         x, keep = self.patch_dropout(x)
         attention = []
         for block in self.blocks:
-            x, weights = block(x, return_attention)
+            x, weights = block(x, return_attention, attendable)
             if return_attention:
                 attention.append(weights)
         return x, keep, attention

@@ -228,24 +228,6 @@ def mae_loss(model: nn.Module, images: torch.Tensor, labels=None):
 
 # ---------------------------------------------------------------- MP3
 
-def block_with_key_mask(block: Block, x: torch.Tensor,
-                        attendable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`block` (model.Block) on tokens x (B, T, D) where only the tokens with attendable
-    (B, T) True can be attended to: the same projections, residuals and norms as
-    Block.forward, the masked keys' logits set to -inf. Returns (x, weights (B, H, T, T))."""
-    attention = block.attn
-    b, t, _ = x.shape
-    q, k, v = (part.transpose(1, 2) for part in
-               attention.qkv(x).view(b, t, 3, attention.heads, -1).unbind(2))
-    logits = q @ k.transpose(-2, -1) * attention.logit_scale
-    weights = logits.masked_fill(~attendable[:, None, None, :], float("-inf")).softmax(-1)
-    out = (weights @ v) * attention.value_scale
-    attended = attention.proj(out.transpose(1, 2).reshape(b, t, -1))
-    x = block.dropout(block.norm1(x + block.drop_path(attended)))
-    x = block.dropout(block.norm2(x + block.drop_path(block.ff(x))))
-    return x, weights
-
-
 class MP3Model(nn.Module):
     """APL's model (transformer + position head shared by all tokens) with KEY_MASK_RATIO of
     each image's tokens masked as keys in every block, drawn anew for every batch (also in
@@ -260,15 +242,14 @@ class MP3Model(nn.Module):
         t, d = transformer.num_tokens, transformer.dim
         self.position_head = mlp(d, t) if mlp_head else nn.Linear(d, t)
 
-    def position_logits(self, patches: torch.Tensor, attendable: torch.Tensor):
-        """Patches (B, T, 3, s, s) and which tokens can be attended to (B, T) ->
-        (position logits (B, T, T), PatchDropout's keep mask, each block's weights)."""
-        x, keep = self.transformer.patch_dropout(self.transformer.encoder(patches))
-        attention = []
-        for block in self.transformer.blocks:
-            x, weights = block_with_key_mask(block, x, attendable)
-            attention.append(weights)
-        return self.position_head(x), keep, attention
+    def position_logits(self, patches: torch.Tensor, attendable: torch.Tensor,
+                        return_attention: bool = False):
+        """Patches (B, T, 3, s, s) and the tokens that can be attended to (B, T) ->
+        (position logits (B, T, T), PatchDropout's keep mask, attention as
+        APLTransformer.contextualize)."""
+        features, keep, attention = self.transformer.contextualize(patches, return_attention,
+                                                                   attendable)
+        return self.position_head(features), keep, attention
 
     def forward(self, images: torch.Tensor):
         """Images -> (position logits (B, T, T), keep mask (B, T)), as APLPretrainModel."""

@@ -38,12 +38,10 @@ from .pretext import JIGSAW_PERMUTATIONS, KEY_MASK_RATIO, MASK_RATIO
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics, run_name
 from .search import (
-    START_RATES, best_trial, max_steps, search_method, searched_config, trial_row,
+    START_RATES, best_trial, max_steps, search_method, searched_config, store_run, trial_row,
 )
 from .stats import detectable_difference, mean_sd, verdict
-from .train import (
-    NonFiniteLossError, best_epoch_test_top1, finetune, load_pretrained, pretrain,
-)
+from .train import best_epoch_test_top1, finetune, load_pretrained, pretrain
 from .trial_store import TrialStore
 
 TASKS = ("apl", "rotation", "jigsaw", "mae", "mp3")
@@ -123,27 +121,13 @@ def finetune_config(profile: str, finetune: str, seed: int, **settings):
     return searched_config(base, SEARCHED, max_steps(profile)[FINETUNE_NPC], "base")
 
 
-def _trial(store: TrialStore, finetune_name: str, config) -> dict:
-    """The trial row of `config`'s run: read back from the store, or trained (a finished run
-    read back from runs_dir) and added; a non-finite loss is a diverged trial."""
-    found = store.find(run_name(config))
-    if found is not None:
-        return found
-    try:
-        result = finetune(config, resume="auto")
-        row = trial_row(SEARCHED, result.config, result.metrics)
-    except NonFiniteLossError as error:
-        row = trial_row(SEARCHED, config, read_metrics(error.run_dir), non_finite=True)
-    row = {**row, "kind": "trial", "finetune": finetune_name, "seed": config.seed}
-    store.add(row)
-    return row
-
-
 def search_finetune(profile: str, finetune_name: str, store: TrialStore,
                     **settings) -> list[dict]:
     """The learning-rate bracket (search.search_method) of `finetune_name` on seed 0."""
     base = finetune_config(profile, finetune_name, 0, **settings)
-    return search_method(base, lambda config: _trial(store, finetune_name, config))
+    return search_method(base, lambda config: store_run(
+        SEARCHED, store, config,
+        {"kind": "trial", "finetune": finetune_name, "seed": config.seed}))
 
 
 def scored_row(profile: str, finetune_name: str, seed: int, lr: float, store: TrialStore,

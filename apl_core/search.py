@@ -657,10 +657,12 @@ def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, wor
     return trials
 
 
-def _store_run(method: str, store: TrialStore, config: FinetuneConfig, **longer) -> dict:
+def store_run(method: str, store: TrialStore, config: FinetuneConfig,
+              fields: dict | None = None, **longer) -> dict:
     """The trial row of `config`'s run: read back from the store, or trained (a finished run
-    read back from runs_dir) and added; a run stopped by a non-finite loss is recorded as
-    diverged with its curve so far."""
+    read back from runs_dir) and added with `fields` (what the caller's study records beside
+    trial_row's); a run stopped by a non-finite loss is recorded as diverged with its curve
+    so far."""
     found = store.find(run_name(config))
     if found is not None:
         return found
@@ -670,13 +672,14 @@ def _store_run(method: str, store: TrialStore, config: FinetuneConfig, **longer)
     except NonFiniteLossError as error:
         trial = trial_row(method, config, read_metrics(error.run_dir), non_finite=True,
                           **longer)
+    trial = {**trial, **(fields or {})}
     store.add(trial)
     return trial
 
 
 def _search_one(method: str, base: FinetuneConfig, path: Path, header: dict) -> list[dict]:
     store = TrialStore(path, header)
-    return search_method(base, lambda config: _store_run(method, store, config))
+    return search_method(base, lambda config: store_run(method, store, config))
 
 
 def _lengthen_one(method: str, searched: FinetuneConfig, path: Path,
@@ -692,7 +695,7 @@ def _lengthen_one(method: str, searched: FinetuneConfig, path: Path,
     pick = choose(group())[(method, searched.npc)]
     while pick["next"] is not None:
         chosen = searched.replace(**recipe_settings(method, pick["recipe"]), lr=pick["lr"])
-        _store_run(method, store, longer_config(chosen, pick["next"]), longer_of=pick["run"],
+        store_run(method, store, longer_config(chosen, pick["next"]), longer_of=pick["run"],
                    multiple=pick["next"])
         pick = choose(group())[(method, searched.npc)]
     return group()

@@ -130,6 +130,26 @@ def test_attention_weights_on_request():
     torch.testing.assert_close(fused, logits, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("scale", ["standard", "original"])
+def test_a_key_mask_hides_the_masked_tokens_on_both_attention_paths(scale):
+    torch.manual_seed(0)
+    attention = SelfAttention(12, 3, scale)
+    x = torch.randn(2, 5, 12)
+    everyone = torch.ones(2, 5, dtype=torch.bool)
+    for return_attention in (False, True):
+        torch.testing.assert_close(attention(x, return_attention, everyone)[0],
+                                   attention(x, return_attention)[0])
+    attendable = torch.tensor([[True, False, True, True, False], [False] * 4 + [True]])
+    explicit, weights = attention(x, return_attention=True, attendable=attendable)
+    assert torch.all(weights.masked_select(~attendable[:, None, None, :]) == 0)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 3, 5))
+    torch.testing.assert_close(attention(x, attendable=attendable)[0], explicit)
+    changed = x.clone()
+    changed[~attendable] += 1  # a masked token's content reaches no other token
+    torch.testing.assert_close(attention(changed, attendable=attendable)[0][attendable],
+                               explicit[attendable])
+
+
 def test_classifier_pools_tokens_and_counts_classes():
     tune = FinetuneConfig(image_size=32, num_classes=7, mlp_head=True, dropout=0.05)
     classifier = build_classifier(tune, PretrainConfig(**SMALL))

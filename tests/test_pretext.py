@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from apl_core import pretext
 from apl_core.config import PretrainConfig
-from apl_core.model import APLTransformer, Block, TransformerConfig
+from apl_core.model import APLTransformer, TransformerConfig
 from apl_core.pretext import (
-    JigsawModel, MAEModel, MP3Model, RotationModel, block_with_key_mask, build_pretext_model,
+    JigsawModel, MAEModel, MP3Model, RotationModel, build_pretext_model,
     hamming, jigsaw_permutations, mae_loss, normalized_pixels, pretext_loss, random_subset,
     rotate_all, rotation_loss, shuffle_tiles,
 )
@@ -173,20 +173,11 @@ def test_the_mae_encoder_sees_no_hidden_token():
 
 # ---------------------------------------------------------------- MP3
 
-def test_a_block_with_every_key_attendable_is_the_models_block():
-    block = Block(27, 3, 2, 0.0).eval()
-    x = torch.randn(2, 5, 27)
-    expected, weights = block(x, return_attention=True)
-    got, got_weights = block_with_key_mask(block, x, torch.ones(2, 5, dtype=torch.bool))
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(got_weights, weights)
-
-
 def test_masked_keys_receive_no_attention_and_do_not_change_the_others():
     model = MP3Model(transformer())
     patches = extract_patches(images(2), 4, 1)
     attendable = ~random_subset(2, 16, 0.75)
-    logits, keep, attention = model.position_logits(patches, attendable)
+    logits, keep, attention = model.position_logits(patches, attendable, return_attention=True)
     assert logits.shape == (2, 16, 16) and keep.all() and len(attention) == 2
     for weights in attention:
         masked = ~attendable[:, None, None, :].expand_as(weights)
@@ -196,6 +187,7 @@ def test_masked_keys_receive_no_attention_and_do_not_change_the_others():
     changed[~attendable] += 1  # the masked tokens' content reaches no other token
     changed_logits, _, _ = model.position_logits(changed, attendable)
     torch.testing.assert_close(changed_logits[attendable], logits[attendable])
+    torch.testing.assert_close(model.position_logits(patches, attendable)[0], logits)
 
 
 def test_mp3_draws_the_key_mask_per_batch_and_scores_positions_as_apl(monkeypatch):
