@@ -456,7 +456,7 @@ def check_finished(trials: list[dict], npcs, profile: str) -> None:
     problems = []
     for (method, npc), recipes in searched.items():
         for recipe in RECIPE_NAMES:
-            group = recipes.get(recipe, [])
+            group = recipes.get(recipe)
             if not group:
                 problems.append(f"{method} at NPC {npc} has no {recipe} trials")
             elif not search_done(group):
@@ -526,8 +526,7 @@ def adopted_config(method: str, config: FinetuneConfig, pick: dict) -> FinetuneC
     """A searched config of `method` (either recipe) at `pick` (a choice of `choose`): the
     chosen recipe and rate, as long as the adopted run."""
     chosen = config.replace(**recipe_settings(method, pick["recipe"]), lr=pick["lr"])
-    multiple = pick["adopted"]["multiple"]
-    return longer_config(chosen, multiple) if multiple > 1 else chosen
+    return longer_config(chosen, pick["adopted"]["multiple"])
 
 
 def chosen_configs(profile: str, pretrain_run: str, npcs, methods=METHODS,

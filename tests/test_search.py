@@ -270,6 +270,11 @@ def test_next_rate_probes_toward_a_diverged_neighbour_the_lower_one_first():
     assert best_trial(every) is every[0] and bracket(every) == "diverged"
 
 
+def test_when_every_trial_diverged_the_next_rate_is_below_the_lowest():
+    diverged = [{**trial(lr, 0.1), "diverged": "non-finite loss"} for lr in (1e-3, 3e-3)]
+    assert next_rate(diverged) == 3.16e-4
+    assert next_rate([diverged[0], trial(3e-3, 0.1)]) == 9.49e-3  # past the finite edge
+
 def test_bracket_says_what_bounds_the_best_finite_rate():
     assert bracket([trial(1e-4, 0.2), trial(1e-3, 0.3), trial(1e-2, 0.1)]) == "finite"
     assert bracket([trial(1e-4, 0.2), trial(1e-3, 0.3),
@@ -359,6 +364,23 @@ def test_a_run_that_stopped_on_a_non_finite_loss_is_a_diverged_trial_with_its_cu
     assert (first["diverged"], first["val_curve"], first["val_top1"], first["steps"],
             first["seconds"], first["best_epoch"]) == ("non-finite loss", [], 0.0, 0, 0, 0)
 
+
+def test_a_run_that_diverged_before_its_first_epoch_is_a_trial_of_nothing():
+    config = FinetuneConfig(npc=10, num_classes=10, val_per_class=5, epochs=10, lr=0.3)
+    row = trial_row("S-CNN", config, [], non_finite=True)
+    assert {k: row[k] for k in ("steps", "best_epoch", "best_step", "val_top1", "train_top1",
+                                "last_train_top1", "val_curve", "seconds", "diverged")} == dict(
+        steps=0, best_epoch=0, best_step=0, val_top1=0.0, train_top1=0.0, last_train_top1=0.0,
+        val_curve=[], seconds=0, diverged="non-finite loss")
+
+
+def test_learning_nothing_is_judged_on_the_runs_own_training_images():
+    """Validation at chance and the last training top-1 at 25 %: beyond chance's noise on the
+    100 labelled images of NPC 10, so the run learned something (it overfits)."""
+    config = FinetuneConfig(npc=10, num_classes=10, val_per_class=5, epochs=2)
+    row = trial_row("S-CNN", config, metrics([0.1, 0.1], train={2: 0.25}))
+    assert "diverged" not in row
+    assert trial_row("S-CNN", config, metrics([0.1, 0.1]))["diverged"] == "learned nothing"
 
 @pytest.mark.parametrize("val, last_train, diverged", [
     (0.12, 0.16, True),  # both within two standard errors of chance
@@ -499,6 +521,10 @@ def test_longer_config_is_multiple_times_as_long_and_validated_as_often_per_run(
     assert (longer_config(config, 8).epochs, longer_config(config, 8).eval_every) == (800, 40)
 
 
+def test_a_short_longer_run_is_still_validated_every_epoch():
+    config = FinetuneConfig(npc=10, epochs=4, eval_every=1)
+    assert (longer_config(config, 2).epochs, longer_config(config, 2).eval_every) == (8, 1)
+
 def longer(of: dict, multiple: int, val: float, *images, of_images=10, **extra) -> dict:
     return {**trial(of["lr"], val, method=of["method"], npc=of["npc"],
                     epochs=of["epochs"] * multiple, best_epoch=5 * multiple),
@@ -529,6 +555,15 @@ def test_a_longer_run_is_adopted_only_when_it_wins_the_paired_test():
     assert lengthening(chosen, [close])["adopted"]["multiple"] == 1
     assert lengthening(chosen, [close])["convergence"] == "shown"
 
+
+def test_a_longer_run_from_a_file_before_multiples_were_recorded_is_the_2x_run():
+    chosen = {**trial(1e-3, 0.3), **right(0, 1, 2)}
+    doubled = longer(chosen, 2, 0.9, *range(9))
+    del doubled["multiple"], doubled["longer_of"]
+    result = lengthening(chosen, [{**doubled, "doubled_of": chosen["run"]}])
+    assert result["adopted"] == dict(multiple=2, epochs=20, best_epoch=10, val_top1=0.9,
+                                     run=doubled["run"])
+    assert result["convergence"] == "pending" and result["next"] == 4
 
 def test_lengthening_waits_for_the_next_run_and_stops_at_the_cap():
     chosen = {**trial(1e-3, 0.1), **right(*range(5), of=40)}
@@ -600,6 +635,16 @@ def test_a_study_refuses_a_search_that_is_not_finished():
     with pytest.raises(ValueError, match=r"longer run has no per-image validation record"):
         check_finished(done[:-1] + [untested], {10}, "quick")
 
+
+def test_a_finished_search_from_before_the_recipes_reads_as_the_base_recipe():
+    base = [{**trial(lr, 0.1 + (lr == 0.03) * 0.2, method="S-CNN"), **right(0)}
+            for lr in (0.001, 0.003, 0.03, 0.1, 0.3)]
+    small = [{**t, "recipe": "small-data", "run": t["run"] + "sd"} for t in base]
+    assert not any("recipe" in t for t in base)
+    twice = longer(base[2], 2, 0.1, 0)
+    check_finished(base + small + [twice], [10], "quick")
+    with pytest.raises(ValueError, match="S-CNN at NPC 10 has no small-data trials"):
+        check_finished(base + [twice], [10], "quick")
 
 def test_trial_row_of_a_longer_run_names_the_run_it_lengthens():
     config = FinetuneConfig(run_name="d", epochs=1, val_per_class=5)
@@ -792,6 +837,10 @@ def test_a_search_plan_counts_the_runs_and_steps_left(tmp_path):
     plan = search_plan(configs, both + [twice])
     assert plan[-1] == dict(method="S-CNN", npc=10, runs="longer runs", done=1, least=1,
                             most=2, least_steps=1600, most_steps=4800)  # 4x, then 8x
+    lost = longer(five[2], 2, 0.3, 0)  # no better than the choice: convergence shown
+    assert search_plan(configs, both + [lost])[-1] == dict(
+        method="S-CNN", npc=10, runs="longer runs", done=1, least=0, most=0, least_steps=0,
+        most_steps=0)
 
 
 def test_seconds_per_step_of_a_search_per_method_and_npc():
