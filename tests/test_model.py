@@ -163,6 +163,23 @@ def test_classifier_pools_tokens_and_counts_classes():
     assert pretrain_keys == {k for k in classifier.state_dict() if k.startswith("transformer.")}
 
 
+def test_freeze_encoder_keeps_only_the_patch_encoder_as_pretrained():
+    pretrained = PretrainConfig(**{**SMALL, "heads": 4}, encoder="cnn")  # weights to freeze
+    frozen = build_classifier(FinetuneConfig(image_size=32, freeze_encoder=True), pretrained)
+    encoder = {id(p) for p in frozen.transformer.encoder.parameters()}
+    assert encoder and all(p.requires_grad == (id(p) not in encoder)
+                           for p in frozen.parameters())
+    trained = build_classifier(FinetuneConfig(image_size=32), pretrained)
+    assert all(p.requires_grad for p in trained.parameters())
+
+
+def test_the_classifier_drops_patches_in_evaluation_only_when_the_config_says_so():
+    pretrained = PretrainConfig(**SMALL)
+    for at_eval in (True, False):
+        tune = FinetuneConfig(image_size=32, patch_dropout=0.25, patch_dropout_at_eval=at_eval)
+        assert build_classifier(tune, pretrained).transformer.patch_dropout.at_eval is at_eval
+
+
 def test_classifier_trains_with_the_finetuning_dropout_not_the_pretraining_one():
     pretrained = PretrainConfig(**SMALL, dropout=0.15, patch_dropout=0.1)
     model = build_classifier(FinetuneConfig(dropout=0.4, patch_dropout=0.25), pretrained)
