@@ -89,6 +89,11 @@ def test_the_permutation_set_is_seeded_and_at_most_every_permutation():
     assert len(jigsaw_permutations(3, count=100)) == math.factorial(3)
 
 
+def test_every_permutation_is_a_candidate_when_there_are_no_more_than_the_candidates():
+    six = jigsaw_permutations(3, count=6, candidates=6)
+    assert sorted(map(tuple, six.tolist())) == sorted(itertools.permutations(range(3)))
+
+
 def test_sixteen_tiles_get_a_hundred_permutations_far_apart():
     chosen = jigsaw_permutations(16)
     distances = hamming(chosen, chosen) + 16 * torch.eye(len(chosen), dtype=torch.long)
@@ -110,7 +115,9 @@ def test_the_jigsaw_model_classifies_the_concatenated_tokens_of_the_shuffled_til
     patches = shuffle_tiles(extract_patches(x, 4, 1), model.permutations, index)
     features, _, _ = model.transformer.contextualize(patches)
     torch.testing.assert_close(logits, model.permutation_head(features.flatten(1)))
-    with pytest.raises(ValueError, match="needs a positional embedding"):
+    with pytest.raises(ValueError, match=r"^jigsaw's answer is an order: its transformer "
+                                         r"needs a positional embedding "
+                                         r"\(positional_embedding=True\)$"):
         JigsawModel(transformer())
 
 
@@ -142,6 +149,45 @@ def test_the_target_is_each_patchs_pixels_normalised_by_its_own_statistics():
     torch.testing.assert_close(target.var(-1), torch.ones(2, 4), atol=1e-3, rtol=0)
 
 
+def test_a_flat_patch_has_a_target_of_zeros_not_a_division_by_zero():
+    flat = torch.full((1, 2, 3, 3, 3), 0.5)
+    assert torch.equal(normalized_pixels(flat), torch.zeros(1, 2, 27))
+
+
+def test_the_mae_decoder_is_two_small_blocks_with_positions_and_a_mask_token_of_its_own():
+    torch.manual_seed(0)
+    model = MAEModel(transformer(positional_embedding=True))
+    assert len(model.decoder) == 2
+    assert all(block.ff[0].out_features == 4 * 128 for block in model.decoder)
+    assert model.mask_token.shape == (1, 1, 128) and model.decoder_position.shape == (1, 16, 128)
+    for start in (model.mask_token, model.decoder_position):
+        assert 0.01 < start.std().item() < 0.03  # MAE's initialisation, std 0.02
+
+
+def test_the_mae_prediction_is_the_encoder_on_the_visible_tokens_then_the_decoder_on_all():
+    torch.manual_seed(0)
+    model = MAEModel(transformer(positional_embedding=True))
+    patches = extract_patches(images(2), 4, 1)
+    hidden = random_subset(2, 16, 0.75)
+    encoder = model.transformer
+    x = (encoder.encoder(patches) + encoder.position_embedding)[~hidden].reshape(2, 4, -1)
+    for block in encoder.blocks:
+        x, _ = block(x)
+    tokens = torch.where(hidden[..., None], model.mask_token, torch.zeros(2, 16, 128))
+    tokens[~hidden] = model.to_decoder(x).flatten(0, 1)
+    x = tokens + model.decoder_position
+    for block in model.decoder:
+        x, _ = block(x)
+    torch.testing.assert_close(model.predict(patches, hidden), model.to_pixels(x))
+
+
+def test_mae_trains_under_bfloat16_autocast():
+    model = MAEModel(transformer(positional_embedding=True))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _, count = mae_loss(model, images(2))
+    assert math.isfinite(loss.item()) and count.item() == 24
+
+
 def test_the_mae_loss_scores_the_hidden_tokens_only(monkeypatch):
     torch.manual_seed(0)
     model = MAEModel(transformer(positional_embedding=True))
@@ -167,7 +213,9 @@ def test_the_mae_encoder_sees_no_hidden_token():
     changed = patches.clone()
     changed[0, 15] += 1
     assert not torch.allclose(model.predict(changed, hidden), model.predict(patches, hidden))
-    with pytest.raises(ValueError, match="needs a positional embedding"):
+    with pytest.raises(ValueError, match=r"^MAE's decoder must know where each hidden token "
+                                         r"goes: its transformer needs a positional embedding "
+                                         r"\(positional_embedding=True\)$"):
         MAEModel(transformer())
 
 
@@ -200,8 +248,23 @@ def test_mp3_draws_the_key_mask_per_batch_and_scores_positions_as_apl(monkeypatc
     assert drawn == [(2, 16, pretext.KEY_MASK_RATIO)]
     loss, _, count = pretext_loss("mp3")(model, images(2))
     assert count.item() == 32 and math.isfinite(loss.item())
-    with pytest.raises(ValueError, match="would give them away"):
+    with pytest.raises(ValueError, match=r"^MP3 predicts positions: a positional embedding "
+                                         r"would give them away "
+                                         r"\(positional_embedding=False\)$"):
         MP3Model(transformer(positional_embedding=True))
+
+
+def test_mp3_masks_the_drawn_keys_and_can_read_positions_with_an_mlp(monkeypatch):
+    model = MP3Model(transformer())
+    masked = random_subset(2, 16, pretext.KEY_MASK_RATIO)
+    monkeypatch.setattr(pretext, "random_subset", lambda *args, **kw: masked)
+    logits, _ = model(images(2))
+    expected, _, attention = model.position_logits(extract_patches(images(2), 4, 1), ~masked)
+    torch.testing.assert_close(logits, expected)
+    assert attention == []  # the weights only when asked
+    mlp_head = MP3Model(transformer(), mlp_head=True)
+    assert isinstance(mlp_head.position_head, torch.nn.Sequential)
+    assert mlp_head(images(2))[0].shape == (2, 16, 16)
 
 
 # ---------------------------------------------------------------- through the engine
