@@ -239,14 +239,14 @@ def test_the_labelled_sets_are_notebook_04s_at_its_largest_npc(monkeypatch):
     not, and a profile with a validation part keeps it."""
     asked = []
     monkeypatch.setattr(controls, "finetune_sets", _fake_finetune_sets(asked))
-    sets = labelled_sets("quick", runs_dir="elsewhere", epochs=1, data_dir="my_data",
+    sets = labelled_sets("smoke", runs_dir="elsewhere", epochs=1, data_dir="my_data",
                          device="cpu")
     assert sets == controls.LabelledImages(("train images", "train labels"),
                                            ("val images", "val labels"),
                                            ("test images", "test labels"))
-    assert asked == [profile_config("quick", "finetune", npc=100, label_seed=42,
+    assert asked == [profile_config("smoke", "finetune", npc=10, label_seed=42,
                                     data_dir="my_data", device="cpu")]
-    assert asked[0].val_per_class == 50
+    assert asked[0].val_per_class == PROFILES["smoke"]["finetune"]["val_per_class"] == 2
 
 
 @pytest.mark.parametrize("npcs, val_per_class", [((10, 500), 250), ((3,), 1)])
