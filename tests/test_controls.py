@@ -262,12 +262,11 @@ def test_a_profile_without_a_validation_part_gets_half_its_npc(monkeypatch, npcs
                                     val_per_class=val_per_class)]
 
 
-def _features(per_class: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _features(images0: int, images1: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Two classes told apart by their features' direction, class 1's `scale` times as long."""
-    spread = torch.linspace(0, 0.2, per_class)
-    class0 = torch.stack([torch.ones(per_class), 0.3 + spread], dim=1)
-    class1 = torch.stack([0.3 + spread, torch.ones(per_class)], dim=1) * scale
-    return torch.cat([class0, class1]), torch.tensor([0] * per_class + [1] * per_class)
+    class0 = torch.stack([torch.ones(images0), 0.3 + torch.linspace(0, 0.2, images0)], dim=1)
+    class1 = torch.stack([0.3 + torch.linspace(0, 0.2, images1), torch.ones(images1)], dim=1)
+    return torch.cat([class0, class1 * scale]), torch.tensor([0] * images0 + [1] * images1)
 
 
 @pytest.fixture
@@ -282,12 +281,13 @@ def features_are_the_images(monkeypatch) -> list:
     return devices
 
 
-def test_the_knn_compares_directions_not_lengths(features_are_the_images):
-    """Class 1's features are 100 times as long as class 0's: only the cosine similarity
-    the kNN votes with finds every test image's class (a dot product, or features scaled
-    over the images, puts every test image in class 1)."""
-    sets = controls.LabelledImages(_features(30, 100.0), _features(10, 100.0),
-                                   _features(10, 100.0))
+def test_the_knn_votes_with_the_cosine_similarity(features_are_the_images):
+    """Class 1's features are 100 times as long as class 0's, and class 0 has 5 training
+    images to class 1's 30: a class-0 test image's 20 nearest include 15 of class 1, which
+    only votes weighted by the cosine similarity outweigh. A dot product, or features scaled
+    over the images, puts every test image in class 1."""
+    sets = controls.LabelledImages(_features(5, 30, 100.0), _features(10, 10, 100.0),
+                                   _features(10, 10, 100.0))
     assert controls.feature_scores("transformer", sets, "cuda") == {
         "knn_top1": 1.0, "probe_top1": 1.0, "probe_penalty": 1e-4}
     assert features_are_the_images == ["cuda"] * 3
@@ -309,8 +309,8 @@ def test_judge_features_measures_how_far_each_head_looks(monkeypatch,
                 torch.stack([neighbour, neighbour]).expand(len(images), 2, 4, 4)]
     monkeypatch.setattr(controls, "attention_maps", attention_maps)
     transformer = SimpleNamespace(grid=2)
-    sets = controls.LabelledImages(_features(30, 1.0), _features(10, 1.0),
-                                   _features(150, 1.0))
+    sets = controls.LabelledImages(_features(30, 30, 1.0), _features(10, 10, 1.0),
+                                   _features(150, 150, 1.0))
     judged = controls.judge_features(transformer, sets, "cuda")
     every_cell = (0 + 1 + 1 + 2 ** 0.5) / 4
     assert judged == {"knn_top1": 1.0, "probe_top1": 1.0, "probe_penalty": 1e-4,
