@@ -265,23 +265,101 @@ def test_a_seeds_file_with_a_stale_run_is_refused_where_it_is_read(tmp_path, mon
 
 def test_puzzle_scores_set_training_and_held_out_against_a_uniform_guess():
     last = {"train_loss": 1.0, "train_top1": 0.5, "train_top3": 0.8, "train_top5": 0.9,
-            "val_loss": 1.2, "val_top1": 0.4}
-    rows = report.puzzle_scores(last, 16)
-    assert [r[""] for r in rows] == ["training images", "held-out images", "chance (uniform)"]
-    assert rows[1]["top-1"] == 0.4 and rows[1]["top-5"] is None
-    assert rows[2] == {"": "chance (uniform)", "loss": pytest.approx(2.7726, abs=1e-4),
-                       "top-1": 0.0625, "top-3": 0.1875, "top-5": 0.3125}
+            "val_loss": 1.2, "val_top1": 0.4, "val_top3": 0.6, "val_top5": 0.7}
+    assert report.puzzle_scores(last, 16) == [
+        {"": "training images", "loss": 1.0, "top-1": 0.5, "top-3": 0.8, "top-5": 0.9},
+        {"": "held-out images", "loss": 1.2, "top-1": 0.4, "top-3": 0.6, "top-5": 0.7},
+        {"": "chance (uniform)", "loss": pytest.approx(2.7726, abs=1e-4), "top-1": 0.0625,
+         "top-3": 0.1875, "top-5": 0.3125}]
+    without_held_out = {key: value for key, value in last.items() if key.startswith("train")}
+    assert report.puzzle_scores(without_held_out, 16)[1] == {
+        "": "held-out images", "loss": None, "top-1": None, "top-3": None, "top-5": None}
 
 
-def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained_run):
+def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained_run,
+                                                                       monkeypatch):
+    import platform
+
+    import torch
+
+    monkeypatch.setattr(platform, "processor", lambda: "Xeon")
+    last = pretrained_run.metrics[-1]
     record = report.pretraining_record(pretrained_run, "smoke", "cpu")
-    assert record["run_dir"] == str(pretrained_run.run_dir.resolve())
-    assert record["checkpoint"] == str(pretrained_run.checkpoint.resolve())
-    assert (record["epochs"], record["tokens"], record["chance"]) == (4, 16, 1 / 16)
-    assert record["val_top1"] == pretrained_run.metrics[-1]["val_top1"]
-    assert record["train_time_s"] == sum(m["epoch_time_s"] for m in pretrained_run.metrics)
-    assert record["config"] == pretrained_run.config.to_dict() and record["gpu"] is None
+    assert record == {
+        "profile": "smoke", "run_dir": str(pretrained_run.run_dir.resolve()),
+        "checkpoint": str(pretrained_run.checkpoint.resolve()), "epochs": 4, "tokens": 16,
+        "chance": 1 / 16, "train_top1": last["train_top1"], "val_top1": last["val_top1"],
+        "val_top5": last["val_top5"], "val_loss": last["val_loss"],
+        "train_time_s": sum(m["epoch_time_s"] for m in pretrained_run.metrics),
+        "images_per_s": last["images_per_s"], "device": "cpu", "torch": torch.__version__,
+        "machine": "Xeon", "cpu_threads": torch.get_num_threads(), "gpu": None,
+        "config": pretrained_run.config.to_dict()}
+    assert None not in (last["val_top5"], last["val_loss"])
     json.dumps(record)  # written as the notebook's JSON
+
+
+def test_pretraining_record_names_the_gpu_and_the_machine_type_without_a_processor_name(
+        pretrained_run, monkeypatch):
+    import platform
+
+    import torch
+
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
+    record = report.pretraining_record(pretrained_run, "smoke", torch.device("cuda"))
+    assert (record["device"], record["gpu"], record["machine"]) == ("cuda", "GPU 0", "x86_64")
+
+
+def test_run_line_prints_one_finished_run_in_aligned_columns():
+    rows = [dict(npc=10, method="BENCHMARK", lr=3e-4, best_epoch=7, epochs=50, val_top1=0.4567,
+                 test_top1=0.4321, seconds=12.6),
+            dict(npc=1000, method="APL fine-tune", lr=0.01, best_epoch=120, epochs=200,
+                 val_top1=0.9, test_top1=0.875, seconds=3601)]
+    assert [report.run_line(row) for row in rows] == [
+        "NPC   10  BENCHMARK              lr 0.0003   best epoch   7/50   val top-1  45.7%  "
+        "test top-1  43.2%  (13 s)",
+        "NPC 1000  APL fine-tune          lr 0.01     best epoch 120/200  val top-1  90.0%  "
+        "test top-1  87.5%  (3601 s)"]
+
+
+def test_live_runs_are_set_beside_the_committed_run_of_the_same_method_and_npc():
+    def run(method, npc, best_epoch, test_top1):
+        return {"method": method, "npc": npc, "best_epoch": best_epoch, "test_top1": test_top1,
+                "lr": 1e-3}
+
+    live = [run("BENCHMARK", 10, 7, 0.432), run("BENCHMARK", 30, 9, 0.5),
+            run("S-CNN", 10, 4, 0.25), run("S-CNN", 100, 3, 0.6)]
+    committed = [run("S-CNN", 30, 4, 0.25), run("S-CNN", 10, 5, 0.25),
+                 run("BENCHMARK", 30, 9, 0.52), run("BENCHMARK", 10, 7, 0.432)]
+    assert report.live_against_committed(live, committed) == [
+        {"method": "BENCHMARK", "NPC": 10, "live: epoch, test": "7, 43.2",
+         "committed: epoch, test": "7, 43.2", "same": "yes"},
+        {"method": "BENCHMARK", "NPC": 30, "live: epoch, test": "9, 50.0",
+         "committed: epoch, test": "9, 52.0", "same": "no"},
+        {"method": "S-CNN", "NPC": 10, "live: epoch, test": "4, 25.0",
+         "committed: epoch, test": "5, 25.0", "same": "no"},
+        {"method": "S-CNN", "NPC": 100, "live: epoch, test": "3, 60.0",
+         "committed: epoch, test": "–", "same": "–"}]
+    assert report.live_against_committed([], committed) == []
+
+
+def test_feature_rows_give_each_measure_and_features_a_curve_over_npc():
+    entries = features(0.35, 0.1, 0.4, 0.125, npc=30) + features(0.5, 0.2, npc=10)
+    assert report.feature_rows(entries) == [
+        {"method": "linear probe, APL-pretrained features", "npc": 10, "test_top1": 0.4},
+        {"method": "linear probe, APL-pretrained features", "npc": 30, "test_top1": 0.4},
+        {"method": "linear probe, random-init features", "npc": 10, "test_top1": 0.1},
+        {"method": "linear probe, random-init features", "npc": 30, "test_top1": 0.125},
+        {"method": "kNN, APL-pretrained features", "npc": 10, "test_top1": 0.5},
+        {"method": "kNN, APL-pretrained features", "npc": 30, "test_top1": 0.35},
+        {"method": "kNN, random-init features", "npc": 10, "test_top1": 0.2},
+        {"method": "kNN, random-init features", "npc": 30, "test_top1": 0.1}]
+
+
+def test_validation_images_count_every_class_of_the_profile():
+    assert report.validation_images("smoke") == 20  # 2 per class, 10 classes
+    assert report.validation_images("quick") == 500  # 50 per class, 10 classes
 
 
 def test_sweep_plan_trains_the_smallest_npc_live_where_a_study_is_committed():
