@@ -163,6 +163,31 @@ def test_a_seed_that_lacks_a_run_is_counted_in_the_seed_table():
     assert "| BENCHMARK | 30.0 ± 0.0 (2) | 30.0 ± 0.0 |" in markdown_table(seed_table(seeds))
 
 
+def test_seed_table_has_a_column_for_every_npc_and_methods_in_their_order():
+    """Methods in the file's order S-CNN, BENCHMARK, ALEXNET (not one of METHODS: last); a
+    BENCHMARK run at NPC 30 of one seed alone; the features at NPC 100 only."""
+    def run(method, npc, seed, test_top1):
+        return {"method": method, "npc": npc, "seed": seed, "test_top1": test_top1,
+                "test_images": 1000, "run": f"{method}-{npc}-{seed}"}
+
+    trials = [run("S-CNN", 10, 0, 0.2), run("S-CNN", 10, 1, 0.3),
+              run("BENCHMARK", 10, 0, 0.3), run("BENCHMARK", 10, 1, 0.3),
+              run("BENCHMARK", 30, 0, 0.4),
+              run("ALEXNET", 10, 0, 0.1), run("ALEXNET", 10, 1, 0.2)]
+    trials += [{"run": f"features-{seed}", "seed": seed, "npc": 100,
+                "features": features(0.3, 0.1 + 0.01 * seed)[0]["features"]}
+               for seed in (0, 1)]
+    lines = markdown_table(seed_table({"trials": trials})).splitlines()
+    assert lines[0] == "| method | NPC 10 | NPC 30 | NPC 100 |"
+    assert lines[2:] == [
+        "| BENCHMARK | 30.0 ± 0.0 | 40.0 (1) | – |", "| S-CNN | 25.0 ± 7.1 | – | – |",
+        "| ALEXNET | 15.0 ± 7.1 | – | – |",
+        "| linear probe, APL-pretrained features | – | – | 40.0 ± 0.0 |",
+        "| linear probe, random-init features | – | – | 10.0 ± 0.0 |",
+        "| kNN, APL-pretrained features | – | – | 30.0 ± 0.0 |",
+        "| kNN, random-init features | – | – | 10.5 ± 0.7 |"]
+
+
 def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path):
     pre = {"row": {"dataset": "synthetic", "held-out top-1": 0.75, "chance": 0.0625,
                    "minutes": 4.0}}
@@ -180,7 +205,10 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
                      "NPC 10 / 30: base and small-data recipes, lengths by the paired test.",
                      "| APL | 10 | 71.0 / 64.0 | base | 0.0003 | interior of 0.0001 .. 0.001 "
                      "(3 trials) | a diverged trial (flagged) | 5/10 |",
-                     "| APL | 10 | 71.0 / 64.0 | -7.0 (+0/-0 of 10 images, p 1) | base |",
+                     "(+6/-0 of 500 images, p 0.016)",  # the quick profile's validation set
+                     "| method | NPC | val top-1: base / small-data | small-data - base (val) "
+                     "| adopted | test now |",
+                     "| APL | 10 | 71.0 / 64.0 | -7.0 (+0/-0 of 10 images, p 1) | base | – |",
                      "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |",
                      "| APL fine-tune - BENCHMARK | 10 | +15.0 (seed 0), +12.0 (seed 1), ",
                      "| APL-pretrained features | 30.0 / 40.0 |",
@@ -204,6 +232,15 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
     assert text.endswith("![Position confusion (held-out)](confusion.png)\n")
 
 
+def test_a_search_that_records_no_protocol_has_no_protocol_line_in_the_report(tmp_path):
+    search = {"profile": "quick", "command": "python experiments/converged_search.py",
+              "trials": search_trials()}
+    text = write_report(tmp_path, "profile **quick**", {"row": {"dataset": "synthetic"}}, [],
+                        [], [], search=search).read_text()
+    assert ("## Where each choice of the converged search sits (quick profile, "
+            "`python experiments/converged_search.py`)\n\n| method | NPC |") in text
+
+
 def test_the_figures_of_other_notebooks_are_copied_and_shown_in_the_report(tmp_path):
     figures, report_dir = tmp_path / "figures", tmp_path / "report"
     figures.mkdir()
@@ -225,6 +262,14 @@ def test_load_seeds_reads_the_committed_experiment(tmp_path, monkeypatch):
     assert report.load_seeds("quick") == seeds_results()
 
 
+def test_load_seeds_reads_a_studys_own_file_where_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path / "results")
+    study = tmp_path / "study_seeds.json"
+    study.write_text(json.dumps(seeds_results((0.2,))))
+    assert report.load_seeds("quick") is None
+    assert report.load_seeds("quick", study) == seeds_results((0.2,))
+
+
 @pytest.mark.parametrize("text, lacks", [
     ("{cut", "valid JSON"), (json.dumps({"profile": "quick"}), "['command', 'trials']"),
     ("[1, 2]", "a JSON object")])
@@ -240,12 +285,13 @@ def test_a_damaged_seeds_file_names_itself_what_it_lacks_and_the_fix(tmp_path, m
 
 
 def test_rows_of_seed_give_one_seed_as_notebook_04_measures_it():
-    tests, feature_rows = report.rows_of_seed(seeds_results(), 1)
-    assert [(r["method"], r["npc"]) for r in tests][:5] == [
-        ("APL fine-tune", 10), ("BENCHMARK", 10), ("BENCHMARK + positions", 10), ("S-CNN", 10),
-        ("S-ResNet-18", 10)]
-    assert len(tests) == 10 and {r["seed"] for r in tests} == {1}
-    assert [r["npc"] for r in feature_rows] == [10, 100]
+    seeds = seeds_results()
+    in_reverse = {**seeds, "trials": seeds["trials"][::-1]}
+    tests, feature_rows = report.rows_of_seed(in_reverse, 1)
+    assert [(r["method"], r["npc"]) for r in tests] == [
+        (method, npc) for npc in (10, 100) for method in report.METHODS]
+    assert {r["seed"] for r in tests} == {1}
+    assert feature_rows == [r for r in seeds["trials"] if "features" in r and r["seed"] == 1]
     assert report.rows_of_seed(None, 0) == ([], [])
 
 
@@ -439,6 +485,50 @@ def test_the_recipe_table_gives_the_test_now_and_before_over_the_same_seeds():
     seeds["replaced_trials"] = seeds["replaced_trials"][:1]
     assert recipe_table(recipe_search(), seeds)[0]["now - before (paired)"] == (
         "1 seed in common: not tested")
+
+
+def test_the_recipe_table_orders_its_rows_by_npc_then_methods():
+    in_file_order = [dict(method=m, npc=n, lr=1e-3, epochs=10, best_epoch=5, val_top1=0.5,
+                          train_top1=0.9, run=f"{m}-{n}")
+                     for m, n in [("APL fine-tune", 30), ("S-CNN", 10), ("BENCHMARK", 10)]]
+    assert recipe_table({"trials": in_file_order}) == [
+        {"method": method, "NPC": npc, "val top-1: base / small-data": "50.0 / not searched",
+         "small-data - base (val)": "–", "adopted": "base"}
+        for method, npc in [("BENCHMARK", 10), ("S-CNN", 10), ("APL fine-tune", 30)]]
+
+
+def test_the_recipe_table_gives_the_difference_alone_where_a_recipe_has_no_per_image_record():
+    found = recipe_search()
+    for trial in found["trials"]:
+        if trial["run"] == "small-data-0.0003":
+            del trial["val_correct"]
+    assert recipe_table(found)[0] == {
+        "method": "BENCHMARK", "NPC": 10, "val top-1: base / small-data": "15.0 / 40.0",
+        "small-data - base (val)": "+25.0 (no per-image record)", "adopted": "small-data"}
+
+
+def test_the_recipe_table_pairs_now_and_before_only_over_the_seeds_both_have():
+    """BENCHMARK at NPC 10: two seeds now and before; S-CNN at NPC 100: one seed before and
+    none run at the search's choice yet."""
+    def run(method, npc, seed, test_top1, when):
+        return {"method": method, "npc": npc, "seed": seed, "test_top1": test_top1,
+                "test_images": 1000, "run": f"{when}-{method}-{seed}"}
+
+    seeds = {"trials": [run("BENCHMARK", 10, 0, 0.45, "now"),
+                        run("BENCHMARK", 10, 1, 0.47, "now")],
+             "replaced_trials": [run("BENCHMARK", 10, 0, 0.30, "before"),
+                                 run("BENCHMARK", 10, 1, 0.31, "before"),
+                                 run("S-CNN", 100, 0, 0.6, "before")]}
+    assert recipe_table(recipe_search(), seeds) == [
+        {"method": "BENCHMARK", "NPC": 10, "val top-1: base / small-data": "15.0 / 40.0",
+         "small-data - base (val)": "+25.0 (+5/-0 of 20 images, p 0.062)",
+         "adopted": "small-data, 2x", "test now": "46.0 ± 1.4 (2 seeds)",
+         "test before": "30.5 ± 0.7 (2 seeds)",
+         "now - before (paired)": "15.5 ± 0.7 over 2 seeds: higher"},
+        {"method": "S-CNN", "NPC": 100, "val top-1: base / small-data": "60.0 / not searched",
+         "small-data - base (val)": "–", "adopted": "base", "test now": "–",
+         "test before": "60.0 (1 seed)",
+         "now - before (paired)": "0 seeds in common: not tested"}]
 
 
 def test_notebook_04s_figure_draws_every_committed_seed_beside_its_own():
