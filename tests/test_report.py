@@ -5,9 +5,11 @@ and figures."""
 from __future__ import annotations
 
 import json
+import platform
 import re
 
 import pytest
+import torch
 
 from apl_core import report
 from apl_core.report import (
@@ -324,10 +326,6 @@ def test_puzzle_scores_set_training_and_held_out_against_a_uniform_guess():
 
 def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained_run,
                                                                        monkeypatch):
-    import platform
-
-    import torch
-
     monkeypatch.setattr(platform, "processor", lambda: "Xeon")
     last = pretrained_run.metrics[-1]
     record = report.pretraining_record(pretrained_run, "smoke", "cpu")
@@ -346,10 +344,6 @@ def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained
 
 def test_pretraining_record_names_the_gpu_and_the_machine_type_without_a_processor_name(
         pretrained_run, monkeypatch):
-    import platform
-
-    import torch
-
     monkeypatch.setattr(platform, "processor", lambda: "")
     monkeypatch.setattr(platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
