@@ -5,9 +5,11 @@ and figures."""
 from __future__ import annotations
 
 import json
+import platform
 import re
 
 import pytest
+import torch
 
 from apl_core import report
 from apl_core.report import (
@@ -163,6 +165,31 @@ def test_a_seed_that_lacks_a_run_is_counted_in_the_seed_table():
     assert "| BENCHMARK | 30.0 ± 0.0 (2) | 30.0 ± 0.0 |" in markdown_table(seed_table(seeds))
 
 
+def test_seed_table_has_a_column_for_every_npc_and_methods_in_their_order():
+    """Methods in the file's order S-CNN, BENCHMARK, ALEXNET (not one of METHODS: last); a
+    BENCHMARK run at NPC 30 of one seed alone; the features at NPC 100 only."""
+    def run(method, npc, seed, test_top1):
+        return {"method": method, "npc": npc, "seed": seed, "test_top1": test_top1,
+                "test_images": 1000, "run": f"{method}-{npc}-{seed}"}
+
+    trials = [run("S-CNN", 10, 0, 0.2), run("S-CNN", 10, 1, 0.3),
+              run("BENCHMARK", 10, 0, 0.3), run("BENCHMARK", 10, 1, 0.3),
+              run("BENCHMARK", 30, 0, 0.4),
+              run("ALEXNET", 10, 0, 0.1), run("ALEXNET", 10, 1, 0.2)]
+    trials += [{"run": f"features-{seed}", "seed": seed, "npc": 100,
+                "features": features(0.3, 0.1 + 0.01 * seed)[0]["features"]}
+               for seed in (0, 1)]
+    lines = markdown_table(seed_table({"trials": trials})).splitlines()
+    assert lines[0] == "| method | NPC 10 | NPC 30 | NPC 100 |"
+    assert lines[2:] == [
+        "| BENCHMARK | 30.0 ± 0.0 | 40.0 (1) | – |", "| S-CNN | 25.0 ± 7.1 | – | – |",
+        "| ALEXNET | 15.0 ± 7.1 | – | – |",
+        "| linear probe, APL-pretrained features | – | – | 40.0 ± 0.0 |",
+        "| linear probe, random-init features | – | – | 10.0 ± 0.0 |",
+        "| kNN, APL-pretrained features | – | – | 30.0 ± 0.0 |",
+        "| kNN, random-init features | – | – | 10.5 ± 0.7 |"]
+
+
 def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path):
     pre = {"row": {"dataset": "synthetic", "held-out top-1": 0.75, "chance": 0.0625,
                    "minutes": 4.0}}
@@ -180,7 +207,10 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
                      "NPC 10 / 30: base and small-data recipes, lengths by the paired test.",
                      "| APL | 10 | 71.0 / 64.0 | base | 0.0003 | interior of 0.0001 .. 0.001 "
                      "(3 trials) | a diverged trial (flagged) | 5/10 |",
-                     "| APL | 10 | 71.0 / 64.0 | -7.0 (+0/-0 of 10 images, p 1) | base |",
+                     "(+6/-0 of 500 images, p 0.016)",  # the quick profile's validation set
+                     "| method | NPC | val top-1: base / small-data | small-data - base (val) "
+                     "| adopted | test now |",
+                     "| APL | 10 | 71.0 / 64.0 | -7.0 (+0/-0 of 10 images, p 1) | base | – |",
                      "| BENCHMARK | 30.0 ± 0.0 | 30.0 ± 0.0 |",
                      "| APL fine-tune - BENCHMARK | 10 | +15.0 (seed 0), +12.0 (seed 1), ",
                      "| APL-pretrained features | 30.0 / 40.0 |",
@@ -204,6 +234,15 @@ def test_write_report_holds_every_table_and_only_the_figures_that_exist(tmp_path
     assert text.endswith("![Position confusion (held-out)](confusion.png)\n")
 
 
+def test_a_search_that_records_no_protocol_has_no_protocol_line_in_the_report(tmp_path):
+    search = {"profile": "quick", "command": "python experiments/converged_search.py",
+              "trials": search_trials()}
+    text = write_report(tmp_path, "profile **quick**", {"row": {"dataset": "synthetic"}}, [],
+                        [], [], search=search).read_text()
+    assert ("## Where each choice of the converged search sits (quick profile, "
+            "`python experiments/converged_search.py`)\n\n| method | NPC |") in text
+
+
 def test_the_figures_of_other_notebooks_are_copied_and_shown_in_the_report(tmp_path):
     figures, report_dir = tmp_path / "figures", tmp_path / "report"
     figures.mkdir()
@@ -225,6 +264,14 @@ def test_load_seeds_reads_the_committed_experiment(tmp_path, monkeypatch):
     assert report.load_seeds("quick") == seeds_results()
 
 
+def test_load_seeds_reads_a_studys_own_file_where_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path / "results")
+    study = tmp_path / "study_seeds.json"
+    study.write_text(json.dumps(seeds_results((0.2,))))
+    assert report.load_seeds("quick") is None
+    assert report.load_seeds("quick", study) == seeds_results((0.2,))
+
+
 @pytest.mark.parametrize("text, lacks", [
     ("{cut", "valid JSON"), (json.dumps({"profile": "quick"}), "['command', 'trials']"),
     ("[1, 2]", "a JSON object")])
@@ -240,12 +287,13 @@ def test_a_damaged_seeds_file_names_itself_what_it_lacks_and_the_fix(tmp_path, m
 
 
 def test_rows_of_seed_give_one_seed_as_notebook_04_measures_it():
-    tests, feature_rows = report.rows_of_seed(seeds_results(), 1)
-    assert [(r["method"], r["npc"]) for r in tests][:5] == [
-        ("APL fine-tune", 10), ("BENCHMARK", 10), ("BENCHMARK + positions", 10), ("S-CNN", 10),
-        ("S-ResNet-18", 10)]
-    assert len(tests) == 10 and {r["seed"] for r in tests} == {1}
-    assert [r["npc"] for r in feature_rows] == [10, 100]
+    seeds = seeds_results()
+    in_reverse = {**seeds, "trials": seeds["trials"][::-1]}
+    tests, feature_rows = report.rows_of_seed(in_reverse, 1)
+    assert [(r["method"], r["npc"]) for r in tests] == [
+        (method, npc) for npc in (10, 100) for method in report.METHODS]
+    assert {r["seed"] for r in tests} == {1}
+    assert feature_rows == [r for r in seeds["trials"] if "features" in r and r["seed"] == 1]
     assert report.rows_of_seed(None, 0) == ([], [])
 
 
@@ -265,23 +313,93 @@ def test_a_seeds_file_with_a_stale_run_is_refused_where_it_is_read(tmp_path, mon
 
 def test_puzzle_scores_set_training_and_held_out_against_a_uniform_guess():
     last = {"train_loss": 1.0, "train_top1": 0.5, "train_top3": 0.8, "train_top5": 0.9,
-            "val_loss": 1.2, "val_top1": 0.4}
-    rows = report.puzzle_scores(last, 16)
-    assert [r[""] for r in rows] == ["training images", "held-out images", "chance (uniform)"]
-    assert rows[1]["top-1"] == 0.4 and rows[1]["top-5"] is None
-    assert rows[2] == {"": "chance (uniform)", "loss": pytest.approx(2.7726, abs=1e-4),
-                       "top-1": 0.0625, "top-3": 0.1875, "top-5": 0.3125}
+            "val_loss": 1.2, "val_top1": 0.4, "val_top3": 0.6, "val_top5": 0.7}
+    assert report.puzzle_scores(last, 16) == [
+        {"": "training images", "loss": 1.0, "top-1": 0.5, "top-3": 0.8, "top-5": 0.9},
+        {"": "held-out images", "loss": 1.2, "top-1": 0.4, "top-3": 0.6, "top-5": 0.7},
+        {"": "chance (uniform)", "loss": pytest.approx(2.7726, abs=1e-4), "top-1": 0.0625,
+         "top-3": 0.1875, "top-5": 0.3125}]
+    without_held_out = {key: value for key, value in last.items() if key.startswith("train")}
+    assert report.puzzle_scores(without_held_out, 16)[1] == {
+        "": "held-out images", "loss": None, "top-1": None, "top-3": None, "top-5": None}
 
 
-def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained_run):
+def test_pretraining_record_says_where_the_run_is_and_what_it_reached(pretrained_run,
+                                                                       monkeypatch):
+    monkeypatch.setattr(platform, "processor", lambda: "Xeon")
+    last = pretrained_run.metrics[-1]
     record = report.pretraining_record(pretrained_run, "smoke", "cpu")
-    assert record["run_dir"] == str(pretrained_run.run_dir.resolve())
-    assert record["checkpoint"] == str(pretrained_run.checkpoint.resolve())
-    assert (record["epochs"], record["tokens"], record["chance"]) == (4, 16, 1 / 16)
-    assert record["val_top1"] == pretrained_run.metrics[-1]["val_top1"]
-    assert record["train_time_s"] == sum(m["epoch_time_s"] for m in pretrained_run.metrics)
-    assert record["config"] == pretrained_run.config.to_dict() and record["gpu"] is None
+    assert record == {
+        "profile": "smoke", "run_dir": str(pretrained_run.run_dir.resolve()),
+        "checkpoint": str(pretrained_run.checkpoint.resolve()), "epochs": 4, "tokens": 16,
+        "chance": 1 / 16, "train_top1": last["train_top1"], "val_top1": last["val_top1"],
+        "val_top5": last["val_top5"], "val_loss": last["val_loss"],
+        "train_time_s": sum(m["epoch_time_s"] for m in pretrained_run.metrics),
+        "images_per_s": last["images_per_s"], "device": "cpu", "torch": torch.__version__,
+        "machine": "Xeon", "cpu_threads": torch.get_num_threads(), "gpu": None,
+        "config": pretrained_run.config.to_dict()}
+    assert None not in (last["val_top5"], last["val_loss"])
     json.dumps(record)  # written as the notebook's JSON
+
+
+def test_pretraining_record_names_the_gpu_and_the_machine_type_without_a_processor_name(
+        pretrained_run, monkeypatch):
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: f"GPU {index}")
+    record = report.pretraining_record(pretrained_run, "smoke", torch.device("cuda"))
+    assert (record["device"], record["gpu"], record["machine"]) == ("cuda", "GPU 0", "x86_64")
+
+
+def test_run_line_prints_one_finished_run_in_aligned_columns():
+    rows = [dict(npc=10, method="BENCHMARK", lr=3e-4, best_epoch=7, epochs=50, val_top1=0.4567,
+                 test_top1=0.4321, seconds=12.6),
+            dict(npc=1000, method="APL fine-tune", lr=0.01, best_epoch=120, epochs=200,
+                 val_top1=0.9, test_top1=0.875, seconds=3601)]
+    assert [report.run_line(row) for row in rows] == [
+        "NPC   10  BENCHMARK              lr 0.0003   best epoch   7/50   val top-1  45.7%  "
+        "test top-1  43.2%  (13 s)",
+        "NPC 1000  APL fine-tune          lr 0.01     best epoch 120/200  val top-1  90.0%  "
+        "test top-1  87.5%  (3601 s)"]
+
+
+def test_live_runs_are_set_beside_the_committed_run_of_the_same_method_and_npc():
+    def run(method, npc, best_epoch, test_top1):
+        return {"method": method, "npc": npc, "best_epoch": best_epoch, "test_top1": test_top1,
+                "lr": 1e-3}
+
+    live = [run("BENCHMARK", 10, 7, 0.432), run("BENCHMARK", 30, 9, 0.5),
+            run("S-CNN", 10, 4, 0.25), run("S-CNN", 100, 3, 0.6)]
+    committed = [run("S-CNN", 30, 4, 0.25), run("S-CNN", 10, 5, 0.25),
+                 run("BENCHMARK", 30, 9, 0.52), run("BENCHMARK", 10, 7, 0.432)]
+    assert report.live_against_committed(live, committed) == [
+        {"method": "BENCHMARK", "NPC": 10, "live: epoch, test": "7, 43.2",
+         "committed: epoch, test": "7, 43.2", "same": "yes"},
+        {"method": "BENCHMARK", "NPC": 30, "live: epoch, test": "9, 50.0",
+         "committed: epoch, test": "9, 52.0", "same": "no"},
+        {"method": "S-CNN", "NPC": 10, "live: epoch, test": "4, 25.0",
+         "committed: epoch, test": "5, 25.0", "same": "no"},
+        {"method": "S-CNN", "NPC": 100, "live: epoch, test": "3, 60.0",
+         "committed: epoch, test": "–", "same": "–"}]
+    assert report.live_against_committed([], committed) == []
+
+
+def test_feature_rows_give_each_measure_and_features_a_curve_over_npc():
+    entries = features(0.35, 0.1, 0.4, 0.125, npc=30) + features(0.5, 0.2, npc=10)
+    assert report.feature_rows(entries) == [
+        {"method": "linear probe, APL-pretrained features", "npc": 10, "test_top1": 0.4},
+        {"method": "linear probe, APL-pretrained features", "npc": 30, "test_top1": 0.4},
+        {"method": "linear probe, random-init features", "npc": 10, "test_top1": 0.1},
+        {"method": "linear probe, random-init features", "npc": 30, "test_top1": 0.125},
+        {"method": "kNN, APL-pretrained features", "npc": 10, "test_top1": 0.5},
+        {"method": "kNN, APL-pretrained features", "npc": 30, "test_top1": 0.35},
+        {"method": "kNN, random-init features", "npc": 10, "test_top1": 0.2},
+        {"method": "kNN, random-init features", "npc": 30, "test_top1": 0.1}]
+
+
+def test_validation_images_count_every_class_of_the_profile():
+    assert report.validation_images("smoke") == 20  # 2 per class, 10 classes
+    assert report.validation_images("quick") == 500  # 50 per class, 10 classes
 
 
 def test_sweep_plan_trains_the_smallest_npc_live_where_a_study_is_committed():
@@ -361,6 +479,50 @@ def test_the_recipe_table_gives_the_test_now_and_before_over_the_same_seeds():
     seeds["replaced_trials"] = seeds["replaced_trials"][:1]
     assert recipe_table(recipe_search(), seeds)[0]["now - before (paired)"] == (
         "1 seed in common: not tested")
+
+
+def test_the_recipe_table_orders_its_rows_by_npc_then_methods():
+    in_file_order = [dict(method=m, npc=n, lr=1e-3, epochs=10, best_epoch=5, val_top1=0.5,
+                          train_top1=0.9, run=f"{m}-{n}")
+                     for m, n in [("APL fine-tune", 30), ("S-CNN", 10), ("BENCHMARK", 10)]]
+    assert recipe_table({"trials": in_file_order}) == [
+        {"method": method, "NPC": npc, "val top-1: base / small-data": "50.0 / not searched",
+         "small-data - base (val)": "–", "adopted": "base"}
+        for method, npc in [("BENCHMARK", 10), ("S-CNN", 10), ("APL fine-tune", 30)]]
+
+
+def test_the_recipe_table_gives_the_difference_alone_where_a_recipe_has_no_per_image_record():
+    found = recipe_search()
+    for trial in found["trials"]:
+        if trial["run"] == "small-data-0.0003":
+            del trial["val_correct"]
+    assert recipe_table(found)[0] == {
+        "method": "BENCHMARK", "NPC": 10, "val top-1: base / small-data": "15.0 / 40.0",
+        "small-data - base (val)": "+25.0 (no per-image record)", "adopted": "small-data"}
+
+
+def test_the_recipe_table_pairs_now_and_before_only_over_the_seeds_both_have():
+    """BENCHMARK at NPC 10: two seeds now and before; S-CNN at NPC 100: one seed before and
+    none run at the search's choice yet."""
+    def run(method, npc, seed, test_top1, when):
+        return {"method": method, "npc": npc, "seed": seed, "test_top1": test_top1,
+                "test_images": 1000, "run": f"{when}-{method}-{seed}"}
+
+    seeds = {"trials": [run("BENCHMARK", 10, 0, 0.45, "now"),
+                        run("BENCHMARK", 10, 1, 0.47, "now")],
+             "replaced_trials": [run("BENCHMARK", 10, 0, 0.30, "before"),
+                                 run("BENCHMARK", 10, 1, 0.31, "before"),
+                                 run("S-CNN", 100, 0, 0.6, "before")]}
+    assert recipe_table(recipe_search(), seeds) == [
+        {"method": "BENCHMARK", "NPC": 10, "val top-1: base / small-data": "15.0 / 40.0",
+         "small-data - base (val)": "+25.0 (+5/-0 of 20 images, p 0.062)",
+         "adopted": "small-data, 2x", "test now": "46.0 ± 1.4 (2 seeds)",
+         "test before": "30.5 ± 0.7 (2 seeds)",
+         "now - before (paired)": "15.5 ± 0.7 over 2 seeds: higher"},
+        {"method": "S-CNN", "NPC": 100, "val top-1: base / small-data": "60.0 / not searched",
+         "small-data - base (val)": "–", "adopted": "base", "test now": "–",
+         "test before": "60.0 (1 seed)",
+         "now - before (paired)": "0 seeds in common: not tested"}]
 
 
 def test_notebook_04s_figure_draws_every_committed_seed_beside_its_own():
