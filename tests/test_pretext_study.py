@@ -1,11 +1,14 @@
-"""The pretext study's configs and tables (apl_core.pretext_study); the study itself runs at
-the smoke profile in tests/test_experiments.py."""
+"""The pretext study's configs and tables (apl_core.pretext_study), and the study run with its
+pretraining, feature scores, fine-tuning and test scoring replaced by fakes (FakeRuns): which
+rows it writes, what it reads back and what it reports. The study with real runs, through its
+script, runs at the smoke profile in tests/test_experiments.py."""
 from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
 import json
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -190,8 +193,7 @@ class FakeRuns:
 
     def __init__(self, monkeypatch):
         self.calls = []
-        monkeypatch.setattr(pretext_study.comparison, "worker_pool",
-                            concurrent.futures.ThreadPoolExecutor)
+        monkeypatch.setattr(pretext_study.comparison, "worker_pool", self.worker_pool)
         monkeypatch.setattr(pretext_study, "resolve_device", lambda name: f"resolved {name}")
         for module, name in ((pretext_study, "finetune_sets"), (pretext_study, "pretrain"),
                              (pretext_study, "load_pretrained"),
@@ -202,6 +204,11 @@ class FakeRuns:
 
     def named(self, name: str) -> list[tuple]:
         return [call[1:] for call in self.calls if call[0] == name]
+
+    def worker_pool(self, workers):
+        """`workers` threads: the runs in this process, where the fakes reach them."""
+        self.calls.append(("worker_pool", workers))
+        return concurrent.futures.ThreadPoolExecutor(workers)
 
     def finetune_sets(self, config):
         self.calls.append(("finetune_sets", config))
@@ -252,6 +259,21 @@ class FakeRuns:
 @pytest.fixture
 def fake_runs(monkeypatch):
     return FakeRuns(monkeypatch)
+
+
+class Terminal:
+    """sys.stdout: what was written, and what of it had been flushed at each flush."""
+
+    def __init__(self):
+        self.text = ""
+        self.flushed = []
+
+    def write(self, text: str) -> int:
+        self.text += text
+        return len(text)
+
+    def flush(self) -> None:
+        self.flushed.append(self.text)
 
 
 def test_the_labelled_images_are_the_fine_tuning_sets_of_the_seeds_labels(fake_runs):
@@ -335,9 +357,12 @@ def test_search_finetune_brackets_the_rate_on_seed_0_and_stores_each_trial(fake_
 
 
 def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_runs, tmp_path,
-                                                                         monkeypatch, capsys):
+                                                                         monkeypatch):
+    """Each run's line is flushed as it finishes: a study's workers report to a log for days."""
     store = TrialStore(tmp_path / "study.json", {"profile": "quick"})
-    settings = dict(runs_dir=str(tmp_path / "runs"), device="cpu")
+    settings = dict(runs_dir=str(tmp_path / "runs"))
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stdout", terminal)
     pretext_study.run_study("quick", (0, 1), ("apl", "mp3"), store, workers=1, **settings)
     rows = store.read()["trials"]
     features_rows = [(r["task"], r["seed"]) for r in rows if r["kind"] == "features"]
@@ -353,7 +378,10 @@ def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_ru
     assert all(row["lr"] == chosen_rate(trials, name) for (name, _), row in tests.items())
     kinds = [call[0] for call in fake_runs.calls if call[0] in ("pretrain", "finetune")]
     assert kinds == ["pretrain"] * 4 + ["finetune"] * (len(trials) + 6)  # features first
-    printed = capsys.readouterr().out.splitlines()
+    assert {device for _, device in fake_runs.named("load_pretrained")} == {"resolved auto"}
+    printed = terminal.text.splitlines()
+    assert terminal.flushed == ["".join(line + "\n" for line in printed[:i])
+                                for i in range(1, len(printed) + 1)]
     assert printed[0] == ("apl        seed 0: NPC 10 probe 2.0% kNN 1.0%, NPC 30 probe 6.0% "
                           "kNN 3.0%, NPC 100 probe 20.0% kNN 10.0%  20 s/epoch")
     bracket = [t for t in trials if t["finetune"] == "mp3 + positions"]
@@ -376,14 +404,15 @@ def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_ru
     for module, name in ((pretext_study, "pretrain"), (pretext_study, "finetune"),
                          (search, "finetune"), (pretext_study, "feature_scores")):
         monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("trained again"))
-    pretext_study.run_study("quick", (0, 1), ("apl", "mp3"), store, workers=1, **settings)
+    pretext_study.run_study("quick", (0, 1), ("apl", "mp3"), store, **settings)
     assert store.read()["trials"] == rows
+    assert fake_runs.named("worker_pool") == [(1,), (1,)]  # by default one run at a time
 
 
 def test_the_plan_lists_every_run_and_what_the_results_file_already_holds(tmp_path):
-    settings = dict(runs_dir=str(tmp_path))
-    checkpoint = (tmp_path / "pretrain" / run_name(study_pretraining("quick", "mae", 1))
-                  / "last.pt")
+    settings = dict(runs_dir=str(tmp_path), batch_size=50)  # 2 fine-tuning steps an epoch
+    checkpoint = (tmp_path / "pretrain" / run_name(study_pretraining("quick", "mae", 1,
+                                                                     **settings)) / "last.pt")
     checkpoint.parent.mkdir(parents=True)
     checkpoint.touch()
     held = [features("mae", 0, 0.2, 0.3), features("apl", 1, 0.2, 0.3),
@@ -393,7 +422,7 @@ def test_the_plan_lists_every_run_and_what_the_results_file_already_holds(tmp_pa
             scored("mae", 1, 0.5), scored("mae", 7, 0.5), scored("apl", 0, 0.5)]
     plan = pretext_study.study_plan("quick", (0, 1), ("mae", "apl"), held, **settings)
     pretraining = dict(epochs=12, images=12500)
-    fine_tuning = dict(epochs=100, images=100, checkpoint="")
+    fine_tuning = dict(epochs=200, images=100, checkpoint="")
     assert plan == [
         dict(run="pretraining + features: mae", seed=0, **pretraining, checkpoint="no",
              done="yes"),
