@@ -8,6 +8,7 @@ import concurrent.futures
 import dataclasses
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -293,7 +294,8 @@ def test_the_labelled_images_are_the_fine_tuning_sets_of_the_seeds_labels(fake_r
 
 def test_features_row_judges_the_frozen_features_at_every_npc_of_the_profile(fake_runs,
                                                                               tmp_path):
-    row = pretext_study.features_row("quick", "mae", 1, runs_dir=str(tmp_path), device="cpu")
+    row = pretext_study.features_row("quick", "mae", 1, runs_dir=str(tmp_path), device="cpu",
+                                     data_dir="/data")
     config = study_pretraining("quick", "mae", 1, runs_dir=str(tmp_path))
     run = tmp_path / "pretrain" / run_name(config)
     assert fake_runs.named("pretrain") == [(run_name(config), "auto")]
@@ -317,8 +319,8 @@ def test_features_row_judges_the_frozen_features_at_every_npc_of_the_profile(fak
     assert {labelled.train[1][0].item() for _, labelled, _ in judged} == {43}  # seed 1's labels
     [(run_dir, labelled, device)] = fake_runs.named("budget_curve")
     assert (run_dir, len(labelled.train[1]), device) == (run, 1000, "resolved cpu")
-    assert [config.data_dir for (config,) in fake_runs.named("finetune_sets")] == [
-        profile_config("quick", "finetune").data_dir] * 3
+    assert [(config.data_dir, config.device) for (config,) in fake_runs.named(
+        "finetune_sets")] == [("/data", "cpu")] * 3
 
 
 def test_scored_row_scores_the_best_epoch_once_on_the_test_images_and_stores_it(fake_runs,
@@ -376,6 +378,8 @@ def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_ru
     assert {name: tests[(name, 1)]["lr"] for name in names} == {
         "apl": 1e-4, "mp3": 1e-4, "mp3 + positions": 3.16e-4}
     assert all(row["lr"] == chosen_rate(trials, name) for (name, _), row in tests.items())
+    assert {config.runs_dir for config, _ in fake_runs.named("finetune")} == {
+        settings["runs_dir"]}
     kinds = [call[0] for call in fake_runs.calls if call[0] in ("pretrain", "finetune")]
     assert kinds == ["pretrain"] * 4 + ["finetune"] * (len(trials) + 6)  # features first
     assert {device for _, device in fake_runs.named("load_pretrained")} == {"resolved auto"}
@@ -419,7 +423,8 @@ def test_the_plan_lists_every_run_and_what_the_results_file_already_holds(tmp_pa
             {"kind": "trial", "finetune": "mae", "seed": 0, "lr": 1e-4},
             {"kind": "trial", "finetune": "mae", "seed": 0, "lr": 3e-4},
             {"kind": "trial", "finetune": "apl", "seed": 0, "lr": 3e-4},
-            scored("mae", 1, 0.5), scored("mae", 7, 0.5), scored("apl", 0, 0.5)]
+            scored("mae", 1, 0.5), scored("mae", 7, 0.5), scored("apl", 0, 0.5),
+            scored("apl", 1, 0.5)]
     plan = pretext_study.study_plan("quick", (0, 1), ("mae", "apl"), held, **settings)
     pretraining = dict(epochs=12, images=12500)
     fine_tuning = dict(epochs=200, images=100, checkpoint="")
@@ -434,9 +439,29 @@ def test_the_plan_lists_every_run_and_what_the_results_file_already_holds(tmp_pa
              done="yes"),
         dict(run="fine-tuning bracket: apl", seed=0, **fine_tuning, done="1 trials"),
         dict(run="fine-tuning at the chosen rate: apl", seed="0 1", epochs="", images="",
-             checkpoint="", done="1/2 seeds"),
+             checkpoint="", done="2/2 seeds"),
         dict(run="fine-tuning bracket: mae", seed=0, **fine_tuning, done="2 trials"),
         dict(run="fine-tuning at the chosen rate: mae", seed="0 1", epochs="", images="",
              checkpoint="", done="1/2 seeds")]
     with pytest.raises(ValueError, match="include 'apl'"):
         pretext_study.study_plan("quick", (0,), ("mae",), [])
+
+
+def test_a_study_is_read_from_its_profiles_committed_file_or_from_the_path_given(tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(pretext_study, "RESULTS_DIR", tmp_path)
+    assert pretext_study.study_path("smoke") == tmp_path / "smoke_pretext_study.json"
+    assert pretext_study.load_study("smoke") is None
+    study = {"profile": "smoke", "trials": [scored("apl", 0, 0.5)]}
+    (tmp_path / "smoke_pretext_study.json").write_text(json.dumps(study))
+    assert pretext_study.load_study("smoke") == study
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({**study, "profile": "own"}))
+    assert pretext_study.load_study("smoke", str(own))["profile"] == "own"
+    for lacking in ("profile", "trials"):
+        own.write_text(json.dumps({k: v for k, v in study.items() if k != lacking}))
+        with pytest.raises(ValueError, match=re.escape(
+                f"{own} is not a pretext study results file (it lacks ['{lacking}']); restore "
+                f"it with git checkout, or rerun python experiments/pretext_study.py "
+                f"--profile smoke")):
+            pretext_study.load_study("smoke", own)
