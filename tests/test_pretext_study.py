@@ -186,11 +186,12 @@ class Part:
 
 
 class FakeRuns:
-    """Every expensive call of the study replaced, each call recorded: the data sets (npc
-    images per class, label_seed in the labels), pretraining (3 epochs, a metrics file and a
-    checkpoint), the frozen features' scores (from the number of training images), the budget
-    curve, fine-tuning (the best validation at 1e-4, or at 3.16e-4 with positional embeddings;
-    the best epoch the second) and the test scoring."""
+    """Every expensive call of the study replaced, each call recorded: the worker pool
+    (threads), the device (resolved as named), the data sets (npc images per class,
+    label_seed in the labels), pretraining (3 epochs, a metrics file and a checkpoint), the
+    frozen features' scores (from the number of training images), the budget curve,
+    fine-tuning (the best validation at 1e-4, or at 3.16e-4 with positional embeddings; the
+    best epoch the second) and the test scoring."""
 
     def __init__(self, monkeypatch):
         self.calls = []
