@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from apl_core import pretext
 from apl_core.config import PretrainConfig
-from apl_core.model import APLTransformer, TransformerConfig
+from apl_core.model import APLPretrainModel, APLTransformer, TransformerConfig
 from apl_core.pretext import (
     JigsawModel, MAEModel, MP3Model, RotationModel, build_pretext_model,
     hamming, jigsaw_permutations, mae_loss, normalized_pixels, pretext_loss, random_subset,
@@ -285,9 +285,14 @@ TASKS = {"rotation": {}, "jigsaw": {"positional_embedding": True},
 
 
 def test_the_model_of_each_task_keeps_the_transformer_the_fine_tuning_loads():
+    models = {"apl": APLPretrainModel, "rotation": RotationModel, "jigsaw": JigsawModel,
+              "mae": MAEModel, "mp3": MP3Model}
     for task, settings in TASKS.items():
         model = build_pretext_model(PretrainConfig(pretext=task, **SMALL, **settings))
-        assert isinstance(model.transformer, APLTransformer), task
+        assert type(model) is models[task] and isinstance(model.transformer, APLTransformer)
+    for task in ("apl", "mp3"):  # the position head as the config asks
+        model = build_pretext_model(PretrainConfig(pretext=task, **SMALL, mlp_head=True))
+        assert isinstance(model.position_head, torch.nn.Sequential), task
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
