@@ -276,6 +276,32 @@ def test_a_finetune_model_is_built_on_the_pretrained_architecture_else_on_its_ow
     assert len(build_finetune_model(tune).transformer.blocks) == 1
     assert len(build_finetune_model(tune, PretrainConfig(**SMALL)).transformer.blocks) == 2
     assert isinstance(build_finetune_model(FinetuneConfig(model="s-cnn", image_size=32)), SCNN)
+    images = torch.randn(2, 3, 32, 32)
+    for model in ("s-cnn", "s-resnet"):
+        baseline = build_finetune_model(FinetuneConfig(model=model, image_size=32, num_classes=7))
+        assert baseline.eval()(images).shape == (2, 7), model
+    assert build_finetune_model(tune).transformer.config.image_size == 32
+
+
+def test_a_transformer_keeps_its_config_and_drop_path_defaults_to_the_identity():
+    config = TransformerConfig(**SMALL)
+    assert APLTransformer(config).config is config
+    x = torch.randn(3, 4, 5)
+    assert DropPath().train()(x) is x
+
+
+def test_a_key_mask_reaches_every_block_of_the_transformer():
+    """The masked tokens' content reaches no other token's features, through every block."""
+    torch.manual_seed(0)
+    transformer = small_transformer().eval()
+    patches = transformer.patches(torch.randn(2, 3, 32, 32))
+    attendable = torch.rand(2, 16) < 0.5
+    features, _, attention = transformer.contextualize(patches, True, attendable)
+    assert all(torch.all(w.masked_select(~attendable[:, None, None, :]) == 0) for w in attention)
+    changed = patches.clone()
+    changed[~attendable] += 1
+    torch.testing.assert_close(transformer.contextualize(changed, False, attendable)[0][attendable],
+                               features[attendable])
 
 
 def test_module_defaults_are_the_configs_defaults():
