@@ -295,9 +295,12 @@ class APLPretrainModel(nn.Module):
         t, d = transformer.num_tokens, transformer.dim
         self.position_head = mlp(d, t) if mlp_head else nn.Linear(d, t)
 
-    def position_logits(self, patches: torch.Tensor, return_attention: bool = False):
-        """Patches (B, T, 3, s, s) -> (position logits (B, T, T), keep mask, attention)."""
-        features, keep, attention = self.transformer.contextualize(patches, return_attention)
+    def position_logits(self, patches: torch.Tensor, return_attention: bool = False,
+                        attendable: torch.Tensor | None = None):
+        """Patches (B, T, 3, s, s) -> (position logits (B, T, T), keep mask, attention).
+        attendable (B, T): the tokens that can be attended to (MP3's masked keys); None: all."""
+        features, keep, attention = self.transformer.contextualize(patches, return_attention,
+                                                                   attendable)
         return self.position_head(features), keep, attention
 
     def forward(self, images: torch.Tensor):

@@ -37,7 +37,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PretrainConfig, token_dim
-from .model import APLTransformer, Block, TransformerConfig, build_pretrain_model, mlp
+from .model import (
+    APLPretrainModel, APLTransformer, Block, TransformerConfig, build_pretrain_model,
+)
 from .objective import LossFn, position_loss, topk_hits
 
 ROTATIONS = 4
@@ -228,34 +230,22 @@ def mae_loss(model: nn.Module, images: torch.Tensor, labels=None):
 
 # ---------------------------------------------------------------- MP3
 
-class MP3Model(nn.Module):
+class MP3Model(APLPretrainModel):
     """APL's model (transformer + position head shared by all tokens) with KEY_MASK_RATIO of
     each image's tokens masked as keys in every block, drawn anew for every batch (also in
     evaluation: it is the task). Every token, masked or not, is a query and is scored."""
 
     def __init__(self, transformer: APLTransformer, mlp_head: bool = False):
-        super().__init__()
         if transformer.position_embedding is not None:
             raise ValueError("MP3 predicts positions: a positional embedding would give them "
                              "away (positional_embedding=False)")
-        self.transformer = transformer
-        t, d = transformer.num_tokens, transformer.dim
-        self.position_head = mlp(d, t) if mlp_head else nn.Linear(d, t)
-
-    def position_logits(self, patches: torch.Tensor, attendable: torch.Tensor,
-                        return_attention: bool = False):
-        """Patches (B, T, 3, s, s) and the tokens that can be attended to (B, T) ->
-        (position logits (B, T, T), PatchDropout's keep mask, attention as
-        APLTransformer.contextualize)."""
-        features, keep, attention = self.transformer.contextualize(patches, return_attention,
-                                                                   attendable)
-        return self.position_head(features), keep, attention
+        super().__init__(transformer, mlp_head)
 
     def forward(self, images: torch.Tensor):
         """Images -> (position logits (B, T, T), keep mask (B, T)), as APLPretrainModel."""
         patches = self.transformer.patches(images)
         attendable = ~random_subset(*patches.shape[:2], KEY_MASK_RATIO, device=images.device)
-        logits, keep, _ = self.position_logits(patches, attendable)
+        logits, keep, _ = self.position_logits(patches, attendable=attendable)
         return logits, keep
 
 

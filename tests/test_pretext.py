@@ -225,7 +225,8 @@ def test_masked_keys_receive_no_attention_and_do_not_change_the_others():
     model = MP3Model(transformer())
     patches = extract_patches(images(2), 4, 1)
     attendable = ~random_subset(2, 16, 0.75)
-    logits, keep, attention = model.position_logits(patches, attendable, return_attention=True)
+    logits, keep, attention = model.position_logits(patches, return_attention=True,
+                                                    attendable=attendable)
     assert logits.shape == (2, 16, 16) and keep.all() and len(attention) == 2
     for weights in attention:
         masked = ~attendable[:, None, None, :].expand_as(weights)
@@ -233,9 +234,9 @@ def test_masked_keys_receive_no_attention_and_do_not_change_the_others():
         torch.testing.assert_close(weights.sum(-1), torch.ones(weights.shape[:-1]))
     changed = patches.clone()
     changed[~attendable] += 1  # the masked tokens' content reaches no other token
-    changed_logits, _, _ = model.position_logits(changed, attendable)
+    changed_logits, _, _ = model.position_logits(changed, attendable=attendable)
     torch.testing.assert_close(changed_logits[attendable], logits[attendable])
-    torch.testing.assert_close(model.position_logits(patches, attendable)[0], logits)
+    torch.testing.assert_close(model.position_logits(patches, attendable=attendable)[0], logits)
 
 
 def test_mp3_draws_the_key_mask_per_batch_and_scores_positions_as_apl(monkeypatch):
@@ -259,7 +260,8 @@ def test_mp3_masks_the_drawn_keys_and_can_read_positions_with_an_mlp(monkeypatch
     masked = random_subset(2, 16, pretext.KEY_MASK_RATIO)
     monkeypatch.setattr(pretext, "random_subset", lambda *args, **kw: masked)
     logits, _ = model(images(2))
-    expected, _, attention = model.position_logits(extract_patches(images(2), 4, 1), ~masked)
+    expected, _, attention = model.position_logits(extract_patches(images(2), 4, 1),
+                                                   attendable=~masked)
     torch.testing.assert_close(logits, expected)
     assert attention == []  # the weights only when asked
     mlp_head = MP3Model(transformer(), mlp_head=True)
