@@ -114,7 +114,7 @@ EXTRA_TRIALS = 3  # at most, while the best rate lacks a finite, worse neighbour
 SPACING = 10 ** 0.5  # the first rates are half a decade apart
 EVALUATIONS = 20  # validation points per run, at least
 CHANCE_NOISE = 2.0  # standard errors above chance that still count as having learned nothing
-LONGEST = 8  # the longest run of a choice, in multiples of the searched length
+LONGEST = 16  # the longest run of a choice, in multiples of the searched length: a cost bound
 ALPHA = 0.05  # the paired test's level for adopting a longer run
 
 

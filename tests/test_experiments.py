@@ -101,8 +101,8 @@ def test_a_dry_run_prints_the_plan_and_trains_nothing(smoke_search, tmp_path, mo
     assert "(new); pretraining" in printed and "(not needed: APL fine-tune is not searched)" \
         in printed
     assert "| S-CNN | 10 | base | 0 | 5-8 | 30-48 |" in printed  # 3 epochs of 2 steps
-    assert "| S-ResNet-18 | 10 | longer runs | 0 | 1-3 | 12-84 | ? |" in printed  # no reference
-    assert "22-38 runs left" in printed
+    assert "| S-ResNet-18 | 10 | longer runs | 0 | 1-4 | 12-180 | ? |" in printed  # no reference
+    assert "22-40 runs left" in printed
     assert not fresh.exists() and not (tmp_path / "runs").exists()
     converged_search.main(["--profile", "smoke", "--methods", "S-CNN", "--device", "cpu",
                            "--runs-dir", str(root / "runs"), "--out", str(out), "--dry-run"])

@@ -133,12 +133,12 @@ def test_the_longer_runs_cell_says_what_each_run_showed_and_what_was_adopted():
                 "adopted": {"multiple": 1}, "convergence": "shown", "next": None}
     assert report.longer_runs_cell(diverged, 500) == (
         "2x: 3/20, 10.0 (diverged: non-finite loss); 1x adopted")
-    capped = {"longer": [dict(multiple=8, epochs=80, best_epoch=80, val_top1=0.5, run="e",
+    capped = {"longer": [dict(multiple=16, epochs=160, best_epoch=160, val_top1=0.5, run="e",
                               wins=30, losses=3, p=1.2e-6, better=True)],
-              "adopted": {"multiple": 8}, "convergence": "still improving at the cap",
+              "adopted": {"multiple": 16}, "convergence": "still improving at the cap",
               "next": None}
     assert report.longer_runs_cell(capped, 500) == (
-        "8x: 80/80, 50.0 (+30/-3 of 500 images, p 1.2e-06); still improving at 8x")
+        "16x: 160/160, 50.0 (+30/-3 of 500 images, p 1.2e-06); still improving at 16x")
 
 
 def test_feature_table_gives_knn_and_probe_per_npc():

@@ -571,13 +571,13 @@ def test_lengthening_waits_for_the_next_run_and_stops_at_the_cap():
         multiple=1, epochs=10, best_epoch=8, val_top1=0.1, run=chosen["run"]),
         "convergence": "pending", "next": 2}
     runs = [longer(chosen, 2 ** k, 0.1 + 0.1 * k, *range(5 + 5 * k), of_images=40)
-            for k in (1, 2, 3)]  # each 5 images more, none lost: p = 1/32 each time
+            for k in (1, 2, 3, 4)]  # each 5 images more, none lost: p = 1/32 each time
     assert lengthening(chosen, runs[:1])["next"] == 4
     assert lengthening(chosen, runs[:1])["adopted"]["multiple"] == 2
     capped = lengthening(chosen, runs)
     assert capped["convergence"] == "still improving at the cap" and capped["next"] is None
-    assert capped["adopted"]["multiple"] == LONGEST == 8
-    assert [run["multiple"] for run in capped["longer"]] == [2, 4, 8]
+    assert capped["adopted"]["multiple"] == LONGEST == 16
+    assert [run["multiple"] for run in capped["longer"]] == [2, 4, 8, 16]
 
 
 def test_a_longer_run_without_a_per_image_record_or_that_diverged_is_not_adopted():
@@ -824,19 +824,19 @@ def test_a_search_plan_counts_the_runs_and_steps_left(tmp_path):
              most_steps=3200),
         dict(method="S-CNN", npc=10, runs="small-data", done=0, least=5, most=8,
              least_steps=2000, most_steps=3200),
-        dict(method="S-CNN", npc=10, runs="longer runs", done=0, least=1, most=3,
-             least_steps=800, most_steps=5600)]
+        dict(method="S-CNN", npc=10, runs="longer runs", done=0, least=1, most=4,
+             least_steps=800, most_steps=12000)]
     five = [{**trial(lr, 0.1 + (lr == 0.03) * 0.2, method="S-CNN", epochs=100), **right(0)}
             for lr in (0.001, 0.003, 0.03, 0.1, 0.3)]
     four_small = [{**t, "recipe": "small-data", "run": t["run"] + "sd"} for t in five[:4]]
     plan = search_plan(configs, five + four_small)
     assert [(row["done"], row["least"], row["most"]) for row in plan] == [
-        (5, 0, 0), (4, 1, 4), (0, 1, 3)]
+        (5, 0, 0), (4, 1, 4), (0, 1, 4)]
     both = five + [{**t, "recipe": "small-data", "run": t["run"] + "sd"} for t in five]
     twice = longer(five[2], 2, 0.9, *range(9))
     plan = search_plan(configs, both + [twice])
     assert plan[-1] == dict(method="S-CNN", npc=10, runs="longer runs", done=1, least=1,
-                            most=2, least_steps=1600, most_steps=4800)  # 4x, then 8x
+                            most=3, least_steps=1600, most_steps=11200)  # 4x, 8x, 16x
     lost = longer(five[2], 2, 0.3, 0)  # no better than the choice: convergence shown
     assert search_plan(configs, both + [lost])[-1] == dict(
         method="S-CNN", npc=10, runs="longer runs", done=1, least=0, most=0, least_steps=0,

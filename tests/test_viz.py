@@ -236,7 +236,7 @@ def test_convergence_columns_follow_the_given_order_and_show_each_length_by_budg
     ringed = drawn(a_budget, markerfacecolor="none")
     assert ringed == [([2], [pytest.approx(90)]), ([1], [pytest.approx(50)])]  # adopted
     assert drawn(b_budget, marker="x") == [([2], [pytest.approx(10)])]
-    assert [t.get_text() for t in a_budget.get_xticklabels()] == ["1x", "2x", "4x", "8x"]
+    assert [t.get_text() for t in a_budget.get_xticklabels()] == ["1x", "2x", "4x", "8x", "16x"]
     plt.close(fig)
 
 
