@@ -57,16 +57,22 @@ def _provenance(results: dict, more: str = ".") -> str:
                  f"{results['torch']}{more}{studies}")
 
 
+def _course_budget(timed: dict) -> tuple[float, float, float, str]:
+    """The course's total minutes, notebook 02's, the minutes allowed and 'within' or 'over'."""
+    seconds = {row["notebook"]: row["seconds"] for row in timed["notebooks"]}
+    total = timed["total_seconds"] / 60
+    pretraining = seconds[PRETRAINING_NOTEBOOK] / 60
+    allowed = max(COURSE_MINUTES, COURSE_PER_PRETRAINING * pretraining)
+    return total, pretraining, allowed, "within" if total <= allowed else "over"
+
+
 def course_time_block() -> str:
     """The committed course timing: minutes per notebook, and the total against the budget."""
     timed = course.load_course_time(PROFILE)
     if not timed:
         return "(no committed course time)"
     seconds = {row["notebook"]: row["seconds"] for row in timed["notebooks"]}
-    total = timed["total_seconds"] / 60
-    pretraining = seconds[PRETRAINING_NOTEBOOK] / 60
-    allowed = max(COURSE_MINUTES, COURSE_PER_PRETRAINING * pretraining)
-    verdict = "within" if total <= allowed else "over"
+    total, pretraining, allowed, verdict = _course_budget(timed)
     rows = [{"notebook": name, "minutes": "not timed" if value is None else f"{value / 60:.1f}"}
             for name, value in seconds.items()]
     rows.append({"notebook": "the course", "minutes": f"{total:.1f}"})
@@ -81,6 +87,19 @@ def course_time_block() -> str:
               f"{COURSE_PER_PRETRAINING} times notebook 02's time ({COURSE_PER_PRETRAINING} x "
               f"{pretraining:.1f} = {COURSE_PER_PRETRAINING * pretraining:.1f} minutes): the "
               f"course is {verdict} it ({total:.1f} of {allowed:.1f} minutes).")])
+
+
+def course_total_block() -> str:
+    """The README's line on the course's time: the total, where and when, against the budget."""
+    timed = course.load_course_time(PROFILE)
+    if not timed:
+        return "(no committed course time)"
+    total, _, allowed, verdict = _course_budget(timed)
+    timed_notebooks = sum(row["seconds"] is not None for row in timed["notebooks"])
+    return _wrap(f"The {PROFILE} profile's {timed_notebooks} notebooks ran in {total:.1f} minutes "
+                 f"on {timed['machine']}, {timed['precision']}, {timed['date']}: {verdict} the "
+                 f"course's budget of {allowed:.0f} minutes ([each notebook's time and the "
+                 f"budget](docs/results.md#course-time)).")
 
 
 def _paragraphs(*parts: str) -> str:
@@ -214,7 +233,8 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "seeds": seeds_block,
     "claims": claims_block, "controls-small": functools.partial(controls_block, "small"),
     "controls-main": functools.partial(controls_block, "main"), "headline": headline_block,
-    "course-time": course_time_block, "pretext": pretext_block,
+    "course-time": course_time_block, "course-total": course_total_block,
+    "pretext": pretext_block,
 }
 
 

@@ -62,6 +62,7 @@ def test_every_block_says_which_results_are_missing(monkeypatch):
         "controls-small": "(no committed controls at the small budget)",
         "controls-main": "(no committed controls at the main budget)",
         "headline": "(no committed seeds)", "course-time": "(no committed course time)",
+        "course-total": "(no committed course time)",
         "pretext": "(no committed pretext study)"}
 
 
@@ -89,6 +90,10 @@ def test_the_course_time_is_read_per_notebook_and_held_to_the_budget(monkeypatch
     monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: timed)
     assert "the course is over it (21.7 of 20.0 minutes)" in " ".join(
         results_docs.course_time_block().split())
+    assert " ".join(results_docs.course_total_block().split()) == (
+        "The quick profile's 2 notebooks ran in 21.7 minutes on a CPU, fp32, 2026-12-03: over "
+        "the course's budget of 20 minutes ([each notebook's time and the "
+        "budget](docs/results.md#course-time)).")
 
 
 def test_a_notebook_added_after_the_timing_is_listed_and_left_out_of_the_total(monkeypatch):
