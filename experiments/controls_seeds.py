@@ -20,7 +20,6 @@ every epoch's snapshot (the budget curve), for the original's two arguments:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import time
@@ -31,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apl_core import control_tables, controls  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
-from apl_core.device import measured_on, resolve_device  # noqa: E402
-from apl_core.results import recorded_command  # noqa: E402
+from apl_core.device import resolve_device  # noqa: E402
+from apl_core.results import how_it_ran  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
 
 
@@ -57,15 +56,12 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     device = str(resolve_device(args.device))
     out = Path(args.out) if args.out else controls.results_path(args.profile, args.budget)
-    results = {"profile": args.profile, **measured_on(device),
-               "date": datetime.date.today().isoformat(),
+    results = {"profile": args.profile,
+               **how_it_ran("experiments/controls_seeds.py", argv, device),
                # the grids and crops tried, and the budget the controls were pretrained at
                "controls": {**PROFILES[args.profile]["controls"],
                             "budget": controls.budget_settings(args.profile, args.budget)},
-               "budget": args.budget,
-               "command": recorded_command(["python", "experiments/controls_seeds.py",
-                                           *(sys.argv[1:] if argv is None else argv)]),
-               "seeds": []}
+               "budget": args.budget, "seeds": []}
     for seed in args.seeds:
         started = time.perf_counter()
         every = list(controls.control_configs(args.profile, seed, args.budget))

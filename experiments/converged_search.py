@@ -23,18 +23,16 @@ trains nothing.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
 from apl_core import report, search, trial_store  # noqa: E402
 from apl_core.config import PROFILES, profile_config, profile_npcs  # noqa: E402
-from apl_core.device import measured_on, resolve_device  # noqa: E402
-from apl_core.results import recorded_command  # noqa: E402
+from apl_core.device import resolve_device  # noqa: E402
+from apl_core.results import how_it_ran  # noqa: E402
 from apl_core.rundir import run_name  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
@@ -122,11 +120,7 @@ def main(argv=None) -> None:
                                     **steps}.items()},
                      "evaluations": search.EVALUATIONS, "chance_noise": search.CHANCE_NOISE,
                      "longest": search.LONGEST, "alpha": search.ALPHA},
-        **measured_on(device),
-        "date": datetime.date.today().isoformat(), "workers": args.workers,
-        "threads_per_run": max(1, torch.get_num_threads() // args.workers),
-        "command": recorded_command(["python", "experiments/converged_search.py",
-                                     *(sys.argv[1:] if argv is None else argv)]),
+        **how_it_ran("experiments/converged_search.py", argv, device, args.workers),
     }
     store = trial_store.TrialStore(
         Path(args.out) if args.out else trial_store.search_path(args.profile), header)

@@ -22,7 +22,6 @@ and trains nothing.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
@@ -32,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from apl_core import report, search, trial_store  # noqa: E402
 from apl_core.comparison import feature_comparison  # noqa: E402
 from apl_core.config import PROFILES, profile_config  # noqa: E402
-from apl_core.device import measured_on, resolve_device  # noqa: E402
-from apl_core.results import recorded_command  # noqa: E402
+from apl_core.device import resolve_device  # noqa: E402
+from apl_core.results import how_it_ran  # noqa: E402
 from apl_core.rundir import run_name  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
 from apl_core.train import pretrain  # noqa: E402
@@ -179,10 +178,7 @@ def main(argv=None) -> None:
               "protocols": {str(npc): summary
                             for npc, summary in trial_store.npc_protocols(found).items()},
               "seeds_at": {str(npc): seeds for npc, seeds in sorted(seeds_at.items())},
-              **measured_on(device),
-              "date": datetime.date.today().isoformat(), "workers": args.workers,
-              "command": recorded_command(["python", "experiments/converged_seeds.py",
-                                           *(sys.argv[1:] if argv is None else argv)])}
+              **how_it_ran("experiments/converged_seeds.py", argv, device, args.workers)}
     store = trial_store.TrialStore(
         Path(args.out) if args.out else report.seeds_path(args.profile), header)
     seeds = sorted({seed for npc_seeds in seeds_at.values() for seed in npc_seeds})

@@ -22,18 +22,16 @@ and trains nothing.
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
 
 from apl_core import pretext_study  # noqa: E402
 from apl_core.config import PROFILES  # noqa: E402
-from apl_core.device import measured_on, resolve_device  # noqa: E402
-from apl_core.results import recorded_command  # noqa: E402
+from apl_core.device import resolve_device  # noqa: E402
+from apl_core.results import how_it_ran  # noqa: E402
 from apl_core.search import TrialStore  # noqa: E402
 from apl_core.tables import markdown_table  # noqa: E402
 
@@ -79,11 +77,8 @@ def main(argv=None) -> None:
     device = str(resolve_device(args.device))
     settings = dict(runs_dir=args.runs_dir, device=device, quiet=True)
     header = {"profile": args.profile, "seeds": args.seeds, "tasks": args.tasks,
-              "protocol": pretext_study.PROTOCOL, **measured_on(device),
-              "date": datetime.date.today().isoformat(), "workers": args.workers,
-              "threads_per_run": max(1, torch.get_num_threads() // args.workers),
-              "command": recorded_command(["python", "experiments/pretext_study.py",
-                                           *(sys.argv[1:] if argv is None else argv)])}
+              "protocol": pretext_study.PROTOCOL,
+              **how_it_ran("experiments/pretext_study.py", argv, device, args.workers)}
     store = TrialStore(Path(args.out) if args.out else pretext_study.study_path(args.profile),
                        header)
     if args.dry_run:

@@ -4,14 +4,16 @@ that is not finished, not at the profile's length, run with other recipes, or wh
 not cover what they replace or what they planned."""
 from __future__ import annotations
 
+import datetime
 import json
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from apl_core import report, search, trial_store
-from apl_core.results import REPOSITORY, recorded_command
+from apl_core.results import REPOSITORY, how_it_ran, recorded_command
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
 import adopt_study  # noqa: E402
@@ -198,6 +200,19 @@ def test_a_recorded_command_runs_from_any_clone():
                              "/scratch/runs"]) == (
         "python experiments/converged_search.py --methods 'APL fine-tune' --out "
         "apl_core/results/in_progress/search.json --runs-dir /scratch/runs")
+
+
+def test_a_study_records_how_it_ran_with_its_workers_threads(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    ran = how_it_ran("experiments/converged_seeds.py", ["--workers", "3"], "cpu", workers=3)
+    assert ran["command"] == "python experiments/converged_seeds.py --workers 3"
+    assert (ran["workers"], ran["threads_per_run"]) == (3, 2)  # 8 threads shared by 3 runs
+    assert ran["date"] == datetime.date.today().isoformat() and ran["torch"] == torch.__version__
+    assert {"machine", "precision"} <= set(ran)
+    assert how_it_ran("x.py", [], "cpu", workers=16)["threads_per_run"] == 1
+    one = how_it_ran("experiments/controls_seeds.py", None, "cpu")
+    assert "workers" not in one and "threads_per_run" not in one
+    assert one["command"].startswith("python experiments/controls_seeds.py")  # sys.argv's
 
 
 def test_an_adopted_study_is_listed_with_a_command_that_runs_from_any_clone(committed,

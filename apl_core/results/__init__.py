@@ -3,11 +3,16 @@ in experiments/), and their one loader and writer: the course reads them instead
 hours of training."""
 from __future__ import annotations
 
+import datetime
 import json
 import shlex
+import sys
 from pathlib import Path
 
+import torch
+
 from ..checkpoint import write_atomic
+from ..device import measured_on
 
 RESULTS_DIR = Path(__file__).resolve().parent
 REPOSITORY = RESULTS_DIR.parent.parent
@@ -46,3 +51,15 @@ def recorded_command(words: list[str]) -> str:
             return str(path.relative_to(REPOSITORY))
         return word
     return shlex.join(shown(word) for word in words)
+
+
+def how_it_ran(script: str, argv: list[str] | None, device: str,
+               workers: int | None = None) -> dict:
+    """What a study's results file records of how it ran: the machine, precision and torch
+    (device.measured_on), the date, its workers and the threads each run had (for a study
+    that runs workers), and the command (`script` with `argv`, sys.argv's when None)."""
+    ran = {**measured_on(device), "date": datetime.date.today().isoformat()}
+    if workers is not None:
+        ran.update(workers=workers, threads_per_run=max(1, torch.get_num_threads() // workers))
+    return {**ran, "command": recorded_command(
+        ["python", script, *(sys.argv[1:] if argv is None else argv)])}
