@@ -178,6 +178,40 @@ def test_train_all_finishes_each_run_in_workers_that_share_the_threads(monkeypat
     assert InlinePool.created[-1]["threads"] == (1, os.getpid()), "at least one thread each"
 
 
+def test_a_worker_takes_its_threads_and_asks_to_end_with_its_parent(monkeypatch):
+    """In process, with the kernel faked: the spawned workers' start, which the test of the
+    real processes below sees only from outside."""
+    calls = []
+
+    class Libc:
+        def prctl(self, option, sig):
+            calls.append(("prctl", option, sig))
+
+    def cdll(name, use_errno=False):
+        calls.append(("CDLL", name, use_errno))
+        return Libc()
+
+    monkeypatch.setattr(comparison.ctypes, "CDLL", cdll)
+    monkeypatch.setattr(comparison.os, "getppid", lambda: 41)
+    monkeypatch.setattr(comparison.os, "kill", lambda pid, sig: calls.append(("kill", pid, sig)))
+    monkeypatch.setattr(comparison.sys, "platform", "linux")
+    comparison.end_with_parent(41)  # the parent is alive: the request is enough
+    # the C library of this process, errno kept; PR_SET_PDEATHSIG is 1 in linux/prctl.h
+    assert calls == [("CDLL", None, True), ("prctl", 1, signal.SIGTERM)]
+    calls.clear()
+    comparison.end_with_parent(40)  # the parent ended before the request: end now
+    assert calls[-1] == ("kill", os.getpid(), signal.SIGTERM)
+    calls.clear()
+    monkeypatch.setattr(comparison.sys, "platform", "darwin")
+    comparison.end_with_parent(40)
+    assert calls == [], "prctl is Linux's: elsewhere nothing is asked"
+    started = []
+    monkeypatch.setattr(comparison.torch, "set_num_threads", started.append)
+    monkeypatch.setattr(comparison, "end_with_parent", started.append)
+    comparison._start_worker(3, 41)
+    assert started == [3, 41]
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
 def test_a_worker_ends_with_the_process_that_started_it(tmp_path):
     """A study stopped with `kill` takes its workers with it (they would train on, and write
@@ -225,11 +259,20 @@ def test_feature_comparison_probes_the_pretrained_and_a_seeded_random_transforme
     pre = profile_config("smoke", "pretrain", image_size=16, grid=2, crop=1, blocks=1)
     torch.manual_seed(5)
     pretrained = build_pretrain_model(pre).eval()  # stands in for the trained run
-    looked_up, asked = [], []
+    looked_up, asked, resolved, pooled_on, neighbours = [], [], [], [], []
 
     def load(run, runs_dir="runs", device="cpu"):
         looked_up.append((run, runs_dir))
+        assert device == "cpu:0", "the pretrained weights go to the device resolved"
         return pretrained, pre
+
+    def resolve(name):
+        resolved.append(name)
+        return "cpu:0"
+
+    def pool(transformer, images, device="cpu"):
+        pooled_on.append(device)
+        return real_pool(transformer, images, device)
 
     def sets(config):
         asked.append((config.npc, config.val_per_class, config.pretrained, config.label_seed))
@@ -243,8 +286,17 @@ def test_feature_comparison_probes_the_pretrained_and_a_seeded_random_transforme
                                for i in range(3))
         return labelled, val, test
 
+    real_pool, real_vote = comparison.pooled_features, comparison.knn_vote
+
+    def vote(bank, bank_labels, queries, query_labels, k):
+        neighbours.append(k)
+        return real_vote(bank, bank_labels, queries, query_labels, k)
+
+    monkeypatch.setattr(comparison, "knn_vote", vote)
     monkeypatch.setattr(comparison, "load_pretrained", load)
     monkeypatch.setattr(comparison, "finetune_sets", sets)
+    monkeypatch.setattr(comparison, "resolve_device", resolve)
+    monkeypatch.setattr(comparison, "pooled_features", pool)
     labelled, _, test = sets(profile_config("smoke", "finetune", val_per_class=2))
     judged = feature_comparison("smoke", "pre", 2, k=3, seed=3, runs_dir="elsewhere",
                                 device="cpu", val_per_class=2)
@@ -256,10 +308,14 @@ def test_feature_comparison_probes_the_pretrained_and_a_seeded_random_transforme
                         ("random-init features", random_model))}
     # the bank is the labelled images of the seed (label seed 42 + 3)
     assert looked_up == [("pre", "elsewhere")] and asked[1:] == [(2, 2, "pre", 45)]
+    assert resolved == ["cpu"] and pooled_on == ["cpu:0"] * 6  # 3 parts x 2 feature sets
+    assert all(set(row) == {"knn_top1", "probe_top1", "probe_penalty", "probe_val_top1"}
+               for row in judged.values())
     by_default = feature_comparison("smoke", "pre", 2, val_per_class=2)  # seed 0, k = 20
     torch.manual_seed(0)
     random_model = build_pretrain_model(pre)
     assert by_default["random-init features"]["knn_top1"] == knn_accuracy(
         random_model.transformer, labelled, test, k=20)
     assert feature_comparison("smoke", "pre", 2, seed=1, val_per_class=2) != by_default
-    assert looked_up[-1] == ("pre", "runs")
+    assert looked_up[-1] == ("pre", "runs") and resolved[-1] == "auto"  # the defaults
+    assert neighbours == [3, 3, 20, 20, 20, 20]
