@@ -70,6 +70,7 @@ mutation: setup
 benchmark: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/augment_throughput.py
+	$(PY) benchmarks/pretext_cost.py
 
 clean:
 	rm -rf $(VENV) runs $(OUT) mutants *.egg-info

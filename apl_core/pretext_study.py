@@ -246,6 +246,18 @@ def load_study(profile: str, path: str | Path | None = None) -> dict | None:
                         f"python experiments/pretext_study.py --profile {profile}")
 
 
+def cost_path(profile: str) -> Path:
+    return RESULTS_DIR / f"{profile}_pretext_cost.json"
+
+
+def load_cost(profile: str, path: str | Path | None = None) -> dict | None:
+    """Each task's training cost measured alone (benchmarks/pretext_cost.py), or None where
+    it is not committed."""
+    return load_results(Path(path) if path else cost_path(profile), "pretext cost",
+                        {"profile", "tasks"},
+                        f"python benchmarks/pretext_cost.py --profile {profile}")
+
+
 def _features(results: dict) -> dict[tuple[str, int], dict]:
     return {(row["task"], row["seed"]): row for row in results["trials"]
             if row.get("kind") == "features"}
@@ -269,20 +281,24 @@ def measures(results: dict) -> dict[str, dict[tuple[str, int], float]]:
     return found
 
 
-def task_table(results: dict) -> list[dict]:
+def task_table(results: dict, cost: dict | None = None) -> list[dict]:
     """One row per task (and fine-tuning variant): each measure's mean ± sd over seeds in
-    percent, and the pretraining's seconds per epoch."""
+    percent and, from `cost` (load_cost: measured alone, not in the study's shared runs), the
+    seconds of one pretraining epoch and their ratio to APL's."""
     every = measures(results)
-    features = _features(results)
+    spent = {row["task"]: row for row in (cost or {}).get("tasks", [])}
     rows = []
     for name in FINETUNES:
         row = {"task": name}
         for measure, values in every.items():
             mine = [v for (task, _), v in sorted(values.items()) if task == name]
             row[measure] = mean_sd(mine) if mine else ""
-        seconds = [r["seconds_per_epoch"] for (task, _), r in features.items() if task == name]
-        row["s / epoch"] = f"{statistics.mean(seconds):.0f}" if seconds else ""
-        if any(row[m] for m in every) or row["s / epoch"]:
+        if cost is not None:
+            task = spent.get(name)  # a fine-tuning variant has no pretraining of its own
+            row["s / epoch"] = f"{task['epoch_seconds']:.0f}" if task else ""
+            row["x APL's"] = (f"{task['relative_to_apl']:.2f}"
+                              if task and task["relative_to_apl"] is not None else "")
+        if any(row[m] for m in every):
             rows.append(row)
     return rows
 

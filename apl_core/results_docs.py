@@ -202,8 +202,13 @@ def pretext_block() -> str:
     results = pretext_study.load_study(PROFILE)
     if not results:
         return "(no committed pretext study)"
-    return "\n\n".join([_provenance(results, f", {results['date']}."),
-                        markdown_table(pretext_study.task_table(results)),
+    cost = pretext_study.load_cost(PROFILE)
+    spent = (_wrap(f"Seconds per epoch: `{cost['command']}` on {cost['machine']}, "
+                   f"{cost['precision']}, {cost['date']}, nothing else running.")
+             if cost else "Seconds per epoch: not measured yet (`python "
+                          f"benchmarks/pretext_cost.py --profile {PROFILE}`).")
+    return "\n\n".join([_provenance(results, f", {results['date']}."), spent,
+                        markdown_table(pretext_study.task_table(results, cost)),
                         markdown_table(pretext_study.paired_table(results))])
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apl_core.config import FinetuneConfig, PretrainConfig
+from apl_core.config import FinetuneConfig, PretrainConfig, profile_config
 from apl_core.model import build_classifier, build_pretrain_model
 from apl_core.puzzle import position_targets
 
@@ -66,6 +66,42 @@ def _padding_is_zero(attn) -> bool:
     """True if the padded features of the qkv and proj weights are exactly zero."""
     return all(torch.equal(attn.padded(attn.unpadded(weight, axis), axis), weight)
                for weight, axis in ((attn.qkv.weight, 0), (attn.proj.weight, 1)))
+
+
+def test_the_pretext_cost_benchmark_times_every_task_it_is_asked_for(tmp_path, capsys,
+                                                                    monkeypatch):
+    import pretext_cost
+    passes = []
+    real_epoch = pretext_cost.train_one_epoch
+
+    def one_epoch(trainer, loader, epoch, config):
+        passes.append((config.pretext, len(loader), epoch))
+        return real_epoch(trainer, loader, epoch, config)
+
+    monkeypatch.setattr(pretext_cost, "train_one_epoch", one_epoch)
+    out = tmp_path / "cost.json"
+    results = pretext_cost.main(["--profile", "smoke", "--tasks", "apl", "mae", "--steps", "2",
+                                 "--rounds", "2", "--device", "cpu", "--out", str(out)])
+    assert json.loads(out.read_text()) == results
+    # a warm-up pass per task, then the rounds interleaved: a noisy moment hits every task
+    assert passes == [("apl", 2, 0), ("mae", 2, 0), ("apl", 2, 1), ("mae", 2, 1),
+                      ("apl", 2, 2), ("mae", 2, 2)]
+    rows = {row["task"]: row for row in results["tasks"]}
+    assert set(rows) == {"apl", "mae"} and rows["apl"]["relative_to_apl"] == 1
+    smoke = profile_config("smoke", "pretrain")
+    epoch = (smoke.num_images - smoke.holdout_images) // smoke.batch_size * smoke.batch_size
+    for row in rows.values():
+        low, high = row["images_per_s_range"]
+        assert low <= row["images_per_s"] <= high
+        assert row["epoch_images"] == epoch
+        assert row["epoch_seconds"] == pytest.approx(epoch / row["images_per_s"])
+    assert rows["mae"]["relative_to_apl"] == pytest.approx(
+        rows["mae"]["epoch_seconds"] / rows["apl"]["epoch_seconds"])
+    assert results["command"].startswith("python benchmarks/pretext_cost.py --profile smoke")
+    assert (results["steps"], results["rounds"]) == (2, 2) and "machine" in results
+    assert "mae" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        pretext_cost.main(["--steps", "0"])
 
 
 def test_padding_reaches_every_attention_layer_and_keeps_a_frozen_one_frozen():

@@ -110,12 +110,24 @@ def test_the_paired_table_calls_a_difference_only_beyond_the_detectable_one():
         2 * 0.41 * 0.59 / 1000) ** 0.5 - 0.05
 
 
-def test_the_task_table_gives_means_over_seeds_and_the_seconds_per_epoch():
-    rows = {row["task"]: row for row in task_table(RESULTS)}
+COST = {"profile": "quick", "tasks": [
+    {"task": "apl", "epoch_seconds": 31.4, "relative_to_apl": 1.0},
+    {"task": "mae", "epoch_seconds": 20.6, "relative_to_apl": 0.656}]}
+
+
+def test_the_task_table_gives_means_over_seeds_and_the_cost_measured_alone():
+    rows = {row["task"]: row for row in task_table(RESULTS, COST)}
     assert set(rows) == {"apl", "mae"}
     assert rows["apl"]["probe NPC 10"] == "41.0 ± 1.0"
     assert rows["mae"]["fine-tune NPC 10"] == "50.0 ± 10.0"
-    assert rows["apl"]["s / epoch"] == "20"
+    # the benchmark's seconds, not the study's own epoch times (10 and 30 s, a shared CPU)
+    assert (rows["apl"]["s / epoch"], rows["apl"]["x APL's"]) == ("31", "1.00")
+    assert (rows["mae"]["s / epoch"], rows["mae"]["x APL's"]) == ("21", "0.66")
+    assert all(set(row) == {"task", "probe NPC 10", "kNN NPC 10", "fine-tune NPC 10"}
+               for row in task_table(RESULTS)), "no cost measured: no cost columns"
+    without_apl = {**COST, "tasks": [{**COST["tasks"][1], "relative_to_apl": None}]}
+    rows = {row["task"]: row for row in task_table(RESULTS, without_apl)}
+    assert (rows["apl"]["s / epoch"], rows["mae"]["x APL's"]) == ("", "")
 
 
 def test_the_chosen_rate_is_the_best_finite_trial_of_that_fine_tuning():
@@ -152,7 +164,7 @@ def test_the_paired_table_has_one_row_per_task_and_measure_against_apl():
 
 def test_the_task_table_lists_a_fine_tuning_without_a_pretraining_of_its_own():
     rows = {row["task"]: row for row in task_table(
-        {"trials": RESULTS["trials"] + [scored("mp3 + positions", 0, 0.7)]})}
+        {"trials": RESULTS["trials"] + [scored("mp3 + positions", 0, 0.7)]}, COST)}
     assert rows["mp3 + positions"]["fine-tune NPC 10"] == "70.0"  # one seed: no sd
     assert rows["mp3 + positions"]["s / epoch"] == rows["mp3 + positions"]["probe NPC 10"] == ""
 
@@ -466,3 +478,18 @@ def test_a_study_is_read_from_its_profiles_committed_file_or_from_the_path_given
                 f"it with git checkout, or rerun python experiments/pretext_study.py "
                 f"--profile smoke")):
             pretext_study.load_study("smoke", own)
+
+
+def test_the_cost_is_read_from_its_profiles_committed_file_or_from_the_path_given(tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setattr(pretext_study, "RESULTS_DIR", tmp_path)
+    assert pretext_study.cost_path("smoke") == tmp_path / "smoke_pretext_cost.json"
+    assert pretext_study.load_cost("smoke") is None
+    (tmp_path / "smoke_pretext_cost.json").write_text(json.dumps(COST))
+    assert pretext_study.load_cost("smoke") == COST
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({"tasks": []}))
+    with pytest.raises(ValueError, match=re.escape(
+            f"{own} is not a pretext cost results file (it lacks ['profile']); restore it with "
+            f"git checkout, or rerun python benchmarks/pretext_cost.py --profile smoke")):
+        pretext_study.load_cost("smoke", own)
