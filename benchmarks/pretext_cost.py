@@ -75,8 +75,8 @@ def measure(profile: str, tasks, steps: int, rounds: int, device: torch.device) 
     """Each task's images/s (median and range over `rounds` interleaved passes of `steps`
     batches), the seconds of one pretraining epoch at the median rate, and its ratio to
     APL's."""
-    size = study_pretraining(profile, "apl", 0).image_size
-    batch = study_pretraining(profile, "apl", 0).batch_size
+    pretraining = study_pretraining(profile, "apl", 0)  # every task's images and batch
+    size, batch = pretraining.image_size, pretraining.batch_size
     images = torch.randint(0, 256, (steps * batch, 3, size, size), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     runs = {task: TaskStep(profile, task, images, device) for task in tasks}
@@ -86,7 +86,7 @@ def measure(profile: str, tasks, steps: int, rounds: int, device: torch.device) 
     for _ in range(rounds):
         for task, run in runs.items():
             rates[task].append(run.images_per_second())
-    trained_on, _ = pretraining_images(study_pretraining(profile, "apl", 0))
+    trained_on, _ = pretraining_images(pretraining)
     epoch_images = len(trained_on) // batch * batch  # the pretraining drops the last batch
     rows = []
     for task, run in runs.items():
