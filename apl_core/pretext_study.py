@@ -18,6 +18,8 @@ transformer, images, image-epochs and seeds, judged the same way.
     task_table / paired_table / curve_rows      the results as tables: means over seeds, and
                          each task's paired difference against APL with the detectable
                          difference (stats)
+    cost_table           each task's seconds per pretraining epoch, measured alone
+                         (benchmarks/pretext_cost.py)
 
 Every row of the results file has a `kind`: 'features' (one per task and seed), 'trial' (one
 per fine-tuning run of a bracket) or 'test' (one per fine-tuning and seed).
@@ -281,24 +283,25 @@ def measures(results: dict) -> dict[str, dict[tuple[str, int], float]]:
     return found
 
 
-def task_table(results: dict, cost: dict | None = None) -> list[dict]:
+def cost_table(cost: dict) -> list[dict]:
+    """One row per task of `cost` (load_cost): the seconds of one pretraining epoch, measured
+    alone, and their ratio to APL's."""
+    return [{"task": row["task"], "s / epoch": f"{row['epoch_seconds']:.0f}",
+             "x APL's": ("" if row["relative_to_apl"] is None
+                         else f"{row['relative_to_apl']:.2f}")} for row in cost["tasks"]]
+
+
+def task_table(results: dict) -> list[dict]:
     """One row per task (and fine-tuning variant): each measure's mean ± sd over seeds in
-    percent and, from `cost` (load_cost: measured alone, not in the study's shared runs), the
-    seconds of one pretraining epoch and their ratio to APL's."""
+    percent."""
     every = measures(results)
-    spent = {row["task"]: row for row in (cost or {}).get("tasks", [])}
     rows = []
     for name in FINETUNES:
         row = {"task": name}
         for measure, values in every.items():
             mine = [v for (task, _), v in sorted(values.items()) if task == name]
             row[measure] = mean_sd(mine) if mine else ""
-        if cost is not None:
-            task = spent.get(name)  # a fine-tuning variant has no pretraining of its own
-            row["s / epoch"] = f"{task['epoch_seconds']:.0f}" if task else ""
-            row["x APL's"] = (f"{task['relative_to_apl']:.2f}"
-                              if task and task["relative_to_apl"] is not None else "")
-        if any(row[m] for m in every):
+        if any(row[measure] for measure in every):
             rows.append(row)
     return rows
 

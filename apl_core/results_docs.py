@@ -203,13 +203,14 @@ def pretext_block() -> str:
     if not results:
         return "(no committed pretext study)"
     cost = pretext_study.load_cost(PROFILE)
-    spent = (_wrap(f"Seconds per epoch: `{cost['command']}` on {cost['machine']}, "
-                   f"{cost['precision']}, {cost['date']}, nothing else running.")
-             if cost else "Seconds per epoch: not measured yet (`python "
-                          f"benchmarks/pretext_cost.py --profile {PROFILE}`).")
-    return "\n\n".join([_provenance(results, f", {results['date']}."), spent,
-                        markdown_table(pretext_study.task_table(results, cost)),
-                        markdown_table(pretext_study.paired_table(results))])
+    spent = (_wrap(f"Each task's seconds per pretraining epoch: `{cost['command']}` on "
+                   f"{cost['machine']}, {cost['precision']}, {cost['date']}, nothing else "
+                   f"running.") + "\n\n" + markdown_table(pretext_study.cost_table(cost))
+             if cost else "Each task's seconds per pretraining epoch: not measured yet "
+                          f"(`python benchmarks/pretext_cost.py --profile {PROFILE}`).")
+    return "\n\n".join([_provenance(results, f", {results['date']}."),
+                        markdown_table(pretext_study.task_table(results)),
+                        markdown_table(pretext_study.paired_table(results)), spent])
 
 
 def headline_block() -> str:

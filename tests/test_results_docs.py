@@ -119,8 +119,8 @@ def test_the_pretext_block_gives_each_task_and_its_difference_from_apl(monkeypat
     text = results_docs.pretext_block()
     assert text.startswith("`python experiments/pretext_study.py --profile quick` on a CPU, "
                            "torch 2.x, 2026-12-08.")
-    assert "Seconds per epoch: not measured yet (`python benchmarks/pretext_cost.py --profile " \
-           "quick`)." in text
+    assert text.endswith("Each task's seconds per pretraining epoch: not measured yet (`python "
+                         "benchmarks/pretext_cost.py --profile quick`).")
     assert "| rotation | 30.0 ± 0.0 | 30.0 ± 0.0 |" in text
     assert "| rotation | probe NPC 10 | 3 | -20.0 |" in text and "| lower |" in text
     cost = {"command": "python benchmarks/pretext_cost.py --profile quick", "machine": "a CPU",
@@ -129,9 +129,10 @@ def test_the_pretext_block_gives_each_task_and_its_difference_from_apl(monkeypat
                       {"task": "rotation", "epoch_seconds": 124.0, "relative_to_apl": 4.0}]}
     monkeypatch.setattr(results_docs.pretext_study, "load_cost", lambda profile: cost)
     text = results_docs.pretext_block()
-    assert ("Seconds per epoch: `python benchmarks/pretext_cost.py --profile quick` on a CPU, "
-            "bf16, 2026-12-07, nothing else running.") in " ".join(text.split())
-    assert "| rotation | 30.0 ± 0.0 | 30.0 ± 0.0 | 124 | 4.00 |" in text
+    assert ("Each task's seconds per pretraining epoch: `python benchmarks/pretext_cost.py "
+            "--profile quick` on a CPU, bf16, 2026-12-07, nothing else running.") in " ".join(
+        text.split())
+    assert text.endswith("| apl | 31 | 1.00 |\n| rotation | 124 | 4.00 |")
 
 
 def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
