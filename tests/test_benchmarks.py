@@ -100,6 +100,9 @@ def test_the_pretext_cost_benchmark_times_every_task_it_is_asked_for(tmp_path, c
     assert results["command"].startswith("python benchmarks/pretext_cost.py --profile smoke")
     assert (results["steps"], results["rounds"]) == (2, 2) and "machine" in results
     assert "mae" in capsys.readouterr().out
+    alone = pretext_cost.main(["--profile", "smoke", "--tasks", "mae", "--steps", "1",
+                               "--rounds", "1", "--device", "cpu", "--out", str(out)])
+    assert alone["tasks"][0]["relative_to_apl"] is None  # no APL to compare with
     with pytest.raises(SystemExit):
         pretext_cost.main(["--steps", "0"])
 
