@@ -18,6 +18,8 @@ import os
 import signal
 import sys
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -99,12 +101,17 @@ def end_with_parent(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
-def train_all(configs: list[FinetuneConfig], workers: int) -> None:
+def train_all(configs: list[FinetuneConfig], workers: int,
+              finished: Callable[[int], None] | None = None) -> None:
     """Finish every run of `configs` (finished runs are left as they are), `workers` at a
-    time."""
+    time; `finished(i)` is called here as the run of configs[i] ends, in the order they end,
+    so that a caller can store it before the slowest run is done."""
     with worker_pool(workers) as pool:
-        for _ in pool.map(_finish, configs):
-            pass
+        running = {pool.submit(_finish, config): index for index, config in enumerate(configs)}
+        for future in concurrent.futures.as_completed(running):
+            future.result()  # a failed run stops the study with its error
+            if finished is not None:
+                finished(running[future])
 
 
 def _finish(config: FinetuneConfig) -> None:

@@ -599,21 +599,28 @@ def compare(configs: list[tuple[str, FinetuneConfig]], workers: int = 1,
             report: Callable[[dict], None] | None = None) -> list[dict]:
     """Train every (method, config) of `configs` (finished runs are read back), `workers` at
     a time, and score each run's best validation epoch once on the test images. One row per
-    run, in order: trial_row's fields (the validation curve, the best epoch and its training
-    top-1) with test_top1, test_images and run_dir; `report(row)` is called after each."""
-    if workers > 1:
-        train_all([config for _, config in configs], workers)
-    rows = []
-    for method, config in configs:
+    run, in the order of `configs`: trial_row's fields (the validation curve, the best epoch
+    and its training top-1) with test_top1, test_images and run_dir; `report(row)` is called
+    on each as its run ends (with workers, in the order they end)."""
+    rows: dict[int, dict] = {}
+
+    def score(index: int) -> None:
+        method, config = configs[index]
         result = finetune(config, resume="auto")
         row = trial_row(method, result.config, result.metrics)
         row.update(test_top1=best_epoch_test_top1(result.run_dir, config.device),
                    test_images=len(finetune_sets(config)[2]),
                    run_dir=str(result.run_dir.resolve()))
-        rows.append(row)
+        rows[index] = row
         if report is not None:
             report(row)
-    return rows
+
+    if workers > 1:
+        train_all([config for _, config in configs], workers, finished=score)
+    else:
+        for index in range(len(configs)):
+            score(index)
+    return [rows[index] for index in range(len(configs))]
 
 
 def run_search(configs: list[tuple[str, FinetuneConfig]], store: TrialStore, workers: int = 1,

@@ -3,6 +3,7 @@ schedule, each is what its name says, runs train in worker processes, and the fr
 are judged by kNN and a probe whose penalty is chosen on validation."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -156,8 +157,10 @@ class InlinePool:
     def __exit__(self, *exc):
         return False
 
-    def map(self, function, items):
-        return map(function, items)
+    def submit(self, function, *args):
+        future = concurrent.futures.Future()
+        future.set_result(function(*args))
+        return future
 
 
 def test_train_all_finishes_each_run_in_workers_that_share_the_threads(monkeypatch):
@@ -169,8 +172,10 @@ def test_train_all_finishes_each_run_in_workers_that_share_the_threads(monkeypat
     monkeypatch.setattr(comparison.torch, "set_num_threads", lambda threads: None)
     monkeypatch.setattr(comparison, "end_with_parent", lambda parent: None)
     InlinePool.created.clear()
-    train_all(["a", "b", "c"], workers=2)
+    ended = []
+    train_all(["a", "b", "c"], workers=2, finished=ended.append)
     assert finished == [("a", "auto"), ("b", "auto"), ("c", "auto")], "finished runs are kept"
+    assert sorted(ended) == [0, 1, 2], "each run's index reported as it ends"
     # spawned, not forked: a fork of a process that has run torch can deadlock
     assert InlinePool.created == [dict(workers=2, start_method="spawn",
                                        threads=(2, os.getpid()))]

@@ -952,16 +952,25 @@ def test_compare_scores_each_runs_best_epoch_once_on_the_test_set(tmp_path):
 
 def test_compare_trains_ahead_in_workers_when_asked(monkeypatch, tmp_path):
     calls = []
-    monkeypatch.setattr(search, "train_all", lambda configs, workers: calls.append(
-        (list(configs), workers)))
+    def train_all(configs, workers, finished):
+        calls.append((list(configs), workers))
+        for index in reversed(range(len(configs))):  # the last run may end first
+            finished(index)
+
+    monkeypatch.setattr(search, "train_all", train_all)
     base = smoke_finetune_config(tmp_path, model="s-cnn", npc=2, val_per_class=1)
     monkeypatch.setattr(search, "finetune", lambda config, resume: calls.append(resume) or
                         RunResult(tmp_path, tmp_path / "last.pt", metrics([0.2, 0.4]), config))
     monkeypatch.setattr(search, "best_epoch_test_top1", lambda run_dir, device: 0.5)
     monkeypatch.setattr(search, "finetune_sets", lambda config: (None, None, [0] * 7))
-    rows = compare([("S-CNN", base)], workers=2)
-    assert calls == [([base], 2), "auto"]
+    other = base.replace(lr=0.5)
+    reported = []
+    rows = compare([("S-CNN", base), ("S-CNN", other)], workers=2, report=reported.append)
+    assert calls == [([base, other], 2), "auto", "auto"]
     assert (rows[0]["test_top1"], rows[0]["test_images"], rows[0]["best_epoch"]) == (0.5, 7, 2)
+    # each row reported as its run ends, the rows returned in the order asked
+    assert [r["lr"] for r in reported] == [0.5, base.lr] and [r["lr"] for r in rows] == [
+        base.lr, 0.5]
     calls.clear()
     compare([("S-CNN", base)])
     assert calls == ["auto"], "one worker: each run trained as it is asked for"
