@@ -93,6 +93,17 @@ class Trainer:
     rt: Runtime
 
 
+def make_trainer(model: nn.Module, loss_fn: LossFn, config: Config, rt: Runtime,
+                 train_model: nn.Module | None = None) -> Trainer:
+    """The optimizer over `model`'s trainable parameters and the fp16 loss scaler (enabled only
+    under fp16 autocast), around `train_model`: the model as it trains, when it is `model`
+    wrapped by DDP or compiled."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return Trainer(model if train_model is None else train_model, loss_fn,
+                   make_optimizer(trainable, config, rt.device),
+                   torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16), rt)
+
+
 def train_one_epoch(trainer: Trainer, loader, epoch: int, config: Config,
                     progress=None) -> dict:
     """One pass over the training loader; returns mean loss, top-1/3/5 and images seen."""
@@ -178,21 +189,20 @@ def fit(run: Run, model: nn.Module, loss_fn: LossFn, train_loader,
     each epoch trains, evaluates (`evaluate_epoch(epoch) -> metrics`), then saves last.pt and
     appends a metrics row. A non-finite loss stops the run before anything is saved."""
     config, run_dir, resume_from = run.config, run.dir, run.resume_from
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(trainable, config, rt.device)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.dtype == torch.float16)
     start, step, rows = 0, 0, []
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
+    train_model = DistributedDataParallel(model) if rt.context.enabled else model
+    if config.compile:
+        train_model = torch.compile(train_model)
+    trainer = make_trainer(model, loss_fn, config, rt, train_model)
+    optimizer, scaler = trainer.optimizer, trainer.scaler
+    if resume_from is not None:
         optimizer.load_state_dict(resume_from["optimizer"])
         scaler.load_state_dict(resume_from["scaler"])
         states = resume_from["rng"]  # one per rank of the run that saved it
         restore_rng_state(states[rt.context.rank % len(states)])
         start, step, rows = resume_from["epoch"], resume_from["step"], resume_from["metrics"]
-    train_model = DistributedDataParallel(model) if rt.context.enabled else model
-    if config.compile:
-        train_model = torch.compile(train_model)
-    trainer = Trainer(train_model, loss_fn, optimizer, scaler, rt)
     main, quiet = rt.context.is_main, config.quiet or not rt.context.is_main
     log = RunLog(run_dir, config, rows) if main else None
     if not quiet:

@@ -33,11 +33,10 @@ from apl_core.config import PROFILES  # noqa: E402
 from apl_core.data import BatchLoader, ImageSet, pretraining_images  # noqa: E402
 from apl_core.device import autocast_dtype, resolve_device  # noqa: E402
 from apl_core.distributed import DistContext  # noqa: E402
-from apl_core.objective import make_optimizer  # noqa: E402
 from apl_core.pretext import build_pretext_model, pretext_loss  # noqa: E402
 from apl_core.pretext_study import TASKS, cost_path, study_pretraining  # noqa: E402
 from apl_core.results import how_it_ran, write_results  # noqa: E402
-from apl_core.train import Runtime, Trainer, train_one_epoch  # noqa: E402
+from apl_core.train import Runtime, make_trainer, train_one_epoch  # noqa: E402
 
 
 class TaskStep:
@@ -48,12 +47,8 @@ class TaskStep:
         dtype = autocast_dtype(self.config.precision, device)
         torch.manual_seed(0)
         model = build_pretext_model(self.config).to(device)
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.trainer = Trainer(model, pretext_loss(task), make_optimizer(params, self.config,
-                                                                          device),
-                               torch.amp.GradScaler(device.type,
-                                                    enabled=dtype == torch.float16),
-                               Runtime(device, dtype, DistContext()))
+        self.trainer = make_trainer(model, pretext_loss(task), self.config,
+                                    Runtime(device, dtype, DistContext()))
         self.loader = BatchLoader(ImageSet(images, None, []), self.config.batch_size,
                                   shuffle=True, drop_last=True, device=device,
                                   augment=AugmentSpec(scale=(self.config.crop_scale, 1.0)),

@@ -12,7 +12,7 @@ that a noisy machine disturbs every variant alike):
 
 - the training step of our model (forward, loss on the kept tokens, backward, Adam step,
   zero_grad), through the training engine's own `apl_core.train.train_one_epoch`, with its
-  optimizer (`make_optimizer`), loss functions and autocast choice;
+  optimizer and loss scaler (`make_trainer`), loss functions and autocast choice;
 - the original's training step (benchmarks/naive_model.py) with the same weights: separate
   q/k/v layers, q and k each divided by D^(1/4), explicit softmax with `.contiguous()` copies,
   the PatchDropout mask drawn on the CPU, fp16 autocast with a GradScaler on CUDA (fp32 on a
@@ -72,7 +72,7 @@ from apl_core.data import BatchLoader, ImageSet  # noqa: E402
 from apl_core.device import autocast_dtype, cpu_name, resolve_device  # noqa: E402
 from apl_core.distributed import DistContext  # noqa: E402
 from apl_core.model import build_classifier, build_pretrain_model  # noqa: E402
-from apl_core.objective import class_loss, make_optimizer, position_loss  # noqa: E402
+from apl_core.objective import class_loss, position_loss  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 STL10_UNLABELED, PAPER_EPOCHS = 100_000, 300
@@ -200,13 +200,10 @@ class OurStep:
 
     def __init__(self, model, phase, config, device, dtype, compile_model=False):
         self.model, self.config, self.device, self.dtype = model, config, device, dtype
-        params = [p for p in model.parameters() if p.requires_grad]
-        self.trainer = engine.Trainer(
-            torch.compile(model) if compile_model else model,
-            position_loss if phase == "pretrain" else class_loss,
-            make_optimizer(params, config, device),
-            torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
-            engine.Runtime(device, dtype, DistContext()))
+        self.trainer = engine.make_trainer(
+            model, position_loss if phase == "pretrain" else class_loss, config,
+            engine.Runtime(device, dtype, DistContext()),
+            torch.compile(model) if compile_model else model)
         self.times: list[float] = []
         self.epoch = 0
 

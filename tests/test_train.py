@@ -27,7 +27,7 @@ from apl_core.rundir import read_metrics, run_name
 from apl_core.stats import decode_mask
 from apl_core.train import (
     RunResult, Runtime, best_epoch_test_top1, finetune, learning_rate, load_finetune_model,
-    load_pretrained, pretrain, snapshot_path,
+    load_pretrained, make_trainer, pretrain, snapshot_path,
 )
 from conftest import SMOKE_ARCHITECTURE, smoke_finetune_config, smoke_pretrain_config
 
@@ -248,6 +248,25 @@ def test_compile_trains_the_compiled_model(tmp_path, monkeypatch):
     result = pretrain(smoke_pretrain_config(tmp_path, epochs=1, compile=True, **TINY))
     assert len(compiled) == 1 and isinstance(compiled[0], APLPretrainModel)
     assert result.metrics[0]["epoch"] == 1
+
+
+def test_make_trainer_optimizes_the_trainable_weights_and_scales_only_under_fp16():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    model[0].requires_grad_(False)  # a frozen part, as a head-only fine-tune has
+    config = smoke_finetune_config("unused", optimizer="sgd", lr=0.25)
+    trainer = make_trainer(model, "the loss", config, CPU)
+    assert trainer.model is model and trainer.loss_fn == "the loss" and trainer.rt is CPU
+    optimized = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert [id(p) for p in optimized] == [id(p) for p in model[1].parameters()]
+    assert isinstance(trainer.optimizer, torch.optim.SGD)
+    assert trainer.optimizer.param_groups[0]["lr"] == learning_rate(0, config)
+    assert not trainer.scaler.is_enabled()
+    wrapped = nn.Sequential(model)  # what DDP or torch.compile would hand back
+    for dtype, scaled in ((torch.bfloat16, False), (torch.float16, True)):
+        rt = Runtime(torch.device("cpu"), dtype, DistContext())
+        trainer = make_trainer(model, "the loss", config, rt, wrapped)
+        assert trainer.model is wrapped and trainer.scaler.is_enabled() == scaled
+        assert len(trainer.optimizer.param_groups[0]["params"]) == 2  # the wrapper adds none
 
 
 def test_auto_resume_returns_a_finished_run_at_once(tiny_run, monkeypatch):
