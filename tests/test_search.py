@@ -16,12 +16,12 @@ from apl_core.train import NonFiniteLossError, RunResult, correct_mask
 from apl_core.config import FinetuneConfig, profile_config
 from apl_core import device, search, trial_store
 from apl_core.search import (
-    EXTRA_TRIALS, LONGEST, OFF, RECIPES, SMALL_DATA, START_RATES, TRIALS, adopted_config,
-    best_trial, bracket, check_finished, check_lengths, check_precision, choose,
-    chosen_configs, compare, epochs_for_steps, first_best, initial_rates, keyed_choices,
-    learned_nothing, lengthening, lengthens, longer_config, max_steps, next_rate, recipe_of,
-    recipe_settings, run_search, run_steps, search_configs, search_done, search_method,
-    search_plan, searched_config, seconds_per_step, trial_row,
+    EXTRA_TRIALS, LONGEST, OFF, RECIPE_NAMES, RECIPES, SMALL_DATA, START_RATES, TRIALS,
+    adopted_config, best_trial, bracket, check_finished, check_lengths, check_precision,
+    choose, chosen_configs, compare, epochs_for_steps, first_best, initial_rates,
+    keyed_choices, learned_nothing, lengthening, lengthens, longer_config, max_steps,
+    next_rate, recipe_of, recipe_settings, run_search, run_steps, search_configs, search_done,
+    search_method, search_plan, searched_config, seconds_per_step, trial_row,
 )
 from apl_core.trial_store import TrialStore, load_search
 
@@ -853,24 +853,39 @@ def test_seconds_per_step_of_a_search_per_method_and_npc():
 
 # ---------------------------------------------------------------- the choice, applied
 
-def test_the_committed_quick_search_reads_as_the_base_recipe_at_the_profiles_lengths():
-    """The search committed before the small-data recipe and the paired lengthening: every
-    choice its base recipe's, interior and bracketed by finite trials; its doubled runs read
-    as 2x runs without the per-image record (untested), so every choice keeps its searched
-    length; and a study cannot build on it (check_finished) until it is searched again."""
+def test_the_committed_quick_search_holds_the_small_data_study_at_npc_10_and_30():
+    """The committed search as the course reads it: at NPC 10 and 30, the small-data study
+    (issue 44): both recipes searched alike for every method, every choice interior and
+    bracketed by finite trials, and its length settled by the paired test (a longer run that
+    lost, or S-ResNet-18 at NPC 30 still winning at the cap). NPC 100 is the earlier
+    protocol's: the base recipe, its doubled runs without a per-image record (untested), every
+    choice at its searched length, and a study cannot build on it until it is searched again."""
     trials = load_search("quick")["trials"]
     steps = max_steps("quick")
-    doubled = {t["doubled_of"] for t in trials if "doubled_of" in t}
-    for (method, npc), pick in choose(trials).items():
+    chosen = choose(trials)
+    assert sorted({npc for _, npc in chosen}) == sorted(steps)
+    check_finished(trials, {10, 30}, "quick")
+    doubled = {lengthens(t) for t in trials if lengthens(t) is not None}
+    for (method, npc), pick in chosen.items():
         config = profile_config("quick", "finetune", npc=npc)
         assert pick["epochs"] == epochs_for_steps(steps[npc], config), (method, npc)
-        assert pick["rate_position"] == "interior" and len(pick["rates"]) == TRIALS
-        assert pick["recipe"] == "base" and pick["bracket"] == "finite"
-        assert pick["adopted"]["multiple"] == 1
-        assert pick["convergence"] == ("untested" if pick["run"] in doubled else "pending")
-    assert sorted({npc for _, npc in choose(trials)}) == sorted(steps)
+        assert pick["rate_position"] == "interior" and pick["bracket"] == "finite"
+        assert "flag" not in pick
+        if npc == 100:
+            assert list(pick["recipes"]) == ["base"] and pick["adopted"]["multiple"] == 1
+            assert pick["convergence"] == ("untested" if pick["run"] in doubled else "pending")
+            continue
+        assert sorted(pick["recipes"]) == sorted(RECIPE_NAMES)
+        assert all(TRIALS <= r["trials"] <= TRIALS + EXTRA_TRIALS
+                   for r in pick["recipes"].values()), (method, npc)
+        assert pick["longer"], (method, npc)  # every choice was run longer
+        assert pick["adopted"]["multiple"] == 2 ** sum(run["better"] for run in pick["longer"])
+    capped = {key for key, pick in chosen.items() if pick["convergence"] != "shown"
+              and key[1] != 100}
+    assert capped == {("S-ResNet-18", 30)}
+    assert chosen[("S-ResNet-18", 30)]["convergence"] == "still improving at the cap"
     with pytest.raises(ValueError, match="has no small-data trials"):
-        check_finished(trials, {10}, "quick")
+        check_finished(trials, {100}, "quick")
 
 
 def test_chosen_configs_are_the_searched_runs_at_the_chosen_rate(pretrained_run, tmp_path,
