@@ -224,7 +224,9 @@ def missing_readme_figures(out: Path) -> list[str]:
 
 def publish_figures(out: Path, dest: Path, profile: str, device: str) -> None:
     """Copy README_FIGURES from OUT/figures to `dest` with a PROVENANCE.md that says which
-    profile, machine and date made them (`missing_readme_figures` first: all must exist)."""
+    profile, machine and date made them (`missing_readme_figures` first: all must exist). Its
+    first paragraph is this stamp; the paragraphs after it, written by hand about figures
+    that other runs make (the browser test's screenshots), are kept."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in README_FIGURES:
         shutil.copy(out / "figures" / f"{name}.png", dest / f"{name}.png")
@@ -233,6 +235,8 @@ def publish_figures(out: Path, dest: Path, profile: str, device: str) -> None:
     from .device import machine_description
 
     stamp = time.strftime("%Y-%m-%d")
-    (dest / "PROVENANCE.md").write_text(
+    provenance = dest / "PROVENANCE.md"
+    kept = provenance.read_text().split("\n\n", 1)[1:] if provenance.exists() else []
+    provenance.write_text("\n\n".join([
         f"Drawn by `make figures`: the {profile} profile on {machine_description(device)}, "
-        f"torch {torch.__version__}, {stamp}.\n")
+        f"torch {torch.__version__}, {stamp}.\n", *kept]))

@@ -513,7 +513,7 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
     rows of one (method, NPC) are seeds: the line goes through their mean, a bar spans one
     standard deviation either side, and each seed is a dot (the methods set a little apart
     so that their dots do not hide each other)."""
-    fig, ax = _subplots(figsize=(7.5, 4.8))
+    fig, ax = _subplots(figsize=(9.5, 4.8))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     palette = dict(zip(methods, sns.color_palette(PALETTE, len(methods))))
     markers = "osD^vPX*"
@@ -548,8 +548,10 @@ def npc_figure(rows: Sequence[dict], metric: str = "test_top1", chance: float | 
         ax.axhline(100 * chance, color="grey", ls=":", label=f"chance {100 * chance:.0f}%")
     ax.set(title=title, xlabel="labelled images per class (NPC, log scale)",
            ylabel="test top-1 accuracy (%)")
-    ax.legend(title=f"method: mean ± sd over up to {seeds} seeds, each a dot" if seeds > 1
-              else "method", fontsize=9, title_fontsize=9)
+    # beside the axes: inside, it hides the lines of the methods that learn least
+    ax.legend(title=f"method: mean ± sd over up to {seeds} seeds,\neach a dot" if seeds > 1
+              else "method", fontsize=9, title_fontsize=9, loc="upper left",
+              bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     return fig
 

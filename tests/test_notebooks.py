@@ -271,6 +271,12 @@ def test_publish_figures_says_what_made_them(smoke_course, tmp_path):
             (out / "figures" / f"{name}.png").read_bytes()
     provenance = (tmp_path / "figures" / "PROVENANCE.md").read_text()
     assert "smoke profile" in provenance and "threads" in provenance
+    screenshot = "`shot.png` is the browser test's screenshot.\n\nSo is `other.png`.\n"
+    (tmp_path / "figures" / "PROVENANCE.md").write_text("Drawn long ago.\n\n" + screenshot)
+    publish.publish_figures(out, tmp_path / "figures", "smoke", "cpu")
+    provenance = (tmp_path / "figures" / "PROVENANCE.md").read_text()
+    assert provenance.startswith("Drawn by `make figures`: the smoke profile")
+    assert provenance.endswith("\n\n" + screenshot) and "long ago" not in provenance
 
 
 @pytest.mark.slow

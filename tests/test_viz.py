@@ -258,6 +258,8 @@ def test_the_accuracy_figure_draws_every_seed_around_its_mean():
              if type(c).__name__ == "PathCollection"]
     assert seeds[0] == pytest.approx([30, 31, 32, 30, 31, 32, 80])
     assert "over up to 3 seeds" in ax.get_legend().get_title().get_text()
+    fig.canvas.draw()  # the legend beside the axes, where it hides no line
+    assert ax.get_legend().get_window_extent().x0 >= ax.get_window_extent().x1
     plt.close(fig)
     single = viz.npc_figure([r for r in rows if r["seed"] == 0])
     assert single.axes[0].get_legend().get_title().get_text() == "method"
