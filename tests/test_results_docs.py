@@ -94,6 +94,10 @@ def test_the_course_time_is_read_per_notebook_and_held_to_the_budget(monkeypatch
         "The quick profile's 2 notebooks ran in 21.7 minutes on a CPU, fp32, 2026-12-03: over "
         "the course's budget of 20 minutes ([each notebook's time and the "
         "budget](docs/results.md#course-time)).")
+    timed = course_time({"02_pretraining": 300, "04_fine_tuning": 900})  # exactly 20 minutes
+    monkeypatch.setattr(results_docs.course, "load_course_time", lambda profile: timed)
+    assert "ran in 20.0 minutes on a CPU, fp32, 2026-12-03: within the course's budget of 20" \
+        in " ".join(results_docs.course_total_block().split())
 
 
 def test_a_notebook_added_after_the_timing_is_listed_and_left_out_of_the_total(monkeypatch):

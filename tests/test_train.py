@@ -242,11 +242,32 @@ def test_knn_monitor_runs_every_knn_every_epochs_and_at_the_last(tmp_path, monke
                and device == torch.device("cpu") for encoder, sets, device in probed)
 
 
+class Compiled(nn.Module):
+    """What torch.compile hands back, counting its training calls: the wrapped module's
+    attributes read through, as torch's OptimizedModule does."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += self.inner.training
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["inner"], name)
+
+
 def test_compile_trains_the_compiled_model(tmp_path, monkeypatch):
     compiled = []
-    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
+    monkeypatch.setattr(torch, "compile", lambda model: compiled.append(Compiled(model))
+                        or compiled[-1])
     result = pretrain(smoke_pretrain_config(tmp_path, epochs=1, compile=True, **TINY))
-    assert len(compiled) == 1 and isinstance(compiled[0], APLPretrainModel)
+    assert len(compiled) == 1 and isinstance(compiled[0].inner, APLPretrainModel)
+    assert compiled[0].calls == 4  # every training step went through the compiled model
     assert result.metrics[0]["epoch"] == 1
 
 
