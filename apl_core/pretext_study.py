@@ -10,11 +10,15 @@ transformer, images, image-epochs and seeds, judged the same way.
                          the budget curve (controls.budget_curve)
     finetune_configs     fine-tuning at NPC 10 with the converged search's base recipe;
                          FINETUNES adds MP3 with positional embeddings added at fine-tuning
+    pretraining_loss     the pretraining a fine-tuning starts from (trained where it is
+                         missing) and its last held-out pretext loss, which names it
     search_finetune      the learning-rate bracket of apl_core.search on seed 0
     scored_row           the chosen rate on one seed, its best validation epoch scored once on
                          the test images
     run_study            all of it, `workers` runs at a time, every row stored as it finishes
-                         (trial_store.TrialStore: a stopped study resumes row by row)
+                         (trial_store.TrialStore: a stopped study resumes row by row), the
+                         fine-tunings seed by seed, so that each seed's pretrainings are used
+                         up before the next seed's are trained
     task_table / paired_table / curve_rows      the results as tables: means over seeds, and
                          each task's paired difference against APL with the detectable
                          difference (stats)
@@ -23,6 +27,16 @@ transformer, images, image-epochs and seeds, judged the same way.
 
 Every row of the results file has a `kind`: 'features' (one per task and seed), 'trial' (one
 per fine-tuning run of a bracket) or 'test' (one per fine-tuning and seed).
+
+A study resumed where its runs are gone (another machine) trains the pretrainings its
+fine-tunings still need again. On another CPU they compute differently (bf16 on AMX and on
+AVX-512 round differently, and twelve epochs carry the difference on), so they are other
+pretrainings of the same recipe and seed. Each fine-tuning row records `pretraining_loss`,
+the last held-out pretext loss of the pretraining it started from, which tells them apart; a
+row without it started from the pretraining its features row judged. A bracket is run on one
+pretraining: a finished one stands (its rate is a choice made on validation images), an
+unfinished one from a pretraining that is gone is set aside (kept in the file's `set_aside`)
+and run again.
 """
 from __future__ import annotations
 
@@ -40,7 +54,8 @@ from .pretext import JIGSAW_PERMUTATIONS, KEY_MASK_RATIO, MASK_RATIO
 from .results import RESULTS_DIR, load_results
 from .rundir import read_metrics, run_name
 from .search import (
-    START_RATES, best_trial, max_steps, search_method, searched_config, store_run, trial_row,
+    START_RATES, best_trial, max_steps, search_done, search_method, searched_config, store_run,
+    trial_row,
 )
 from .stats import detectable_difference, mean_sd, verdict
 from .train import best_epoch_test_top1, finetune, load_pretrained, pretrain
@@ -123,13 +138,40 @@ def finetune_config(profile: str, finetune: str, seed: int, **settings):
     return searched_config(base, SEARCHED, max_steps(profile)[FINETUNE_NPC], "base")
 
 
+def pretraining_loss(profile: str, task: str, seed: int, **settings) -> float:
+    """The last held-out pretext loss of seed `seed`'s pretraining of `task`, trained first
+    where its run is missing: which pretraining a fine-tuning of it starts from."""
+    result = pretrain(study_pretraining(profile, task, seed, **settings), resume="auto")
+    return result.metrics[-1]["val_loss"]
+
+
+def started_from(row: dict, trials: list[dict]) -> float:
+    """The held-out pretext loss of the pretraining fine-tuning `row` started from: its own
+    record, or (a row from before the record) its features row's last one."""
+    if "pretraining_loss" in row:
+        return row["pretraining_loss"]
+    task = FINETUNES[row["finetune"]][0]
+    features = _features({"trials": trials})[(task, row["seed"])]
+    return features["pretext_curve"][-1]["loss"]
+
+
 def search_finetune(profile: str, finetune_name: str, store: TrialStore,
                     **settings) -> list[dict]:
-    """The learning-rate bracket (search.search_method) of `finetune_name` on seed 0."""
+    """The learning-rate bracket (search.search_method) of `finetune_name` on seed 0, on one
+    pretraining: an unfinished bracket from a pretraining that is no longer the one here is
+    set aside and run again."""
+    loss = pretraining_loss(profile, FINETUNES[finetune_name][0], 0, **settings)
+    trials = store.read()["trials"]
+    bracket = [t for t in trials if t.get("kind") == "trial" and t["finetune"] == finetune_name]
+    if not search_done(bracket) and any(started_from(t, trials) != loss for t in bracket):
+        store.set_aside({t["run"] for t in bracket},
+                        f"an unfinished bracket from a pretraining that is gone (held-out "
+                        f"loss {started_from(bracket[0], trials):.6g}); run again from the one "
+                        f"trained here ({loss:.6g})")
     base = finetune_config(profile, finetune_name, 0, **settings)
     return search_method(base, lambda config: store_run(
-        SEARCHED, store, config,
-        {"kind": "trial", "finetune": finetune_name, "seed": config.seed}))
+        SEARCHED, store, config, {"kind": "trial", "finetune": finetune_name,
+                                  "seed": config.seed, "pretraining_loss": loss}))
 
 
 def scored_row(profile: str, finetune_name: str, seed: int, lr: float, store: TrialStore,
@@ -141,12 +183,13 @@ def scored_row(profile: str, finetune_name: str, seed: int, lr: float, store: Tr
     found = store.find(key)
     if found is not None:
         return found
+    loss = pretraining_loss(profile, FINETUNES[finetune_name][0], seed, **settings)
     result = finetune(config, resume="auto")
     best = trial_row(SEARCHED, result.config, result.metrics)
     row = {"kind": "test", "run": key, "finetune": finetune_name, "seed": seed, "lr": lr,
            "val_top1": best["val_top1"], "best_epoch": best["best_epoch"],
            "test_top1": best_epoch_test_top1(result.run_dir, config.device),
-           "test_images": len(finetune_sets(config)[2])}
+           "test_images": len(finetune_sets(config)[2]), "pretraining_loss": loss}
     store.add(row)
     return row
 
@@ -162,20 +205,27 @@ def finetunes_of(tasks) -> list[str]:
 
 def run_study(profile: str, seeds, tasks, store: TrialStore, workers: int = 1,
               **settings) -> None:
-    """Every task at every seed (pretraining and features), then every fine-tuning's bracket
-    on seed 0, then its chosen rate on every seed, `workers` at a time; rows found in the
-    store are not run again."""
+    """Every task at every seed (pretraining and features), then seed by seed: the
+    pretrainings that seed's unfinished fine-tunings start from (trained again where their
+    runs are gone), on seed 0 every fine-tuning's bracket, and each fine-tuning's chosen rate;
+    `workers` at a time; rows found in the store are not run again."""
     check_tasks(tasks)
     common = dict(profile=profile, path=store.path, header=store.header, settings=settings)
     names = finetunes_of(tasks)
     with comparison.worker_pool(workers) as pool:
         list(pool.map(functools.partial(_features_unit, **common),
                       [(task, seed) for task in tasks for seed in seeds]))
-        list(pool.map(functools.partial(_search_unit, **common), names))
-        trials = store.read()["trials"]
-        list(pool.map(functools.partial(_scored_unit, **common),
-                      [(name, seed, chosen_rate(trials, name)) for name in names
-                       for seed in seeds]))
+        for seed in seeds:
+            tested = set(_tests(store.read()))
+            untested = [name for name in names if (name, seed) not in tested]
+            needed = {FINETUNES[name][0] for name in untested}
+            list(pool.map(functools.partial(_pretraining_unit, **common),
+                          [(task, seed) for task in tasks if task in needed]))
+            if seed == 0:
+                list(pool.map(functools.partial(_search_unit, **common), untested))
+            trials = store.read()["trials"]
+            list(pool.map(functools.partial(_scored_unit, **common),
+                          [(name, seed, chosen_rate(trials, name)) for name in names]))
 
 
 def _features_unit(unit: tuple[str, int], profile: str, path: Path, header: dict,
@@ -191,6 +241,12 @@ def _features_unit(unit: tuple[str, int], profile: str, path: Path, header: dict
         f"NPC {npc} probe {s['probe_top1']:.1%} kNN {s['knn_top1']:.1%}"
         for npc, s in row["features"].items())
         + f"  {row['seconds_per_epoch']:.0f} s/epoch", flush=True)
+
+
+def _pretraining_unit(unit: tuple[str, int], profile: str, path: Path, header: dict,
+                      settings: dict) -> None:
+    task, seed = unit
+    pretraining_loss(profile, task, seed, **settings)
 
 
 def _search_unit(name: str, profile: str, path: Path, header: dict, settings: dict) -> None:

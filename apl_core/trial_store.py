@@ -66,20 +66,31 @@ class TrialStore:
         return next((t for t in self.read()["trials"] if t["run"] == run), None)
 
     def add(self, trial: dict) -> None:
-        self._update(lambda trials: [t for t in trials if t["run"] != trial["run"]] + [trial])
+        self._update(lambda results: {**results, "trials": [
+            t for t in results["trials"] if t["run"] != trial["run"]] + [trial]})
+
+    def set_aside(self, runs: set[str], reason: str) -> None:
+        """The rows named `runs` moved from the trials to `set_aside`, each with `reason`: kept
+        in the file as a record, no longer found or read as results."""
+        def change(results: dict) -> dict:
+            moved = [{**t, "reason": reason} for t in results["trials"] if t["run"] in runs]
+            return {**results,
+                    "trials": [t for t in results["trials"] if t["run"] not in runs],
+                    "set_aside": results.get("set_aside", []) + moved}
+        self._update(change)
 
     def write_header(self) -> None:
         """This process's header over the file's, every row kept: the file names the last
         command run over it, which (reading every finished row and run back) reproduces all
         of it, also when a study's rows were made by several narrower commands before it."""
-        self._update(lambda trials: trials)
+        self._update(lambda results: results)
 
-    def _update(self, change: Callable[[list[dict]], list[dict]]) -> None:
+    def _update(self, change: Callable[[dict], dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path.with_name(self.path.name + ".lock"), "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            results = self.read()
-            results.update(self.header, trials=change(results["trials"]))
+            results = change(self.read())
+            results.update(self.header)
             write_results(self.path, results)
 
 

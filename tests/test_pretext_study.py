@@ -199,7 +199,8 @@ class Part:
 class FakeRuns:
     """Every expensive call of the study replaced, each call recorded: the worker pool
     (threads), the device (resolved as named), the data sets (npc images per class,
-    label_seed in the labels), pretraining (3 epochs, a metrics file and a checkpoint), the
+    label_seed in the labels), pretraining (3 epochs, a metrics file and a checkpoint; a
+    finished one read back, its last held-out loss 0), the
     frozen features' scores (from the number of training images), the budget curve,
     fine-tuning (the best validation at 1e-4, or at 3.16e-4 with positional embeddings; the
     best epoch the second) and the test scoring."""
@@ -233,7 +234,7 @@ class FakeRuns:
     def pretrain(self, config, resume=None):
         self.calls.append(("pretrain", run_name(config), resume))
         run_dir = Path(config.runs_dir) / "pretrain" / run_name(config)
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
         rows = [{"epoch": epoch, "step": 10 * epoch, "val_loss": 3.0 - epoch,
                  "val_top1": 0.2 * epoch, "epoch_time_s": 10.0 * epoch} for epoch in (1, 2, 3)]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -348,7 +349,10 @@ def test_scored_row_scores_the_best_epoch_once_on_the_test_images_and_stores_it(
         (tmp_path / "finetune" / run_name(config), "cpu")]
     assert row == {"kind": "test", "run": run_name(config) + "#test",
                    "finetune": "mp3 + positions", "seed": 2, "lr": 3.16e-4, "val_top1": 0.62,
-                   "best_epoch": 2, "test_top1": 0.55, "test_images": 1000}
+                   "best_epoch": 2, "test_top1": 0.55, "test_images": 1000,
+                   "pretraining_loss": 0.0}  # the fine-tuned pretraining's, which names it
+    pretraining = study_pretraining("quick", "mp3", 2, runs_dir=str(tmp_path), device="cpu")
+    assert fake_runs.named("pretrain") == [(run_name(pretraining), "auto")]  # trained if gone
     assert store.read()["trials"] == [row]
     fake_runs.calls.clear()
     assert pretext_study.scored_row("quick", "mp3 + positions", 2, 3.16e-4, store,
@@ -365,8 +369,8 @@ def test_search_finetune_brackets_the_rate_on_seed_0_and_stores_each_trial(fake_
     trained = [config for config, _ in fake_runs.named("finetune")]
     assert trained == [base.replace(lr=trial["lr"]) for trial in trials]
     assert store.read()["trials"] == trials and len(trials) >= 5
-    assert all((t["kind"], t["finetune"], t["seed"], t["method"]) ==
-               ("trial", "mae", 0, "APL fine-tune") for t in trials)
+    assert all((t["kind"], t["finetune"], t["seed"], t["method"], t["pretraining_loss"]) ==
+               ("trial", "mae", 0, "APL fine-tune", 0.0) for t in trials)
     assert chosen_rate(trials, "mae") == 1e-4
 
 
@@ -392,8 +396,13 @@ def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_ru
     assert all(row["lr"] == chosen_rate(trials, name) for (name, _), row in tests.items())
     assert {config.runs_dir for config, _ in fake_runs.named("finetune")} == {
         settings["runs_dir"]}
-    kinds = [call[0] for call in fake_runs.calls if call[0] in ("pretrain", "finetune")]
-    assert kinds == ["pretrain"] * 4 + ["finetune"] * (len(trials) + 6)  # features first
+    runs = [(call[0], call[1].seed if call[0] == "finetune" else call[1])
+            for call in fake_runs.calls if call[0] in ("pretrain", "finetune")]
+    features_runs = [run_name(study_pretraining("quick", task, seed, **settings))
+                     for task in ("apl", "mp3") for seed in (0, 1)]
+    assert runs[:4] == [("pretrain", name) for name in features_runs]  # features first
+    finetuned = [seed for kind, seed in runs if kind == "finetune"]
+    assert finetuned == [0] * (len(trials) + 3) + [1] * 3  # seed by seed
     assert {device for _, device in fake_runs.named("load_pretrained")} == {"resolved auto"}
     printed = terminal.text.splitlines()
     assert terminal.flushed == ["".join(line + "\n" for line in printed[:i])
@@ -423,6 +432,49 @@ def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_ru
     pretext_study.run_study("quick", (0, 1), ("apl", "mp3"), store, **settings)
     assert store.read()["trials"] == rows
     assert fake_runs.named("worker_pool") == [(1,), (1,)]  # by default one run at a time
+
+
+def test_a_study_resumed_where_its_runs_are_gone_retrains_only_what_its_fine_tunings_need(
+        fake_runs, tmp_path):
+    """Another machine: the features rows and apl's finished bracket stand; mp3's unfinished
+    bracket, from a pretraining that is gone (its features row's held-out loss, 9.9, is not
+    the retrained one's, 0), is set aside and run again; each row says which pretraining it
+    fine-tuned."""
+    store = TrialStore(tmp_path / "study.json", {"profile": "quick"})
+    pretext_study.run_study("quick", (0, 1), ("apl", "mp3"), store, runs_dir=str(tmp_path / "a"))
+    done = store.read()["trials"]
+    for row in done:
+        row.pop("pretraining_loss", None)  # rows from before the record: their features row's
+        if row["kind"] == "features":
+            row["pretext_curve"][-1]["loss"] = 9.9
+    apl_bracket = [r for r in done if r["kind"] == "trial" and r["finetune"] == "apl"]
+    mp3_started = [r for r in done if r["kind"] == "trial" and r["finetune"] == "mp3"][:2]
+    elsewhere = TrialStore(tmp_path / "elsewhere.json", {"profile": "quick"})
+    for row in [r for r in done if r["kind"] == "features"] + apl_bracket + mp3_started:
+        elsewhere.add(row)
+    fake_runs.calls.clear()
+    settings = dict(runs_dir=str(tmp_path / "b"))
+    pretext_study.run_study("quick", (0, 1), ("apl", "mp3"), elsewhere, **settings)
+
+    assert fake_runs.named("feature_scores") == []  # the features stand
+    pretrained = {name for name, _ in fake_runs.named("pretrain")}
+    assert pretrained == {run_name(study_pretraining("quick", task, seed, **settings))
+                          for task in ("apl", "mp3") for seed in (0, 1)}
+    results = elsewhere.read()
+    assert [(r["run"], r["reason"]) for r in results["set_aside"]] == [
+        (r["run"], "an unfinished bracket from a pretraining that is gone (held-out loss "
+                   "9.9); run again from the one trained here (0)") for r in mp3_started]
+    rows = results["trials"]
+    assert [r for r in rows if r["kind"] == "trial" and r["finetune"] == "apl"] == apl_bracket
+    retried = [r for r in rows if r["kind"] == "trial" and r["finetune"] == "mp3"]
+    assert len(retried) >= 5 and {r["pretraining_loss"] for r in retried} == {0.0}
+    trained = {config.lr for config, _ in fake_runs.named("finetune")
+               if config.seed == 0 and not config.positional_embedding
+               and "mp3" not in config.pretrained}
+    assert trained == {chosen_rate(rows, "apl")}  # apl's bracket not run again, only its test
+    tests = [r for r in rows if r["kind"] == "test"]
+    assert len(tests) == 6 and {r["pretraining_loss"] for r in tests} == {0.0}
+    assert [pretext_study.started_from(r, rows) for r in apl_bracket] == [9.9] * len(apl_bracket)
 
 
 def test_the_plan_lists_every_run_and_what_the_results_file_already_holds(tmp_path):

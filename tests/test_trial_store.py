@@ -37,6 +37,23 @@ def test_trial_store_adds_finds_and_replaces_trials(tmp_path):
     assert results["date"] == "final" and len(results["trials"]) == 3
 
 
+def test_rows_set_aside_leave_the_trials_and_are_kept_with_the_reason(tmp_path):
+    store = TrialStore(tmp_path / "search.json", {"profile": "smoke"})
+    for lr in (1e-3, 1e-2, 1e-1):
+        store.add(trial(lr, 0.2))
+    store.set_aside({"BENCHMARK-10-0.001", "BENCHMARK-10-0.1"}, "its pretraining is gone")
+    store.set_aside({"BENCHMARK-10-0.01"}, "and this one's")
+    results = store.read()
+    assert results["trials"] == [] and store.find("BENCHMARK-10-0.01") is None
+    assert [(t["run"], t["reason"]) for t in results["set_aside"]] == [
+        ("BENCHMARK-10-0.001", "its pretraining is gone"),
+        ("BENCHMARK-10-0.1", "its pretraining is gone"), ("BENCHMARK-10-0.01", "and this one's")]
+    assert results["set_aside"][0] == {**trial(1e-3, 0.2), "reason": "its pretraining is gone"}
+    store.add(trial(1e-3, 0.4))  # run again under its name: a trial again, the record kept
+    assert store.find("BENCHMARK-10-0.001")["val_top1"] == 0.4
+    assert len(store.read()["set_aside"]) == 3
+
+
 @pytest.mark.parametrize("text", ["{not json", '{"profile": "quick"}', "[]"])
 def test_a_damaged_results_file_is_named_with_how_to_restore_it(tmp_path, text):
     path = tmp_path / "search.json"
