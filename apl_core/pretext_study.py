@@ -17,8 +17,7 @@ transformer, images, image-epochs and seeds, judged the same way.
                          the test images
     run_study            all of it, `workers` runs at a time, every row stored as it finishes
                          (trial_store.TrialStore: a stopped study resumes row by row), the
-                         fine-tunings seed by seed, so that each seed's pretrainings are used
-                         up before the next seed's are trained
+                         fine-tunings of one pretraining together, seed 0's first
     task_table / paired_table / curve_rows      the results as tables: means over seeds, and
                          each task's paired difference against APL with the detectable
                          difference (stats)
@@ -205,35 +204,27 @@ def finetunes_of(tasks) -> list[str]:
 
 def run_study(profile: str, seeds, tasks, store: TrialStore, workers: int = 1,
               **settings) -> None:
-    """Every task at every seed (pretraining and features), then seed by seed: the
-    pretrainings that seed's unfinished fine-tunings start from (trained again where their
-    runs are gone), on seed 0 every fine-tuning's bracket, and each fine-tuning's chosen rate;
-    `workers` at a time; rows found in the store are not run again."""
+    """Every task at every seed (pretraining and features), then every task's fine-tunings
+    on seed 0 (its brackets and their chosen rates), then on the other seeds; `workers` at a
+    time, one (task, seed) each: its pretraining (trained again where its run is gone) and
+    then every fine-tuning that starts from it, so that a pretraining is used up before the
+    next is trained. Rows found in the store are not run again."""
     check_tasks(tasks)
-    common = dict(profile=profile, path=store.path, header=store.header, settings=settings)
-    names = finetunes_of(tasks)
+    common = dict(profile=profile, path=store.path, header=store.header,
+                  names=finetunes_of(tasks), settings=settings)
     with comparison.worker_pool(workers) as pool:
         list(pool.map(functools.partial(_features_unit, **common),
                       [(task, seed) for task in tasks for seed in seeds]))
-        for seed in seeds:
-            tested = set(_tests(store.read()))
-            untested = [name for name in names if (name, seed) not in tested]
-            needed = {FINETUNES[name][0] for name in untested}
-            list(pool.map(functools.partial(_pretraining_unit, **common),
-                          [(task, seed) for task in tasks if task in needed]))
-            if seed == 0:
-                list(pool.map(functools.partial(_search_unit, **common), untested))
-            trials = store.read()["trials"]
-            list(pool.map(functools.partial(_scored_unit, **common),
-                          [(name, seed, chosen_rate(trials, name)) for name in names]))
+        for group in ([0], [seed for seed in seeds if seed != 0]):
+            list(pool.map(functools.partial(_finetunes_unit, **common),
+                          [(task, seed) for seed in group for task in tasks]))
 
 
 def _features_unit(unit: tuple[str, int], profile: str, path: Path, header: dict,
-                   settings: dict) -> None:
+                   names: list[str], settings: dict) -> None:
     task, seed = unit
     store = TrialStore(path, header)
-    if any(row.get("kind") == "features" and (row["task"], row["seed"]) == (task, seed)
-           for row in store.read()["trials"]):
+    if (task, seed) in _features(store.read()):
         return
     row = features_row(profile, task, seed, **settings)
     store.add(row)
@@ -243,23 +234,22 @@ def _features_unit(unit: tuple[str, int], profile: str, path: Path, header: dict
         + f"  {row['seconds_per_epoch']:.0f} s/epoch", flush=True)
 
 
-def _pretraining_unit(unit: tuple[str, int], profile: str, path: Path, header: dict,
-                      settings: dict) -> None:
+def _finetunes_unit(unit: tuple[str, int], profile: str, path: Path, header: dict,
+                    names: list[str], settings: dict) -> None:
+    """The fine-tunings of `names` that start from (task, seed)'s pretraining and have no
+    test row: on seed 0 each one's bracket first, then its chosen rate."""
     task, seed = unit
-    pretraining_loss(profile, task, seed, **settings)
-
-
-def _search_unit(name: str, profile: str, path: Path, header: dict, settings: dict) -> None:
-    trials = search_finetune(profile, name, TrialStore(path, header), **settings)
-    print(f"{name:<16} bracket: " + ", ".join(f"lr {t['lr']:g} val {t['val_top1']:.1%}"
-                                              for t in trials), flush=True)
-
-
-def _scored_unit(unit: tuple[str, int, float], profile: str, path: Path, header: dict,
-                 settings: dict) -> None:
-    name, seed, lr = unit
-    row = scored_row(profile, name, seed, lr, TrialStore(path, header), **settings)
-    print(f"{name:<16} seed {seed}: lr {lr:g} test {row['test_top1']:.1%}", flush=True)
+    store = TrialStore(path, header)
+    tested = _tests(store.read())
+    for name in [name for name in names if FINETUNES[name][0] == task
+                 and (name, seed) not in tested]:
+        if seed == 0:
+            trials = search_finetune(profile, name, store, **settings)
+            print(f"{name:<16} bracket: " + ", ".join(
+                f"lr {t['lr']:g} val {t['val_top1']:.1%}" for t in trials), flush=True)
+        lr = chosen_rate(store.read()["trials"], name)
+        row = scored_row(profile, name, seed, lr, store, **settings)
+        print(f"{name:<16} seed {seed}: lr {lr:g} test {row['test_top1']:.1%}", flush=True)
 
 
 def study_plan(profile: str, seeds, tasks, trials: list[dict], **settings) -> list[dict]:

@@ -410,9 +410,9 @@ def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_ru
     assert printed[0] == ("apl        seed 0: NPC 10 probe 2.0% kNN 1.0%, NPC 30 probe 6.0% "
                           "kNN 3.0%, NPC 100 probe 20.0% kNN 10.0%  20 s/epoch")
     bracket = [t for t in trials if t["finetune"] == "mp3 + positions"]
-    assert printed[6] == "mp3 + positions  bracket: " + ", ".join(
+    assert printed[8] == "mp3 + positions  bracket: " + ", ".join(
         f"lr {t['lr']:g} val {t['val_top1']:.1%}" for t in bracket)
-    assert printed[7] == "apl              seed 0: lr 0.0001 test 55.0%"
+    assert printed[5] == "apl              seed 0: lr 0.0001 test 55.0%"  # after its bracket
     assert len(printed) == 4 + 3 + 6
 
     plan = pretext_study.study_plan("quick", (0, 1), ("apl", "mp3"), rows, **settings)
