@@ -21,6 +21,8 @@ transformer, images, image-epochs and seeds, judged the same way.
     task_table / paired_table / curve_rows      the results as tables: means over seeds, and
                          each task's paired difference against APL with the detectable
                          difference (stats)
+    retrained / pretraining_note      the fine-tunings that started from a pretraining
+                         trained again on resuming, not the one their features row judged
     cost_table           each task's seconds per pretraining epoch, measured alone
                          (benchmarks/pretext_cost.py)
 
@@ -327,6 +329,43 @@ def measures(results: dict) -> dict[str, dict[tuple[str, int], float]]:
     for (name, seed), row in _tests(results).items():
         found.setdefault(f"fine-tune NPC {FINETUNE_NPC}", {})[(name, seed)] = row["test_top1"]
     return found
+
+
+def retrained(results: dict) -> list[tuple[str, int]]:
+    """The (task, seed) pairs whose fine-tunings (test rows) started from a pretraining other
+    than the one their features row judged: trained again where a resumed study found its
+    run gone (started_from)."""
+    features = _features(results)
+    found = {(FINETUNES[name][0], seed) for (name, seed), row in _tests(results).items()
+             if (FINETUNES[name][0], seed) in features
+             and started_from(row, results["trials"])
+             != features[(FINETUNES[name][0], seed)]["pretext_curve"][-1]["loss"]}
+    return sorted(found, key=lambda pair: (TASKS.index(pair[0]), pair[1]))
+
+
+def pretraining_note(results: dict) -> str:
+    """Which pretrainings the fine-tunings started from, in words: '' where every one is the
+    pretraining its features row judged."""
+    pairs = retrained(results)
+    if not pairs:
+        return ""
+    tested = {(FINETUNES[name][0], seed) for name, seed in _tests(results)}
+    named = ("every task and seed" if set(pairs) == tested
+             else ", ".join(f"{task} seed {seed}" for task, seed in pairs))
+    tests = _tests(results)
+    elsewhere = sorted({row["finetune"] for row in results["trials"]
+                        if row.get("kind") == "trial" and (row["finetune"], 0) in tests
+                        and started_from(row, results["trials"])
+                        != started_from(tests[(row["finetune"], 0)], results["trials"])},
+                       key=list(FINETUNES).index)
+    brackets = (f" The learning rates of {', '.join(elsewhere)} were bracketed on the first "
+                f"pretraining of seed 0: a rate chosen on validation images carries over to "
+                f"the second as it does to seeds 1 and 2." if elsewhere else "")
+    return (f"The fine-tunings of {named} started from a second pretraining of the same task, "
+            f"recipe and seed, trained again where the study was resumed after the first one's "
+            f"runs were lost with their machine (bf16 rounds differently on another CPU, so "
+            f"the two differ): there the probe and kNN judge the first pretraining and "
+            f"fine-tuning the second.{brackets}")
 
 
 def cost_table(cost: dict) -> list[dict]:

@@ -198,7 +198,8 @@ def controls_block(budget: str) -> str:
 
 def pretext_block() -> str:
     """Notebook 07's study: each task's means over seeds, then its paired differences with
-    APL."""
+    APL, which pretrainings the fine-tunings started from where that needs saying, and each
+    task's cost."""
     results = pretext_study.load_study(PROFILE)
     if not results:
         return "(no committed pretext study)"
@@ -208,9 +209,11 @@ def pretext_block() -> str:
                    f"running.") + "\n\n" + markdown_table(pretext_study.cost_table(cost))
              if cost else "Each task's seconds per pretraining epoch: not measured yet "
                           f"(`python benchmarks/pretext_cost.py --profile {PROFILE}`).")
+    note = pretext_study.pretraining_note(results)
     return "\n\n".join([_provenance(results, f", {results['date']}."),
                         markdown_table(pretext_study.task_table(results)),
-                        markdown_table(pretext_study.paired_table(results)), spent])
+                        markdown_table(pretext_study.paired_table(results))]
+                       + ([_wrap(note)] if note else []) + [spent])
 
 
 def headline_block() -> str:

@@ -563,10 +563,10 @@ def convergence_figure(trials: Sequence[dict], chosen: dict,
     """The converged search, one column per method. Top: validation top-1 against the
     learning rate (log scale), one line per NPC and recipe (the small-data recipe dotted),
     diverged trials crossed, the chosen rate ringed. Bottom: the length, shown by budget: the
-    chosen run's best validation top-1 at 1x its steps and its longer runs' at 2x, 4x, ... up to search.LONGEST x, one
-    line per NPC, each longer run filled where it won the paired test against the run before
-    it, hollow where it did not (or had no per-image record to pair), crossed where it
-    diverged, the adopted length ringed. Trials: apl_core.search rows; chosen:
+    chosen run's best validation top-1 at 1x its steps and its longer runs' at 2x, 4x, ... up
+    to search.LONGEST x, one line per NPC, each longer run filled where it won the paired test
+    against the run before it, hollow where it did not (or had no per-image record to pair),
+    crossed where it diverged, the adopted length ringed. Trials: apl_core.search rows; chosen:
     search.choose's result; methods: the columns' order (default: as the trials first name
     them)."""
     searched = dict.fromkeys(t["method"] for t in trials)

@@ -98,6 +98,34 @@ def test_every_measure_is_keyed_by_task_and_seed():
     assert found["fine-tune NPC 10"][("apl", 2)] == 0.5
 
 
+def test_fine_tunings_from_a_retrained_pretraining_are_named_with_their_brackets():
+    def judged(task, seed, loss):
+        return {**features(task, seed, 0.4, 0.3), "pretext_curve": [{"epoch": 1, "loss": loss}]}
+
+    rows = [judged("apl", 0, 1.0), judged("apl", 1, 1.1), judged("mp3", 0, 2.0),
+            scored("apl", 0, 0.5), scored("apl", 1, 0.5),
+            {**scored("mp3", 0, 0.5), "pretraining_loss": 2.0},
+            {**scored("mp3 + positions", 0, 0.5), "pretraining_loss": 2.0},
+            {"kind": "trial", "finetune": "apl", "seed": 0, "lr": 1e-4}]
+    assert pretext_study.retrained({"trials": rows}) == []  # each from its features' pretraining
+    assert pretext_study.pretraining_note({"trials": rows}) == ""
+    rows[3] = {**rows[3], "pretraining_loss": 0.9}  # apl seed 0 retrained; its bracket was not
+    rows[6] = {**rows[6], "pretraining_loss": 2.5}
+    assert pretext_study.retrained({"trials": rows}) == [("apl", 0), ("mp3", 0)]
+    note = " ".join(pretext_study.pretraining_note({"trials": rows}).split())
+    assert note.startswith("The fine-tunings of apl seed 0, mp3 seed 0 started from a second "
+                           "pretraining of the same task, recipe and seed")
+    assert note.endswith("fine-tuning the second. The learning rates of apl were bracketed on "
+                         "the first pretraining of seed 0: a rate chosen on validation images "
+                         "carries over to the second as it does to seeds 1 and 2.")
+    rows[4] = {**rows[4], "pretraining_loss": 1.2}
+    rows[5] = {**rows[5], "pretraining_loss": 2.5}
+    rows[7] = {**rows[7], "pretraining_loss": 0.9}  # the bracket on the second pretraining too
+    note = pretext_study.pretraining_note({"trials": rows})
+    assert note.startswith("The fine-tunings of every task and seed started")
+    assert "learning rates" not in note
+
+
 def test_the_paired_table_calls_a_difference_only_beyond_the_detectable_one():
     rows = {row["measure"]: row for row in paired_table(RESULTS)}
     assert {row["task"] for row in rows.values()} == {"mae"}

@@ -137,6 +137,16 @@ def test_the_pretext_block_gives_each_task_and_its_difference_from_apl(monkeypat
             "--profile quick` on a CPU, bf16, 2026-12-07, nothing else running.") in " ".join(
         text.split())
     assert text.endswith("| apl | 31 | 1.00 |\n| rotation | 124 | 4.00 |")
+    assert "second pretraining" not in text
+    for row in rows:
+        row["pretext_curve"] = [{"epoch": 12, "loss": 0.5}]
+    study["trials"] = rows + [
+        {"kind": "test", "finetune": task, "seed": seed, "test_top1": 0.3, "test_images": 1000,
+         "pretraining_loss": 0.4} for task in ("apl", "rotation") for seed in (0, 1, 2)]
+    text = results_docs.pretext_block()
+    note = text.split("\n\n")[-3]
+    assert note.startswith("The fine-tunings of every task and seed started from a second")
+    assert max(len(line) for line in note.splitlines()) <= 100
 
 
 def test_provenance_is_wrapped_at_the_docs_width_without_breaking_a_word():
