@@ -358,9 +358,10 @@ def pretraining_note(results: dict) -> str:
                         and started_from(row, results["trials"])
                         != started_from(tests[(row["finetune"], 0)], results["trials"])},
                        key=list(FINETUNES).index)
-    brackets = (f" The learning rates of {', '.join(elsewhere)} were bracketed on the first "
-                f"pretraining of seed 0: a rate chosen on validation images carries over to "
-                f"the second as it does to seeds 1 and 2." if elsewhere else "")
+    brackets = (f" The learning rates of {', '.join(elsewhere)} were bracketed on another "
+                f"pretraining of seed 0 than the one their test fine-tuned: a rate chosen on "
+                f"validation images carries over as it does to seeds 1 and 2."
+                if elsewhere else "")
     return (f"The fine-tunings of {named} started from a second pretraining of the same task, "
             f"recipe and seed, trained again where the study was resumed after the first one's "
             f"runs were lost with their machine (bf16 rounds differently on another CPU, so "

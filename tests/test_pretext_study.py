@@ -102,28 +102,37 @@ def test_fine_tunings_from_a_retrained_pretraining_are_named_with_their_brackets
     def judged(task, seed, loss):
         return {**features(task, seed, 0.4, 0.3), "pretext_curve": [{"epoch": 1, "loss": loss}]}
 
-    rows = [judged("apl", 0, 1.0), judged("apl", 1, 1.1), judged("mp3", 0, 2.0),
-            scored("apl", 0, 0.5), scored("apl", 1, 0.5),
-            {**scored("mp3", 0, 0.5), "pretraining_loss": 2.0},
+    def trial(name, **loss):
+        return {"kind": "trial", "finetune": name, "seed": 0, "lr": 1e-4, **loss}
+
+    rows = [judged("apl", 0, 1.0), judged("apl", 1, 1.1), judged("rotation", 0, 3.0),
+            judged("mae", 0, 4.0), judged("mp3", 0, 2.0),
+            scored("apl", 0, 0.5), scored("apl", 1, 0.5), scored("rotation", 0, 0.5),
+            scored("mae", 0, 0.5), {**scored("mp3", 0, 0.5), "pretraining_loss": 2.0},
             {**scored("mp3 + positions", 0, 0.5), "pretraining_loss": 2.0},
-            {"kind": "trial", "finetune": "apl", "seed": 0, "lr": 1e-4}]
+            trial("apl"), trial("rotation"), trial("mae"), trial("mp3"),
+            trial("mp3 + positions", pretraining_loss=2.0)]
     assert pretext_study.retrained({"trials": rows}) == []  # each from its features' pretraining
     assert pretext_study.pretraining_note({"trials": rows}) == ""
-    rows[3] = {**rows[3], "pretraining_loss": 0.9}  # apl seed 0 retrained; its bracket was not
-    rows[6] = {**rows[6], "pretraining_loss": 2.5}
-    assert pretext_study.retrained({"trials": rows}) == [("apl", 0), ("mp3", 0)]
+    rows[7] = {**rows[7], "pretraining_loss": 3.5}  # rotation and mp3 retrained, their
+    rows[10] = {**rows[10], "pretraining_loss": 2.5}  # brackets not
+    rows[13] = {**rows[13], "pretraining_loss": 4.5}  # mae bracketed on a second pretraining
+    assert pretext_study.retrained({"trials": rows}) == [("rotation", 0), ("mp3", 0)]
     note = " ".join(pretext_study.pretraining_note({"trials": rows}).split())
-    assert note.startswith("The fine-tunings of apl seed 0, mp3 seed 0 started from a second "
-                           "pretraining of the same task, recipe and seed")
-    assert note.endswith("fine-tuning the second. The learning rates of apl were bracketed on "
-                         "the first pretraining of seed 0: a rate chosen on validation images "
-                         "carries over to the second as it does to seeds 1 and 2.")
-    rows[4] = {**rows[4], "pretraining_loss": 1.2}
-    rows[5] = {**rows[5], "pretraining_loss": 2.5}
-    rows[7] = {**rows[7], "pretraining_loss": 0.9}  # the bracket on the second pretraining too
+    assert note.startswith("The fine-tunings of rotation seed 0, mp3 seed 0 started from a "
+                           "second pretraining of the same task, recipe and seed")
+    assert note.endswith("fine-tuning the second. The learning rates of rotation, mae, "
+                         "mp3 + positions were bracketed on another pretraining of seed 0 than "
+                         "the one their test fine-tuned: a rate chosen on validation images "
+                         "carries over as it does to seeds 1 and 2.")
+    retested = {(row["finetune"], row["seed"]): row for row in rows if row["kind"] == "test"}
+    for (name, seed), row in retested.items():
+        row["pretraining_loss"] = 9.0 + seed
+    for row in rows[11:]:
+        row["pretraining_loss"] = 9.0  # every bracket on the second pretraining too
     note = pretext_study.pretraining_note({"trials": rows})
     assert note.startswith("The fine-tunings of every task and seed started")
-    assert "learning rates" not in note
+    assert note.endswith("fine-tuning the second.")
 
 
 def test_the_paired_table_calls_a_difference_only_beyond_the_detectable_one():
@@ -228,7 +237,7 @@ class FakeRuns:
     """Every expensive call of the study replaced, each call recorded: the worker pool
     (threads), the device (resolved as named), the data sets (npc images per class,
     label_seed in the labels), pretraining (3 epochs, a metrics file and a checkpoint; a
-    finished one read back, its last held-out loss 0), the
+    finished one read back, its last held-out loss seed / 4), the
     frozen features' scores (from the number of training images), the budget curve,
     fine-tuning (the best validation at 1e-4, or at 3.16e-4 with positional embeddings; the
     best epoch the second) and the test scoring."""
@@ -261,9 +270,10 @@ class FakeRuns:
 
     def pretrain(self, config, resume=None):
         self.calls.append(("pretrain", run_name(config), resume))
+        self.calls.append(("pretrained_in", config.runs_dir))
         run_dir = Path(config.runs_dir) / "pretrain" / run_name(config)
         run_dir.mkdir(parents=True, exist_ok=True)
-        rows = [{"epoch": epoch, "step": 10 * epoch, "val_loss": 3.0 - epoch,
+        rows = [{"epoch": epoch, "step": 10 * epoch, "val_loss": 3.0 - epoch + config.seed / 4,
                  "val_top1": 0.2 * epoch, "epoch_time_s": 10.0 * epoch} for epoch in (1, 2, 3)]
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (run_dir / "last.pt").touch()
@@ -347,9 +357,9 @@ def test_features_row_judges_the_frozen_features_at_every_npc_of_the_profile(fak
                      "30": {"knn_top1": 0.03, "probe_top1": 0.06, "probe_penalty": 0.01},
                      "100": {"knn_top1": 0.1, "probe_top1": 0.2, "probe_penalty": 0.01}},
         "test_images": 1000,
-        "pretext_curve": [{"epoch": 1, "loss": 2.0, "top1": 0.2},
-                          {"epoch": 2, "loss": 1.0, "top1": 0.4},
-                          {"epoch": 3, "loss": 0.0, "top1": 0.6000000000000001}],
+        "pretext_curve": [{"epoch": 1, "loss": 2.25, "top1": 0.2},
+                          {"epoch": 2, "loss": 1.25, "top1": 0.4},
+                          {"epoch": 3, "loss": 0.25, "top1": 0.6000000000000001}],
         "seconds_per_epoch": 20.0,
         "budget_curve": [{"epoch": 1, "knn_top1": 0.1, "probe_top1": 0.15},
                          {"epoch": 3, "knn_top1": 0.30000000000000004,
@@ -378,7 +388,7 @@ def test_scored_row_scores_the_best_epoch_once_on_the_test_images_and_stores_it(
     assert row == {"kind": "test", "run": run_name(config) + "#test",
                    "finetune": "mp3 + positions", "seed": 2, "lr": 3.16e-4, "val_top1": 0.62,
                    "best_epoch": 2, "test_top1": 0.55, "test_images": 1000,
-                   "pretraining_loss": 0.0}  # the fine-tuned pretraining's, which names it
+                   "pretraining_loss": 0.5}  # seed 2's pretraining's, which names it
     pretraining = study_pretraining("quick", "mp3", 2, runs_dir=str(tmp_path), device="cpu")
     assert fake_runs.named("pretrain") == [(run_name(pretraining), "auto")]  # trained if gone
     assert store.read()["trials"] == [row]
@@ -424,6 +434,7 @@ def test_a_study_runs_every_row_once_and_a_finished_study_trains_nothing(fake_ru
     assert all(row["lr"] == chosen_rate(trials, name) for (name, _), row in tests.items())
     assert {config.runs_dir for config, _ in fake_runs.named("finetune")} == {
         settings["runs_dir"]}
+    assert {runs for (runs,) in fake_runs.named("pretrained_in")} == {settings["runs_dir"]}
     runs = [(call[0], call[1].seed if call[0] == "finetune" else call[1])
             for call in fake_runs.calls if call[0] in ("pretrain", "finetune")]
     features_runs = [run_name(study_pretraining("quick", task, seed, **settings))
@@ -476,9 +487,12 @@ def test_a_study_resumed_where_its_runs_are_gone_retrains_only_what_its_fine_tun
         if row["kind"] == "features":
             row["pretext_curve"][-1]["loss"] = 9.9
     apl_bracket = [r for r in done if r["kind"] == "trial" and r["finetune"] == "apl"]
-    mp3_started = [r for r in done if r["kind"] == "trial" and r["finetune"] == "mp3"][:2]
+    mp3_started = [r for r in done if r["kind"] == "trial" and r["finetune"] == "mp3"][:1]
+    begun_here = {**[r for r in done if r["kind"] == "trial"
+                     and r["finetune"] == "mp3 + positions"][0], "pretraining_loss": 0.0}
     elsewhere = TrialStore(tmp_path / "elsewhere.json", {"profile": "quick"})
-    for row in [r for r in done if r["kind"] == "features"] + apl_bracket + mp3_started:
+    for row in [r for r in done if r["kind"] == "features"] + apl_bracket + mp3_started + [
+            begun_here]:
         elsewhere.add(row)
     fake_runs.calls.clear()
     settings = dict(runs_dir=str(tmp_path / "b"))
@@ -488,6 +502,7 @@ def test_a_study_resumed_where_its_runs_are_gone_retrains_only_what_its_fine_tun
     pretrained = {name for name, _ in fake_runs.named("pretrain")}
     assert pretrained == {run_name(study_pretraining("quick", task, seed, **settings))
                           for task in ("apl", "mp3") for seed in (0, 1)}
+    assert {runs for (runs,) in fake_runs.named("pretrained_in")} == {settings["runs_dir"]}
     results = elsewhere.read()
     assert [(r["run"], r["reason"]) for r in results["set_aside"]] == [
         (r["run"], "an unfinished bracket from a pretraining that is gone (held-out loss "
@@ -496,12 +511,15 @@ def test_a_study_resumed_where_its_runs_are_gone_retrains_only_what_its_fine_tun
     assert [r for r in rows if r["kind"] == "trial" and r["finetune"] == "apl"] == apl_bracket
     retried = [r for r in rows if r["kind"] == "trial" and r["finetune"] == "mp3"]
     assert len(retried) >= 5 and {r["pretraining_loss"] for r in retried} == {0.0}
+    continued = [r for r in rows if r["kind"] == "trial" and r["finetune"] == "mp3 + positions"]
+    assert continued[0] == begun_here and len(continued) >= 5  # begun here: continued
     trained = {config.lr for config, _ in fake_runs.named("finetune")
                if config.seed == 0 and not config.positional_embedding
                and "mp3" not in config.pretrained}
     assert trained == {chosen_rate(rows, "apl")}  # apl's bracket not run again, only its test
     tests = [r for r in rows if r["kind"] == "test"]
-    assert len(tests) == 6 and {r["pretraining_loss"] for r in tests} == {0.0}
+    assert len(tests) == 6
+    assert all(r["pretraining_loss"] == r["seed"] / 4 for r in tests)  # their own seed's
     assert [pretext_study.started_from(r, rows) for r in apl_bracket] == [9.9] * len(apl_bracket)
 
 
