@@ -18,9 +18,9 @@ transformer, images, image-epochs and seeds, judged the same way.
     run_study            all of it, `workers` runs at a time, every row stored as it finishes
                          (trial_store.TrialStore: a stopped study resumes row by row), the
                          fine-tunings of one pretraining together, seed 0's first
-    task_table / paired_table / curve_rows      the results as tables: means over seeds, and
-                         each task's paired difference against APL with the detectable
-                         difference (stats)
+    task_table / paired_table / curve_rows / budget_rows      the results as tables: means
+                         over seeds, each task's paired difference against APL with the
+                         detectable difference (stats), and the curves the figures draw
     retrained / pretraining_note      the fine-tunings that started from a pretraining
                          trained again on resuming, not the one their features row judged
     cost_table           each task's seconds per pretraining epoch, measured alone
@@ -423,10 +423,24 @@ def paired_table(results: dict) -> list[dict]:
     return rows
 
 
+def _in_task_order(results: dict) -> list[tuple[tuple[str, int], dict]]:
+    """The features rows by (task, seed), the tasks in TASKS' order."""
+    return sorted(_features(results).items(),
+                  key=lambda item: (TASKS.index(item[0][0]), item[0][1]))
+
+
+def budget_rows(results: dict) -> list[dict]:
+    """Each features row as viz.budget_curve_figure draws it ('control' is the task), in
+    TASKS' order; a pretraining reused from a run without snapshots has no budget curve."""
+    return [{"control": task, "seed": seed, "budget_curve": row["budget_curve"]}
+            for (task, seed), row in _in_task_order(results)]
+
+
 def curve_rows(results: dict) -> list[dict]:
-    """Every task's pretext curve and budget curve, one row per (task, seed, epoch)."""
+    """Every task's pretext curve and budget curve, one row per (task, seed, epoch), the
+    tasks in TASKS' order."""
     rows = []
-    for (task, seed), row in sorted(_features(results).items()):
+    for (task, seed), row in _in_task_order(results):
         budget = {point["epoch"]: point for point in row["budget_curve"]}
         for point in row["pretext_curve"]:
             scores = budget.get(point["epoch"], {})

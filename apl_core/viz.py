@@ -717,6 +717,38 @@ def budget_curve_figure(rows: Sequence[dict], floor: dict | None = None,
 
 
 @_themed
+def pretext_curves_figure(rows: Sequence[dict],
+                          title: str = "Each task's own question, along pretraining") -> Figure:
+    """One panel per task: its held-out pretext loss against the pretraining epoch, a thin
+    line per seed and their mean thick, each task on its own scale (cross-entropy over its
+    classes, MAE's a mean squared error on normalised pixels); the panel's title gives the
+    held-out top-1 after the last epoch, mean over seeds, where the task has one. Rows:
+    pretext_study.curve_rows ('task', 'seed', 'epoch', 'pretext_loss', 'pretext_top1')."""
+    tasks = list(dict.fromkeys(row["task"] for row in rows))
+    palette = dict(zip(tasks, sns.color_palette(PALETTE, len(tasks))))
+    fig, axes = _subplots(1, len(tasks), figsize=(3.2 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        mine = [row for row in rows if row["task"] == task]
+        seeds = sorted({row["seed"] for row in mine})
+        for seed in seeds:
+            curve = [row for row in mine if row["seed"] == seed]
+            ax.plot([r["epoch"] for r in curve], [r["pretext_loss"] for r in curve],
+                    color=palette[task], lw=0.8, alpha=0.5)
+        epochs = sorted({row["epoch"] for row in mine})
+        ax.plot(epochs, [np.mean([r["pretext_loss"] for r in mine if r["epoch"] == e])
+                         for e in epochs], marker="o", ms=3, lw=2, color=palette[task])
+        last = [r["pretext_top1"] for r in mine if r["epoch"] == epochs[-1]]
+        scored = (f"top-1 {100 * np.mean(last):.1f} % at epoch {epochs[-1]}"
+                  if all(v for v in last) else "a regression: no top-1")
+        ax.set(title=f"{task} ({len(seeds)} seeds)\n{scored}", xlabel="pretraining epoch",
+               ylabel="held-out pretext loss")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+@_themed
 def position_curves_figure(rows: Sequence[dict], controls: Sequence[str],
                            title: str = "How fast the puzzle is solved") -> Figure:
     """Held-out position top-1 after every epoch of pretraining, one line per control (rows
@@ -828,6 +860,7 @@ __all__ = [
     "image_samples_figure", "puzzle_stats_figure", "equivariance_figure", "training_curves",
     "confusion_heatmap", "position_probabilities_figure", "position_accuracy_grid",
     "attention_figure", "reassembly_figure", "game_figure", "patch_dropout_figure", "npc_figure",
-    "convergence_figure", "controls_figure", "budget_curve_figure", "position_curves_figure",
+    "convergence_figure", "controls_figure", "budget_curve_figure", "pretext_curves_figure",
+    "position_curves_figure",
     "attention_distance_figure", "save",
 ]

@@ -240,6 +240,9 @@ def test_smoke_numbers_are_sane(smoke_course):
     assert (live["apl"]["knn_top1"], live["apl"]["probe_top1"]) == (
         apl_control["knn_top1"], apl_control["probe_top1"])
     assert r07["study_committed"] == (load_study("quick") is not None)
+    if r07["study_committed"]:  # its curves drawn from the committed rows
+        for figure in ("07_study_pretext_curves", "07_study_budget_curves"):
+            assert (out / "figures" / f"{figure}.png").stat().st_size > 5000
     summary = json.loads((out / "course_summary.json").read_text())
     assert [n["notebook"] for n in summary["notebooks"]] == list(course.NOTEBOOKS)
     # what docs/results.md's course time names beside the minutes

@@ -205,6 +205,22 @@ def test_the_task_table_lists_a_fine_tuning_without_a_pretraining_of_its_own():
     assert rows["mp3 + positions"]["probe NPC 10"] == ""
 
 
+def test_the_curves_come_in_the_order_of_the_tasks_each_task_by_seed():
+    def judged(task, seed):
+        return {**features(task, seed, 0.4, 0.3), "pretext_curve": [
+            {"epoch": 1, "loss": 1.0, "top1": 0.5}], "budget_curve": [
+            {"epoch": 1, "knn_top1": 0.2, "probe_top1": 0.3}] if seed else []}
+
+    results = {"trials": [judged("jigsaw", 1), judged("rotation", 1), judged("rotation", 0),
+                          judged("apl", 0)]}
+    order = [("apl", 0), ("rotation", 0), ("rotation", 1), ("jigsaw", 1)]
+    assert [(row["task"], row["seed"]) for row in curve_rows(results)] == order
+    budget = pretext_study.budget_rows(results)
+    assert [(row["control"], row["seed"]) for row in budget] == order
+    assert budget[2]["budget_curve"] == [{"epoch": 1, "knn_top1": 0.2, "probe_top1": 0.3}]
+    assert budget[0]["budget_curve"] == []  # a reused run without snapshots
+
+
 def test_curve_rows_join_each_pretext_epoch_with_its_budget_point():
     apl = {**features("apl", 1, 0.4, 0.3),
            "pretext_curve": [{"epoch": 1, "loss": 2.0, "top1": 0.1},

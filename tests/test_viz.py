@@ -111,6 +111,10 @@ CASES = {
                                                     probe_top1=0.2 + e / 50) for e in (1, 2, 4)])
          for c in ("APL", "leak") for s in (0, 1)] + [dict(control="random init", seed=0)],
         floor={"knn_top1": 0.1, "probe_top1": 0.12}),
+    "pretext_curves": lambda: viz.pretext_curves_figure(
+        [dict(task=t, seed=s, epoch=e, pretext_loss=2 / e + s / 10,
+              pretext_top1=None if t == "mae" else 0.2 * e) for t in ("apl", "mae")
+         for s in (0, 1) for e in (1, 2, 3)]),
     "attention_distance": lambda: viz.attention_distance_figure(
         {"a": torch.rand(2, 3).numpy(), "b": torch.rand(2, 3).numpy()}, uniform=1.5),
 }
