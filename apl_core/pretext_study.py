@@ -151,8 +151,12 @@ def started_from(row: dict, trials: list[dict]) -> float:
     record, or (a row from before the record) its features row's last one."""
     if "pretraining_loss" in row:
         return row["pretraining_loss"]
-    task = FINETUNES[row["finetune"]][0]
-    features = _features({"trials": trials})[(task, row["seed"])]
+    return _judged_loss(_features({"trials": trials})[(FINETUNES[row["finetune"]][0],
+                                                        row["seed"])])
+
+
+def _judged_loss(features: dict) -> float:
+    """The last held-out pretext loss of the pretraining a features row judged."""
     return features["pretext_curve"][-1]["loss"]
 
 
@@ -212,18 +216,18 @@ def run_study(profile: str, seeds, tasks, store: TrialStore, workers: int = 1,
     then every fine-tuning that starts from it, so that a pretraining is used up before the
     next is trained. Rows found in the store are not run again."""
     check_tasks(tasks)
-    common = dict(profile=profile, path=store.path, header=store.header,
-                  names=finetunes_of(tasks), settings=settings)
+    common = dict(profile=profile, path=store.path, header=store.header, settings=settings)
     with comparison.worker_pool(workers) as pool:
         list(pool.map(functools.partial(_features_unit, **common),
                       [(task, seed) for task in tasks for seed in seeds]))
         for group in ([0], [seed for seed in seeds if seed != 0]):
-            list(pool.map(functools.partial(_finetunes_unit, **common),
+            list(pool.map(functools.partial(_finetunes_unit, names=finetunes_of(tasks),
+                                            **common),
                           [(task, seed) for seed in group for task in tasks]))
 
 
 def _features_unit(unit: tuple[str, int], profile: str, path: Path, header: dict,
-                   names: list[str], settings: dict) -> None:
+                   settings: dict) -> None:
     task, seed = unit
     store = TrialStore(path, header)
     if (task, seed) in _features(store.read()):
@@ -336,10 +340,12 @@ def retrained(results: dict) -> list[tuple[str, int]]:
     than the one their features row judged: trained again where a resumed study found its
     run gone (started_from)."""
     features = _features(results)
-    found = {(FINETUNES[name][0], seed) for (name, seed), row in _tests(results).items()
-             if (FINETUNES[name][0], seed) in features
-             and started_from(row, results["trials"])
-             != features[(FINETUNES[name][0], seed)]["pretext_curve"][-1]["loss"]}
+    found = set()
+    for (name, seed), row in _tests(results).items():
+        pair = (FINETUNES[name][0], seed)
+        if pair in features and started_from(row, results["trials"]) != _judged_loss(
+                features[pair]):
+            found.add(pair)
     return sorted(found, key=lambda pair: (TASKS.index(pair[0]), pair[1]))
 
 
@@ -349,10 +355,10 @@ def pretraining_note(results: dict) -> str:
     pairs = retrained(results)
     if not pairs:
         return ""
-    tested = {(FINETUNES[name][0], seed) for name, seed in _tests(results)}
+    tests = _tests(results)
+    tested = {(FINETUNES[name][0], seed) for name, seed in tests}
     named = ("every task and seed" if set(pairs) == tested
              else ", ".join(f"{task} seed {seed}" for task, seed in pairs))
-    tests = _tests(results)
     elsewhere = sorted({row["finetune"] for row in results["trials"]
                         if row.get("kind") == "trial" and (row["finetune"], 0) in tests
                         and started_from(row, results["trials"])
